@@ -1,0 +1,41 @@
+"""warmstart: pretrain, fine-tune and distill PyTorch networks with one small, exact Trainer."""
+
+from warmstart._runtime import seed_everything, select_device
+from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
+from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, load_config
+from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WarmstartError
+from warmstart.heads import HeadInfo, find_head
+from warmstart.optim import build_optimizer, build_scheduler
+from warmstart.trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMA",
+    "BestCheckpoint",
+    "CSVLogger",
+    "Callback",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EarlyStopping",
+    "HeadInfo",
+    "NonFiniteLossError",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "TensorBoardLogger",
+    "Trainer",
+    "TrainerConfig",
+    "WarmstartError",
+    "build_optimizer",
+    "build_scheduler",
+    "find_head",
+    "load_checkpoint",
+    "load_config",
+    "load_weights",
+    "save_checkpoint",
+    "save_weights",
+    "seed_everything",
+    "select_device",
+]

@@ -1,0 +1,294 @@
+"""Callbacks for side effects only: CSV and TensorBoard logs, early stopping, best checkpoint, EMA."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from warmstart.checkpoint import atomic_path
+from warmstart.distributed import is_main_process
+from warmstart.errors import ConfigError, nearest
+
+if TYPE_CHECKING:
+    from warmstart.trainer import Trainer
+
+
+class Callback:
+    """Base class: override the hooks you need; each receives the trainer.
+
+    Hooks, in the order the Trainer calls them: ``on_fit_start``, then per epoch
+    ``on_train_epoch_start``, ``on_train_step_end`` (after every optimizer step), ``on_log`` (every
+    ``log_every`` steps, with host floats), ``on_validation_start``/``on_validation_end`` (around
+    evaluation), ``on_epoch_end`` (with the epoch's metrics); finally ``on_fit_end``.
+    ``state_dict``/``load_state_dict`` put the callback's state into checkpoints.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called once before the first epoch (after a resume has been loaded)."""
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        """Called at the start of each training epoch."""
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        """Called after each optimizer step; keep it free of host syncs."""
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Called every ``log_every`` optimizer steps with the window's mean metrics."""
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        """Called before evaluation during fit."""
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        """Called after evaluation during fit."""
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Called after each epoch (and its validation) with the epoch's metrics."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Called once after training ends."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state to save in checkpoints (tensors and plain values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state returned by :meth:`state_dict`."""
+
+
+def _metric(metrics: dict[str, float], monitor: str, owner: str) -> float:
+    if monitor not in metrics:
+        raise ConfigError(f"{owner} monitors '{monitor}'{nearest(monitor, metrics)}, which is not among this run's "
+                          f"metrics: {', '.join(sorted(metrics))}. Pass monitor= one of those (val_* needs a val_loader).")
+    return metrics[monitor]
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode must be 'min' or 'max', got '{mode}'")
+    return mode
+
+
+class CSVLogger(Callback):
+    """Write every logged and epoch metric to ``out_dir/metrics.csv`` (one row per log or epoch).
+
+    On resume, rows written after the checkpoint's step are dropped, so the file matches the run.
+    """
+
+    def __init__(self, filename: str = "metrics.csv"):
+        self.filename = filename
+        self.rows: list[dict[str, Any]] = []
+
+    def _path(self, trainer: Trainer) -> Path | None:
+        return None if trainer.out_dir is None else trainer.out_dir / self.filename
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        path = self._path(trainer)
+        self.rows = []
+        if path is not None and path.exists() and trainer.global_step > 0:
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(float(r.get("step") or 0)) <= trainer.global_step]
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._append(trainer, {"epoch": trainer.epoch + 1, "step": trainer.global_step, **metrics})
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._append(trainer, {"step": trainer.global_step, **metrics})
+
+    def _append(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        path = self._path(trainer)
+        if path is None or not is_main_process():
+            return
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [k for k in r if k not in columns]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text.getvalue())
+
+
+class TensorBoardLogger(Callback):
+    """Write logged and epoch metrics to TensorBoard under ``out_dir/tensorboard``.
+
+    Raises:
+        ImportError: TensorBoard is not installed (``pip install 'warmstart[tensorboard]'``).
+    """
+
+    def __init__(self, subdir: str = "tensorboard"):
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ImportError("TensorBoardLogger needs TensorBoard: pip install 'warmstart[tensorboard]'")
+        self.subdir = subdir
+        self._writer: Any = None
+
+    def _write(self, trainer: Trainer, prefix: str, metrics: dict[str, float]) -> None:
+        if trainer.out_dir is None or not is_main_process():
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(trainer.out_dir / self.subdir))
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(f"{prefix}/{key}", value, trainer.global_step)
+        self._writer.flush()
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._write(trainer, "step", metrics)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._write(trainer, "epoch", metrics)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Example:
+        >>> stopper = EarlyStopping(monitor="val_accuracy", mode="max", patience=3)
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, mode: str = "min", min_delta: float = 0.0):
+        self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, _check_mode(mode), min_delta
+        self.best: float | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        value = _metric(metrics, self.monitor, "EarlyStopping")
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state["best"], state["wait"]
+
+
+class BestCheckpoint(Callback):
+    """Save the weights to ``out_dir/best.safetensors`` whenever ``monitor`` improves.
+
+    Example:
+        >>> best = BestCheckpoint(monitor="val_accuracy", mode="max")
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "min", filename: str = "best.safetensors"):
+        self.monitor, self.mode, self.filename = monitor, _check_mode(mode), filename
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        value = _metric(metrics, self.monitor, "BestCheckpoint")
+        if not _improved(value, self.best, self.mode):
+            return
+        self.best, self.best_epoch = value, trainer.epoch
+        if trainer.out_dir is not None and is_main_process():
+            trainer.save_weights(trainer.out_dir / self.filename, extra={self.monitor: value, "epoch": trainer.epoch})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+class EMA(Callback):
+    """Keep an exponential moving average of the weights: ``ema = decay * ema + (1 - decay) * w``.
+
+    Updated after every optimizer step with one ``torch._foreach_lerp_`` over the parameters (no
+    host sync); floating-point buffers (BatchNorm statistics) are copied, not averaged. With
+    ``evaluate=True`` validation runs on the averaged weights; ``out_dir/ema.safetensors`` is
+    written every epoch. Call :meth:`copy_to` to put the averaged weights into a model.
+
+    Args:
+        decay: averaging factor per step; the effective decay is ``min(decay, (1 + n) / (10 + n))``
+            after ``n`` steps, so early averages are not dominated by the initial weights.
+        evaluate: validate with the averaged weights.
+
+    Example:
+        >>> ema = EMA(decay=0.99)
+    """
+
+    def __init__(self, decay: float = 0.999, evaluate: bool = True):
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay, self.evaluate = decay, evaluate
+        self.shadow: dict[str, torch.Tensor] = {}
+        self.updates = 0
+        self._live: dict[str, torch.Tensor] = {}
+        self._param_names: list[str] = []
+        self._buffer_names: list[str] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        model = trainer.unwrapped_model
+        self._live = {k: v for k, v in model.state_dict(keep_vars=True).items() if v.dtype.is_floating_point}
+        param_ids = {id(p) for p in model.parameters()}
+        self._param_names = [k for k, v in self._live.items() if id(v) in param_ids]
+        self._buffer_names = [k for k in self._live if k not in set(self._param_names)]
+        if not self.shadow:
+            self.shadow = {k: v.detach().clone() for k, v in self._live.items()}
+
+    @torch.no_grad()
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_([self.shadow[k] for k in self._param_names],
+                             [self._live[k].detach() for k in self._param_names], 1.0 - decay)
+        for k in self._buffer_names:
+            self.shadow[k].copy_(self._live[k])
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for name, avg in self.shadow.items():
+            live = self._live[name].detach()
+            tmp = live.clone()
+            live.copy_(avg)
+            avg.copy_(tmp)
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        if self.evaluate and self.shadow:
+            self._swap()
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        if self.evaluate and self.shadow:
+            self._swap()
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if trainer.out_dir is not None and is_main_process():
+            trainer.save_weights(trainer.out_dir / "ema.safetensors", state_dict=self.shadow,
+                                 extra={"ema_decay": self.decay})
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the averaged weights into ``model`` (its non-float buffers are left as they are)."""
+        model.load_state_dict(self.shadow, strict=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device_of = {k: v.device for k, v in self._live.items()}
+        self.shadow = {k: v.to(device_of.get(k, v.device)) for k, v in state["shadow"].items()}
+        self.updates = state["updates"]

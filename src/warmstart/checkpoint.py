@@ -1,0 +1,205 @@
+"""Atomic checkpoint files and safe weight loading (safetensors, or ``torch.load(weights_only=True)``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from warmstart.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "warmstart-checkpoint-1"
+WEIGHTS_FORMAT = "warmstart-weights-1"
+_LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
+                SafetensorError, KeyError, AttributeError, TypeError)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    A crash or exception before the rename leaves any previous file at ``path`` untouched and
+    removes the temporary file.
+
+    Example:
+        >>> with atomic_path("/tmp/example.txt") as tmp:
+        ...     _ = tmp.write_text("done")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # flush the data to disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write a training-state dict atomically with ``torch.save``.
+
+    The dict must hold only tensors and plain Python values, so that :func:`load_checkpoint`
+    can read it back with ``weights_only=True``.
+
+    Args:
+        path: destination file (conventionally ``out_dir/last.pt``).
+        state: the training state.
+
+    Returns:
+        The path written.
+    """
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` without unpickling arbitrary objects.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupt, or not a warmstart checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at '{path}'; check the path, or start without resume")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except _LOAD_ERRORS as err:
+        raise CheckpointError(f"cannot read checkpoint '{path}': the file is truncated, corrupt or not a "
+                              f"PyTorch file ({type(err).__name__}: {_first_line(err)}). Use an earlier "
+                              f"checkpoint or start the run again.") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a warmstart training checkpoint (no '{CHECKPOINT_FORMAT}' "
+                              f"marker); to load only weights use warmstart.finetune.load_pretrained")
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def export_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return CPU, contiguous copies fit for safetensors: tensors sharing memory are cloned apart."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else (0, id(tensor))
+        if key in seen or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write weights atomically as a ``.safetensors`` file, with JSON metadata.
+
+    Args:
+        path: destination, conventionally ending in ``.safetensors``.
+        state_dict: name -> tensor.
+        metadata: JSON-serialisable facts stored beside the weights (number of classes, head
+            module, resolved config, ...); read back by :func:`load_weights`.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_weights("/tmp/w.safetensors", {"w": torch.zeros(2)}, {"num_classes": 2})
+        PosixPath('/tmp/w.safetensors')
+    """
+    header = {"format": WEIGHTS_FORMAT, "warmstart": json.dumps(dict(metadata or {}), default=str)}
+    with atomic_path(path) as tmp:
+        save_file(export_state_dict(state_dict), str(tmp), metadata=header)
+    return Path(path)
+
+
+def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read weights and metadata from a state dict, ``.safetensors``, ``.pt``/``.pth``/``.bin`` or a checkpoint.
+
+    Nothing is unpickled: ``.safetensors`` files are read by safetensors, anything else by
+    ``torch.load(weights_only=True)``. A full warmstart training checkpoint yields its model weights.
+
+    Args:
+        source: a path, or an in-memory state dict (or checkpoint dict).
+
+    Returns:
+        ``(state_dict, metadata)``; metadata is empty when the source carries none.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, or a file that holds no weights.
+    """
+    if isinstance(source, Mapping):
+        return _unwrap_weights(dict(source), "the given dict")
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"no weight file at '{path}'; check the path")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+            tensors = load_file(str(path))
+        except _LOAD_ERRORS as err:
+            raise CheckpointError(f"cannot read '{path}': truncated or corrupt safetensors file "
+                                  f"({_first_line(err)}); re-export the weights") from None
+        return tensors, json.loads(header.get("warmstart", "{}"))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as err:
+        raise CheckpointError(f"cannot read '{path}' as weights: it is truncated, corrupt, or not a weight file "
+                              f"({type(err).__name__}: {_first_line(err)}). Expected a .safetensors file, a "
+                              f"state dict saved with torch.save, or a warmstart checkpoint.") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a state dict; save "
+                              f"model.state_dict() rather than the model object")
+    return _unwrap_weights(dict(obj), f"'{path}'")
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors files start with an 8-byte little-endian header length, then a JSON '{'
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _unwrap_weights(obj: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    metadata: dict[str, Any] = {}
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        metadata = dict(obj.get("metadata") or {})
+        obj = obj["model"]
+    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning and others
+        obj = obj["state_dict"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{where} holds no tensors; it is not a weight file")
+    return tensors, metadata
+

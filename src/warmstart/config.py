@@ -1,0 +1,296 @@
+"""Typed config schema (dataclasses) and its YAML loader: unknown keys and wrong types are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from warmstart.errors import ConfigError, nearest
+
+T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Options of :class:`warmstart.Trainer` (the ``trainer:`` section of a config file).
+
+    Attributes:
+        max_epochs: epochs to train.
+        max_steps: stop after this many optimizer steps (``None``: no limit).
+        precision: ``"32"``, ``"bf16"`` (bfloat16 autocast, also on CPU) or ``"16"`` (float16
+            autocast with a GradScaler, GPU only).
+        device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
+        out_dir: folder for checkpoints and logs; ``None`` writes nothing.
+        progress: print progress (a bar on a terminal, plain lines otherwise).
+        seed: seeds Python, NumPy and torch at the start of a fresh fit.
+        accumulate: micro-batches per optimizer step (gradient accumulation).
+        grad_clip: clip the gradient norm to this value (``None``: no clipping).
+        log_every: read losses from the device and log every this many optimizer steps.
+        nonfinite: ``"error"`` raises on a NaN/inf loss at the next log; ``"skip"`` skips such
+            steps instead (this checks every step, which costs one host sync per step).
+        compile: wrap the model in ``torch.compile``: ``True`` for the default (inductor) backend,
+            or a backend name such as ``"eager"`` or ``"aot_eager"``.
+        channels_last: use the channels-last memory layout for the model and 4-D inputs.
+        save_every: also checkpoint every this many optimizer steps within an epoch.
+        checkpoint: write ``last.pt`` and ``last.safetensors`` to ``out_dir`` every epoch.
+    """
+
+    max_epochs: int = 1
+    max_steps: int | None = None
+    precision: str = "32"
+    device: str = "auto"
+    out_dir: str | None = None
+    progress: bool = True
+    seed: int = 0
+    accumulate: int = 1
+    grad_clip: float | None = None
+    log_every: int = 50
+    nonfinite: Literal["error", "skip"] = "error"
+    compile: bool | str = False
+    channels_last: bool = False
+    save_every: int | None = None
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        self.precision = str(self.precision)  # YAML reads 32 and 16 as numbers
+        for name in ("max_epochs", "accumulate", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer option '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """An optimizer by name (see :func:`warmstart.optim.build_optimizer`); ``None`` keeps PyTorch's default."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float | None = None
+    nesterov: bool | None = None
+    betas: list[float] | None = None
+    eps: float | None = None
+
+
+@dataclasses.dataclass
+class SchedulerConfig:
+    """A learning-rate schedule by name (see :func:`warmstart.optim.build_scheduler`)."""
+
+    name: str = "cosine"
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_size: int = 30
+    gamma: float = 0.1
+    patience: int = 10
+    factor: float = 0.1
+    mode: Literal["min", "max"] = "min"
+    monitor: str = "val_loss"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: dict -> dataclass, naming the key and the nearest valid one on error.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (int -> float only)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for arm in args:
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, tp, value)
+    if origin is Literal:
+        if str(value) in [str(a) for a in args] and not isinstance(value, (bool, list, dict)):
+            return type(args[0])(value)
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{nearest(str(value), [str(a) for a in args])}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _type_error(key, tp, value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _type_error(key, tp, value)
+        return from_dict(tp, value, prefix=key)
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(key, tp, value)
+        item = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
+        raise _type_error(key, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, tp, value)
+    return value
+
+
+def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping, checking every key and type.
+
+    Args:
+        cls: the dataclass (the schema).
+        data: values, e.g. a section of a YAML file.
+        prefix: dotted path of ``data`` for error messages.
+
+    Returns:
+        The validated instance.
+
+    Raises:
+        ConfigError: an unknown key (named, with the nearest valid key) or a value of the wrong type.
+
+    Example:
+        >>> from_dict(TrainerConfig, {"max_epochs": 3}).max_epochs
+        3
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{prefix or cls.__name__}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'{nearest(str(key), names)}; valid keys here: {', '.join(names)}")
+        values[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"config section '{prefix or cls.__name__}': {err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Return a dataclass config as plain dicts and lists (what YAML and checkpoints store)."""
+    return dataclasses.asdict(config)
+
+
+def merge_options(config: T, options: Mapping[str, Any], prefix: str = "") -> T:
+    """Return a copy of dataclass ``config`` with ``options`` applied, validated like a config file."""
+    merged = {**to_dict(config), **options}
+    return from_dict(type(config), merged, prefix=prefix)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["trainer.max_epochs=3", "optimizer.lr=1e-3"]`` into a nested dict.
+
+    Values are parsed as YAML scalars (``3`` is an int, ``true`` a bool, ``[1, 2]`` a list).
+
+    Raises:
+        ConfigError: an override without ``=``.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' sets a key inside '{part}', which is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` recursively (``update`` wins)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (no tags, nothing runs).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or a top level that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML (custom tags are not allowed): {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load a YAML config file into the schema ``cls``, applying ``key.sub=value`` overrides.
+
+    Example:
+        >>> cfg = load_config(TrainerConfig, None, ["max_epochs=2", "precision=bf16"])
+        >>> cfg.max_epochs, cfg.precision
+        (2, 'bf16')
+    """
+    data = read_yaml(path) if path is not None else {}
+    return from_dict(cls, deep_merge(data, parse_overrides(overrides)))
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write a (resolved) config as YAML."""
+    from warmstart.checkpoint import atomic_path
+
+    data = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return Path(path)

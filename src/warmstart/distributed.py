@@ -1,0 +1,117 @@
+"""DDP plumbing for ``torchrun``: process-group setup, rank queries, sharded loaders and reductions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment says this process is one of several started by ``torchrun``."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group ``torchrun`` describes (NCCL on CUDA, Gloo otherwise), once.
+
+    Returns:
+        True when running distributed (more than one process).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if not launched_by_torchrun():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_world_size() > 1
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0: the only process that logs and writes files."""
+    return rank() == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes in place (a no-op when not distributed); every rank must call it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Return rank 0's ``obj`` on every rank (a no-op when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, without padding: for evaluation, where each sample counts once."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def shard_loader(loader: Any, seed: int, train: bool) -> Any:
+    """Give this rank its share of a ``DataLoader``'s samples.
+
+    Training loaders get a ``DistributedSampler`` that shuffles (with ``seed`` and the epoch) when
+    the original loader shuffled; evaluation loaders get a :class:`ShardSampler` so each sample is
+    counted exactly once. Loaders that shard themselves (they have ``set_epoch`` and ``shard``)
+    and other iterables are returned as they are.
+    """
+    if hasattr(loader, "shard"):
+        loader.shard(rank(), world_size())
+        return loader
+    if not isinstance(loader, DataLoader) or not is_distributed():
+        return loader
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_sampler is not None and not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+        raise ValueError("under torchrun the Trainer shards DataLoaders that use shuffle=True/False; for a custom "
+                         "sampler, give it a DistributedSampler yourself")
+    if train:
+        sampler: Sampler[int] = DistributedSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler),
+                                                   seed=seed, drop_last=loader.drop_last)
+    else:
+        sampler = ShardSampler(len(loader.dataset), rank(), world_size())
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                      persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor,
+                      generator=loader.generator)

@@ -1,0 +1,116 @@
+"""Checkpoint files: atomic writes, safe loading, clear errors for corrupt or foreign files."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from conftest import make_dataset, make_mlp
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+import warmstart as ws
+from warmstart.checkpoint import atomic_path, load_checkpoint, load_weights, save_checkpoint, save_weights
+from warmstart.errors import CheckpointError
+
+
+def test_a_crash_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def crash_halfway(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("new")
+        raise RuntimeError
+    assert target.read_text() == "old"
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+
+
+def test_trainer_checkpoints_load_without_unpickling_objects(tmp_path):
+    model = make_mlp()
+    trainer = ws.Trainer(model, {"name": "sgd", "lr": 0.1, "momentum": 0.9}, max_epochs=1, out_dir=str(tmp_path),
+                         progress=False, scheduler={"name": "step", "step_size": 1})
+    trainer.fit(DataLoader(make_dataset(), batch_size=16))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # raises if anything needs unpickling
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "global_step", "config", "callbacks"} <= set(state)
+    assert state["config"]["trainer"]["out_dir"] == str(tmp_path)
+    weights = load_file(str(tmp_path / "last.safetensors"))
+    assert torch.equal(weights["0.weight"], model[0].weight.detach())
+    tensors, metadata = load_weights(tmp_path / "last.safetensors")
+    assert metadata["num_classes"] == 3 and metadata["head"] == "3"
+    assert metadata["config"]["trainer"]["max_epochs"] == 1
+    assert (tmp_path / "config.yaml").read_text().startswith("trainer:")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_corrupt_or_truncated_files_give_a_clear_error(tmp_path, content):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_weights(path)
+
+
+def test_truncated_safetensors_and_pickled_objects_are_refused(tmp_path, capfd):
+    good = save_weights(tmp_path / "w.safetensors", {"w": torch.randn(100)})
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-50])
+    with pytest.raises(CheckpointError, match="truncated or corrupt safetensors"):
+        load_weights(cut)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"w": _Evil()}, protocol=2))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_weights(evil)
+    assert "never run" not in capfd.readouterr().out
+
+
+def test_load_weights_accepts_state_dicts_files_and_checkpoints(tmp_path):
+    model = make_mlp()
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "plain.pt")
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": sd, "metadata": {"num_classes": 3}})
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "lightning.ckpt")
+    for source in (sd, tmp_path / "plain.pt", tmp_path / "ckpt.pt", tmp_path / "lightning.ckpt"):
+        tensors, _ = load_weights(source)
+        assert all(torch.equal(tensors[k], sd[k]) for k in sd)
+    assert load_weights(tmp_path / "ckpt.pt")[1] == {"num_classes": 3}
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_weights(tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="no weight file"):
+        load_weights(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="not a warmstart training checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+
+
+def test_tied_weights_are_saved_apart(tmp_path):
+    a = torch.nn.Linear(4, 4)
+    sd = {"a": a.weight, "b": a.weight}  # the same tensor twice, as tied embeddings are
+    save_weights(tmp_path / "tied.safetensors", sd)
+    tensors, _ = load_weights(tmp_path / "tied.safetensors")
+    assert torch.equal(tensors["a"], tensors["b"])

@@ -1,0 +1,69 @@
+"""Config schema: unknown keys and wrong types are errors naming the key; overrides; safe YAML only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from warmstart.config import (OptimizerConfig, TrainerConfig, from_dict, load_config, parse_overrides, read_yaml,
+                              save_config, to_dict)
+from warmstart.errors import ConfigError
+
+
+@dataclasses.dataclass
+class _Job:
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    layers: list[int] = dataclasses.field(default_factory=lambda: [8])
+
+
+def test_yaml_values_and_overrides_resolve_into_the_schema(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("trainer:\n  max_epochs: 3\n  precision: bf16\noptimizer:\n  name: sgd\n  lr: 1\n")
+    job = load_config(_Job, path, ["optimizer.momentum=0.9", "trainer.out_dir=runs/x", "layers=[4, 2]"])
+    assert job.trainer.max_epochs == 3 and job.trainer.precision == "bf16"
+    assert job.optimizer.lr == 1.0 and isinstance(job.optimizer.lr, float)
+    assert job.optimizer.momentum == 0.9 and job.trainer.out_dir == "runs/x" and job.layers == [4, 2]
+    save_config(job, tmp_path / "resolved.yaml")
+    assert load_config(_Job, tmp_path / "resolved.yaml") == job
+
+
+def test_unknown_keys_name_the_nearest_valid_key():
+    with pytest.raises(ConfigError, match="unknown config key 'trainer.max_epoch' \\(did you mean 'max_epochs'\\?\\)"):
+        from_dict(_Job, {"trainer": {"max_epoch": 3}})
+    with pytest.raises(ConfigError, match="unknown config key 'optimiser' \\(did you mean 'optimizer'\\?\\)"):
+        from_dict(_Job, {"optimiser": {}})
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"trainer": {"max_epochs": "ten"}}, "'trainer.max_epochs' must be int, got str 'ten'"),
+    ({"trainer": {"max_epochs": 2.5}}, "'trainer.max_epochs' must be int, got float"),
+    ({"trainer": {"progress": "yes"}}, "'trainer.progress' must be bool"),
+    ({"trainer": {"nonfinite": "ignore"}}, "'trainer.nonfinite' must be 'error' or 'skip'"),
+    ({"optimizer": {"lr": "fast"}}, "'optimizer.lr' must be float"),
+    ({"layers": [1, "x"]}, "'layers\\[1\\]' must be int"),
+    ({"trainer": 3}, "'trainer' must be a mapping"),
+])
+def test_wrong_types_name_the_key_and_the_expected_type(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(_Job, data)
+
+
+def test_yaml_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("trainer: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml(tmp_path / "missing.yaml")
+
+
+def test_overrides_parse_yaml_scalars():
+    assert parse_overrides(["a.b=3", "a.c=true", "d=0.5", "e=null", "f=text"]) == {
+        "a": {"b": 3, "c": True}, "d": 0.5, "e": None, "f": "text"}
+    # YAML 1.1 reads 1e-3 as a string; float fields accept it as the number it is
+    assert load_config(OptimizerConfig, None, ["lr=1e-3"]).lr == 1e-3
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_overrides(["novalue"])
+    assert to_dict(TrainerConfig(max_epochs=2))["max_epochs"] == 2

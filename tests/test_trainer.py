@@ -1,0 +1,253 @@
+"""The shared Trainer: the loop, accumulation, precision, scheduling, clipping, errors and host syncs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_dataset, make_mlp
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import warmstart as ws
+from warmstart.errors import ConfigError, DataError, NonFiniteLossError
+
+
+def _sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+
+
+def test_fit_learns_and_evaluate_matches_a_manual_reference(dataset, loader):
+    torch.manual_seed(0)
+    model = make_mlp()
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.02), max_epochs=15, progress=False)
+    history = trainer.fit(loader, loader)
+    assert len(history) == 15
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"} <= set(history[-1])
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+
+    metrics = trainer.evaluate(DataLoader(dataset, batch_size=7))  # uneven batches: the mean must be per sample
+    with torch.no_grad():
+        model.eval()
+        logits = model(dataset.tensors[0])
+        expected_loss = F.cross_entropy(logits, dataset.tensors[1]).item()
+        expected_acc = (logits.argmax(1) == dataset.tensors[1]).float().mean().item()
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(expected_acc)
+    assert metrics["accuracy"] > 0.9
+
+
+def _train(data: TensorDataset, batch_size: int, accumulate: int, epochs: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    model = make_mlp()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    ws.Trainer(model, _sgd(model), max_epochs=epochs, accumulate=accumulate, progress=False).fit(loader)
+    return model
+
+
+@pytest.mark.parametrize("n", [64, 40])  # 40 = windows of 16, 16 and a final 8
+def test_accumulation_gives_the_update_of_a_k_times_larger_batch(n):
+    data = make_dataset(n=n)
+    accumulated = _train(data, batch_size=8, accumulate=2)
+    large = _train(data, batch_size=16, accumulate=1)
+    for a, b in zip(accumulated.parameters(), large.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scheduler_steps_once_per_optimizer_step(dataset):
+    model = make_mlp()
+    optimizer = _sgd(model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    loader = DataLoader(dataset, batch_size=16)  # 4 micro-batches -> 2 optimizer steps per epoch
+    ws.Trainer(model, optimizer, scheduler=scheduler, accumulate=2, max_epochs=2, progress=False).fit(loader)
+    assert scheduler.last_epoch == 4
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**4)
+
+
+def test_scheduler_by_name_spans_the_whole_run(dataset):
+    model = make_mlp()
+    trainer = ws.Trainer(model, {"name": "sgd", "lr": 0.1}, scheduler={"name": "cosine", "warmup_steps": 2},
+                         max_epochs=3, progress=False)
+    trainer.fit(DataLoader(dataset, batch_size=16))  # 4 steps per epoch, 12 in all
+    assert trainer.scheduler.last_epoch == 12
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine reaches its floor
+
+
+def test_gradient_clipping_matches_a_manual_reference():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    model = nn.Linear(3, 1)
+    expected = [p.detach().clone() for p in model.parameters()]
+    loss = F.mse_loss(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    clip = 0.05
+    assert norm > clip
+    expected = [p - 1.0 * g * (clip / (norm + 1e-6)) for p, g in zip(expected, grads)]
+    trainer = ws.Trainer(model, _sgd(model, lr=1.0, momentum=0.0), loss_fn=F.mse_loss, grad_clip=clip, progress=False)
+    trainer.fit([(x, y)])
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e)
+
+
+def test_bf16_autocast_trains_on_cpu(dataset, loader):
+    torch.manual_seed(0)
+    model = make_mlp()
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=0.02), precision="bf16", max_epochs=10,
+                         progress=False)
+    history = trainer.fit(loader, loader)
+    assert history[-1]["val_accuracy"] > 0.8
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 model
+
+
+def test_precision_errors_are_clear():
+    with pytest.raises(ConfigError, match="unknown precision '64'"):
+        ws.Trainer(make_mlp(), precision="64", device="cpu")
+    with pytest.raises(ConfigError, match="use precision='bf16'"):
+        ws.Trainer(make_mlp(), precision="16", device="cpu")
+
+
+class _NaNAtCall:
+    """cross-entropy that returns NaN on one chosen call."""
+
+    def __init__(self, bad_call: int):
+        self.calls, self.bad_call = 0, bad_call
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = F.cross_entropy(output, target)
+        return loss * float("nan") if self.calls == self.bad_call else loss
+
+
+def test_nonfinite_loss_is_reported_at_the_next_log_with_its_step(dataset):
+    loader = DataLoader(dataset, batch_size=8)  # 8 steps per epoch
+    trainer = ws.Trainer(make_mlp(), loss_fn=_NaNAtCall(3), log_every=4, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 1\): loss=nan"):
+        trainer.fit(loader)
+    assert trainer.global_step == 4  # found at the read after step 4, not by a sync every step
+
+
+def test_nonfinite_skip_mode_skips_the_step_and_goes_on(dataset):
+    model = make_mlp()
+    trainer = ws.Trainer(model, loss_fn=_NaNAtCall(3), nonfinite="skip", log_every=2, progress=False)
+    history = trainer.fit(DataLoader(dataset, batch_size=8))
+    assert trainer.skipped_steps == 1
+    assert math.isfinite(history[-1]["train_loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bad_input_gets_clear_errors(tmp_path, dataset):
+    empty = DataLoader(TensorDataset(torch.zeros(0, 10), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(DataError, match="train_loader is empty"):
+        ws.Trainer(make_mlp(), progress=False).fit(empty)
+
+    wide_labels = TensorDataset(dataset.tensors[0], torch.arange(64) % 6)
+    with pytest.raises(DataError, match=r"labels must be in \[0, 3\).*labels in \[0, 5\].*num_classes=6"):
+        ws.Trainer(make_mlp(classes=3), progress=False).fit(DataLoader(wide_labels, batch_size=16))
+
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"2 trainable parameters are not in the optimizer: 3.weight, 3.bias"):
+        ws.Trainer(model, optimizer, progress=False).fit(DataLoader(dataset, batch_size=16))
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="out_dir .* is not writable"):
+        ws.Trainer(make_mlp(), out_dir=str(blocker / "run"))
+
+    with pytest.raises(ConfigError, match="unknown Trainer option 'max_epoch' \\(did you mean 'max_epochs'\\?\\)"):
+        ws.Trainer(make_mlp(), max_epoch=3)
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamm' \\(did you mean 'adam'\\?\\); valid: adagrad, adam"):
+        ws.Trainer(make_mlp(), {"name": "adamm"})
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        ws.Trainer(make_mlp(), accumulate=0)
+
+
+class _SyncCounter:
+    """Count calls made by warmstart's own code that copy a tensor's value to the host.
+
+    Each is a device sync on a GPU. PyTorch's own host reads (the CPU-side step counter of Adam,
+    the sampler's index list) are not device syncs and are not counted.
+    """
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+    PACKAGE = str(Path(ws.__file__).parent)
+
+    def __init__(self):
+        self.count = 0
+
+    @contextlib.contextmanager
+    def watch(self):
+        originals = {name: getattr(torch.Tensor, name) for name in self.NAMES}
+
+        def counted(original):
+            def wrapper(*args, **kwargs):
+                if sys._getframe(1).f_code.co_filename.startswith(self.PACKAGE):
+                    self.count += 1
+                return original(*args, **kwargs)
+            return wrapper
+
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, counted(original))
+        try:
+            yield self
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+
+
+def _syncs_for(steps: int) -> int:
+    data = make_dataset(n=8 * steps)
+    model = make_mlp(dropout=0.1)
+    trainer = ws.Trainer(model, torch.optim.AdamW(model.parameters()), log_every=1000, progress=False,
+                         scheduler={"name": "cosine"}, grad_clip=1.0)
+    with _SyncCounter().watch() as counter:
+        trainer.fit(DataLoader(data, batch_size=8, shuffle=True))
+    return counter.count
+
+
+def test_the_hot_loop_reads_nothing_from_the_device_between_logs():
+    # host reads happen at fixed points (first-batch label check, epoch end), never per step
+    few, many = _syncs_for(steps=5), _syncs_for(steps=40)
+    assert 0 < few == many
+
+
+class _L1Trainer(ws.Trainer):
+    """A subclass the way users write one: override compute_loss and add a logged term."""
+
+    def compute_loss(self, batch):
+        inputs, target = batch
+        output = self.model(inputs)
+        l1 = sum(p.abs().sum() for p in self.unwrapped_model.parameters())
+        ce = F.cross_entropy(output, target)
+        return {"loss": ce + 1e-4 * l1, "output": output, "ce": ce, "l1": l1}
+
+
+def test_subclass_terms_are_logged_per_epoch(dataset, loader):
+    history = _L1Trainer(make_mlp(), max_epochs=2, progress=False).fit(loader, loader)
+    assert {"train_loss", "train_ce", "train_l1", "val_ce", "val_l1", "val_accuracy"} <= set(history[-1])
+    assert history[-1]["train_loss"] == pytest.approx(history[-1]["train_ce"] + 1e-4 * history[-1]["train_l1"], rel=1e-4)
+
+
+def test_plain_log_lines_every_log_every_steps(capsys, dataset):
+    ws.Trainer(make_mlp(), log_every=2, max_epochs=1).fit(DataLoader(dataset, batch_size=16))  # 4 steps
+    out = capsys.readouterr().out.splitlines()
+    step_lines = [line for line in out if line.startswith("epoch 1 step")]
+    assert [line.split()[3] for line in step_lines] == ["2", "4"]
+    assert all("loss" in line and "lr" in line and "samples_per_s" in line for line in step_lines)
+    assert out[-1].startswith("epoch 1: train_loss")
+
+
+def test_channels_last_and_compile_are_opt_in(dataset):
+    images = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,)))
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    trainer = ws.Trainer(conv, channels_last=True, compile="eager", max_epochs=2, progress=False)
+    trainer.fit(DataLoader(images, batch_size=8))
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.model is not conv  # the compiled wrapper
+    assert set(trainer.unwrapped_model.state_dict()) == set(conv.state_dict())  # no "_orig_mod." keys
