@@ -1,0 +1,103 @@
+"""Model builders: plain functions returning ``nn.Module``s, and the name table the CLI uses."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from warmstart.errors import unknown_name_error
+
+
+def _conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, dropout: float = 0.1) -> nn.Sequential:
+    """A three-block CNN for small images (28x28 digits, 32x32 CIFAR).
+
+    Top-level children are the layer groups that freezing and gradual unfreezing work on:
+    ``block1``, ``block2``, ``block3`` (conv-BN-ReLU, the first two with 2x2 max-pooling),
+    ``pool`` (global average pooling and flatten), ``dropout`` and ``head`` (the classifier).
+
+    Args:
+        num_classes: outputs of the head.
+        in_channels: image channels.
+        width: channels of the first block; the next blocks double it.
+        dropout: dropout before the head.
+
+    Example:
+        >>> model = small_cnn(num_classes=10, width=16)
+        >>> sum(p.numel() for p in model.parameters())
+        24058
+    """
+    return nn.Sequential(OrderedDict(
+        block1=_conv_block(in_channels, width, pool=True),
+        block2=_conv_block(width, 2 * width, pool=True),
+        block3=_conv_block(2 * width, 4 * width, pool=False),
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        dropout=nn.Dropout(dropout),
+        head=nn.Linear(4 * width, num_classes),
+    ))
+
+
+def mlp(in_features: int = 784, hidden: list[int] | tuple[int, ...] = (64,), num_classes: int = 10,
+        dropout: float = 0.0) -> nn.Sequential:
+    """A multilayer perceptron that flattens its input; the last layer is named ``head``.
+
+    Example:
+        >>> sum(p.numel() for p in mlp(784, [10], 10).parameters())
+        7960
+    """
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width = in_features
+    for i, size in enumerate(hidden, start=1):
+        layers[f"fc{i}"] = nn.Sequential(nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        width = size
+    layers["head"] = nn.Linear(width, num_classes)
+    return nn.Sequential(layers)
+
+
+def resnet18_small(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-18 with a 3x3 stem and no max-pool, the usual form for 32x32 images."""
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def torchvision_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
+    """Any ``torchvision.models`` builder by name, without downloading weights."""
+    from torchvision import models
+
+    try:
+        return models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except ValueError:
+        raise unknown_name_error("torchvision model", name, models.list_models()) from None
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": small_cnn,
+    "mlp": mlp,
+    "resnet18_small": resnet18_small,
+}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a model by name: one of :data:`MODELS`, else a torchvision model name.
+
+    Example:
+        >>> build_model("small_cnn", num_classes=10, width=8).head.out_features
+        10
+    """
+    if name in MODELS:
+        return MODELS[name](**kwargs)
+    return torchvision_model(name, **kwargs)
