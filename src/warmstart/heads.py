@@ -110,7 +110,7 @@ def find_head(model: nn.Module, head: str | None = None) -> HeadInfo:
         names = [_name_of(model, h) for h in heads if isinstance(h, nn.Module) and any(True for _ in h.parameters())]
         if names:
             info = find_head(model, names[0])
-            info.extra = names[1:]
+            info.extra = [find_head(model, name).name for name in names[1:]]
             return info
     present = [a for a in HEAD_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module)
                and _last_output_layer(getattr(model, a), a) is not None]

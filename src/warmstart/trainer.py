@@ -212,7 +212,9 @@ class Trainer:
                 if last_micro:
                     self._step(step_callbacks, batch_in_epoch=seen)
                     if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
-                        self.should_stop, stopped_early = True, n_batches is None or seen < n_batches
+                        self.should_stop = True
+                    if self.should_stop:  # max_steps, or a callback asked to stop within the epoch
+                        stopped_early = n_batches is None or seen < n_batches
                         break
             if pending:  # a loader without len() ended inside an accumulation window
                 self._step(step_callbacks, batch_in_epoch=seen)

@@ -154,8 +154,8 @@ class ProximalTerm:
             anchors = [self.anchor.tensors[names[id(p)]] for p in anchored]
             self._groups.append((group, anchored, anchors, free))
             if group.get("weight_decay", 0) and anchored:
-                warnings.warn(f"weight_decay={group['weight_decay']} pulls {len(anchored)} anchored parameters toward "
-                              "zero while the proximal term pulls them toward w0; set weight_decay=0 for them "
+                warnings.warn(f"weight_decay={group['weight_decay']} pulls anchored parameters ({len(anchored)} in a group) "
+                              "toward zero while the proximal term pulls them toward w0; set weight_decay=0 for them "
                               "(use beta for parameters without an anchor)", stacklevel=3)
         if self.mode == "prox":
             kind = type(optimizer).__name__
@@ -172,6 +172,17 @@ class ProximalTerm:
                 grads = [p.grad for p in anchored + free if p.grad is not None]
                 if grads:
                     torch._foreach_mul_(grads, lam / self.lam)
+
+    def before_step(self) -> None:
+        """Call after unscaling, before the optimizer step: per-group lam, then the penalty gradient."""
+        self.scale_data_gradients()
+        if self.mode == "penalty":
+            self.add_gradient()
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Call after an optimizer step that was taken (gradients still set): the prox step."""
+        if self.mode == "prox":
+            self.apply_prox(optimizer)
 
     @torch.no_grad()
     def add_gradient(self) -> None:
@@ -282,13 +293,10 @@ class ProximalTrainer(Trainer):
         super().backward(loss * self.proximal.lam)
 
     def on_before_optimizer_step(self) -> None:
-        self.proximal.scale_data_gradients()
-        if self.proximal.mode == "penalty":
-            self.proximal.add_gradient()
+        self.proximal.before_step()
 
     def on_after_optimizer_step(self) -> None:
-        if self.proximal.mode == "prox":
-            self.proximal.apply_prox(self.optimizer)
+        self.proximal.after_step(self.optimizer)
 
     def on_train_epoch_end(self, epoch: int) -> dict[str, float]:
         with torch.no_grad():

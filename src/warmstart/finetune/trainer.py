@@ -1,0 +1,324 @@
+"""FinetuneTrainer: the Trainer with a transfer strategy, discriminative learning rates and cached features."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from warmstart import distributed
+from warmstart._runtime import move_to_device
+from warmstart.config import OptimizerConfig
+from warmstart.data.augment import is_random
+from warmstart.data.loaders import InMemoryLoader
+from warmstart.errors import ConfigError
+from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
+                                         restore_frozen_state, unfreeze_batchnorm)
+from warmstart.finetune.heads import head_parameter_names
+from warmstart.finetune.strategies import LinearProbe, Partial, Strategy, make_strategy
+from warmstart.heads import find_head
+from warmstart.pretrain.proximal import Anchor, ProximalTerm, check_lam
+from warmstart.trainer import Trainer, split_batch
+
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+
+
+class FeatureBatches:
+    """Batches of cached backbone features, ``{"features": f, "target": y}``, shuffled like an in-memory loader."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
+        self.loader = InMemoryLoader(features, targets, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                     device=features.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for features, target in self.loader:
+            yield {"features": features, "target": target}
+
+
+class FinetuneTrainer(Trainer):
+    """Fine-tune a pretrained model with a transfer strategy.
+
+    The backbone (everything but the head) is split into layer groups (see
+    :func:`warmstart.finetune.layer_groups`). The strategy decides which groups train in each
+    epoch (``"linear_probe"``, ``"partial"``, ``"full"``, ``"gradual"``, or a
+    :class:`Strategy` with options) and their learning rates relative to the head's ``lr``.
+    Frozen groups have ``requires_grad=False``, are left out of the optimizer (no momentum, no
+    weight decay drift) and keep their BatchNorm layers in eval mode unless ``train_bn=True``.
+    Gradual unfreezing adds optimizer groups as groups thaw, and the by-name schedules follow.
+
+    With ``"linear_probe"`` (and ``cache_features``), the frozen backbone runs once over each
+    loader, without augmentation, and the head trains on the cached features.
+
+    ``proximal=lam`` adds the proximal term toward the pretrained weights (the model as training
+    starts, head excluded), as in :class:`warmstart.pretrain.ProximalTrainer`: the data loss is
+    multiplied by ``lam`` and ``w - w0`` is added to the gradients (or the prox step is applied).
+
+    Overrides ``compute_loss`` (features or inputs), ``prepare_loader`` (the feature cache),
+    ``configure_param_groups``, ``backward``, ``on_before/after_optimizer_step``,
+    ``on_train_epoch_start`` and ``extra_state``/``load_extra_state``.
+
+    Args:
+        model: the pretrained model, its head already swapped for the task (:func:`swap_head`).
+        optimizer: an :class:`OptimizerConfig`/dict (the trainer builds the groups; ``lr`` is
+            the head's) or an optimizer instance (its groups are used as they are).
+        loss_fn: as for :class:`warmstart.Trainer`.
+        strategy: a strategy name, a dict ``{"name": ..., **options}`` or a :class:`Strategy`.
+        head: module path of the head (found automatically when omitted).
+        groups: explicit layer groups, each a pattern or list of patterns over module names.
+        train_bn: keep BatchNorm layers training inside frozen groups.
+        proximal: ``lam`` of the proximal term (``None``: off).
+        proximal_mode: ``"penalty"`` or ``"prox"``.
+        beta: ``beta/2 ||w||^2`` on the head (it has no anchor), with ``proximal``.
+        **kwargs: :class:`warmstart.Trainer` arguments.
+
+    Example:
+        >>> from warmstart.models import small_cnn
+        >>> model = small_cnn(width=4)
+        >>> trainer = FinetuneTrainer(model, {"name": "adam", "lr": 1e-3}, strategy="gradual", progress=False)
+        >>> [g["name"] for g in trainer.optimizer.param_groups]
+        ['head', 'head']
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any = None, loss_fn: Any = None, *,
+                 strategy: str | Strategy | dict[str, Any] = "full", head: str | None = None,
+                 groups: Sequence[str | Sequence[str]] | None = None, train_bn: bool = False,
+                 proximal: float | None = None, proximal_mode: str = "penalty", beta: float = 0.0, **kwargs: Any):
+        self.strategy = make_strategy(strategy)
+        self.head_info = find_head(model, head)
+        self.head_names = head_parameter_names(model, head)
+        self.train_bn = train_bn
+        self._bn_params = {id(p) for m in model.modules() if isinstance(m, _BATCHNORM) for p in m.parameters(recurse=False)}
+        self.backbone = _backbone_groups(model, groups, set(self.head_names))
+        if proximal is not None:
+            check_lam(proximal)
+        self._proximal_settings = None if proximal is None else (float(proximal), proximal_mode, beta)
+        self.proximal: ProximalTerm | None = None
+        self.num_trainable = self.strategy.trainable(0, len(self.backbone))
+        self._apply_trainable(model, self.num_trainable)
+        if isinstance(self.strategy, Partial) and self.strategy.reinit_rest:
+            _reinitialise([g for g in self.backbone[len(self.backbone) - self.num_trainable:]])
+        super().__init__(model, optimizer, loss_fn, **kwargs)
+        self._custom_optimizer = isinstance(optimizer, torch.optim.Optimizer)
+        self._head_forward: nn.Module = self.head_info.module
+
+    # ------------------------------------------------------------------ groups and freezing
+
+    def _apply_trainable(self, model: nn.Module, n: int) -> None:
+        """Train the top ``n`` backbone groups and the head; freeze the rest (BatchNorm included)."""
+        cut = len(self.backbone) - n
+        for index, group in enumerate(self.backbone):
+            frozen = index < cut
+            for module in group.modules:
+                for sub in module.modules():
+                    if isinstance(sub, _BATCHNORM) and not self.train_bn:
+                        if frozen and not is_frozen_batchnorm(sub):
+                            freeze_batchnorm(sub)
+                        elif not frozen and is_frozen_batchnorm(sub):
+                            unfreeze_batchnorm(sub, training=model.training)
+            for param in group.parameters():
+                param.requires_grad_(not frozen or (self.train_bn and id(param) in self._bn_params))
+        names = set(self.head_names)
+        for name, param in model.named_parameters():
+            if name in names:
+                param.requires_grad_(True)
+
+    def configure_param_groups(self, config: OptimizerConfig) -> list[dict[str, Any]]:
+        """The head at ``lr``, then each trainable backbone group from the top at its multiplier."""
+        head = [p for n, p in self.unwrapped_model.named_parameters() if n in set(self.head_names)]
+        groups = _split_decay("head", head, config.lr, config.weight_decay)
+        for index in reversed(range(len(self.backbone) - self.num_trainable, len(self.backbone))):
+            groups += self._group_for(index, config.lr, config.weight_decay)
+        return groups
+
+    def _group_for(self, index: int, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        group = self.backbone[index]
+        params = [p for p in group.parameters() if p.requires_grad]
+        return _split_decay(group.name, params, lr * self.strategy.lr_mult(index, len(self.backbone)), weight_decay)
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        wanted = self.strategy.trainable(epoch, len(self.backbone))
+        if wanted > self.num_trainable:
+            self._thaw(wanted)
+        if self._proximal_settings is not None:
+            if self.proximal is None:  # w0: the pretrained weights as training starts; the head has none
+                anchor = Anchor.from_model(self.unwrapped_model, exclude=self.head_names).to(self.device)
+                self.proximal = ProximalTerm(self.unwrapped_model, anchor, *self._proximal_settings)
+            self.proximal.refresh(self.optimizer)
+
+    def _thaw(self, wanted: int) -> None:
+        """Unfreeze backbone groups up to ``wanted`` from the top and give each an optimizer group."""
+        before = self.num_trainable
+        self.num_trainable = wanted
+        self._apply_trainable(self.unwrapped_model, wanted)
+        base_lr, weight_decay = self._base_lr_and_decay()
+        for index in reversed(range(len(self.backbone) - wanted, len(self.backbone) - before)):
+            for group in self._group_for(index, base_lr, weight_decay):
+                self._add_param_group(group)
+        self.refresh_trainable()
+
+    def _base_lr_and_decay(self) -> tuple[float, float]:
+        head_group = self.optimizer.param_groups[0]
+        lr = head_group.get("initial_lr", head_group["lr"]) if not self._custom_optimizer else self.optimizer.defaults["lr"]
+        return float(lr), float(self.optimizer.defaults.get("weight_decay", 0.0))
+
+    def _add_param_group(self, group: dict[str, Any]) -> None:
+        """Add an optimizer group and extend the LR schedule to it, at the schedule's current factor."""
+        group["initial_lr"] = group["lr"]
+        scheduler = self.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.base_lrs.append(group["initial_lr"])
+            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            group["lr"] = group["initial_lr"] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        elif isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            first = self.optimizer.param_groups[0]
+            group["lr"] = group["initial_lr"] * first["lr"] / first.get("initial_lr", first["lr"])
+            scheduler.min_lrs.append(scheduler.min_lrs[0])
+        elif scheduler is not None:
+            raise ConfigError(f"gradual unfreezing adds optimizer groups during training, which {type(scheduler).__name__} "
+                              "cannot follow; use a schedule by name (cosine, step, constant, plateau) or a LambdaLR")
+        self.optimizer.add_param_group(group)
+
+    # ------------------------------------------------------------------ the proximal term
+
+    def backward(self, loss: torch.Tensor) -> None:
+        super().backward(loss if self.proximal is None else loss * self.proximal.lam)
+
+    def on_before_optimizer_step(self) -> None:
+        if self.proximal is not None:
+            self.proximal.before_step()
+
+    def on_after_optimizer_step(self) -> None:
+        if self.proximal is not None:
+            self.proximal.after_step(self.optimizer)
+
+    # ------------------------------------------------------------------ the linear-probe feature cache
+
+    def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        if isinstance(batch, dict) and "features" in batch:  # cached backbone features: only the head runs
+            output = self._head_forward(batch["features"])
+            return {"loss": self.loss_fn(output, batch["target"]), "output": output}
+        return super().compute_loss(batch)
+
+    def prepare_loader(self, loader: Iterable[Any] | None, stage: str) -> Iterable[Any] | None:
+        if loader is None or not (isinstance(self.strategy, LinearProbe) and self.strategy.cache_features):
+            return loader
+        cached = self._cache_features(loader)
+        if cached is None:
+            return loader
+        features, targets, batch_size = cached
+        if distributed.is_distributed() and stage == "train" and not isinstance(self._head_forward, nn.parallel.DistributedDataParallel):
+            self._head_forward = nn.parallel.DistributedDataParallel(self.head_info.module)
+        return FeatureBatches(features, targets, batch_size, shuffle=stage == "train" and _shuffles(loader),
+                              seed=self.config.seed)
+
+    @torch.no_grad()
+    def _cache_features(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """Run the frozen model once, capturing the head's inputs; ``None`` if the head is not the last step."""
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+        hook = self.head_info.module.register_forward_hook(lambda m, args, out: captured.append((args[0], out)))
+        was_training = self.unwrapped_model.training
+        self.unwrapped_model.eval()
+        features, targets, batch_size = [], [], None
+        try:
+            for batch in _without_augmentation(loader):
+                inputs, target = split_batch(move_to_device(batch, self.device, self.config.channels_last))
+                with self.autocast():
+                    output = self.unwrapped_model(inputs)
+                head_input, head_output = captured.pop()
+                if not features and output is not head_output:
+                    warnings.warn(f"the head '{self.head_info.name}' is not the model's last step, so its features "
+                                  "cannot be cached; the linear probe runs the frozen backbone every step", stacklevel=4)
+                    return None
+                features.append(head_input.float())
+                targets.append(target)
+                batch_size = batch_size or len(target)
+        finally:
+            hook.remove()
+            self.unwrapped_model.train(was_training)
+        return torch.cat(features), torch.cat(targets), batch_size
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"frozen": frozen_state(self.unwrapped_model), "num_trainable": self.num_trainable,
+                "anchor": None if self.proximal is None else self.proximal.anchor.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if state["num_trainable"] > self.num_trainable:
+            self._thaw(state["num_trainable"])  # the optimizer groups of the saved stage, in the same order
+        restore_frozen_state(self.unwrapped_model, state["frozen"])
+        if state.get("anchor") is not None and self._proximal_settings is not None:
+            anchor = Anchor(state["anchor"]).to(self.device)
+            self.proximal = ProximalTerm(self.unwrapped_model, anchor, *self._proximal_settings)
+
+
+def _backbone_groups(model: nn.Module, groups: Sequence[Any] | None, head_names: set[str]) -> list[LayerGroup]:
+    """Layer groups with the head's parameters taken out (a group left empty is dropped)."""
+    head_ids = {id(p) for n, p in model.named_parameters() if n in head_names}
+    result = []
+    for group in layer_groups(model, groups):
+        modules = [m for m in group.modules if any(id(p) not in head_ids for p in m.parameters())]
+        if modules:
+            result.append(_HeadlessGroup(group.name, modules, head_ids))
+    return result
+
+
+class _HeadlessGroup(LayerGroup):
+    """A layer group whose parameters exclude the head's (when the head sits inside the group)."""
+
+    def __init__(self, name: str, modules: list[nn.Module], excluded: set[int]):
+        super().__init__(name=name, modules=modules)
+        self.excluded = excluded
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in super().parameters() if id(p) not in self.excluded]
+
+
+def _split_decay(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """One or two optimizer groups for a layer group: no weight decay on 1-D parameters."""
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name},
+              {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": name}]
+    return [g for g in groups if g["params"]]
+
+
+def _reinitialise(groups: list[LayerGroup]) -> None:
+    for group in groups:
+        for module in group.modules:
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+
+
+def _shuffles(loader: Any) -> bool:
+    if isinstance(loader, DataLoader):
+        return isinstance(loader.sampler, RandomSampler) or getattr(loader.sampler, "shuffle", False)
+    return bool(getattr(loader, "shuffle", False))
+
+
+def _without_augmentation(loader: Iterable[Any]) -> Iterable[Any]:
+    """The loader's samples in order, without random augmentation where the loader allows it."""
+    if isinstance(loader, InMemoryLoader):
+        plain = InMemoryLoader(loader.inputs, loader.targets, batch_size=loader.batch_size, device=loader.inputs.device)
+        plain.shard(loader.rank, loader.world_size)
+        return plain
+    dataset = getattr(loader, "dataset", None)
+    if is_random(getattr(dataset, "transform", None)):
+        warnings.warn("the linear-probe cache computes features once, so the loader's random augmentation is applied "
+                      "to one view only; use LinearProbe(cache_features=False) to augment every epoch", stacklevel=4)
+    if isinstance(loader, DataLoader):
+        sampler = loader.sampler if isinstance(loader.sampler, DistributedSampler) else None  # keep this rank's share
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    return loader

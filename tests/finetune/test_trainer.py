@@ -1,0 +1,137 @@
+"""FinetuneTrainer: strategies, discriminative rates, the linear-probe cache, gradual unfreezing, proximal, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import warmstart as ws
+from warmstart.errors import ConfigError
+from warmstart.finetune import FinetuneTrainer, Full, Gradual, LinearProbe, Partial
+from warmstart.models import small_cnn
+from warmstart.pretrain import Anchor, ProximalTrainer
+
+
+def _data(n: int = 48, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 12, 12, generator=g)
+    return TensorDataset(x, (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long())
+
+
+def _model(dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return small_cnn(num_classes=4, width=4, dropout=dropout)
+
+
+def _names(trainer: FinetuneTrainer) -> list[str]:
+    return [g["name"] for g in trainer.optimizer.param_groups]
+
+
+def test_linear_probe_trains_only_the_head_and_caches_features_once():
+    model = _model()
+    calls = []
+    model.block1.register_forward_hook(lambda *args: calls.append(1))
+    trainer = FinetuneTrainer(model, {"name": "sgd", "lr": 0.1}, strategy="linear_probe", max_epochs=5, progress=False)
+    assert set(_names(trainer)) == {"head"}
+    loader = DataLoader(_data(), batch_size=8)
+    history = trainer.fit(loader, loader)
+    assert len(calls) == 2 * 6  # one pass over the training and one over the validation loader, not one per epoch
+    assert "val_accuracy" in history[-1]
+
+    slow = _model()
+    FinetuneTrainer(slow, {"name": "sgd", "lr": 0.1}, strategy=LinearProbe(cache_features=False), max_epochs=5,
+                    progress=False).fit(loader)
+    for a, b in zip(model.parameters(), slow.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the same training, only faster
+    metrics = trainer.evaluate(loader)  # images, not features: the whole model runs
+    assert metrics["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+
+
+def test_partial_full_and_layer_decay_rates():
+    trainer = FinetuneTrainer(_model(), {"name": "sgd", "lr": 1.0}, strategy=Partial(k=2), progress=False)
+    assert _names(trainer) == ["head", "head", "block3", "block3"]
+    assert not trainer.unwrapped_model.block2[0].weight.requires_grad
+    trainer = FinetuneTrainer(_model(), {"name": "sgd", "lr": 1.0}, strategy="full", progress=False)
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {"head": 1.0, "block3": 0.1, "block2": 0.1, "block1": 0.1}
+    trainer = FinetuneTrainer(_model(), {"name": "sgd", "lr": 1.0}, strategy=Full(layer_decay=0.5), progress=False)
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {"head": 1.0, "block3": 0.5, "block2": 0.25, "block1": 0.125}
+    pretrained = _model().state_dict()
+    reinit = FinetuneTrainer(_model(), strategy=Partial(k=1, reinit_rest=True), progress=False).unwrapped_model
+    assert torch.equal(reinit.block1[0].weight, pretrained["block1.0.weight"])
+    assert not torch.equal(reinit.block2[0].weight, pretrained["block2.0.weight"])
+
+
+class _LrLog(ws.Callback):
+    def __init__(self):
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer):
+        self.epochs.append({g["name"]: g["lr"] for g in trainer.optimizer.param_groups})
+
+
+def test_gradual_unfreezing_adds_groups_that_follow_the_schedule():
+    log = _LrLog()
+    trainer = FinetuneTrainer(_model(), {"name": "adam", "lr": 1e-2}, strategy=Gradual(head_epochs=1, unfreeze_every=1),
+                              scheduler={"name": "cosine"}, max_epochs=4, callbacks=[log], progress=False)
+    trainer.fit(DataLoader(_data(), batch_size=8, shuffle=True))
+    assert [sorted(e) for e in log.epochs] == [["head"], ["block3", "head"], ["block2", "block3", "head"],
+                                               ["block1", "block2", "block3", "head"]]
+    factor = trainer.scheduler.lr_lambdas[0](trainer.scheduler.last_epoch)
+    for group in trainer.optimizer.param_groups:  # every group, old or new, on the same cosine
+        assert group["lr"] == pytest.approx(group["initial_lr"] * factor)
+    assert log.epochs[1]["block3"] == pytest.approx(0.1 * log.epochs[1]["head"])
+
+
+def test_resuming_in_the_middle_of_gradual_unfreezing_is_exact(tmp_path):
+    def run(out_dir, stop_after=None, resume=None):
+        callbacks = []
+        if stop_after:
+            class Stop(ws.Callback):
+                def on_epoch_end(self, trainer, metrics):
+                    trainer.should_stop = trainer.epoch + 1 == stop_after
+            callbacks.append(Stop())
+        trainer = FinetuneTrainer(_model(dropout=0.2), {"name": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+                                  strategy=Gradual(head_epochs=1), scheduler={"name": "cosine"}, proximal=10.0,
+                                  max_epochs=4, out_dir=str(out_dir), callbacks=callbacks, progress=False)
+        trainer.fit(DataLoader(_data(), batch_size=8, shuffle=True), resume=resume)
+        return trainer
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=2)
+    resumed = run(tmp_path / "b", resume="last")
+    for a, b in zip(straight.unwrapped_model.state_dict().values(), resumed.unwrapped_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert _names(straight) == _names(resumed)
+
+
+def test_proximal_reuses_the_pretrain_term_with_the_head_unanchored():
+    loader = DataLoader(_data(), batch_size=8, shuffle=True)
+    finetuned = _model()
+    FinetuneTrainer(finetuned, {"name": "sgd", "lr": 0.01, "momentum": 0.9}, strategy=Full(backbone_lr_mult=1.0),
+                    proximal=5.0, max_epochs=2, progress=False).fit(loader)
+    reference = _model()
+    head = ["head.weight", "head.bias"]
+    optimizer = FinetuneTrainer(reference, {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                                strategy=Full(backbone_lr_mult=1.0), progress=False).optimizer
+    ProximalTrainer(reference, optimizer, lam=5.0, anchor=Anchor.from_model(reference, exclude=head), max_epochs=2,
+                    progress=False).fit(loader)
+    for a, b in zip(finetuned.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_strategy_input_is_refused():
+    with pytest.raises(ConfigError, match="unknown fine-tuning strategy 'linear' \\(did you mean 'linear_probe'\\?\\)"):
+        FinetuneTrainer(_model(), strategy="linear")
+    with pytest.raises(ConfigError, match="strategy 'gradual' has no option 'unfreeze_evry' \\(did you mean 'unfreeze_every'"):
+        FinetuneTrainer(_model(), strategy={"name": "gradual", "unfreeze_evry": 2})
+    with pytest.raises(ConfigError, match="Partial\\(k=5\\) asks to freeze more layer groups than the backbone has \\(3\\)"):
+        FinetuneTrainer(_model(), strategy=Partial(k=5))
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = FinetuneTrainer(model, optimizer, strategy="gradual", max_epochs=2, progress=False,
+                              scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1))
+    with pytest.raises(ConfigError, match="StepLR cannot follow"):
+        trainer.fit(DataLoader(_data(), batch_size=8))
