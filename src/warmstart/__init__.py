@@ -1,6 +1,6 @@
 """warmstart: pretrain, fine-tune and distill PyTorch networks with one small, exact Trainer."""
 
-from warmstart import data, finetune, models, pretrain
+from warmstart import data, distill, finetune, models, pretrain
 from warmstart._runtime import seed_everything, select_device
 from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
 from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -32,6 +32,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "data",
+    "distill",
     "finetune",
     "find_head",
     "load_checkpoint",

@@ -170,10 +170,7 @@ class Trainer:
 
         while self.epoch < cfg.max_epochs and not self.should_stop:
             epoch_start = time.perf_counter()
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(self.epoch)
-            elif hasattr(getattr(train_loader, "sampler", None), "set_epoch"):  # DistributedSampler
-                train_loader.sampler.set_epoch(self.epoch)
+            _set_epoch(train_loader, self.epoch)
             self.model.train()
             self.on_train_epoch_start(self.epoch)
             for cb in self.callbacks:
@@ -300,15 +297,12 @@ class Trainer:
         """
         with self.autocast():
             out = self.compute_loss(batch)
-        n = batch_size_of(batch)
-        sums = {name: value.detach().float() * n for name, value in _loss_terms(out).items()}
         output = out.get("output") if isinstance(out, Mapping) else None
-        with contextlib.suppress(DataError):
+        try:
             target = split_batch(batch)[1]
-            if _is_classification(output, target):
-                sums["accuracy"] = (output.argmax(dim=-1) == target).sum().float()
-        sums["count"] = torch.tensor(float(n), device=self.device)
-        return sums
+        except DataError:
+            target = None
+        return classification_sums(output, target, _loss_terms(out), self.device, batch_size_of(batch))
 
     def on_before_optimizer_step(self) -> None:
         """Edit gradients before the optimizer step (after unscaling, before clipping)."""
@@ -701,6 +695,13 @@ class Trainer:
         return self._ddp.no_sync() if enabled and self._ddp is not None else contextlib.nullcontext()
 
 
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """Tell a loader, its sampler (DistributedSampler) and its data set (AugmentedViews) which epoch starts."""
+    for part in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
 def _length(loader: Any) -> int | None:
     try:
         return len(loader)
@@ -721,6 +722,20 @@ def _loss_terms(out: torch.Tensor | Mapping[str, Any]) -> dict[str, torch.Tensor
     terms = {"loss": out["loss"]}
     terms.update({k: v for k, v in out.items() if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.dim() == 0})
     return terms
+
+
+def classification_sums(output: Any, target: Any, terms: Mapping[str, torch.Tensor], device: torch.device,
+                        n: int | None = None) -> dict[str, torch.Tensor]:
+    """Per-batch sums for evaluation: each term times the batch size, correct predictions as ``accuracy``, ``count``.
+
+    Accuracy is counted when ``output`` is ``(B, C)`` scores and ``target`` is ``(B,)`` class indices.
+    """
+    n = n if n is not None else len(target)
+    sums = {name: value.detach().float() * n for name, value in terms.items()}
+    if _is_classification(output, target):
+        sums["accuracy"] = (output.argmax(dim=-1) == target).sum().float()
+    sums["count"] = torch.tensor(float(n), device=device)
+    return sums
 
 
 def _is_classification(output: Any, target: Any) -> bool:

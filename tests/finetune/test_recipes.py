@@ -31,8 +31,8 @@ def test_fine_tune_warms_up_the_head_then_trains_everything(tmp_path):
     assert [h["phase"] for h in result.history] == ["linear_probe"] * 2 + ["full"] * 4
     assert result.history[-1]["val_accuracy"] > 0.6
     assert not torch.equal(model.block1[0].weight, backbone_before)
-    groups = {g["name"]: g["lr"] for g in result.trainer.optimizer.param_groups}
-    assert groups["block1"] == pytest.approx(0.1 * groups["head"])  # discriminative rates
+    groups = {g["name"]: g["initial_lr"] for g in result.trainer.optimizer.param_groups}
+    assert groups == pytest.approx({"head": 3e-3, "block3": 0.8 * 3e-3, "block2": 0.64 * 3e-3, "block1": 0.512 * 3e-3})
     assert (tmp_path / "probe" / "last.safetensors").exists() and (tmp_path / "full" / "last.safetensors").exists()
 
 

@@ -1,0 +1,292 @@
+"""DistillTrainer: train a student on one or more frozen teachers' soft labels, online or from cached logits."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from warmstart import distributed
+from warmstart._runtime import move_to_device
+from warmstart.data.augment import is_random
+from warmstart.data.loaders import InMemoryLoader, WithIndex
+from warmstart.distill.cache import (AugmentedViews, TeacherCache, dataset_fingerprint, model_fingerprint,
+                                     probe_indices)
+from warmstart.distill.hints import FeatureHint, FeatureTaps, make_adapter
+from warmstart.distill.losses import COMBINE, check_kd_options, check_logits, kd_terms
+from warmstart.errors import ConfigError, DataError
+from warmstart.trainer import Trainer, classification_sums, split_batch
+
+
+class DistillTrainer(Trainer):
+    """Distil frozen teachers into a student with :func:`warmstart.distill.kd_loss`.
+
+    Each step computes ``alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(student, y)``
+    plus ``weight * MSE(adapter(student_feature), teacher_feature)`` per feature hint. The
+    teachers are frozen, in eval mode, on the training device, and run under ``no_grad`` and the
+    trainer's autocast. They are never saved into the student's checkpoints; their identity
+    (class, parameter count, weights hash) is recorded there instead. Validation measures the
+    student alone: its cross-entropy (``val_loss``) and accuracy.
+
+    With ``cache_teacher=True`` the teachers run once over the training set and their logits go
+    into one fp16 memory-mapped file (``cache_path``, by default ``out_dir/teacher_logits.npy``),
+    reused every epoch and by later runs whose data set and teachers match. Random augmentation
+    would make cached logits stale, so it is refused; wrap the data in
+    :class:`warmstart.distill.AugmentedViews` to cache a fixed number of augmented views per
+    sample instead. Batches get sample indices automatically (``InMemoryLoader(with_index=True)``
+    or :class:`warmstart.data.WithIndex`).
+
+    Overrides ``compute_loss``, ``validation_step``, ``prepare_loader``, ``on_before_optimizer_step``,
+    ``extra_state``/``load_extra_state`` and ``weights_metadata``.
+
+    Args:
+        student: the network to train.
+        teacher: a trained network, or a list of them (any architectures, same classes).
+        optimizer: as for :class:`warmstart.Trainer`.
+        temperature: ``T > 0``.
+        alpha: weight of the distillation term in [0, 1] (RepDistiller's convention).
+        teacher_weights: weights of several teachers (normalised).
+        combine: ``"probs"`` (default: distil into the teachers' mean probabilities) or ``"kl"``.
+        cache_teacher: cache the teachers' logits (offline distillation).
+        cache_path: where to keep the cache.
+        hints: :class:`FeatureHint` s for feature distillation (online only).
+        **kwargs: :class:`warmstart.Trainer` arguments.
+
+    Example:
+        >>> from warmstart.models import mlp
+        >>> teacher, student = mlp(16, [32], 3), mlp(16, [4], 3)
+        >>> trainer = DistillTrainer(student, teacher, temperature=4.0, alpha=0.9, progress=False)
+        >>> history = trainer.fit([(torch.randn(8, 16), torch.randint(0, 3, (8,)))])
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | Sequence[nn.Module], optimizer: Any = None, *,
+                 temperature: float = 4.0, alpha: float = 0.9, teacher_weights: Sequence[float] | None = None,
+                 combine: str = "probs", cache_teacher: bool = False, cache_path: str | None = None,
+                 hints: Sequence[FeatureHint] = (), **kwargs: Any):
+        check_kd_options(temperature, alpha)
+        if combine not in COMBINE:
+            raise ConfigError(f"combine must be 'probs' or 'kl', got '{combine}'")
+        super().__init__(student, optimizer, **kwargs)
+        self.teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+        for model in self.teachers:
+            model.to(self.device).eval().requires_grad_(False)
+        self.temperature, self.alpha, self.combine = temperature, alpha, combine
+        self.teacher_weights = None if teacher_weights is None else list(teacher_weights)
+        if self.teacher_weights is not None and len(self.teacher_weights) != len(self.teachers):
+            raise ConfigError(f"teacher_weights has {len(self.teacher_weights)} entries for {len(self.teachers)} teachers")
+        self.teacher_ids = [{"class": type(m).__name__, "parameters": sum(p.numel() for p in m.parameters()),
+                             "sha256": model_fingerprint(m)} for m in self.teachers]
+        if cache_teacher and hints:
+            raise ConfigError("feature hints need the teacher's features every step; use cache_teacher=False with hints")
+        self.cache_teacher, self.cache_path, self.cache = cache_teacher, cache_path, None
+        self.hints = list(hints)
+        self.taps = FeatureTaps(self.unwrapped_model, self.teachers[0], self.hints) if self.hints else None
+        self.adapters = nn.ModuleList()
+        self._pending_adapter_state: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ the loss
+
+    def teacher_logits(self, inputs: Any) -> list[torch.Tensor]:
+        """Run every teacher on ``inputs`` (no grad; the caller's autocast applies)."""
+        with torch.no_grad():
+            return [model(inputs) for model in self.teachers]
+
+    def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        inputs, target = split_batch(batch)
+        student_logits = self.model(inputs)
+        if self.cache is not None:
+            rows = batch[2] if isinstance(batch, (tuple, list)) and len(batch) > 2 else None
+            if rows is None:
+                raise DataError("cached teacher logits need batches of (x, y, index); wrap the data set in "
+                                "warmstart.data.WithIndex or use InMemoryLoader(with_index=True)")
+            teacher = list(self.cache.lookup(rows, self.device).unbind(1))
+        else:
+            teacher = self.teacher_logits(inputs)
+        if not self._targets_checked:  # first batch: class counts before label ranges
+            for logits in teacher:
+                check_logits(student_logits, logits)
+            self.check_targets(student_logits, target)
+        terms = kd_terms(student_logits, teacher, target, self.temperature, self.alpha, self.teacher_weights,
+                         self.combine)
+        if self.taps is not None:
+            hint_terms = self.taps.losses(self.adapters)
+            terms["loss"] = terms["loss"] + sum(hint_terms.values())
+            terms.update(hint_terms)
+        return {**terms, "output": student_logits}
+
+    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The student alone: cross-entropy as ``loss``, and accuracy."""
+        inputs, target = split_batch(batch)
+        with self.autocast():
+            output = self.model(inputs)
+            loss = self.loss_fn(output, target)
+        return classification_sums(output, target, {"loss": loss}, self.device)
+
+    def on_before_optimizer_step(self) -> None:
+        if distributed.is_distributed() and len(self.adapters):  # adapters live outside the DDP-wrapped student
+            for param in self.adapters.parameters():
+                if param.grad is not None:
+                    distributed.all_reduce_sum(param.grad).div_(distributed.world_size())
+
+    # ------------------------------------------------------------------ set-up: adapters and the logit cache
+
+    def prepare_loader(self, loader: Iterable[Any] | None, stage: str) -> Iterable[Any] | None:
+        if loader is None or stage != "train":
+            return loader
+        if self.hints and not len(self.adapters):
+            self._build_adapters(loader)
+        if self.cache_teacher:
+            loader = self._indexed(loader)
+            self.cache = self._open_or_build_cache(loader)
+        return loader
+
+    @torch.no_grad()
+    def _build_adapters(self, loader: Iterable[Any]) -> None:
+        """One forward pass of student and teacher on a batch gives the feature shapes the adapters map between."""
+        inputs, _ = split_batch(move_to_device(next(iter(loader)), self.device))
+        was_training = self.unwrapped_model.training
+        self.unwrapped_model.eval()
+        with self.autocast():
+            self.unwrapped_model(inputs)
+            self.teachers[0](inputs)
+        self.unwrapped_model.train(was_training)
+        for i, hint in enumerate(self.hints):
+            try:
+                adapter = make_adapter(self.taps.student_out[i].shape, self.taps.teacher_out[i].shape)
+            except ValueError as err:
+                raise ConfigError(f"hint {hint.student!r} -> {hint.teacher!r}: {err}") from None
+            self.adapters.append(adapter.to(self.device))
+        if self._pending_adapter_state is not None:
+            self.adapters.load_state_dict(self._pending_adapter_state)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.add_param_group({"params": list(self.adapters.parameters()), "lr": lr, "name": "hint_adapters"})
+
+    def _indexed(self, loader: Iterable[Any]) -> Iterable[Any]:
+        """The same loader, yielding ``(x, y, index)``; refuse random augmentation (stale logits)."""
+        stale = ("cached teacher logits would be stale: the training data is randomly augmented ({what}), so the "
+                 "student would see inputs the teacher never did. Wrap the data set in "
+                 "warmstart.distill.AugmentedViews(dataset, transform, views=4) to cache 4 views per sample, or "
+                 "use cache_teacher=False.")
+        if isinstance(loader, InMemoryLoader):
+            if loader.transform is not None:
+                raise DataError(stale.format(what="InMemoryLoader(transform=...)"))
+            indexed = InMemoryLoader(loader.inputs, loader.targets, batch_size=loader.batch_size, shuffle=loader.shuffle,
+                                     drop_last=loader.drop_last, device=loader.inputs.device, seed=loader.seed,
+                                     with_index=True)
+            indexed.shard(loader.rank, loader.world_size)
+            return indexed
+        if isinstance(loader, DataLoader):
+            dataset = loader.dataset
+            if isinstance(dataset, (AugmentedViews, WithIndex)):
+                return loader
+            transform = _find_transform(dataset)
+            if is_random(transform):
+                raise DataError(stale.format(what=type(transform).__name__))
+            return DataLoader(WithIndex(dataset), batch_size=loader.batch_size, sampler=loader.sampler,
+                              num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                              drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
+                              generator=loader.generator)
+        return loader  # any other iterable must already yield (x, y, index)
+
+    def _open_or_build_cache(self, loader: Iterable[Any]) -> TeacherCache:
+        dataset, views, length, rows_of = _cache_source(loader)
+        probes = [_sample(dataset, i) for i in probe_indices(length)]
+        num_classes = self._num_classes(probes[0][0])
+        expect = {"length": length, "views": views, "num_classes": num_classes,
+                  "dataset": dataset_fingerprint(probes, length), "teacher": [t["sha256"] for t in self.teacher_ids]}
+        path = Path(self.cache_path) if self.cache_path else (
+            (self.out_dir or Path(tempfile.mkdtemp(prefix="warmstart-cache-"))) / "teacher_logits.npy")
+        if path.exists():
+            return TeacherCache.open(path, expect)
+        if not distributed.is_main_process():
+            distributed.barrier()  # rank 0 builds the cache; the others wait, then open it
+            return TeacherCache.open(path, expect)
+
+        def stacked_logits(inputs: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return torch.stack(self.teacher_logits(move_to_device(inputs, self.device)), dim=1)
+
+        cache = TeacherCache.build(path, rows_of(), stacked_logits, length=length, views=views,
+                                   num_classes=num_classes, meta=expect, teachers=len(self.teachers))
+        distributed.barrier()
+        return cache
+
+    def _num_classes(self, example: torch.Tensor) -> int:
+        with torch.no_grad(), self.autocast():
+            return int(self.teachers[0](move_to_device(torch.as_tensor(example).unsqueeze(0), self.device)).shape[-1])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"adapters": self.adapters.state_dict(), "teachers": self.teacher_ids}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if state["adapters"]:
+            if len(self.adapters):
+                self.adapters.load_state_dict(state["adapters"])
+            else:
+                self._pending_adapter_state = state["adapters"]
+
+    def weights_metadata(self) -> dict[str, Any]:
+        return {**super().weights_metadata(), "teachers": self.teacher_ids,
+                "distillation": {"temperature": self.temperature, "alpha": self.alpha, "combine": self.combine}}
+
+
+def _find_transform(dataset: Dataset) -> Any:
+    """The ``transform`` of a data set or of the data set it wraps (Subset, WithIndex, ...)."""
+    while dataset is not None:
+        transform = getattr(dataset, "transform", None)
+        if transform is not None:
+            return transform
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def _sample(dataset: Any, index: int) -> tuple[torch.Tensor, Any]:
+    if isinstance(dataset, InMemoryLoader):
+        return dataset.inputs[index].cpu(), dataset.targets[index].cpu()
+    sample = dataset.view(index, 0) if isinstance(dataset, AugmentedViews) else dataset[index]
+    return torch.as_tensor(sample[0]), sample[1]
+
+
+def _cache_source(loader: Iterable[Any]) -> tuple[Any, int, int, Any]:
+    """What the cache covers: ``(data set, views, length, function yielding (inputs, rows) batches)``."""
+    if isinstance(loader, InMemoryLoader):
+        size = loader.batch_size
+
+        def in_memory():
+            for start in range(0, loader.dataset_size, size):
+                rows = torch.arange(start, min(start + size, loader.dataset_size))
+                yield loader.inputs[rows.to(loader.inputs.device)], rows
+        return loader, 1, loader.dataset_size, in_memory
+    if isinstance(loader, DataLoader):
+        dataset = loader.dataset
+        views = dataset.views if isinstance(dataset, AugmentedViews) else 1
+        base = dataset.dataset if isinstance(dataset, WithIndex) else dataset
+
+        def from_dataset():
+            every = _EveryView(dataset) if isinstance(dataset, AugmentedViews) else WithIndex(base)
+            for inputs, _, rows in DataLoader(every, batch_size=loader.batch_size or 256, collate_fn=loader.collate_fn,
+                                              num_workers=loader.num_workers):
+                yield inputs, torch.as_tensor(rows)
+        return dataset if isinstance(dataset, AugmentedViews) else base, views, len(base), from_dataset
+    raise DataError("cache_teacher needs a DataLoader or an InMemoryLoader, so the teacher can see every sample once")
+
+
+class _EveryView(Dataset):
+    """Every (sample, view) of an :class:`AugmentedViews`, as ``(x_view, y, row)`` with ``row = index * views + view``."""
+
+    def __init__(self, views: AugmentedViews):
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.views) * self.views.views
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, Any, int]:
+        x, y = self.views.view(row // self.views.views, row % self.views.views)
+        return x, y, row

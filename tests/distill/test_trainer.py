@@ -1,0 +1,155 @@
+"""DistillTrainer: frozen teachers, cached logits (and their staleness checks), views, hints, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import warmstart as ws
+from warmstart.checkpoint import load_weights
+from warmstart.data import InMemoryLoader, build_augmentation
+from warmstart.distill import AugmentedViews, DistillTrainer, FeatureHint
+from warmstart.errors import ConfigError, DataError
+from warmstart.models import mlp, small_cnn
+
+
+def _images(n: int = 40, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 12, 12, generator=g)
+    return TensorDataset(x, (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 6, 6] > 0).long())
+
+
+def _teacher() -> nn.Module:
+    torch.manual_seed(1)
+    return small_cnn(num_classes=4, width=8)
+
+
+def _student() -> nn.Module:
+    torch.manual_seed(2)
+    return mlp(144, [8], 4)
+
+
+def _count_calls(model: nn.Module) -> list[int]:
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    return calls
+
+
+def test_online_distillation_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path):
+    teacher = _teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = DistillTrainer(_student(), teacher, {"name": "adam", "lr": 1e-2}, temperature=3.0, alpha=0.8,
+                             max_epochs=2, out_dir=str(tmp_path), progress=False)
+    history = trainer.fit(DataLoader(_images(), batch_size=8, shuffle=True), DataLoader(_images(seed=1), batch_size=8))
+    assert {"train_loss", "train_kd", "train_ce", "val_loss", "val_accuracy"} <= set(history[-1])
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    weights, meta = load_weights(tmp_path / "last.safetensors")
+    assert set(weights) == set(trainer.unwrapped_model.state_dict())  # the student only
+    assert meta["teachers"][0]["class"] == "Sequential" and len(meta["teachers"][0]["sha256"]) == 64
+    assert meta["distillation"] == {"temperature": 3.0, "alpha": 0.8, "combine": "probs"}
+
+
+def test_cached_logits_run_the_teacher_once_and_are_reused(tmp_path):
+    teacher = _teacher()
+    calls = _count_calls(teacher)
+    loader = InMemoryLoader(_images(), batch_size=8, shuffle=True)
+    cached = DistillTrainer(_student(), teacher, temperature=2.0, cache_teacher=True, max_epochs=3,
+                            out_dir=str(tmp_path), progress=False)
+    cached.fit(loader)
+    assert sum(calls) == 40 + 1  # one pass over the 40 samples, and one probe for the class count
+    logits = np.load(tmp_path / "teacher_logits.npy", mmap_mode="r")
+    assert logits.dtype == np.float16 and logits.shape == (40, 1, 4)
+    with torch.no_grad():
+        expected = teacher(_images().tensors[0]).numpy()
+    np.testing.assert_allclose(logits[:, 0], expected, rtol=1e-2, atol=1e-2)
+
+    calls.clear()
+    again = DistillTrainer(_student(), teacher, temperature=2.0, cache_teacher=True, max_epochs=1,
+                           out_dir=str(tmp_path), progress=False)
+    again.fit(loader)
+    assert sum(calls) == 1  # the file is reused: only the class-count probe runs
+    online = DistillTrainer(_student(), teacher, temperature=2.0, max_epochs=3, progress=False)
+    online.fit(loader)
+    for a, b in zip(cached.unwrapped_model.parameters(), online.unwrapped_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)  # the same training up to fp16 logits
+
+
+def test_a_cache_for_another_teacher_or_data_set_is_refused(tmp_path):
+    path = str(tmp_path / "logits.npy")
+    DistillTrainer(_student(), _teacher(), cache_teacher=True, cache_path=path, progress=False).fit(
+        InMemoryLoader(_images(), batch_size=8))
+    other_teacher = small_cnn(num_classes=4, width=8)
+    with pytest.raises(DataError, match="was built for another teacher \\(its weights hash\\).*Delete it"):
+        DistillTrainer(_student(), other_teacher, cache_teacher=True, cache_path=path, progress=False).fit(
+            InMemoryLoader(_images(), batch_size=8))
+    with pytest.raises(DataError, match="was built for another data set length: 40 there, 48 now"):
+        DistillTrainer(_student(), _teacher(), cache_teacher=True, cache_path=path, progress=False).fit(
+            InMemoryLoader(_images(n=48), batch_size=8))
+    with pytest.raises(DataError, match="another data set \\(its sample hash\\)"):
+        DistillTrainer(_student(), _teacher(), cache_teacher=True, cache_path=path, progress=False).fit(
+            InMemoryLoader(_images(seed=5), batch_size=8))
+
+
+def test_random_augmentation_is_refused_unless_views_are_cached(tmp_path):
+    augment = build_augmentation({"rotation": 20})
+    with pytest.raises(DataError, match="cached teacher logits would be stale.*AugmentedViews"):
+        DistillTrainer(_student(), _teacher(), cache_teacher=True, progress=False).fit(
+            InMemoryLoader(_images(), batch_size=8, transform=augment))
+
+    class Augmented(TensorDataset):
+        transform = augment
+
+    with pytest.raises(DataError, match="randomly augmented \\(Compose\\)"):
+        DistillTrainer(_student(), _teacher(), cache_teacher=True, progress=False).fit(
+            DataLoader(Augmented(*_images().tensors), batch_size=8))
+
+    views = AugmentedViews(_images(), augment, views=3, seed=4)
+    teacher = _teacher()
+    trainer = DistillTrainer(_student(), teacher, cache_teacher=True, out_dir=str(tmp_path), max_epochs=2,
+                             progress=False)
+    trainer.fit(DataLoader(views, batch_size=8, shuffle=True))
+    logits = np.load(tmp_path / "teacher_logits.npy", mmap_mode="r")
+    assert logits.shape == (120, 1, 4)
+    for index, view in [(0, 0), (7, 2), (39, 1)]:  # row index * 3 + view holds the teacher's logits of that view
+        x, _ = views.view(index, view)
+        with torch.no_grad():
+            expected = teacher(x.unsqueeze(0))[0].numpy()
+        np.testing.assert_allclose(logits[index * 3 + view, 0], expected, rtol=1e-2, atol=1e-2)
+    views.set_epoch(1)
+    assert views[7][2] == 7 * 3 + (7 + 1) % 3 and torch.equal(views[7][0], views.view(7, 2)[0])
+
+
+def test_feature_hints_learn_an_adapter_that_is_checkpointed(tmp_path):
+    student = small_cnn(num_classes=4, width=4)
+    trainer = DistillTrainer(student, _teacher(), hints=[FeatureHint("block2", "block2", weight=0.5)],
+                             max_epochs=2, out_dir=str(tmp_path), progress=False)
+    history = trainer.fit(DataLoader(_images(), batch_size=8, shuffle=True))
+    adapter = trainer.adapters[0][0]
+    assert isinstance(adapter, nn.Conv2d) and (adapter.in_channels, adapter.out_channels) == (8, 16)
+    assert "train_hint_0" in history[-1] and trainer.optimizer.param_groups[-1]["name"] == "hint_adapters"
+    state = ws.load_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(state["trainer"]["adapters"]["0.0.weight"], adapter.weight.detach())
+    with pytest.raises(ConfigError, match="hint 'pool' -> 'block2'.*both give \\(B, C, H, W\\) or both \\(B, C\\)"):
+        DistillTrainer(small_cnn(num_classes=4, width=4), _teacher(), hints=[FeatureHint("pool", "block2")],
+                       progress=False).fit(DataLoader(_images(), batch_size=8))
+    with pytest.raises(ConfigError, match="hints need the teacher's features every step"):
+        DistillTrainer(student, _teacher(), hints=[FeatureHint("block2", "block2")], cache_teacher=True)
+
+
+def test_several_teachers_and_bad_input():
+    teachers = [_teacher(), small_cnn(num_classes=4, width=4)]
+    trainer = DistillTrainer(_student(), teachers, teacher_weights=[2.0, 1.0], combine="kl", max_epochs=1,
+                             progress=False)
+    assert trainer.fit(DataLoader(_images(), batch_size=8))[-1]["train_kd"] > 0
+    with pytest.raises(DataError, match=r"student logits \(8, 3\) and teacher logits \(8, 4\) differ"):
+        DistillTrainer(mlp(144, [8], 3), _teacher(), progress=False).fit(DataLoader(_images(), batch_size=8))
+    with pytest.raises(ConfigError, match="temperature must be a positive number"):
+        DistillTrainer(_student(), _teacher(), temperature=0)
+    with pytest.raises(ConfigError, match="alpha must be in \\[0, 1\\]"):
+        DistillTrainer(_student(), _teacher(), alpha=2.0)
+    with pytest.raises(ConfigError, match="teacher_weights has 1 entries for 2 teachers"):
+        DistillTrainer(_student(), teachers, teacher_weights=[1.0])
