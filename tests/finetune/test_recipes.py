@@ -32,7 +32,7 @@ def test_fine_tune_warms_up_the_head_then_trains_everything(tmp_path):
     assert result.history[-1]["val_accuracy"] > 0.6
     assert not torch.equal(model.block1[0].weight, backbone_before)
     groups = {g["name"]: g["initial_lr"] for g in result.trainer.optimizer.param_groups}
-    assert groups == pytest.approx({"head": 3e-3, "block3": 0.8 * 3e-3, "block2": 0.64 * 3e-3, "block1": 0.512 * 3e-3})
+    assert groups == pytest.approx({"head": 3e-3, "block3": 0.9 * 3e-3, "block2": 0.81 * 3e-3, "block1": 0.729 * 3e-3})
     assert (tmp_path / "probe" / "last.safetensors").exists() and (tmp_path / "full" / "last.safetensors").exists()
 
 

@@ -41,7 +41,7 @@ class FineTuneResult:
 
 def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None,
               num_classes: int | None = None, epochs: int = 10, *, lr: float = 3e-3, freeze_epochs: int = 2,
-              layer_decay: float | None = 0.8, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
+              layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
               weight_decay: float = 0.01, proximal: float | None = None, head: str | None = None,
               out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call: a linear-probe warm-up, then full fine-tuning.
