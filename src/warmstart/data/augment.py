@@ -1,0 +1,199 @@
+"""Augmentation presets from config: torchvision ``transforms.v2`` per sample, or one batched affine on the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from warmstart.errors import ConfigError
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Random augmentation (the ``augment:`` section of a config); zero turns a transform off.
+
+    Attributes:
+        crop_padding: pad by this many pixels and crop back at a random position (CIFAR-style).
+        flip: probability of a horizontal flip (keep 0 for digits and text).
+        rotation: maximum rotation in degrees.
+        translate: maximum shift as a fraction of the image side.
+        scale: maximum zoom in or out as a fraction (0.1: between 0.9x and 1.1x).
+        brightness: colour-jitter brightness strength (images in ``[0, 1]``).
+        contrast: colour-jitter contrast strength.
+        saturation: colour-jitter saturation strength (RGB only; per-sample transforms only).
+        hue: colour-jitter hue strength (RGB only; per-sample transforms only).
+    """
+
+    crop_padding: int = 0
+    flip: float = 0.0
+    rotation: float = 0.0
+    translate: float = 0.0
+    scale: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.flip <= 1:
+            raise ConfigError(f"augment.flip is a probability in [0, 1], got {self.flip}")
+        for name in ("crop_padding", "rotation", "translate", "scale", "brightness", "contrast", "saturation", "hue"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any transform is on."""
+        return any(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "digits": AugmentConfig(rotation=10.0, translate=0.1, scale=0.1),
+    "cifar": AugmentConfig(crop_padding=4, flip=0.5),
+    "cifar_strong": AugmentConfig(crop_padding=4, flip=0.5, brightness=0.2, contrast=0.2, saturation=0.2),
+}
+
+
+def augment_config(spec: str | Mapping[str, Any] | AugmentConfig | None) -> AugmentConfig:
+    """An :class:`AugmentConfig` from a preset name, a mapping of its fields, or ``None`` (no augmentation)."""
+    from warmstart.config import from_dict
+
+    if spec is None:
+        return AugmentConfig()
+    if isinstance(spec, AugmentConfig):
+        return spec
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            from warmstart.errors import nearest
+
+            raise ConfigError(f"unknown augmentation preset '{spec}'{nearest(spec, PRESETS)}; "
+                              f"valid presets: {', '.join(PRESETS)}")
+        return PRESETS[spec]
+    return from_dict(AugmentConfig, spec, prefix="augment")
+
+
+class RandomPadCrop(nn.Module):
+    """Pad by ``padding`` pixels of ``fill`` and crop back to the input size at a random position."""
+
+    def __init__(self, padding: int, fill: float = 0.0):
+        super().__init__()
+        self.padding, self.fill = padding, fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.padding
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (p, p, p, p), value=self.fill)
+        top, left = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
+        return padded[..., top:top + h, left:left + w]
+
+
+class BatchAugment(nn.Module):
+    """The geometric and brightness/contrast part of an :class:`AugmentConfig`, for a whole batch at once.
+
+    Each sample gets its own random rotation, shift (``translate`` plus ``crop_padding`` pixels),
+    zoom and flip, applied as one bilinear ``affine_grid``/``grid_sample`` on the batch's device;
+    brightness and contrast scale each sample about ``fill`` and its mean. Draws from torch's
+    global RNG, so a seeded run is reproducible.
+
+    Args:
+        config: the augmentation (saturation and hue are not supported here).
+        fill: the value of a blank pixel (``Splits.background`` for normalised digits).
+    """
+
+    def __init__(self, config: AugmentConfig, fill: float = 0.0):
+        super().__init__()
+        if config.saturation or config.hue:
+            raise ConfigError("batched augmentation does not do saturation or hue; set them to 0 or use "
+                              "build_augmentation(..., batched=False) for torchvision's per-sample ColorJitter")
+        self.config, self.fill = config, fill
+
+    def _uniform(self, n: int, bound: float, device: torch.device) -> torch.Tensor:
+        return (torch.rand(n, device=device) * 2 - 1) * bound
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg, n, device = self.config, x.shape[0], x.device
+        h, w = x.shape[-2:]
+        angle = self._uniform(n, math.radians(cfg.rotation), device)
+        zoom = 1 + self._uniform(n, cfg.scale, device)
+        flip = torch.where(torch.rand(n, device=device) < cfg.flip, -1.0, 1.0)
+        shift_x = self._uniform(n, 2 * (cfg.translate + cfg.crop_padding / w), device)
+        shift_y = self._uniform(n, 2 * (cfg.translate + cfg.crop_padding / h), device)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos * flip, -sin, shift_x], 1),
+                             torch.stack([sin * flip, cos, shift_y], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        out = F.grid_sample(x - self.fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if cfg.brightness:
+            out = out * (1 + self._uniform(n, cfg.brightness, device)).view(-1, 1, 1, 1)
+        if cfg.contrast:
+            mean = out.mean(dim=(1, 2, 3), keepdim=True)
+            out = mean + (out - mean) * (1 + self._uniform(n, cfg.contrast, device)).view(-1, 1, 1, 1)
+        return out + self.fill
+
+
+def build_augmentation(spec: str | Mapping[str, Any] | AugmentConfig | None, fill: float = 0.0,
+                       batched: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Build random augmentation from a preset name (see ``PRESETS``), a mapping or an :class:`AugmentConfig`.
+
+    Args:
+        spec: ``"digits"``, ``"cifar"``, ``{"rotation": 15, "flip": 0.5}``, ... (``None``/``"none"``: off).
+        fill: the value of blank pixels uncovered by shifts and rotations.
+        batched: return a :class:`BatchAugment` for whole batches (``InMemoryLoader(transform=...)``)
+            instead of a per-sample torchvision ``v2.Compose`` (a data set's ``transform``).
+
+    Returns:
+        The transform, or ``None`` when nothing is switched on.
+
+    Raises:
+        ConfigError: an unknown preset or key (with the nearest valid one).
+
+    Example:
+        >>> [type(t).__name__ for t in build_augmentation({"rotation": 15, "flip": 0.5}).transforms]
+        ['RandomHorizontalFlip', 'RandomAffine']
+    """
+    cfg = augment_config(spec)
+    if not cfg.active:
+        return None
+    if batched:
+        return BatchAugment(cfg, fill)
+    steps: list[Callable[[Any], Any]] = []
+    if cfg.crop_padding:
+        steps.append(RandomPadCrop(cfg.crop_padding, fill))
+    if cfg.flip:
+        steps.append(v2.RandomHorizontalFlip(p=cfg.flip))
+    if cfg.rotation or cfg.translate or cfg.scale:
+        steps.append(v2.RandomAffine(degrees=cfg.rotation, translate=(cfg.translate,) * 2 if cfg.translate else None,
+                                     scale=(1 - cfg.scale, 1 + cfg.scale) if cfg.scale else None,
+                                     interpolation=v2.InterpolationMode.BILINEAR, fill=fill))
+    if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:
+        steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
+    return v2.Compose(steps)
+
+
+_RANDOM_NAMES = ("ColorJitter", "RandAugment", "AutoAugment", "TrivialAugmentWide", "AugMix", "ElasticTransform",
+                 "GaussianNoise", "ScaleJitter", "MixUp", "CutMix")
+
+
+def is_random(transform: Any) -> bool:
+    """Whether a transform (or any step of a ``Compose``/``RandomApply``) draws random numbers.
+
+    Knows torchvision's random transforms (v1 and v2), :class:`BatchAugment` and
+    :class:`RandomPadCrop`; a plain function cannot be inspected and counts as deterministic.
+    """
+    if transform is None:
+        return False
+    if isinstance(transform, (BatchAugment, RandomPadCrop)):
+        return True
+    name = type(transform).__name__
+    if name.startswith("Random") or name in _RANDOM_NAMES:
+        return True
+    steps = getattr(transform, "transforms", None)
+    return bool(steps) and any(is_random(step) for step in steps)

