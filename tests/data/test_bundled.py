@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from warmstart.data import MNIST_MEAN, MNIST_STD, digits, few_shot_split, labels_of, mnist5k, upsample_digits
+from warmstart.data import MNIST_MEAN, MNIST_STD, digits, few_shot_split, few_shot_splits, labels_of, mnist5k, upsample_digits
 from warmstart.errors import DataError
 
 
@@ -49,3 +49,13 @@ def test_few_shot_split_takes_k_per_class_and_names_a_short_class():
     assert (picked.tensors[0].flatten().long() // 10 == picked.tensors[1]).all()  # rows stay paired
     with pytest.raises(DataError, match="class 2 has only 1 examples, fewer than k=2"):
         few_shot_split(TensorDataset(x[:21], y[:21]), k=2)
+
+
+def test_few_shot_splits_test_on_everything_else():
+    data = digits(size=8)
+    train, test = few_shot_splits(data, k=5, seed=2)
+    assert len(train) == 50 and len(test) == 1797 - 50
+    pool = torch.cat([data.train.tensors[0], data.test.tensors[0]]).flatten(1)
+    rows = {tuple(r.tolist()) for r in train.tensors[0].flatten(1)}
+    assert not any(tuple(r.tolist()) in rows for r in test.tensors[0].flatten(1)[:200])  # disjoint
+    assert len(pool) == len(train) + len(test)

@@ -153,3 +153,13 @@ def test_several_teachers_and_bad_input():
         DistillTrainer(_student(), _teacher(), alpha=2.0)
     with pytest.raises(ConfigError, match="teacher_weights has 1 entries for 2 teachers"):
         DistillTrainer(_student(), teachers, teacher_weights=[1.0])
+
+
+def test_unlabelled_transfer_set_with_alpha_one():
+    teacher, data = _teacher(), _images()
+    unlabelled = InMemoryLoader(data.tensors[0], None, batch_size=8, shuffle=True)
+    trainer = DistillTrainer(_student(), teacher, alpha=1.0, max_epochs=2, progress=False)
+    history = trainer.fit(unlabelled, InMemoryLoader(data, batch_size=20))
+    assert len(history) == 2 and "val_accuracy" in history[-1]
+    with pytest.raises(ConfigError, match="no targets were given; pass targets or alpha=1"):
+        DistillTrainer(_student(), teacher, alpha=0.5, progress=False).fit(unlabelled)

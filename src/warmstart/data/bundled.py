@@ -163,3 +163,17 @@ def few_shot_split(dataset: TensorDataset, k: int, seed: int = 0) -> TensorDatas
         picked.append(rows[torch.randperm(len(rows), generator=g)[:k]])
     rows = torch.cat(picked).sort().values
     return TensorDataset(*(t[rows] for t in dataset.tensors))
+
+
+def few_shot_splits(splits: Splits, k: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """``k`` labelled examples per class drawn from the whole data set, and every other sample as the test set.
+
+    The few-shot protocol: train on ``k`` labels per class, test on all the rest.
+    """
+    x = torch.cat([splits.train.tensors[0], splits.test.tensors[0]])
+    y = torch.cat([splits.train.tensors[1], splits.test.tensors[1]])
+    index = torch.arange(len(y))
+    picked = few_shot_split(TensorDataset(x, y, index), k, seed)
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[picked.tensors[2]] = False
+    return TensorDataset(picked.tensors[0], picked.tensors[1]), TensorDataset(x[rest], y[rest])

@@ -42,7 +42,8 @@ class InMemoryLoader:
 
     Args:
         data: a ``TensorDataset`` / map-style data set of ``(x, y)``, or the inputs tensor.
-        targets: the targets tensor when ``data`` is a tensor.
+        targets: the targets tensor when ``data`` is a tensor; ``None`` for unlabelled inputs
+            (batches are then ``(x,)``, e.g. for autoencoders or distillation with ``alpha=1``).
         batch_size: samples per batch (per process under ``torchrun``).
         shuffle: a new order every epoch.
         drop_last: drop the last, smaller batch.
@@ -63,14 +64,14 @@ class InMemoryLoader:
                  seed: int = 0, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  with_index: bool = False):
         inputs, targets = (data, targets) if isinstance(data, torch.Tensor) else dataset_tensors(data)
-        if targets is None:
-            raise DataError("InMemoryLoader(inputs, targets): targets are missing")
-        if len(inputs) != len(targets):
+        if targets is None and with_index:
+            raise DataError("with_index=True needs targets: batches are (x, y, index)")
+        if targets is not None and len(inputs) != len(targets):
             raise DataError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.inputs = inputs if device is None else inputs.to(device)
-        self.targets = targets.to(self.inputs.device)
+        self.targets = None if targets is None else targets.to(self.inputs.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.transform, self.with_index = seed, transform, with_index
         self.epoch, self.rank, self.world_size = 0, 0, 1
@@ -115,7 +116,10 @@ class InMemoryLoader:
             x = self.inputs[rows]
             if self.transform is not None:
                 x = self.transform(x)
-            yield (x, self.targets[rows], rows) if self.with_index else (x, self.targets[rows])
+            if self.targets is None:
+                yield (x,)
+            else:
+                yield (x, self.targets[rows], rows) if self.with_index else (x, self.targets[rows])
 
 
 class WithIndex(Dataset):

@@ -39,7 +39,8 @@ class DistillTrainer(Trainer):
     would make cached logits stale, so it is refused; wrap the data in
     :class:`warmstart.distill.AugmentedViews` to cache a fixed number of augmented views per
     sample instead. Batches get sample indices automatically (``InMemoryLoader(with_index=True)``
-    or :class:`warmstart.data.WithIndex`).
+    or :class:`warmstart.data.WithIndex`). Unlabelled batches ``(x,)`` (a transfer set that the
+    teacher labels, e.g. ``InMemoryLoader(images, None)``) need ``alpha=1``.
 
     Overrides ``compute_loss``, ``validation_step``, ``prepare_loader``, ``on_before_optimizer_step``,
     ``extra_state``/``load_extra_state`` and ``weights_metadata``.
@@ -97,7 +98,10 @@ class DistillTrainer(Trainer):
             return [model(inputs) for model in self.teachers]
 
     def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
-        inputs, target = split_batch(batch)
+        if isinstance(batch, (tuple, list)) and len(batch) == 1:  # unlabelled (x,): the teacher labels it (alpha=1)
+            inputs, target = batch[0], None
+        else:
+            inputs, target = split_batch(batch)
         student_logits = self.model(inputs)
         if self.cache is not None:
             rows = batch[2] if isinstance(batch, (tuple, list)) and len(batch) > 2 else None

@@ -1,0 +1,92 @@
+"""The ``warmstart`` command: ``warmstart pretrain|finetune|distill|run CONFIG [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from warmstart.errors import WarmstartError
+
+COMMANDS = {
+    "pretrain": "pretrain a model on a source data set (supervised, proximal or autoencoder)",
+    "finetune": "fine-tune pretrained weights on a new task with a transfer strategy",
+    "distill": "distil a trained teacher into a smaller student",
+    "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report",
+}
+
+EPILOG = """\
+Overrides use dotted keys and YAML values, e.g.
+  warmstart {cmd} configs/{cmd}.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits
+Unknown keys and wrong types are errors that name the key and the nearest valid one.
+The resolved config is written into the run folder (job.yaml: run it again with
+  warmstart {cmd} RUN_FOLDER/job.yaml) and into every checkpoint (and config.yaml).
+Top-level keys: {keys}"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one sub-command per job."""
+    from warmstart.jobs.schema import JOBS
+
+    parser = argparse.ArgumentParser(prog="warmstart", description="Pretrain, fine-tune and distil PyTorch networks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="{pretrain,finetune,distill,run}", required=True)
+    for name, help_text in COMMANDS.items():
+        keys = ", ".join(f.name for f in dataclasses.fields(JOBS[name]))
+        cmd = sub.add_parser(name, help=help_text, description=help_text,
+                             epilog=EPILOG.format(cmd=name, keys=keys),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.add_argument("config", nargs="?", help="YAML config file (omit to use the defaults)")
+        cmd.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        cmd.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        cmd.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser
+
+
+def _version() -> str:
+    from warmstart import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``warmstart`` console script and ``python -m warmstart``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # no file, only overrides
+        config, overrides = None, [config, *overrides]
+    try:
+        return _run(args.command, config, overrides, args.print_config, args.quiet)
+    except WarmstartError as err:
+        print(f"warmstart {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(command: str, config: str | None, overrides: list[str], print_config: bool, quiet: bool) -> int:
+    import yaml
+
+    from warmstart.config import to_dict
+    from warmstart.jobs import load_job, run_distill, run_finetune, run_pipeline, run_pretrain
+
+    job = load_job(command, config, overrides)
+    if print_config:
+        print(yaml.safe_dump(to_dict(job), sort_keys=False), end="")
+        return 0
+    if command == "run":
+        run_pipeline(job, progress=not quiet)
+        return 0
+    if quiet:
+        job.trainer.progress = False
+    runner = {"pretrain": run_pretrain, "finetune": run_finetune, "distill": run_distill}[command]
+    result = runner(job)
+    summary = {k: v for k, v in result.items() if k not in ("history", "load_report")}
+    print(f"[warmstart {command}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in summary.items()))
+    if job.trainer.out_dir is not None:
+        print(f"[warmstart {command}] wrote {job.trainer.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

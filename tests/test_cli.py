@@ -1,0 +1,89 @@
+"""The ``warmstart`` command: help, config errors, overrides and the three jobs end to end on tiny data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from warmstart.cli import main
+from warmstart.config import read_yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "distill", "run"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "key=value" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "warmstart", "--help"], capture_output=True, text=True, check=True)
+    assert "pretrain" in out.stdout and "distill" in out.stdout
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune", "distill", "digits_transfer"])
+def test_shipped_configs_validate(kind, capsys):
+    command = "run" if kind == "digits_transfer" else kind
+    assert main([command, str(CONFIGS / f"{kind}.yaml"), "--print-config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved == {**resolved, **{k: v for k, v in read_yaml(CONFIGS / f"{kind}.yaml").items()
+                                       if not isinstance(v, dict)}}
+
+
+def test_unknown_keys_and_wrong_types_are_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_epoch: 3\n")
+    assert main(["pretrain", str(bad)]) == 2
+    assert "unknown config key 'trainer.max_epoch' (did you mean 'max_epochs'?)" in capsys.readouterr().err
+    assert main(["finetune", "strategy=ful"]) == 2
+    assert "must be 'linear_probe' or 'partial' or 'full'" in capsys.readouterr().err
+    assert main(["distill", "temperature=hot"]) == 2
+    assert "config key 'temperature' must be float, got str 'hot'" in capsys.readouterr().err
+    assert main(["run", "methods=[scratch, fulll]"]) == 2
+    assert "unknown fine-tuning method 'fulll'" in capsys.readouterr().err
+
+
+def test_yaml_tags_do_not_run(tmp_path, capsys):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("trainer: !!python/object/apply:os.system ['echo pwned']\n")
+    assert main(["pretrain", str(evil)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_pretrain_finetune_distill_chain_on_fake_data(tmp_path, capsys):
+    data = ["data.name=fake", "data.fake_size=32", "data.batch_size=16", "trainer.max_epochs=1", "--quiet"]
+    pre = tmp_path / "pre"
+    assert main(["pretrain", str(CONFIGS / "pretrain.yaml"), f"trainer.out_dir={pre}", *data]) == 0
+    saved = read_yaml(pre / "job.yaml")
+    assert saved["data"]["name"] == "fake" and saved["trainer"]["max_epochs"] == 1  # the resolved config
+    assert read_yaml(pre / "config.yaml")["job"] == saved  # also beside the trainer's own settings
+    assert (pre / "pretrained.safetensors").is_file() and (pre / "last.pt").is_file()
+    fine = tmp_path / "fine"
+    assert main(["finetune", str(CONFIGS / "finetune.yaml"), f"pretrained={pre}/pretrained.safetensors",
+                 f"trainer.out_dir={fine}", "strategy=gradual", "data.shots=null", *data]) == 0
+    assert (fine / "finetuned.safetensors").is_file()
+    kd = tmp_path / "kd"
+    assert main(["distill", str(CONFIGS / "distill.yaml"), f"teacher_weights={pre}/pretrained.safetensors",
+                 f"trainer.out_dir={kd}", *data]) == 0
+    assert (kd / "student.safetensors").is_file() and (kd / "teacher_logits.npy").is_file()
+    out = capsys.readouterr().out
+    assert "[warmstart distill] loss=" in out and "accuracy=" in out
+
+
+def test_autoencoder_pretraining_writes_the_encoder(tmp_path):
+    out = tmp_path / "ae"
+    assert main(["pretrain", "method=autoencoder", "autoencoder={width: 4, latent: 8, noise: 0.1}", "data.name=fake",
+                 "data.fake_size=16", "trainer.max_epochs=1", f"trainer.out_dir={out}", "--quiet"]) == 0
+    assert (out / "encoder.safetensors").is_file()
+
+
+def test_missing_pretrained_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["finetune", f"pretrained={tmp_path}/nope.safetensors", "data.name=fake", f"trainer.out_dir={tmp_path}",
+                 "data.shots=null", "--quiet"]) == 2
+    assert "nope.safetensors" in capsys.readouterr().err
