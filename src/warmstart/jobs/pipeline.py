@@ -70,10 +70,15 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
     if job.alpha != 1.0 and job.distill_on_unlabelled:
         raise ConfigError("distill_on_unlabelled distils on images without their labels, so alpha must be 1 "
                           "(set alpha: 1.0, or distill_on_unlabelled: false to distil on the labelled shots)")
+    source, target = build_data(job.source, job.seed), build_data(job.target, job.seed)
+    model_params = count_parameters(build_job_model(job.model, target))
+    student_params = count_parameters(build_job_model(job.student, target))
+    if student_params * 10 > model_params:
+        raise ConfigError(f"the student has {student_params} parameters, more than 1/10 of the model's "
+                          f"{model_params}: make it smaller (e.g. student.args.width)")
     run = _Run(job, progress)
     run.out.mkdir(parents=True, exist_ok=True)
     save_config(job, run.out / "job.yaml")
-    source, target = build_data(job.source, job.seed), build_data(job.target, job.seed)
     total = time.perf_counter()
 
     started = time.perf_counter()
@@ -125,10 +130,6 @@ def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> n
 
 def _distill(run: _Run, target: DataBundle, teacher: nn.Module, teacher_name: str) -> None:
     job = run.job
-    teacher_params, student_params = count_parameters(teacher), count_parameters(build_job_model(job.student, target))
-    if student_params * 10 > teacher_params:
-        raise ConfigError(f"the student has {student_params} parameters, more than 1/10 of the teacher's "
-                          f"{teacher_params}: make it smaller (e.g. student.args.width)")
     started = time.perf_counter()
     scratch = run.trainer(Trainer, build_job_model(job.student, target), job.distill, "distill/student_scratch")
     scratch.fit(target.train, target.test)

@@ -45,14 +45,27 @@ def _write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2))
 
 
-def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
-    """Plot validation accuracy per epoch for each method; False when matplotlib is missing."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or ``None`` when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
+    """Plot validation accuracy per epoch for each method; False when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, history in curves.items():
@@ -63,20 +76,15 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 
 
 def plot_bars(results: dict[str, dict[str, Any]], path: Path) -> bool:
     """A bar chart of each method's accuracy; False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     names = [n for n, r in results.items() if "accuracy" in r and n != "pretrain"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -85,8 +93,7 @@ def plot_bars(results: dict[str, dict[str, Any]], path: Path) -> bool:
     ax.invert_yaxis()
     ax.set(xlabel="test accuracy on the target task (%)", xlim=(0, 100))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 
