@@ -87,3 +87,11 @@ def test_missing_pretrained_file_is_a_clear_error(tmp_path, capsys):
     assert main(["finetune", f"pretrained={tmp_path}/nope.safetensors", "data.name=fake", f"trainer.out_dir={tmp_path}",
                  "data.shots=null", "--quiet"]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_finetune_recipe_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "fine"
+    assert main(["finetune", "strategy=recipe", "strategy_args={freeze_epochs: 1}", "data.name=fake", "data.fake_size=16",
+                 "trainer.max_epochs=1", f"trainer.out_dir={out}", "data.shots=null", "--quiet"]) == 0
+    assert (out / "probe" / "last.pt").is_file() and (out / "full" / "last.pt").is_file()
+    assert (out / "finetuned.safetensors").is_file()
