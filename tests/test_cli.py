@@ -1,6 +1,5 @@
 """The ``warmstart`` command: help, config errors, overrides and the three jobs end to end on tiny data."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

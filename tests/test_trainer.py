@@ -251,3 +251,17 @@ def test_channels_last_and_compile_are_opt_in(dataset):
     assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert trainer.model is not conv  # the compiled wrapper
     assert set(trainer.unwrapped_model.state_dict()) == set(conv.state_dict())  # no "_orig_mod." keys
+
+
+def test_accuracy_is_counted_for_dict_batches_with_a_labels_key():
+    class DictTrainer(ws.Trainer):
+        def compute_loss(self, batch):
+            output = self.model(batch["pixels"])
+            return {"loss": torch.nn.functional.cross_entropy(output, batch["labels"]), "output": output}
+
+    model = torch.nn.Linear(4, 2)
+    batches = [{"pixels": torch.randn(8, 4), "labels": torch.randint(0, 2, (8,))} for _ in range(2)]
+    metrics = DictTrainer(model, progress=False).evaluate(batches)
+    with torch.no_grad():
+        correct = sum((model(b["pixels"]).argmax(1) == b["labels"]).sum().item() for b in batches)
+    assert metrics["accuracy"] == pytest.approx(correct / 16)

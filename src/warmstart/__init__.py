@@ -1,6 +1,6 @@
 """warmstart: pretrain, fine-tune and distill PyTorch networks with one small, exact Trainer."""
 
-from warmstart import data, distill, finetune, models, pretrain
+from warmstart import data, distill, distributed, finetune, models, pretrain
 from warmstart._runtime import seed_everything, select_device
 from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
 from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -8,7 +8,7 @@ from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, lo
 from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WarmstartError
 from warmstart.heads import HeadInfo, find_head
 from warmstart.optim import build_optimizer, build_scheduler
-from warmstart.trainer import Trainer
+from warmstart.trainer import Trainer, classification_sums, split_batch
 
 __version__ = "0.1.0"
 
@@ -31,8 +31,10 @@ __all__ = [
     "WarmstartError",
     "build_optimizer",
     "build_scheduler",
+    "classification_sums",
     "data",
     "distill",
+    "distributed",
     "finetune",
     "find_head",
     "load_checkpoint",
@@ -44,4 +46,5 @@ __all__ = [
     "save_weights",
     "seed_everything",
     "select_device",
+    "split_batch",
 ]

@@ -298,11 +298,7 @@ class Trainer:
         with self.autocast():
             out = self.compute_loss(batch)
         output = out.get("output") if isinstance(out, Mapping) else None
-        try:
-            target = split_batch(batch)[1]
-        except DataError:
-            target = None
-        return classification_sums(output, target, _loss_terms(out), self.device, batch_size_of(batch))
+        return classification_sums(output, _target_of(batch), _loss_terms(out), self.device, batch_size_of(batch))
 
     def on_before_optimizer_step(self) -> None:
         """Edit gradients before the optimizer step (after unscaling, before clipping)."""
@@ -693,6 +689,15 @@ class Trainer:
     def _no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation window."""
         return self._ddp.no_sync() if enabled and self._ddp is not None else contextlib.nullcontext()
+
+
+def _target_of(batch: Batch) -> Any:
+    """The batch's class targets for accuracy: ``batch[1]``, or a dict's ``target``/``labels``/... entry."""
+    if isinstance(batch, Mapping):
+        return next((batch[k] for k in ("target", "targets", "label", "labels", "y") if k in batch), None)
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[1]
+    return None
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from warmstart.errors import ConfigError
-from warmstart.finetune.freezing import layer_groups
+from warmstart.finetune.freezing import freeze_batchnorm, layer_groups
 
 
 def transfer_layers(source: nn.Module, target: nn.Module, n: int = 1, freeze: bool = False) -> list[str]:
@@ -18,7 +18,8 @@ def transfer_layers(source: nn.Module, target: nn.Module, n: int = 1, freeze: bo
         source: the pretrained model.
         target: the new model, changed in place.
         n: layer groups to copy, from the input side (see :func:`layer_groups`).
-        freeze: set ``requires_grad=False`` on the copied parameters.
+        freeze: set ``requires_grad=False`` on the copied parameters and keep their BatchNorm
+            layers in eval mode (running statistics unchanged).
 
     Returns:
         The names of the copied tensors.
@@ -52,4 +53,7 @@ def transfer_layers(source: nn.Module, target: nn.Module, n: int = 1, freeze: bo
             if freeze:
                 for param in dst_module.parameters():
                     param.requires_grad_(False)
+                for sub in dst_module.modules():  # running statistics stay as transferred, through model.train()
+                    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                        freeze_batchnorm(sub)
     return copied

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from warmstart.data import (InMemoryLoader, build_augmentation, dataset_tensors, digits, few_shot_split,
                             image_folder_splits, mnist5k, torchvision_splits)
