@@ -1,0 +1,127 @@
+"""Smoke tests of examples/: each script runs with --dry-run in-process (its main(argv)), and 07 under torchrun."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import warmstart as ws
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPTS = sorted(p.stem for p in EXAMPLES.glob("[0-9][0-9]_*.py"))
+
+
+def load(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (its ``if __name__ == "__main__"`` block does not run)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_example_is_tested_and_documented():
+    assert SCRIPTS == ["01_pretrain_finetune_mnist", "02_autoencoder_pretraining", "03_partial_transfer",
+                       "04_distill_resnet50_to_resnet18_cifar10", "05_hf_sequence_classification",
+                       "06_custom_trainer_subclass", "07_torchrun_ddp"]
+    readme = (EXAMPLES / "README.md").read_text()
+    for name in SCRIPTS:
+        source = (EXAMPLES / f"{name}.py").read_text()
+        assert source.startswith('"""') and f"examples/{name}.py --dry-run" in source, name
+        assert "argparse" in source and "def main(argv: list[str] | None = None) -> int:" in source, name
+        assert f"{name}.py" in readme, name
+
+
+def test_01_pretrain_swap_head_load_and_finetune(tmp_path, capsys):
+    assert load("01_pretrain_finetune_mnist").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "replaced head: Linear(64 -> 10) with Linear(64 -> 5)" in out
+    assert "head skipped  head.weight (10, 64) -> (5, 64), head.bias (10,) -> (5,)" in out
+    assert "fine-tuned from fake: test accuracy" in out and "trained from scratch:" in out
+    _, metadata = ws.load_weights(tmp_path / "pretrained.safetensors")
+    assert (metadata["head"], metadata["num_classes"], metadata["source"]) == ("head", 10, "fake")
+
+
+def test_02_autoencoder_then_classifier(tmp_path, capsys):
+    assert load("02_autoencoder_pretraining").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "autoencoder: test reconstruction MSE" in out
+    for method in ("linear probe", "fine-tune"):
+        assert f"{method:<12} encoder from autoencoder: test accuracy" in out
+        assert f"{method:<12} encoder from scratch    : test accuracy" in out
+    weights, _ = ws.load_weights(tmp_path / "encoder.safetensors")
+    assert "code.1.weight" in weights
+
+
+def test_03_partial_transfer_copies_and_freezes_first_groups(capsys):
+    assert load("03_partial_transfer").main(["--dry-run", "--layers", "0", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "layer groups: block1, block2, block3, head" in out
+    assert "transfer 0 group(s) (scratch)" in out
+    # block1 = conv weight + BatchNorm (weight, bias, running mean/var, batch count): 6 tensors
+    assert "transfer 1 group(s) (block1)" in out and " 6 tensors copied" in out
+    assert "transfer 2 group(s) (block1, block2)" in out and "12 tensors copied" in out
+
+
+def test_04_distill_dry_run(tmp_path, capsys):
+    assert load("04_distill_resnet50_to_resnet18_cifar10").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "train_kd" in out and "student (ResNet-18, 11.2M parameters): test accuracy" in out
+    _, metadata = ws.load_weights(tmp_path / "last.safetensors")
+    assert metadata["teachers"][0]["class"] == "ResNet"
+    assert metadata["distillation"]["temperature"] == 4.0
+
+
+def test_04_without_data_exits_1_and_points_to_dry_run(monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise ws.DataError("could not load cifar10 (URLError: offline)")
+
+    monkeypatch.setattr(ws.data, "torchvision_splits", offline)
+    assert load("04_distill_resnet50_to_resnet18_cifar10").main([]) == 1
+    err = capsys.readouterr().err
+    assert "could not load cifar10" in err and "--dry-run" in err
+
+
+def test_05_hugging_face_head_swap_and_finetune(capsys):
+    pytest.importorskip("transformers")
+    assert load("05_hf_sequence_classification").main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced classifier: Linear(64 -> 2) with Linear(64 -> 3)" in out
+    assert "config.num_labels is now 3" in out
+    assert "val_accuracy" in out and "test accuracy" in out
+
+
+def test_05_skips_cleanly_without_transformers(monkeypatch, capsys):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else find_spec(name, *a))
+    assert load("05_hf_sequence_classification").main(["--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("skipped: this example needs Hugging Face transformers")
+
+
+def test_06_custom_trainer_logs_extra_terms(capsys):
+    assert load("06_custom_trainer_subclass").main(["--dry-run", "--gammas", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "train_ce" in out and "val_confidence" in out
+    assert "gamma 2: test accuracy" in out and "over-confidence" in out
+
+
+def test_07_single_process(tmp_path, capsys):
+    assert load("07_torchrun_ddp").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    assert "1 process(es), global batch 16: test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "last.safetensors").exists()
+
+
+def test_07_under_torchrun_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(EXAMPLES / "07_torchrun_ddp.py"), "--dry-run", "--out-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("2 process(es), global batch 32: test accuracy") == 1  # rank 0 only
+    assert result.stdout.count("epoch 1: train_loss") == 1
+    assert (tmp_path / "last.safetensors").exists()
