@@ -64,6 +64,24 @@ def mlp(in_features: int = 784, hidden: list[int] | tuple[int, ...] = (64,), num
     return nn.Sequential(layers)
 
 
+def lenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, dropout: float = 0.25) -> nn.Sequential:
+    """A LeNet-style CNN: two conv-ReLU-pool blocks (32 and 64 channels) and a 128-unit hidden layer.
+
+    A classic MNIST teacher: cheap per image, but with many parameters in its dense layer.
+
+    Example:
+        >>> sum(p.numel() for p in lenet().parameters())
+        421642
+    """
+    side = image_size // 4
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(in_channels, 32, 3, padding=1), relu1=nn.ReLU(inplace=True), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(32, 64, 3, padding=1), relu2=nn.ReLU(inplace=True), pool2=nn.MaxPool2d(2),
+        flatten=nn.Flatten(), dropout1=nn.Dropout(dropout), fc=nn.Linear(64 * side * side, 128),
+        relu3=nn.ReLU(inplace=True), dropout2=nn.Dropout(dropout), head=nn.Linear(128, num_classes),
+    ))
+
+
 def resnet18_small(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stem and no max-pool, the usual form for 32x32 images."""
     from torchvision.models import resnet18
@@ -87,6 +105,7 @@ def torchvision_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.M
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "mlp": mlp,
+    "lenet": lenet,
     "resnet18_small": resnet18_small,
 }
 
