@@ -163,3 +163,12 @@ def test_unlabelled_transfer_set_with_alpha_one():
     assert len(history) == 2 and "val_accuracy" in history[-1]
     with pytest.raises(ConfigError, match="no targets were given; pass targets or alpha=1"):
         DistillTrainer(_student(), teacher, alpha=0.5, progress=False).fit(unlabelled)
+
+
+def test_a_cache_without_out_dir_lives_in_a_temporary_folder_removed_with_the_trainer():
+    trainer = DistillTrainer(_student(), _teacher(), cache_teacher=True, max_epochs=1, progress=False)
+    trainer.fit(InMemoryLoader(_images(), batch_size=8))
+    folder = trainer._cache_file().parent
+    assert (folder / "teacher_logits.npy").is_file()
+    trainer._cache_tmp.cleanup()
+    assert not folder.exists()

@@ -54,7 +54,8 @@ class DistillTrainer(Trainer):
         teacher_weights: weights of several teachers (normalised).
         combine: ``"probs"`` (default: distil into the teachers' mean probabilities) or ``"kl"``.
         cache_teacher: cache the teachers' logits (offline distillation).
-        cache_path: where to keep the cache.
+        cache_path: where to keep the cache (default ``out_dir/teacher_logits.npy``, or a temporary
+            folder removed with the trainer when there is no ``out_dir``).
         hints: :class:`FeatureHint` s for feature distillation (online only).
         **kwargs: :class:`warmstart.Trainer` arguments.
 
@@ -85,6 +86,7 @@ class DistillTrainer(Trainer):
         if cache_teacher and hints:
             raise ConfigError("feature hints need the teacher's features every step; use cache_teacher=False with hints")
         self.cache_teacher, self.cache_path, self.cache = cache_teacher, cache_path, None
+        self._cache_tmp: tempfile.TemporaryDirectory | None = None
         self.hints = list(hints)
         self.taps = FeatureTaps(self.unwrapped_model, self.teachers[0], self.hints) if self.hints else None
         self.adapters = nn.ModuleList()
@@ -203,8 +205,7 @@ class DistillTrainer(Trainer):
         num_classes = self._num_classes(probes[0][0])
         expect = {"length": length, "views": views, "num_classes": num_classes,
                   "dataset": dataset_fingerprint(probes, length), "teacher": [t["sha256"] for t in self.teacher_ids]}
-        path = Path(self.cache_path) if self.cache_path else (
-            (self.out_dir or Path(tempfile.mkdtemp(prefix="warmstart-cache-"))) / "teacher_logits.npy")
+        path = self._cache_file()
         if path.exists():
             return TeacherCache.open(path, expect)
         if not distributed.is_main_process():
@@ -219,6 +220,18 @@ class DistillTrainer(Trainer):
                                    num_classes=num_classes, meta=expect, teachers=len(self.teachers))
         distributed.barrier()
         return cache
+
+    def _cache_file(self) -> Path:
+        """``cache_path``, else ``out_dir/teacher_logits.npy``, else a temporary folder removed with the trainer."""
+        if self.cache_path:
+            return Path(self.cache_path)
+        if self.out_dir is not None:
+            return self.out_dir / "teacher_logits.npy"
+        if distributed.is_distributed():
+            raise ConfigError("cache_teacher under torchrun needs a folder every rank shares: set out_dir or cache_path")
+        if self._cache_tmp is None:
+            self._cache_tmp = tempfile.TemporaryDirectory(prefix="warmstart-cache-")
+        return Path(self._cache_tmp.name) / "teacher_logits.npy"
 
     def _num_classes(self, example: torch.Tensor) -> int:
         with torch.no_grad(), self.autocast():
