@@ -82,7 +82,7 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
     total = time.perf_counter()
 
     started = time.perf_counter()
-    model = build_job_model(job.model, source)
+    model = build_job_model(job.model, source, job.seed)
     pretrainer = run.trainer(Trainer, model, job.pretrain, "pretrain")
     pretrainer.fit(source.train, source.test)
     run.record("pretrain", pretrainer, source, started, dataset=job.source.name)
@@ -107,7 +107,7 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
 
 def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> nn.Module:
     job, stage, started = run.job, run.job.finetune, time.perf_counter()
-    model = build_job_model(job.model, target)
+    model = build_job_model(job.model, target, job.seed)
     if method != "scratch":
         load_pretrained(model, pretrained)
     folder = f"finetune/{method}"
@@ -131,7 +131,8 @@ def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> n
 def _distill(run: _Run, target: DataBundle, teacher: nn.Module, teacher_name: str) -> None:
     job = run.job
     started = time.perf_counter()
-    scratch = run.trainer(Trainer, build_job_model(job.student, target), job.distill, "distill/student_scratch")
+    scratch = run.trainer(Trainer, build_job_model(job.student, target, job.seed), job.distill,
+                          "distill/student_scratch")
     scratch.fit(target.train, target.test)
     run.record("student_scratch", scratch, target, started)
 
@@ -140,7 +141,7 @@ def _distill(run: _Run, target: DataBundle, teacher: nn.Module, teacher_name: st
     if job.distill_on_unlabelled and target.pool is not None:
         train = InMemoryLoader(target.pool, None, batch_size=job.target.batch_size, shuffle=True, seed=job.seed,
                                transform=getattr(target.train, "transform", None))
-    distiller = run.trainer(DistillTrainer, build_job_model(job.student, target), job.distill,
+    distiller = run.trainer(DistillTrainer, build_job_model(job.student, target, job.seed), job.distill,
                             "distill/student_distilled", teacher=teacher, temperature=job.temperature, alpha=job.alpha)
     distiller.fit(train, target.test)
     run.record("student_distilled", distiller, target, started, teacher=teacher_name)

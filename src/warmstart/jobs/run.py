@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,10 +27,15 @@ from warmstart.pretrain import AutoencoderTrainer, ProximalTrainer, conv_autoenc
 from warmstart.trainer import Trainer
 
 
-def build_job_model(cfg: ModelConfig, data: DataBundle) -> nn.Module:
-    """Build ``cfg``'s model, filling ``num_classes``, ``in_channels`` / ``in_features`` from the data."""
+def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None) -> nn.Module:
+    """Build ``cfg``'s model, filling ``num_classes``, ``in_channels`` / ``in_features`` from the data.
+
+    With ``seed``, the initial weights are drawn from ``torch.manual_seed(seed)`` (reproducible runs).
+    """
     from warmstart.models import MODELS
 
+    if seed is not None:
+        torch.manual_seed(seed)
     implied = {"num_classes": data.num_classes, "in_channels": data.image_shape[0],
                "in_features": math.prod(data.image_shape)}
     if cfg.name in MODELS:
@@ -69,10 +75,11 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
     options = {"config": cfg, "scheduler": job.scheduler}
     if job.method == "autoencoder":
         ae_args = {"width": 32, "latent": 64, **job.autoencoder}
+        torch.manual_seed(cfg.seed)
         model = conv_autoencoder(data.image_shape[0], data.image_shape[-1], ae_args.pop("width"), ae_args.pop("latent"))
         trainer: Trainer = AutoencoderTrainer(model, to_dict(job.optimizer), **ae_args, **options)
     else:
-        model = build_job_model(job.model, data)
+        model = build_job_model(job.model, data, cfg.seed)
         if job.init is not None:
             load_pretrained(model, job.init)
         trainer = (ProximalTrainer(model, to_dict(job.optimizer), lam=job.lam, **options) if job.method == "proximal"
@@ -95,7 +102,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     started = time.perf_counter()
     cfg, out = _start(job)
     data = build_data(job.data, cfg.seed)
-    model = build_job_model(job.model, data)
+    model = build_job_model(job.model, data, cfg.seed)
     report = None
     if job.pretrained is not None:  # a head of another class count is skipped and stays freshly initialised
         report = load_pretrained(model, job.pretrained)
@@ -127,11 +134,11 @@ def run_distill(job: DistillJob) -> dict[str, Any]:
     started = time.perf_counter()
     cfg, out = _start(job)
     data = build_data(job.data, cfg.seed)
-    teacher = build_job_model(job.teacher, data)
+    teacher = build_job_model(job.teacher, data, cfg.seed)
     if job.teacher_weights is not None:
         load_pretrained(teacher, job.teacher_weights)
     teacher_accuracy = Trainer(teacher, progress=False, device=cfg.device).evaluate(data.test)["accuracy"]
-    student = build_job_model(job.student, data)
+    student = build_job_model(job.student, data, cfg.seed)
     train = data.train
     if job.cache_teacher and job.views is not None:
         if not isinstance(train, InMemoryLoader) or train.transform is None:
