@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     loader = InMemoryLoader(torch.randn(args.samples, 1, 28, 28, generator=g),
