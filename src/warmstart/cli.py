@@ -16,9 +16,16 @@ COMMANDS = {
     "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report",
 }
 
+EXAMPLES = {
+    "pretrain": "configs/pretrain.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits",
+    "finetune": "configs/finetune.yaml strategy=gradual proximal=1.0 data.shots=5",
+    "distill": "configs/distill.yaml temperature=2 alpha=0.5 trainer.max_epochs=5",
+    "run": "configs/digits_transfer.yaml finetune.epochs=20 methods=[scratch,recipe] device=cuda",
+}
+
 EPILOG = """\
 Overrides use dotted keys and YAML values, e.g.
-  warmstart {cmd} configs/{cmd}.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits
+  warmstart {cmd} {example}
 Unknown keys and wrong types are errors that name the key and the nearest valid one.
 The resolved config is written into the run folder (job.yaml: run it again with
   warmstart {cmd} RUN_FOLDER/job.yaml) and into every checkpoint (and config.yaml).
@@ -35,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         keys = ", ".join(f.name for f in dataclasses.fields(JOBS[name]))
         cmd = sub.add_parser(name, help=help_text, description=help_text,
-                             epilog=EPILOG.format(cmd=name, keys=keys),
+                             epilog=EPILOG.format(cmd=name, example=EXAMPLES[name], keys=keys),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_argument("config", nargs="?", help="YAML config file (omit to use the defaults)")
         cmd.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
