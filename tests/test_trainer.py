@@ -265,3 +265,11 @@ def test_accuracy_is_counted_for_dict_batches_with_a_labels_key():
     with torch.no_grad():
         correct = sum((model(b["pixels"]).argmax(1) == b["labels"]).sum().item() for b in batches)
     assert metrics["accuracy"] == pytest.approx(correct / 16)
+
+
+def test_split_batch_reads_sequences_and_dicts_and_names_a_missing_target():
+    x, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    assert ws.split_batch((x, y, "index"))[1] is y and ws.split_batch({"image": x, "labels": y})[1] is y
+    assert ws.split_batch((x,), require_target=False) == (x, None)
+    with pytest.raises(DataError, match="expects batches of \\(inputs, target"):
+        ws.split_batch((x,))

@@ -30,21 +30,40 @@ Batch = Any
 Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
 
-def split_batch(batch: Batch) -> tuple[Any, Any]:
+_INPUT_KEYS = ("input", "inputs", "x", "image", "features")
+_TARGET_KEYS = ("target", "targets", "label", "labels", "y")
+
+
+def split_batch(batch: Batch, require_target: bool = True) -> tuple[Any, Any]:
     """Return ``(inputs, target)`` from a ``(x, y, ...)`` sequence or a dict with ``input``/``target`` keys.
 
+    Args:
+        batch: the batch.
+        require_target: with ``False``, an unlabelled batch (``(x,)``, or a dict without a target
+            key) gives ``(inputs, None)`` instead of an error.
+
     Raises:
-        DataError: the batch has no recognisable target.
+        DataError: the batch has no recognisable inputs, or no target when one is required.
     """
+    inputs = target = None
     if isinstance(batch, Mapping):
-        inputs = next((batch[k] for k in ("input", "inputs", "x", "image", "features") if k in batch), None)
-        target = next((batch[k] for k in ("target", "targets", "label", "labels", "y") if k in batch), None)
-        if inputs is not None and target is not None:
-            return inputs, target
-    elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[0], batch[1]
+        inputs = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
+        target = _target_of(batch)
+    elif isinstance(batch, (list, tuple)) and batch:
+        inputs, target = batch[0], _target_of(batch)
+    if inputs is not None and (target is not None or not require_target):
+        return inputs, target
     raise DataError("the default compute_loss expects batches of (inputs, target, ...) or dicts with 'input' and "
                     f"'target' keys, got {type(batch).__name__}; override compute_loss for other batch formats")
+
+
+def _target_of(batch: Batch) -> Any:
+    """The batch's class targets: ``batch[1]``, or a dict's ``target``/``labels``/... entry (``None`` if absent)."""
+    if isinstance(batch, Mapping):
+        return next((batch[k] for k in _TARGET_KEYS if k in batch), None)
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[1]
+    return None
 
 
 class Trainer:
@@ -689,15 +708,6 @@ class Trainer:
     def _no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation window."""
         return self._ddp.no_sync() if enabled and self._ddp is not None else contextlib.nullcontext()
-
-
-def _target_of(batch: Batch) -> Any:
-    """The batch's class targets for accuracy: ``batch[1]``, or a dict's ``target``/``labels``/... entry."""
-    if isinstance(batch, Mapping):
-        return next((batch[k] for k in ("target", "targets", "label", "labels", "y") if k in batch), None)
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[1]
-    return None
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:

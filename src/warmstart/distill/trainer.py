@@ -100,10 +100,7 @@ class DistillTrainer(Trainer):
             return [model(inputs) for model in self.teachers]
 
     def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
-        if isinstance(batch, (tuple, list)) and len(batch) == 1:  # unlabelled (x,): the teacher labels it (alpha=1)
-            inputs, target = batch[0], None
-        else:
-            inputs, target = split_batch(batch)
+        inputs, target = split_batch(batch, require_target=False)  # unlabelled (x,): the teacher labels it (alpha=1)
         student_logits = self.model(inputs)
         if self.cache is not None:
             rows = batch[2] if isinstance(batch, (tuple, list)) and len(batch) > 2 else None

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import FakeData
+from torchvision.transforms import v2
 
-from warmstart.data import (InMemoryLoader, build_augmentation, dataset_tensors, digits, few_shot_split,
-                            image_folder_splits, mnist5k, torchvision_splits)
-from warmstart.data.augment import augment_config
+from warmstart.data import (TORCHVISION_SETS, InMemoryLoader, build_augmentation, dataset_tensors, digits,
+                            few_shot_split, image_folder_splits, mnist5k, torchvision_splits)
 from warmstart.errors import ConfigError
 from warmstart.jobs.schema import DataConfig
 
@@ -56,8 +57,6 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
         classes = len(train_set.classes)  # type: ignore[attr-defined]
     else:
         train_set, test_set = torchvision_splits(cfg.name, cfg.root, cfg.download, augment)
-        from warmstart.data import TORCHVISION_SETS
-
         classes = TORCHVISION_SETS[cfg.name][3]
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
@@ -85,9 +84,6 @@ def _in_memory(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 def _fake(cfg: DataConfig, seed: int) -> DataBundle:
-    from torchvision.datasets import FakeData
-    from torchvision.transforms import v2
-
     if len(cfg.fake_shape) != 3:
         raise ConfigError(f"data.fake_shape must be [channels, height, width], got {cfg.fake_shape}")
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
@@ -96,7 +92,7 @@ def _fake(cfg: DataConfig, seed: int) -> DataBundle:
                                     random_offset=offset) for n, offset in ((cfg.fake_size, 0), (cfg.fake_size // 2, 10**6))]
     train_x, train_y = dataset_tensors(sets[0])
     test_x, test_y = dataset_tensors(sets[1])
-    augment = build_augmentation(augment_config(cfg.augment), batched=True) if cfg.augment else None
+    augment = build_augmentation(cfg.augment, batched=True)
     return DataBundle(InMemoryLoader(train_x, train_y, batch_size=cfg.batch_size, shuffle=True, seed=seed,
                                      transform=augment),
                       InMemoryLoader(test_x, test_y, batch_size=cfg.eval_batch_size), cfg.fake_classes, shape,

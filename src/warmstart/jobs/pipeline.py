@@ -49,7 +49,8 @@ class _Run:
 
     def trainer(self, cls: type[Trainer], model: nn.Module, stage: StageConfig, folder: str, **kwargs: Any) -> Trainer:
         options = _stage(stage)
-        trainer = cls(model, optimizer=options.pop("optimizer"), out_dir=str(self.out / folder), **options, **self.common, **kwargs)
+        trainer = cls(model, optimizer=options.pop("optimizer"), out_dir=str(self.out / folder), **options,
+                      **self.common, **kwargs)
         trainer.job_config = to_dict(self.job)
         return trainer
 
@@ -113,6 +114,7 @@ def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> n
     folder = f"finetune/{method}"
     if method == "recipe":
         result = fine_tune(model, target.train, target.test, target.num_classes, epochs=stage.epochs,
+                           lr=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay,
                            out_dir=str(run.out / folder), **run.common)
         run.record(method, result.trainer, target, started, history=result.history)
         return model

@@ -61,7 +61,7 @@ def _start(job: Any) -> tuple[TrainerConfig, Path | None]:
     return cfg, out
 
 
-def _finish(trainer: Trainer, job: Any, data: DataBundle, started: float, **extra: Any) -> dict[str, Any]:
+def _finish(trainer: Trainer, data: DataBundle, started: float, **extra: Any) -> dict[str, Any]:
     metrics = trainer.evaluate(data.test)
     return {**metrics, "params": count_parameters(trainer.unwrapped_model), "seconds": time.perf_counter() - started,
             "history": trainer.history, **extra}
@@ -86,7 +86,7 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
                    else Trainer(model, to_dict(job.optimizer), **options))
     trainer.job_config = to_dict(job)
     trainer.fit(data.train, data.test)
-    result = _finish(trainer, job, data, started)
+    result = _finish(trainer, data, started)
     if out is not None:
         if job.method == "autoencoder":
             save_weights(out / "encoder.safetensors", model.encoder.state_dict(),
@@ -113,6 +113,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
         trainer_options = {k: v for k, v in to_dict(cfg).items() if k not in ("max_epochs", "out_dir")}
         result = fine_tune(model, data.train, data.test, data.num_classes, epochs=cfg.max_epochs,
                            lr=args.pop("lr", job.optimizer.lr), proximal=job.proximal,
+                           weight_decay=args.pop("weight_decay", job.optimizer.weight_decay),
                            label_smoothing=args.pop("label_smoothing", job.label_smoothing or 0.1),
                            out_dir=cfg.out_dir, **args, **trainer_options)
         trainer: Trainer = result.trainer
@@ -122,7 +123,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
                                   strategy={"name": job.strategy, **job.strategy_args}, proximal=job.proximal)
         trainer.job_config = to_dict(job)
         trainer.fit(data.train, data.test)
-    result_metrics = _finish(trainer, job, data, started, load_report=None if report is None else str(report))
+    result_metrics = _finish(trainer, data, started, load_report=None if report is None else str(report))
     if out is not None:
         save_pretrained(model, out / "finetuned.safetensors", config=to_dict(job), source=job.data.name,
                         accuracy=result_metrics.get("accuracy"))
@@ -150,7 +151,7 @@ def run_distill(job: DistillJob) -> dict[str, Any]:
                              temperature=job.temperature, alpha=job.alpha, cache_teacher=job.cache_teacher)
     trainer.job_config = to_dict(job)
     trainer.fit(train, data.test)
-    result = _finish(trainer, job, data, started, teacher_accuracy=teacher_accuracy,
+    result = _finish(trainer, data, started, teacher_accuracy=teacher_accuracy,
                      teacher_params=count_parameters(teacher))
     if out is not None:
         trainer.save_weights(out / "student.safetensors")

@@ -99,7 +99,8 @@ class FinetuneJob:
         pretrained: the pretrained weights (``.safetensors``, ``.pt`` or a warmstart checkpoint);
             ``None`` trains from scratch.
         strategy: ``linear_probe``, ``partial``, ``full``, ``gradual``, or ``recipe`` (the one-call
-            :func:`warmstart.finetune.fine_tune`: a linear-probe warm-up, then full fine-tuning).
+            :func:`warmstart.finetune.fine_tune`: a linear-probe warm-up, then full fine-tuning; it
+            takes ``optimizer.lr`` and ``weight_decay`` and brings its own AdamW and cosine schedule).
         strategy_args: options of the strategy (e.g. ``{k: 2}`` for ``partial``,
             ``{layer_decay: 0.8}`` for ``full``, ``{freeze_epochs: 2}`` for ``recipe``).
         proximal: ``lam`` of the proximal term toward the pretrained weights (``None``: off).
