@@ -147,7 +147,7 @@ def test_bad_input_gets_clear_errors(tmp_path, dataset):
         ws.Trainer(make_mlp(), progress=False).fit(empty)
 
     wide_labels = TensorDataset(dataset.tensors[0], torch.arange(64) % 6)
-    with pytest.raises(DataError, match=r"labels must be in \[0, 3\).*labels in \[0, 5\].*num_classes=6"):
+    with pytest.raises(DataError, match=r"labels must be in \[0, 3\).*a batch has label 5.*num_classes=6"):
         ws.Trainer(make_mlp(classes=3), progress=False).fit(DataLoader(wide_labels, batch_size=16))
 
     model = make_mlp()
@@ -273,3 +273,96 @@ def test_split_batch_reads_sequences_and_dicts_and_names_a_missing_target():
     assert ws.split_batch((x,), require_target=False) == (x, None)
     with pytest.raises(DataError, match="expects batches of \\(inputs, target"):
         ws.split_batch((x,))
+
+
+def test_labels_out_of_range_on_a_later_batch_are_caught_at_the_next_log(dataset):
+    labels = dataset.tensors[1].clone()
+    labels[40] = 7  # batch 6 of 8: past the first batch, which is checked at once
+    loader = DataLoader(TensorDataset(dataset.tensors[0], labels), batch_size=8)
+    trainer = ws.Trainer(make_mlp(classes=3), log_every=4, progress=False)
+    with pytest.raises(DataError, match="a batch has label 7"):
+        trainer.fit(loader)
+    assert trainer.global_step == 8  # read at the log after step 8, with no host sync per step before it
+
+
+class _AlwaysNaN:
+    def __call__(self, output, target):
+        return F.cross_entropy(output, target) * float("nan")
+
+
+def test_skip_mode_that_skips_every_step_of_an_epoch_is_an_error(dataset):
+    trainer = ws.Trainer(make_mlp(), loss_fn=_AlwaysNaN(), nonfinite="skip", progress=False)
+    with pytest.raises(NonFiniteLossError, match="every one of the 4 steps of epoch 1 had a NaN/inf loss"):
+        trainer.fit(DataLoader(dataset, batch_size=16))
+
+
+def test_skip_mode_under_fp16_loss_scaling_skips_without_touching_the_scaler(dataset):
+    torch.manual_seed(0)
+    model = make_mlp()
+    trainer = ws.Trainer(model, loss_fn=_NaNAtCall(3), nonfinite="skip", log_every=2, progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # fp16's loss scaling, on the CPU
+    history = trainer.fit(DataLoader(dataset, batch_size=8))
+    assert trainer.skipped_steps == 1 and trainer.global_step == 8 and math.isfinite(history[-1]["train_loss"])
+    assert trainer.scaler.get_scale() == 2.0**8  # no inf check was recorded for the skipped step, none failed
+
+
+def test_skip_mode_skips_the_whole_accumulation_window(dataset):
+    torch.manual_seed(0)
+    model = make_mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = _NaNAtCall(2)  # the second micro-batch of the first window
+    trainer = ws.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=loss, nonfinite="skip",
+                         accumulate=2, max_steps=1, progress=False)
+    trainer.fit(DataLoader(dataset, batch_size=8))
+    assert trainer.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no half-window update
+
+
+def test_evaluate_refuses_non_finite_outputs_rather_than_reporting_an_accuracy():
+    data = [(torch.full((8, 10), float("nan")), torch.randint(0, 3, (8,)))]
+    with pytest.raises(NonFiniteLossError, match="evaluation: the model's outputs or loss are NaN/inf \\(8 of 8"):
+        ws.Trainer(make_mlp(), progress=False).evaluate(data)
+
+
+def test_max_steps_must_be_positive():
+    for bad in (0, -3):
+        with pytest.raises(ConfigError, match="'max_steps' must be >= 1"):
+            ws.Trainer(make_mlp(), max_steps=bad)
+
+
+class _Stream:
+    """A loader without len(): the trainer cannot know where the epoch ends."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+@pytest.mark.parametrize("n", [40, 56])  # the last window holds 1 or 3 of 4 micro-batches
+def test_a_loader_without_len_scales_its_last_short_window_by_its_true_length(n):
+    data = make_dataset(n=n)
+    torch.manual_seed(0)
+    streamed = make_mlp()
+    ws.Trainer(streamed, _sgd(streamed), accumulate=4, max_epochs=2, progress=False).fit(
+        _Stream(DataLoader(data, batch_size=4)))
+    torch.manual_seed(0)
+    sized = make_mlp()
+    ws.Trainer(sized, _sgd(sized), accumulate=4, max_epochs=2, progress=False).fit(DataLoader(data, batch_size=4))
+    for a, b in zip(streamed.parameters(), sized.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_ema_with_best_checkpoint_saves_the_weights_it_measured(tmp_path, dataset, loader):
+    torch.manual_seed(0)
+    ema = ws.EMA(decay=0.9)
+    trainer = ws.Trainer(make_mlp(), {"name": "adam", "lr": 0.05}, max_epochs=3, out_dir=str(tmp_path),
+                         progress=False, callbacks=[ema, ws.BestCheckpoint(monitor="val_loss")])
+    history = trainer.fit(loader, DataLoader(dataset, batch_size=64))
+    weights, metadata = ws.load_weights(tmp_path / "best.safetensors")
+    assert metadata["weights"] == "averaged (EMA)"
+    model = make_mlp()
+    model.load_state_dict(weights)
+    measured = ws.Trainer(model, progress=False).evaluate(DataLoader(dataset, batch_size=64))["loss"]
+    assert measured == pytest.approx(min(h["val_loss"] for h in history), rel=1e-5)

@@ -5,7 +5,8 @@ from warmstart._runtime import seed_everything, select_device
 from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
 from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, load_config
-from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WarmstartError
+from warmstart.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError, OutDirBusyError,
+                              WarmstartError)
 from warmstart.heads import HeadInfo, find_head
 from warmstart.optim import build_optimizer, build_scheduler
 from warmstart.trainer import Trainer, classification_sums, split_batch
@@ -23,6 +24,7 @@ __all__ = [
     "EarlyStopping",
     "HeadInfo",
     "NonFiniteLossError",
+    "OutDirBusyError",
     "OptimizerConfig",
     "SchedulerConfig",
     "TensorBoardLogger",

@@ -5,38 +5,50 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from warmstart.config import normalize_precision
 from warmstart.errors import ConfigError
 
-PRECISIONS = ("32", "bf16", "16")
-
-
 def select_device(device: str | torch.device = "auto") -> torch.device:
-    """Resolve ``"auto"`` to cuda, then mps, then cpu; pass anything else to ``torch.device``.
+    """Resolve ``"auto"`` to cuda, then mps, then cpu; check any other name is a device this machine has.
 
     Under ``torchrun`` each process takes the GPU of its ``LOCAL_RANK``.
+
+    Raises:
+        ConfigError: an unknown device name, or a CUDA/MPS device this machine does not have.
     """
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {str(device)!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} asks for a CUDA GPU, but torch sees none (torch {torch.__version__}, "
+                          "built for CUDA: " + str(torch.version.cuda) + "); use device='auto' or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not _mps_available():
+        raise ConfigError(f"device {str(device)!r} asks for Apple's MPS, which is not available here; use 'auto' or 'cpu'")
+    return resolved
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def check_precision(precision: str | int, device: torch.device) -> str:
     """Validate ``precision`` for ``device`` and return it as one of ``"32"``, ``"bf16"``, ``"16"``."""
-    precision = str(precision)
-    aliases = {"fp32": "32", "32-true": "32", "bf16-mixed": "bf16", "fp16": "16", "16-mixed": "16"}
-    precision = aliases.get(precision, precision)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'; use one of '32', 'bf16' (bfloat16 autocast) or '16' (float16 autocast with loss scaling)")
+    precision = normalize_precision(precision)
     if precision == "16" and device.type == "cpu":
         raise ConfigError("precision='16' (float16 with a GradScaler) needs a GPU; on the CPU use precision='bf16', which needs no loss scaling")
     return precision
@@ -61,22 +73,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    """Snapshot every RNG this process uses, as tensors and plain values (safe to ``torch.load``)."""
+def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
+    """Snapshot every RNG this process uses, as tensors and plain values (safe to ``torch.load``).
+
+    Args:
+        generators: private generators to include, e.g. a ``DataLoader``'s ``generator`` (its
+            shuffling order comes from it, not from the global RNG).
+    """
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "torch": torch.get_rng_state(),
+        "generators": [g.get_state() for g in generators],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore a snapshot taken by :func:`rng_state`."""
+def set_rng_state(state: Mapping[str, Any], generators: Sequence[torch.Generator] = ()) -> bool:
+    """Restore a snapshot taken by :func:`rng_state`.
+
+    Returns:
+        False when ``generators`` do not match the snapshot's in number (they are then left as they are).
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
@@ -85,6 +107,12 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("generators", [])
+    if len(saved) != len(generators):
+        return False
+    for generator, generator_state in zip(generators, saved):
+        generator.set_state(generator_state)
+    return True
 
 
 def move_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:

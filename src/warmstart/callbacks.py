@@ -6,8 +6,9 @@ import csv
 import importlib.util
 import io
 import math
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -15,8 +16,8 @@ from warmstart.checkpoint import atomic_path
 from warmstart.distributed import is_main_process
 from warmstart.errors import ConfigError, nearest
 
-if TYPE_CHECKING:
-    from warmstart.trainer import Trainer
+# The hooks receive the warmstart.Trainer. It is not imported here: the trainer imports this module.
+Trainer = Any
 
 
 class Callback:
@@ -81,24 +82,28 @@ def _check_mode(mode: str) -> str:
 
 
 class CSVLogger(Callback):
-    """Write every logged and epoch metric to ``out_dir/metrics.csv`` (one row per log or epoch).
+    """Append every logged and epoch metric to ``out_dir/metrics.csv``, one row each.
 
-    On resume, rows written after the checkpoint's step are dropped, so the file matches the run.
+    Each row is appended with one write, so a killed run leaves whole rows; the file is rewritten
+    only when a new column appears (a few times per run). The row count is saved in checkpoints,
+    and a resumed run first cuts the file back to the checkpoint's rows, so the file ends equal to
+    an uninterrupted run's: no duplicate or missing rows.
     """
 
     def __init__(self, filename: str = "metrics.csv"):
         self.filename = filename
-        self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = []
+        self.rows = 0
+        self._resumed = False
 
     def _path(self, trainer: Trainer) -> Path | None:
-        return None if trainer.out_dir is None else trainer.out_dir / self.filename
+        return None if trainer.out_dir is None or not is_main_process() else trainer.out_dir / self.filename
 
     def on_fit_start(self, trainer: Trainer) -> None:
         path = self._path(trainer)
-        self.rows = []
-        if path is not None and path.exists() and trainer.global_step > 0:
-            with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(float(r.get("step") or 0)) <= trainer.global_step]
+        if path is not None and self._resumed:
+            self._rewrite(path, self._read(path)[: self.rows])
+        self._resumed = False
 
     def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self._append(trainer, {"epoch": trainer.epoch + 1, "step": trainer.global_step, **metrics})
@@ -108,18 +113,44 @@ class CSVLogger(Callback):
 
     def _append(self, trainer: Trainer, row: dict[str, Any]) -> None:
         path = self._path(trainer)
-        if path is None or not is_main_process():
+        if path is None:
             return
-        self.rows.append(row)
-        columns: list[str] = []
-        for r in self.rows:
-            columns += [k for k in r if k not in columns]
+        new_columns = [k for k in row if k not in self.columns]
+        if new_columns or self.rows == 0:  # a new header: rewrite the file once (a fresh run starts a new file)
+            rows = self._read(path)[: self.rows] if self.rows else []
+            self.columns += new_columns
+            self._rewrite(path, [*rows, row])
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, self._format([row], header=False).encode())
+            finally:
+                os.close(fd)
+        self.rows += 1
+
+    def _format(self, rows: list[dict[str, Any]], header: bool) -> str:
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
+        writer = csv.DictWriter(text, fieldnames=self.columns)
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return text.getvalue()
+
+    def _read(self, path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return [row for row in csv.DictReader(f) if None not in row]  # a row cut short by a kill has too few fields
+
+    def _rewrite(self, path: Path, rows: list[dict[str, Any]]) -> None:
         with atomic_path(path) as tmp:
-            tmp.write_text(text.getvalue())
+            tmp.write_text(self._format(rows, header=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.columns, self.rows, self._resumed = list(state["columns"]), int(state["rows"]), True
 
 
 class TensorBoardLogger(Callback):
@@ -134,6 +165,7 @@ class TensorBoardLogger(Callback):
             raise ImportError("TensorBoardLogger needs TensorBoard: pip install 'warmstart[tensorboard]'")
         self.subdir = subdir
         self._writer: Any = None
+        self._resume_step: int | None = None
 
     def _write(self, trainer: Trainer, prefix: str, metrics: dict[str, float]) -> None:
         if trainer.out_dir is None or not is_main_process():
@@ -141,17 +173,23 @@ class TensorBoardLogger(Callback):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(trainer.out_dir / self.subdir))
+            # a resumed run drops the events a crashed run wrote after its checkpoint
+            purge = trainer.global_step + 1 if self._resume_step is not None else None
+            self._writer = SummaryWriter(str(trainer.out_dir / self.subdir), purge_step=purge)
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(f"{prefix}/{key}", value, trainer.global_step)
-        self._writer.flush()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._resume_step = trainer.global_step if trainer.global_step > 0 else None
 
     def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self._write(trainer, "step", metrics)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self._write(trainer, "epoch", metrics)
+        if self._writer is not None:
+            self._writer.flush()  # once per epoch: a flush per log would cost a disk write per step
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._writer is not None:
@@ -190,6 +228,9 @@ class EarlyStopping(Callback):
 class BestCheckpoint(Callback):
     """Save the weights to ``out_dir/best.safetensors`` whenever ``monitor`` improves.
 
+    It saves the weights the metric was measured on: with ``EMA(evaluate=True)`` the averaged
+    weights (the file's metadata says ``"weights": "averaged (EMA)"``), else the live ones.
+
     Example:
         >>> best = BestCheckpoint(monitor="val_accuracy", mode="max")
     """
@@ -205,7 +246,11 @@ class BestCheckpoint(Callback):
             return
         self.best, self.best_epoch = value, trainer.epoch
         if trainer.out_dir is not None and is_main_process():
-            trainer.save_weights(trainer.out_dir / self.filename, extra={self.monitor: value, "epoch": trainer.epoch})
+            # the weights the metric was measured on: the EMA's when it validated, else the live ones
+            validated = trainer.validated_state
+            trainer.save_weights(trainer.out_dir / self.filename, state_dict=validated,
+                                 extra={self.monitor: value, "epoch": trainer.epoch,
+                                        "weights": "live" if validated is None else "averaged (EMA)"})
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -274,6 +319,11 @@ class EMA(Callback):
     def on_validation_end(self, trainer: Trainer) -> None:
         if self.evaluate and self.shadow:
             self._swap()
+            trainer.validated_state = self.averaged_state(trainer.unwrapped_model)
+
+    def averaged_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``model``'s state dict with the averaged weights (non-float buffers as the model has them)."""
+        return {name: self.shadow.get(name, value) for name, value in model.state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if trainer.out_dir is not None and is_main_process():

@@ -169,7 +169,7 @@ def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[st
         except _LOAD_ERRORS as err:
             raise CheckpointError(f"cannot read '{path}': truncated or corrupt safetensors file "
                                   f"({_first_line(err)}); re-export the weights") from None
-        return tensors, json.loads(header.get("warmstart", "{}"))
+        return tensors, _metadata(header.get("warmstart", "{}"), path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as err:
@@ -180,6 +180,20 @@ def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[st
         raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a state dict; save "
                               f"model.state_dict() rather than the model object")
     return _unwrap_weights(dict(obj), f"'{path}'")
+
+
+def _metadata(text: str, path: Path) -> dict[str, Any]:
+    """The ``warmstart`` metadata of a ``.safetensors`` file: a JSON object, or a :class:`CheckpointError`."""
+    try:
+        metadata = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"'{path}' has malformed warmstart metadata (not JSON: {err}); the weights may still be "
+                              "fine: re-save them with warmstart.save_weights, or load the tensors with "
+                              "safetensors.torch.load_file") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"'{path}' has malformed warmstart metadata (a JSON {type(metadata).__name__}, not an "
+                              "object); re-save the weights with warmstart.save_weights")
+    return metadata
 
 
 def _is_safetensors(path: Path) -> bool:

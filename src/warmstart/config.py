@@ -26,11 +26,13 @@ class TrainerConfig:
         max_epochs: epochs to train.
         max_steps: stop after this many optimizer steps (``None``: no limit).
         precision: ``"32"``, ``"bf16"`` (bfloat16 autocast, also on CPU) or ``"16"`` (float16
-            autocast with a GradScaler, GPU only).
+            autocast with a GradScaler, GPU only); YAML's unquoted ``32`` and ``16`` are accepted.
         device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
         out_dir: folder for checkpoints and logs; ``None`` writes nothing.
         progress: print progress (a bar on a terminal, plain lines otherwise).
-        seed: seeds Python, NumPy and torch at the start of a fresh fit.
+        seed: seeds Python, NumPy and torch at the start of a fresh fit. ``None`` draws the seed
+            from torch's global generator, so the caller's ``torch.manual_seed`` decides the run;
+            the seed used is recorded in ``trainer.seed``, the saved config and checkpoints.
         accumulate: micro-batches per optimizer step (gradient accumulation).
         grad_clip: clip the gradient norm to this value (``None``: no clipping).
         log_every: read losses from the device and log every this many optimizer steps.
@@ -45,11 +47,11 @@ class TrainerConfig:
 
     max_epochs: int = 1
     max_steps: int | None = None
-    precision: str = "32"
+    precision: str | int = "32"
     device: str = "auto"
     out_dir: str | None = None
     progress: bool = True
-    seed: int = 0
+    seed: int | None = None
     accumulate: int = 1
     grad_clip: float | None = None
     log_every: int = 50
@@ -60,12 +62,32 @@ class TrainerConfig:
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        self.precision = str(self.precision)  # YAML reads 32 and 16 as numbers
-        for name in ("max_epochs", "accumulate", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"trainer option '{name}' must be >= 1, got {getattr(self, name)}")
+        self.precision = normalize_precision(self.precision)
+        for name in ("max_epochs", "accumulate", "log_every", "max_steps", "save_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"trainer option '{name}' must be >= 1, got {value}"
+                                  + (" (None means no limit)" if name == "max_steps" else ""))
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+
+PRECISIONS = ("32", "bf16", "16")
+_PRECISION_ALIASES = {"fp32": "32", "32-true": "32", "bf16-mixed": "bf16", "fp16": "16", "16-mixed": "16"}
+
+
+def normalize_precision(precision: str | int) -> str:
+    """``"32"``, ``"bf16"`` or ``"16"`` from a precision name, alias or YAML number (``32``, ``16``).
+
+    Raises:
+        ConfigError: an unknown precision (with the nearest valid one).
+    """
+    text = str(precision).strip().lower()
+    text = _PRECISION_ALIASES.get(text, text)
+    if text not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}{nearest(text, PRECISIONS)}; use one of '32', 'bf16' "
+                          "(bfloat16 autocast) or '16' (float16 autocast with loss scaling)")
+    return text
 
 
 @dataclasses.dataclass
@@ -79,6 +101,14 @@ class OptimizerConfig:
     nesterov: bool | None = None
     betas: list[float] | None = None
     eps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.betas is not None and len(self.betas) != 2:
+            raise ConfigError(f"optimizer betas must be two numbers [beta1, beta2], e.g. [0.9, 0.999]; got {self.betas}")
+        if self.lr <= 0 or self.lr != self.lr:
+            raise ConfigError(f"optimizer lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optimizer weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclasses.dataclass
@@ -195,17 +225,42 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"config section '{prefix or cls.__name__}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = list(fields)
     values = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}'{nearest(str(key), names)}; valid keys here: {', '.join(names)}")
-        values[key] = _coerce(value, hints[key], full)
+            raise ConfigError(f"unknown config key '{full}'{_hint(str(key), names, prefix)}; valid keys here: "
+                              f"{', '.join(names)}")
+        values[key] = _coerce(_onto_default(fields[key], value), hints[key], full)
     try:
         return cls(**values)
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"config section '{prefix or cls.__name__}': {err}") from None
+
+
+# keys people reach for that live one level down in every job's schema: the error names the right place
+KEY_HINTS = {"epochs": "trainer.max_epochs", "max_epochs": "trainer.max_epochs", "max_steps": "trainer.max_steps",
+             "seed": "trainer.seed", "device": "trainer.device", "precision": "trainer.precision",
+             "lr": "optimizer.lr", "learning_rate": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
+             "batch_size": "data.batch_size"}
+
+
+def _hint(key: str, names: list[str], prefix: str) -> str:
+    hinted = KEY_HINTS.get(key)
+    if hinted is not None and hinted.split(".")[0] in names:
+        return f" (did you mean '{prefix + '.' if prefix else ''}{hinted}'?)"
+    return nearest(key, names)
+
+
+def _onto_default(field: dataclasses.Field, value: Any) -> Any:
+    """A partial section is laid over the field's default section (``target: {shots: 3}`` keeps its ``name``)."""
+    factory = field.default_factory
+    if not isinstance(value, Mapping) or factory is dataclasses.MISSING:
+        return value
+    default = factory()
+    return deep_merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -232,7 +287,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _override_value(item, raw)
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -241,6 +296,21 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
                 raise ConfigError(f"override '{item}' sets a key inside '{part}', which is not a section")
         node[parts[-1]] = value
     return nested
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """Parse an override's value as a YAML scalar or flow collection; tags and syntax errors are ConfigErrors."""
+    if not raw.strip():
+        return ""
+    if raw.lstrip().startswith("!"):
+        raise ConfigError(f"override '{item}': YAML tags ('{raw.split()[0]}') are not allowed in configs; nothing in a "
+                          "config runs code. Give a plain value (quote it if it starts with '!').")
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override '{item}' has a value that is not valid YAML ({problem}); write lists as [1, 2], "
+                          "mappings as {a: 1}, and quote strings with special characters") from None
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,12 +331,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         ConfigError: missing file, invalid YAML, or a top level that is not a mapping.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config path '{path}' is a directory, not a YAML file; give the file, e.g. {path}/job.yaml")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML (custom tags are not allowed): {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file '{path}': {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

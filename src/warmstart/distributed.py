@@ -10,6 +10,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+from warmstart.data.loaders import rebuild_loader
+from warmstart.errors import ConfigError
+
 
 def launched_by_torchrun() -> bool:
     """True when the environment says this process is one of several started by ``torchrun``."""
@@ -65,13 +68,28 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Return rank 0's ``obj`` on every rank (a no-op when not distributed)."""
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Take the element-wise maximum of ``tensor`` over all processes, in place (a no-op when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Give every rank rank 0's ``tensor`` (in place; a no-op when not distributed)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on any rank; every rank must call it (a plain bool when not distributed).
+
+    ``device`` must be one the process group's backend can reduce on (the trainer's device).
+    """
     if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return flag
+    return bool(all_reduce_max(torch.tensor([float(flag)], device=device)).item())
 
 
 class ShardSampler(Sampler[int]):
@@ -88,30 +106,29 @@ class ShardSampler(Sampler[int]):
 
 
 def shard_loader(loader: Any, seed: int, train: bool) -> Any:
-    """Give this rank its share of a ``DataLoader``'s samples.
+    """Give this rank its share of a loader's samples (the loader itself is not changed).
 
     Training loaders get a ``DistributedSampler`` that shuffles (with ``seed`` and the epoch) when
-    the original loader shuffled; evaluation loaders get a :class:`ShardSampler` so each sample is
-    counted exactly once. Loaders that shard themselves (they have ``set_epoch`` and ``shard``)
-    and other iterables are returned as they are.
+    the original loader shuffled, padded so that every rank takes as many steps; evaluation
+    loaders get a :class:`ShardSampler`, so each sample is counted exactly once. Loaders with a
+    ``shard(rank, world_size, pad)`` method (:class:`warmstart.data.InMemoryLoader`) shard
+    themselves; other iterables are returned as they are.
+
+    Raises:
+        ConfigError: a ``DataLoader`` with a custom sampler (give it a ``DistributedSampler`` yourself).
     """
+    if not is_distributed():
+        return loader
     if hasattr(loader, "shard"):
-        loader.shard(rank(), world_size())
-        return loader
-    if not isinstance(loader, DataLoader) or not is_distributed():
-        return loader
-    if isinstance(loader.sampler, DistributedSampler):
+        return loader.shard(rank(), world_size(), pad=train)
+    if not isinstance(loader, DataLoader) or isinstance(loader.sampler, (DistributedSampler, ShardSampler)):
         return loader
     if loader.batch_sampler is not None and not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
-        raise ValueError("under torchrun the Trainer shards DataLoaders that use shuffle=True/False; for a custom "
-                         "sampler, give it a DistributedSampler yourself")
+        raise ConfigError("under torchrun the Trainer shards DataLoaders that use shuffle=True/False; for a custom "
+                          "sampler, give the DataLoader a DistributedSampler yourself")
     if train:
         sampler: Sampler[int] = DistributedSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler),
                                                    seed=seed, drop_last=loader.drop_last)
     else:
         sampler = ShardSampler(len(loader.dataset), rank(), world_size())
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor,
-                      generator=loader.generator)
+    return rebuild_loader(loader, sampler=sampler)

@@ -23,7 +23,11 @@ class DataError(WarmstartError, ValueError):
 
 
 class NonFiniteLossError(WarmstartError, FloatingPointError):
-    """A training loss became NaN or infinite."""
+    """A training loss, or an evaluation's outputs, became NaN or infinite."""
+
+
+class OutDirBusyError(WarmstartError, RuntimeError):
+    """Another live run holds the ``out_dir`` lock: two runs writing one folder would overwrite each other."""
 
 
 def nearest(name: str, valid: Iterable[str]) -> str:

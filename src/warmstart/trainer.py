@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart import distributed
+from warmstart._batches import Batch, classification_sums, is_classification, split_batch, target_of
+from warmstart._epoch import DeviceChecks, EpochState, accumulation_windows
 from warmstart._progress import ProgressReporter
+from warmstart._resume import restore
+from warmstart._run_dir import check_out_dir, run_lock
 from warmstart._runtime import (autocast_context, batch_size_of, check_precision, move_to_device, rng_state,
                                 seed_everything, select_device, set_rng_state)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
@@ -26,52 +30,18 @@ from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteL
 from warmstart.heads import describe_head
 from warmstart.optim import build_optimizer, build_scheduler, param_groups_weight_decay
 
-Batch = Any
 Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
-
-_INPUT_KEYS = ("input", "inputs", "x", "image", "features")
-_TARGET_KEYS = ("target", "targets", "label", "labels", "y")
-
-
-def split_batch(batch: Batch, require_target: bool = True) -> tuple[Any, Any]:
-    """Return ``(inputs, target)`` from a ``(x, y, ...)`` sequence or a dict with ``input``/``target`` keys.
-
-    Args:
-        batch: the batch.
-        require_target: with ``False``, an unlabelled batch (``(x,)``, or a dict without a target
-            key) gives ``(inputs, None)`` instead of an error.
-
-    Raises:
-        DataError: the batch has no recognisable inputs, or no target when one is required.
-    """
-    inputs = target = None
-    if isinstance(batch, Mapping):
-        inputs = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
-        target = _target_of(batch)
-    elif isinstance(batch, (list, tuple)) and batch:
-        inputs, target = batch[0], _target_of(batch)
-    if inputs is not None and (target is not None or not require_target):
-        return inputs, target
-    raise DataError("the default compute_loss expects batches of (inputs, target, ...) or dicts with 'input' and "
-                    f"'target' keys, got {type(batch).__name__}; override compute_loss for other batch formats")
-
-
-def _target_of(batch: Batch) -> Any:
-    """The batch's class targets: ``batch[1]``, or a dict's ``target``/``labels``/... entry (``None`` if absent)."""
-    if isinstance(batch, Mapping):
-        return next((batch[k] for k in _TARGET_KEYS if k in batch), None)
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[1]
-    return None
+__all__ = ["Trainer", "classification_sums", "split_batch"]
 
 
 class Trainer:
     """Train, validate and checkpoint a model; subclass it to change what a step computes.
 
     ``fit`` runs epochs of: move the batch to the device, ``training_step`` (forward under autocast,
-    loss, backward), and every ``accumulate`` micro-batches one optimizer step. Losses stay on the
-    device and are read every ``log_every`` steps; a checkpoint is written every epoch.
+    loss, backward), and every ``accumulate`` micro-batches one optimizer step. Losses and checks
+    (labels in range, ...) stay on the device and are read every ``log_every`` steps; a checkpoint
+    is written every epoch.
 
     Overridable methods, called directly by name (the library's own trainers override these):
 
@@ -93,6 +63,12 @@ class Trainer:
     in a forward pass (wrapped by DDP or ``torch.compile`` during fit); ``self.unwrapped_model``
     is the user's module.
 
+    Resuming (``fit(..., resume="last")``) continues the checkpoint's run exactly; settings that
+    differ from the checkpoint's are applied and listed in a warning (a longer ``max_epochs``
+    re-plans a schedule given by name), and what cannot be honoured is refused (see
+    :mod:`warmstart._resume`). While a run with an ``out_dir`` trains, it holds a lock file there:
+    a second run in the same folder is refused.
+
     Args:
         model: the network.
         optimizer: a ``torch.optim.Optimizer``, or an :class:`OptimizerConfig` / dict naming one
@@ -107,6 +83,9 @@ class Trainer:
         **options: any :class:`TrainerConfig` field: ``max_epochs``, ``precision``, ``device``,
             ``out_dir``, ``progress``, ``seed``, ``accumulate``, ``grad_clip``, ``log_every``,
             ``nonfinite``, ``compile``, ``channels_last``, ``save_every``, ``max_steps``, ``checkpoint``.
+
+    Raises:
+        ConfigError: an unknown option, a model without trainable parameters, an unwritable ``out_dir``, ...
 
     Example:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -129,7 +108,10 @@ class Trainer:
         cfg = self.config
         self.device = select_device(cfg.device)
         self.precision = check_precision(cfg.precision, self.device)
-        self.out_dir = None if cfg.out_dir is None else self._check_out_dir(Path(cfg.out_dir))
+        self.out_dir = None if cfg.out_dir is None else check_out_dir(cfg.out_dir)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(f"{type(model).__name__} has no trainable parameters (all have requires_grad=False); "
+                              "unfreeze some (warmstart.finetune.unfreeze) or use Trainer.evaluate to only evaluate")
 
         self.unwrapped_model = model.to(self.device)
         if cfg.channels_last:
@@ -140,6 +122,7 @@ class Trainer:
         self.optimizer = self._make_optimizer(optimizer)
         self._scheduler_spec = scheduler
         self.scheduler: Any = scheduler if _is_scheduler(scheduler) else None
+        self._schedule: dict[str, Any] | None = None  # the by-name schedule as built: its settings and length
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
 
         self.callbacks = list(callbacks)
@@ -148,18 +131,19 @@ class Trainer:
             if _tensorboard_installed() and not any(isinstance(c, TensorBoardLogger) for c in self.callbacks):
                 self.callbacks.insert(1, TensorBoardLogger())
         self.job_config: dict[str, Any] | None = None  # the whole run's config, when the CLI built this trainer
-        self.epoch = 0
-        self.global_step = 0
-        self.skipped_steps = 0
+        self.seed = cfg.seed
+        self.epoch = self.global_step = self.skipped_steps = 0
         self.history: list[dict[str, float]] = []
         self.should_stop = False
+        self.validated_state: dict[str, torch.Tensor] | None = None  # weights the last validation measured, if not the live ones
         self.progress = ProgressReporter(enabled=False)
+        self.checks = DeviceChecks()
+        self.epoch_state = EpochState()
+        self._head = describe_head(model)
         self._loss_scale = 1.0
-        self._skip_this_step = False
-        self._targets_checked = False
-        self._pending: list[tuple[torch.Tensor, ...]] = []
-        self._term_names: tuple[str, ...] = ()
-        self._rng_epoch_start: dict[str, Any] | None = None
+        self._skip_window = False  # nonfinite="skip" met a NaN/inf loss in this accumulation window
+        self._resume_rng: dict[str, Any] | None = None
+        self._generators: list[torch.Generator] = []
 
     # ------------------------------------------------------------------ the loop
 
@@ -177,81 +161,89 @@ class Trainer:
 
         Raises:
             DataError: empty loader or labels outside the model's outputs.
-            NonFiniteLossError: a NaN/inf loss (unless ``nonfinite="skip"``).
-            CheckpointError: ``resume`` names an unreadable checkpoint or one of another model.
+            NonFiniteLossError: a NaN/inf loss (unless ``nonfinite="skip"``), or every step of an epoch skipped.
+            CheckpointError: ``resume`` names an unreadable checkpoint, one of another model, or a
+                change of settings that cannot be honoured.
+            OutDirBusyError: another live run holds ``out_dir``.
         """
         cfg = self.config
-        train_loader, val_loader = self._setup_fit(train_loader, val_loader)
-        skip_batches = self._start(resume)
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
-        step_callbacks = [cb for cb in self.callbacks if type(cb).on_train_step_end is not Callback.on_train_step_end]
-
-        while self.epoch < cfg.max_epochs and not self.should_stop:
-            epoch_start = time.perf_counter()
-            _set_epoch(train_loader, self.epoch)
-            self.model.train()
-            self.on_train_epoch_start(self.epoch)
-            for cb in self.callbacks:
-                cb.on_train_epoch_start(self)
-            # the RNG state before the loader's iterator draws its seed fixes this epoch's data order;
-            # a mid-epoch checkpoint stores it so that a resume can replay the order exactly
-            if skip_batches:
-                set_rng_state(self._rng_epoch_start)
+        distributed.init_distributed(self.device)
+        with run_lock(self.out_dir, self.device):
+            checkpoint, path = self._read_resume(resume)
+            self.seed = self._resolve_seed(checkpoint)
+            train_loader, val_loader = self._setup_fit(train_loader, val_loader)
+            if checkpoint is None:
+                seed_everything(self.seed)
+                self.epoch_state = EpochState(self.global_step)
             else:
-                self._rng_epoch_start = rng_state()
-            n_batches = _length(train_loader)
-            k = cfg.accumulate
-            self.progress.start_epoch(self.epoch, cfg.max_epochs, None if n_batches is None else math.ceil(n_batches / k),
-                                      initial=skip_batches // k)
-            batches = iter(train_loader)
-            for _ in range(skip_batches):
-                next(batches)
-            if skip_batches:
-                set_rng_state(self._resume_rng)
-            self._window_first_step, seen, pending, stopped_early = self.global_step, skip_batches, False, False
+                self._resume(checkpoint, path)
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+            step_callbacks = [cb for cb in self.callbacks if type(cb).on_train_step_end is not Callback.on_train_step_end]
 
-            for index, batch in enumerate(batches, start=skip_batches):
-                batch = move_to_device(batch, self.device, cfg.channels_last)
-                # micro-batches [window_start, window_start + window) make one optimizer step;
-                # the last window of an epoch may be shorter, so scale by its true length
-                window_start = index - index % k
-                window = k if n_batches is None else min(k, n_batches - window_start)
-                self._loss_scale = 1.0 / window
-                last_micro = index + 1 == window_start + window
-                with self._no_sync(enabled=not last_micro):
-                    terms = self.training_step(batch)
-                if not self._skip_this_step:
-                    self._record(terms)
-                seen, pending = seen + 1, not last_micro
-                self._samples += batch_size_of(batch)
-                if last_micro:
-                    self._step(step_callbacks, batch_in_epoch=seen)
-                    if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
-                        self.should_stop = True
-                    if self.should_stop:  # max_steps, or a callback asked to stop within the epoch
-                        stopped_early = n_batches is None or seen < n_batches
-                        break
-            if pending:  # a loader without len() ended inside an accumulation window
-                self._step(step_callbacks, batch_in_epoch=seen)
-            if seen == 0:
-                raise DataError("the training loader produced no batches this epoch; check the dataset is not empty "
-                                "and that batch_size is not larger than it with drop_last=True")
-            skip_batches = 0
-            if stopped_early:  # max_steps ended the run inside an epoch: save where it stopped, no epoch metrics
-                self._read_window()
-                self._epoch_sums, self._epoch_rows = None, 0
-                if self.out_dir is not None and cfg.checkpoint:
-                    self._save_checkpoint(batch_in_epoch=seen)
-                break
-            self._end_epoch(val_loader, time.perf_counter() - epoch_start)
+            while self.epoch < cfg.max_epochs and not self.should_stop:
+                if not self._train_epoch(train_loader, step_callbacks):
+                    self._save_checkpoint()  # stopped inside the epoch (max_steps): save where it stopped
+                    break
+                self._end_epoch(val_loader)
 
-        self.progress.close()
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
+            self.progress.close()
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
         return self.history
 
-    def _step(self, step_callbacks: Sequence[Callback], *, batch_in_epoch: int) -> None:
+    def _train_epoch(self, loader: Iterable[Batch], step_callbacks: Sequence[Callback]) -> bool:
+        """Train one epoch (or the rest of one, after a mid-epoch resume); False when it stopped inside the epoch."""
+        cfg, state = self.config, self.epoch_state
+        self._generators = _loader_generators(loader)
+        if self._resume_rng is not None and not state.batches:  # resumed at an epoch's end: continue its streams
+            self._restore_rng(self._resume_rng)
+            self._resume_rng = None
+        _set_epoch(loader, self.epoch)
+        self.model.train()
+        self.on_train_epoch_start(self.epoch)
+        for cb in self.callbacks:
+            cb.on_train_epoch_start(self)
+        self._epoch_started = time.perf_counter()
+        resuming = state.batches > 0
+        # the RNG state before the loader's iterator draws its order fixes this epoch's data; a
+        # mid-epoch checkpoint stores it, so a resume replays the order, then skips what was done
+        if resuming:
+            self._restore_rng(state.rng_at_start)
+        else:
+            state.rng_at_start = rng_state(self._generators)
+        n_batches = _length(loader)
+        self.progress.start_epoch(self.epoch, cfg.max_epochs, None if n_batches is None else math.ceil(n_batches / cfg.accumulate),
+                                  initial=state.batches // cfg.accumulate)
+        batches = iter(loader)
+        if resuming:
+            self._skip_done_batches(batches, state)
+            self._restore_rng(self._resume_rng)
+            self._resume_rng = None
+
+        for batch, ends_window, window in accumulation_windows(batches, cfg.accumulate, n_batches, state.batches):
+            batch = move_to_device(batch, self.device, cfg.channels_last)
+            self._loss_scale = 1.0 / window  # a short last window is the mean over its own micro-batches
+            with self._no_sync(enabled=not ends_window):
+                terms = self.training_step(batch)
+            if terms is not None:
+                state.record(terms)
+            samples = batch_size_of(batch)
+            state.batches, state.samples, self._samples = state.batches + 1, state.samples + samples, self._samples + samples
+            if self.global_step == 0 and state.batches == 1:
+                self._verify_checks()  # the first batch is checked at once (one sync), so typical mistakes fail at step 1
+            if ends_window:
+                self._step(step_callbacks)
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    self.should_stop = True
+                if self.should_stop:  # max_steps, or a callback asked to stop within the epoch
+                    return n_batches is not None and state.batches == n_batches
+        if state.batches == 0:
+            raise DataError("the training loader produced no batches this epoch; check the dataset is not empty "
+                            "and that batch_size is not larger than it with drop_last=True")
+        return True
+
+    def _step(self, step_callbacks: Sequence[Callback]) -> None:
         """One optimizer step and the bookkeeping around it (logging, mid-epoch checkpoints)."""
         cfg = self.config
         self._optimizer_step()
@@ -262,9 +254,15 @@ class Trainer:
         if self.global_step % cfg.log_every == 0:
             self._log_window()
         if cfg.save_every and self.global_step % cfg.save_every == 0:
-            self._save_checkpoint(batch_in_epoch=batch_in_epoch)
+            self._save_checkpoint()
 
     def _optimizer_step(self) -> None:
+        if self._skip_window:  # nonfinite="skip": a micro-batch of this window had a NaN/inf loss
+            self._skip_window = False
+            self.skipped_steps += 1
+            self.epoch_state.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         self.on_before_optimizer_step()
@@ -282,6 +280,7 @@ class Trainer:
         else:
             self.optimizer.step()
         if stepped:
+            self.epoch_state.steps += 1
             self.on_after_optimizer_step()
             if self.scheduler is not None and not isinstance(self.scheduler, Plateau):
                 self.scheduler.step()
@@ -297,16 +296,19 @@ class Trainer:
         """
         inputs, target = split_batch(batch)
         output = self.model(inputs)
-        if not self._targets_checked:
-            self.check_targets(output, target)
+        target = self.check_targets(output, target)
         return {"loss": self.loss_fn(output, target), "output": output}
 
-    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Run ``compute_loss`` under autocast and backpropagate; return the detached loss terms."""
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor] | None:
+        """Run ``compute_loss`` under autocast and backpropagate; return the detached loss terms.
+
+        Returns ``None`` for a micro-batch that ``nonfinite="skip"`` skipped.
+        """
         with self.autocast():
             out = self.compute_loss(batch)
         terms = _loss_terms(out)
-        self.backward(terms["loss"])
+        if not self.backward(terms["loss"]):
+            return None
         return {name: value.detach() for name, value in terms.items()}
 
     def validation_step(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -317,7 +319,7 @@ class Trainer:
         with self.autocast():
             out = self.compute_loss(batch)
         output = out.get("output") if isinstance(out, Mapping) else None
-        return classification_sums(output, _target_of(batch), _loss_terms(out), self.device, batch_size_of(batch))
+        return classification_sums(output, target_of(batch), _loss_terms(out), self.device, batch_size_of(batch))
 
     def on_before_optimizer_step(self) -> None:
         """Edit gradients before the optimizer step (after unscaling, before clipping)."""
@@ -349,7 +351,7 @@ class Trainer:
 
     def weights_metadata(self) -> dict[str, Any]:
         """Facts saved beside the weights: model class, head module and class count, epoch, config."""
-        return {"model_class": type(self.unwrapped_model).__name__, **describe_head(self.unwrapped_model),
+        return {"model_class": type(self.unwrapped_model).__name__, **self._head,
                 "epoch": self.epoch, "global_step": self.global_step, "config": self.resolved_config()}
 
     # ------------------------------------------------------------------ helpers subclasses use
@@ -358,43 +360,67 @@ class Trainer:
         """The autocast context of this trainer's precision (a no-op for ``"32"``)."""
         return autocast_context(self.precision, self.device)
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> bool:
         """Backpropagate ``loss`` scaled for accumulation (and by the GradScaler under fp16).
 
-        With ``nonfinite="skip"`` a NaN/inf loss is not backpropagated and the step is counted
-        in ``skipped_steps``; this reads the loss on the host (and agrees across ranks).
+        With ``nonfinite="skip"`` a NaN/inf loss is not backpropagated and the whole optimizer
+        step of its accumulation window is skipped (counted in ``skipped_steps``); this reads the
+        loss on the host every micro-batch (and agrees across ranks).
+
+        Returns:
+            False when the micro-batch was skipped.
         """
-        self._skip_this_step = False
         if self.config.nonfinite == "skip":
             bad = distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float())
             if bad.item() > 0:  # host sync, only in skip mode
-                self._skip_this_step = True
-                self.skipped_steps += 1
-                return
+                self._skip_window = True
+                return False
         if self._loss_scale != 1.0:
             loss = loss * self._loss_scale
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()
+        return True
 
-    def check_targets(self, output: Any, target: Any) -> None:
-        """Raise :class:`DataError` if class-index targets fall outside the model's outputs (one host sync)."""
-        self._targets_checked = True
-        if not _is_classification(output, target):
-            return
-        num_classes = output.shape[-1]
-        low, high = int(target.min()), int(target.max())
-        if low < 0 or high >= num_classes:
-            raise DataError(f"labels must be in [0, {num_classes}) for a model with {num_classes} outputs, but this "
-                            f"batch has labels in [{low}, {high}]. Give the model {high + 1} outputs "
-                            f"(e.g. warmstart.finetune.swap_head(model, num_classes={high + 1})) or remap the labels.")
+    def check_targets(self, output: Any, target: Any) -> Any:
+        """Check class-index targets against the model's outputs, on the device; return them safe to index with.
+
+        The smallest and largest label are kept as device-side checks and read at the next log
+        (no host sync per step): labels outside ``[0, C)`` then raise a :class:`DataError`. Until
+        then the returned targets are clamped into range, so a GPU kernel never asserts on them.
+        Other outputs and targets are returned unchanged.
+        """
+        if not is_classification(output, target):
+            return target
+        classes = output.shape[-1]
+
+        def too_high(value: float) -> DataError | None:
+            if value < classes:
+                return None
+            return DataError(f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has "
+                             f"label {value:g}. Give the model {int(value) + 1} outputs (e.g. warmstart.finetune."
+                             f"swap_head(model, num_classes={int(value) + 1})) or remap the labels.")
+
+        def too_low(value: float) -> DataError | None:
+            return None if value >= 0 else DataError(
+                f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has label "
+                f"{value:g}; class indices cannot be negative. Remap the labels to 0..{classes - 1}.")
+
+        low, high = torch.aminmax(target)
+        self.checks.update("label_max", high, error=too_high)
+        self.checks.update("label_min", low, error=too_low, lowest=True)
+        return target.clamp(0, classes - 1)
 
     def evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
         """Average the validation metrics over ``loader`` (``{"loss": ..., "accuracy": ...}`` for classifiers).
 
-        Under ``torchrun`` each rank evaluates its share and the sums are combined.
+        Under ``torchrun`` each rank evaluates its share (every sample once) and the sums are combined.
+
+        Raises:
+            DataError: an empty loader or labels out of range.
+            NonFiniteLossError: the model's outputs or loss hold NaN/inf (the metrics would mean nothing).
         """
-        loader = distributed.shard_loader(loader, self.config.seed, train=False)
+        loader = distributed.shard_loader(loader, self.seed or 0, train=False)
         return self._evaluate(loader)
 
     def save_weights(self, path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None,
@@ -405,23 +431,46 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write the full training state to ``path`` (what ``fit(resume=path)`` continues from)."""
-        return save_checkpoint(path, self._state(batch_in_epoch=0))
+        return save_checkpoint(path, self._state())
 
     def resolved_config(self) -> dict[str, Any]:
         """The configuration this run uses, as saved in checkpoints and ``config.yaml``."""
-        resolved: dict[str, Any] = {"trainer": to_dict(self.config),
+        resolved: dict[str, Any] = {"trainer": {**to_dict(self.config), "seed": self.seed},
                                     "optimizer": {"class": type(self.optimizer).__name__,
-                                                  "defaults": _plain(self.optimizer.defaults)}}
+                                                  "defaults": _plain(self.optimizer.defaults)},
+                                    "scheduler": self.schedule_description()}
         if self.job_config is not None:
             resolved["job"] = self.job_config
         return resolved
+
+    def schedule_description(self) -> dict[str, Any] | None:
+        """The learning-rate schedule: its settings and length when built by name, else its class."""
+        if self.scheduler is None:
+            return None
+        return self._schedule if self._schedule is not None else {"class": type(self.scheduler).__name__}
+
+    def current_lr(self) -> float:
+        """The largest learning rate among the optimizer's groups."""
+        return max(float(group["lr"]) for group in self.optimizer.param_groups)
 
     def refresh_trainable(self) -> None:
         """Call after changing ``requires_grad`` during fit, so DDP syncs the new set of parameters."""
         if self._ddp is not None:
             self._wrap_model()
 
-    # ------------------------------------------------------------------ set-up
+    def callbacks_by_key(self) -> dict[str, Callback]:
+        """Callbacks named ``ClassName`` or ``ClassName#2``, so checkpoints match them by class, not position."""
+        keys: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            key, n = name, 1
+            while key in keys:
+                n += 1
+                key = f"{name}#{n}"
+            keys[key] = cb
+        return keys
+
+    # ------------------------------------------------------------------ set-up and resume
 
     def _make_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
         if isinstance(optimizer, torch.optim.Optimizer):
@@ -436,16 +485,6 @@ class Trainer:
         return build_optimizer(self.configure_param_groups(optimizer), optimizer.name, optimizer.lr,
                                optimizer.weight_decay, **options)
 
-    def _check_out_dir(self, out_dir: Path) -> Path:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-                pass
-        except OSError as err:
-            raise ConfigError(f"out_dir '{out_dir}' is not writable ({err.strerror}); pass out_dir= a folder you can "
-                              f"write, or out_dir=None to write no files") from None
-        return out_dir
-
     def _wrap_model(self) -> None:
         module = self.unwrapped_model
         if distributed.is_distributed():
@@ -459,25 +498,88 @@ class Trainer:
             module = torch.compile(module, backend=backend)
         self.model = module
 
+    def _read_resume(self, resume: str | os.PathLike | None) -> tuple[dict[str, Any] | None, Path | None]:
+        """The checkpoint to resume from (``None`` for a fresh run), read and checked."""
+        path = None
+        if resume is not None and str(resume) == "last":
+            candidate = None if self.out_dir is None else self.out_dir / "last.pt"
+            if candidate is not None and candidate.exists():
+                path = candidate
+            elif self.config.progress and distributed.is_main_process():
+                print(f"resume='last': no checkpoint in {self.out_dir}, starting a fresh run", flush=True)
+        elif resume is not None:
+            path = Path(resume)
+        if path is None:
+            if self.out_dir is not None and (self.out_dir / "last.pt").exists() and self.global_step == 0:
+                warnings.warn(f"{self.out_dir} holds a checkpoint (last.pt) that this fresh run will overwrite; pass "
+                              "fit(..., resume='last') to continue it instead", stacklevel=3)
+            return None, None
+        return load_checkpoint(path, map_location=self.device), path
+
+    def _resolve_seed(self, checkpoint: dict[str, Any] | None) -> int:
+        if self.config.seed is not None:
+            return self.config.seed
+        if checkpoint is not None:
+            return int(checkpoint["config"]["trainer"].get("seed") or 0)
+        if self.seed is not None:  # a later fit of the same trainer keeps its seed
+            return self.seed
+        drawn = torch.randint(0, 2**31 - 1, ())  # from the caller's RNG state: torch.manual_seed decides the run
+        return int(distributed.broadcast_from_main(drawn.to(self.device)).item())
+
+    def _resume(self, checkpoint: dict[str, Any], path: Path) -> None:
+        if checkpoint.get("epoch_state") is None:
+            raise CheckpointError(f"'{path}' was written by an older warmstart without the epoch state; resume is "
+                                  "not exact: load its weights with warmstart.finetune.load_pretrained instead")
+        restore(self, checkpoint, path)
+        self.epoch_state = EpochState.from_state_dict(checkpoint["epoch_state"], self.device)
+        self._resume_rng = checkpoint["rng"]
+        set_rng_state(checkpoint["rng"])  # the loader's own generators follow when its epoch starts
+        if self.epoch >= self.config.max_epochs or (self.config.max_steps or math.inf) <= self.global_step:
+            warnings.warn(f"'{path}' has already trained {self.epoch} epochs ({self.global_step} steps), which "
+                          f"reaches max_epochs={self.config.max_epochs}, max_steps={self.config.max_steps}: nothing "
+                          "to train. Raise max_epochs (or max_steps) to train further.", stacklevel=3)
+        elif self.config.progress and distributed.is_main_process():
+            print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.global_step}", flush=True)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        if not set_rng_state(state, self._generators):
+            warnings.warn(f"the checkpoint's data loader had {len(state.get('generators', []))} random generators, this "
+                          f"one has {len(self._generators)}: the resumed run cannot replay the data order exactly. "
+                          "Resume with the same loader (same shuffle and generator).", stacklevel=4)
+
+    def _skip_done_batches(self, batches: Iterator[Batch], state: EpochState) -> None:
+        """Skip the micro-batches a mid-epoch checkpoint had trained, checking they hold the same samples."""
+        samples = 0
+        for done in range(state.batches):
+            batch = next(batches, None)
+            if batch is None:
+                raise CheckpointError(f"the checkpoint was written after {state.batches} batches of this epoch, but "
+                                      f"the loader now has only {done}: resume with the data it was trained on")
+            samples += batch_size_of(batch)
+        if samples != state.samples:
+            raise CheckpointError(f"the checkpoint was written after {state.batches} batches ({state.samples} "
+                                  f"samples) of this epoch, but those batches now hold {samples} samples: the batch "
+                                  "size (or data) changed, so skipping them would re-train or skip samples. Resume "
+                                  "with the same batch size, or from a checkpoint written at an epoch's end.")
+
     def _setup_fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None) -> tuple[Any, Any]:
         cfg = self.config
-        distributed.init_distributed(self.device)
         if self.model is self.unwrapped_model or distributed.is_distributed() and self._ddp is None:
             self._wrap_model()
-        train_loader = self.prepare_loader(distributed.shard_loader(train_loader, cfg.seed, train=True), "train")
+        train_loader = self.prepare_loader(distributed.shard_loader(train_loader, self.seed, train=True), "train")
         if val_loader is not None:
-            val_loader = self.prepare_loader(distributed.shard_loader(val_loader, cfg.seed, train=False), "val")
+            val_loader = self.prepare_loader(distributed.shard_loader(val_loader, self.seed, train=False), "val")
         if _length(train_loader) == 0:
             raise DataError("train_loader is empty (len() == 0): the dataset has no samples, or fewer than "
                             "batch_size with drop_last=True")
         self._check_optimizer_covers_model()
         if self.scheduler is None and self._scheduler_spec is not None:
             self.scheduler = self._make_scheduler(train_loader)
+        for group in self.optimizer.param_groups:  # the configured rate, kept beside the scheduled one
+            group.setdefault("initial_lr", group["lr"])
         self.progress = ProgressReporter(enabled=cfg.progress and distributed.is_main_process())
-        self._targets_checked = False
+        self.should_stop = False
         self._samples, self._last_log_time = 0, time.perf_counter()
-        self._epoch_sums: torch.Tensor | None = None
-        self._epoch_rows = 0
         if self.out_dir is not None and distributed.is_main_process():
             save_config(self.resolved_config(), self.out_dir / "config.yaml")
         return train_loader, val_loader
@@ -493,6 +595,7 @@ class Trainer:
             raise ConfigError(f"the '{spec.name}' schedule needs the number of steps: use a loader with len() or set max_steps")
         steps_per_epoch = math.ceil((n_batches or 1) / self.config.accumulate)
         total = self.config.max_steps or steps_per_epoch * self.config.max_epochs
+        self._schedule = {**to_dict(spec), "total_steps": total, "steps_per_epoch": steps_per_epoch}
         return build_scheduler(self.optimizer, total_steps=total, steps_per_epoch=steps_per_epoch, **to_dict(spec))
 
     def _check_optimizer_covers_model(self) -> None:
@@ -503,102 +606,92 @@ class Trainer:
             raise ConfigError(f"{len(missing)} trainable parameters are not in the optimizer: {shown}. Build the optimizer "
                               "after changing the model (e.g. after swap_head), or freeze them with requires_grad_(False).")
 
-    def _start(self, resume: str | os.PathLike | None) -> int:
-        """Load the checkpoint to resume from, or seed a fresh run; return batches already done this epoch."""
-        path = None
-        if resume is not None and str(resume) == "last":
-            candidate = None if self.out_dir is None else self.out_dir / "last.pt"
-            if candidate is not None and candidate.exists():
-                path = candidate
-            elif self.progress.enabled:
-                print(f"resume='last': no checkpoint in {self.out_dir}, starting a fresh run", flush=True)
-        elif resume is not None:
-            path = Path(resume)
-        if path is None:
-            seed_everything(self.config.seed)
-            return 0
-        state = load_checkpoint(path, map_location=self.device)
-        self._load_state(state, path)
-        if state["batch_in_epoch"]:
-            self._rng_epoch_start, self._resume_rng = state["rng_epoch_start"], state["rng"]
-        else:
-            set_rng_state(state["rng"])
-        if self.progress.enabled:
-            print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.global_step}", flush=True)
-        return state["batch_in_epoch"]
+    # ------------------------------------------------------------------ logging, checks and metrics
 
-    # ------------------------------------------------------------------ logging and metrics
+    def _read_window(self) -> dict[str, float]:
+        """Read the loss rows and device checks kept since the last read: the host sync of a log interval.
 
-    def _record(self, terms: dict[str, torch.Tensor]) -> None:
-        """Keep this micro-batch's detached loss terms until the next log read (no kernel, no sync)."""
-        names = tuple(terms)
-        if names != self._term_names:
-            if self._pending:
-                raise ConfigError(f"compute_loss returned terms {list(names)} after {list(self._term_names)}; "
-                                  "return the same terms every step")
-            self._term_names = names
-        self._pending.append(tuple(terms.values()))
-
-    def _read_window(self) -> tuple[dict[str, float], int]:
-        """Read the terms kept since the last log (the host sync of the log interval); raise on NaN/inf."""
-        rows = len(self._pending)
-        if rows == 0:
-            return {}, 0
-        window = torch.stack([t for row in self._pending for t in row]).float().view(rows, len(self._term_names))
-        self._pending = []
-        window_sums = window.sum(0)
-        totals = torch.cat([window_sums, window.new_tensor([float(rows)])])
-        totals = distributed.all_reduce_sum(totals).tolist()  # .tolist() syncs: once per log interval
-        count = totals.pop()
-        self._epoch_sums = window_sums if self._epoch_sums is None else self._epoch_sums + window_sums
-        self._epoch_rows += rows
-        means = {name: total / count for name, total in zip(self._term_names, totals)}
+        Raises:
+            DataError: a device check failed (e.g. a label out of range).
+            NonFiniteLossError: a NaN/inf loss in the window.
+        """
+        state = self.epoch_state
+        window = state.take_pending()
+        names, checks = self.checks.take()
+        parts = []
+        if window is not None:
+            sums = window.sum(0)
+            parts += [distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([float(window.shape[0])])]))]
+        if checks is not None:
+            parts += [distributed.all_reduce_max(checks)]
+        if not parts:
+            return {}
+        values = torch.cat([p.to(self.device) for p in parts]).tolist()  # the one sync of the interval
+        failure = self.checks.failure(dict(zip(names, values[len(values) - len(names):])))
+        if failure is not None:
+            raise failure
+        if window is None:
+            return {}
+        state.add_read(sums, window.shape[0])
+        count = values[len(state.term_names)]
+        means = {name: total / count for name, total in zip(state.term_names, values)}
         if not all(math.isfinite(v) for v in means.values()):
             self._raise_nonfinite(window)
-        return means, rows
+        return means
+
+    def _verify_checks(self) -> None:
+        """Read the device checks alone (one sync), e.g. before a checkpoint is written."""
+        names, checks = self.checks.take()
+        if checks is not None:
+            failure = self.checks.failure(dict(zip(names, distributed.all_reduce_max(checks).tolist())))
+            if failure is not None:
+                raise failure
 
     def _raise_nonfinite(self, window: torch.Tensor) -> None:
         finite_rows = torch.isfinite(window).all(dim=1).tolist()
         first = finite_rows.index(False) if False in finite_rows else 0
-        step = self._window_first_step + first // self.config.accumulate + 1
-        values = dict(zip(self._term_names, window[first].tolist()))
+        step = self.epoch_state.window_first_step + first // self.config.accumulate + 1
+        values = dict(zip(self.epoch_state.term_names, window[first].tolist()))
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         raise NonFiniteLossError(
             f"non-finite loss at step {step} (epoch {self.epoch + 1}): {shown}. Lower the learning rate, clip "
             "gradients (grad_clip=1.0), prefer precision='bf16' to '16', or pass nonfinite='skip' to skip such steps.")
 
     def _log_window(self) -> None:
-        means, _ = self._read_window()
+        means = self._read_window()
         now = time.perf_counter()
         rate = self._samples * distributed.world_size() / max(now - self._last_log_time, 1e-9)
-        metrics = {**means, "lr": self._current_lr(), "samples_per_s": rate}
+        metrics = {**means, "lr": self.current_lr(), "samples_per_s": rate}
         if self.skipped_steps:
             metrics["skipped_steps"] = self.skipped_steps
-        self._samples, self._last_log_time, self._window_first_step = 0, now, self.global_step
+        self._samples, self._last_log_time = 0, now
+        self.epoch_state.window_first_step = self.global_step
         self.progress.log(self.epoch, self.global_step, metrics)
         for cb in self.callbacks:
             cb.on_log(self, metrics)
 
-    def _current_lr(self) -> float:
-        return max(float(group["lr"]) for group in self.optimizer.param_groups)
-
-    def _end_epoch(self, val_loader: Iterable[Batch] | None, seconds: float) -> None:
+    def _end_epoch(self, val_loader: Iterable[Batch] | None) -> None:
+        state = self.epoch_state
         self._read_window()
+        if state.skipped and not state.steps:
+            raise NonFiniteLossError(f"every one of the {state.skipped} steps of epoch {self.epoch + 1} had a NaN/inf "
+                                     "loss and was skipped (nonfinite='skip'): nothing was trained. Lower the learning "
+                                     "rate, clip gradients, or check the data for NaN/inf.")
         metrics: dict[str, float] = {"epoch": self.epoch + 1}
-        if self._epoch_sums is not None and self._epoch_rows:
-            sums = distributed.all_reduce_sum(self._epoch_sums.clone()).tolist()
-            rows = self._epoch_rows * distributed.world_size()
-            metrics.update({f"train_{name}": total / rows for name, total in zip(self._term_names, sums)})
-        self._epoch_sums, self._epoch_rows = None, 0
+        if state.sums is not None and state.rows:
+            sums = distributed.all_reduce_sum(state.sums.clone()).tolist()
+            rows = state.rows * distributed.world_size()
+            metrics.update({f"train_{name}": total / rows for name, total in zip(state.term_names, sums)})
         metrics.update(self.on_train_epoch_end(self.epoch))
         if val_loader is not None:
+            self.validated_state = None
             for cb in self.callbacks:
                 cb.on_validation_start(self)
             metrics.update({f"val_{k}": v for k, v in self._evaluate(val_loader).items()})
             for cb in self.callbacks:
                 cb.on_validation_end(self)
-        metrics["lr"] = self._current_lr()
-        metrics["seconds"] = seconds
+        metrics["lr"] = self.current_lr()
+        metrics["seconds"] = time.perf_counter() - self._epoch_started
         if isinstance(self.scheduler, Plateau):
             monitor = getattr(self.scheduler, "monitor", "val_loss")
             if monitor not in metrics:
@@ -609,8 +702,8 @@ class Trainer:
             cb.on_epoch_end(self, metrics)
         self.progress.end_epoch(self.epoch, {k: v for k, v in metrics.items() if k != "epoch"})
         self.epoch += 1
-        if self.out_dir is not None and self.config.checkpoint:
-            self._save_checkpoint(batch_in_epoch=0)
+        self.epoch_state = EpochState(self.global_step)
+        self._save_checkpoint()
 
     @torch.no_grad()
     def _evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
@@ -618,7 +711,6 @@ class Trainer:
         self.unwrapped_model.eval()
         # evaluation needs no gradient sync: run the bare module so no DDP collective can hang
         wrapped, self.model = self.model, self.unwrapped_model
-        self._targets_checked = False
         totals: dict[str, torch.Tensor] = {}
         try:
             for batch in loader:
@@ -628,82 +720,49 @@ class Trainer:
         finally:
             self.model = wrapped
             self.unwrapped_model.train(was_training)
-            self._targets_checked = False
+        self._verify_checks()
         if not totals:
             raise DataError("the evaluation loader produced no batches; check that its dataset is not empty")
         names = list(totals)
         values = distributed.all_reduce_sum(torch.stack([totals[n].float() for n in names])).tolist()
         result = dict(zip(names, values))
-        count = result.pop("count")
+        count, nonfinite = result.pop("count"), result.pop("nonfinite", 0.0)
+        if nonfinite or not all(math.isfinite(v) for v in result.values()):
+            raise NonFiniteLossError(f"evaluation: the model's outputs or loss are NaN/inf ({nonfinite:.0f} of {count:.0f} "
+                                     "samples with non-finite outputs), so loss and accuracy would mean nothing. Check "
+                                     "the inputs for NaN/inf and the weights for divergence.")
         return {name: value / count for name, value in result.items()}
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _state(self, batch_in_epoch: int) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
             "model": self.unwrapped_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "rng": rng_state(),
-            "rng_epoch_start": self._rng_epoch_start if batch_in_epoch else None,
+            "rng": rng_state(self._generators),
+            "epoch_state": self.epoch_state.state_dict(),
             "epoch": self.epoch,
-            "batch_in_epoch": batch_in_epoch,
             "global_step": self.global_step,
             "skipped_steps": self.skipped_steps,
             "history": self.history,
-            "callbacks": {key: cb.state_dict() for key, cb in self._callbacks_by_key().items()},
+            "callbacks": {key: cb.state_dict() for key, cb in self.callbacks_by_key().items()},
             "trainer": self.extra_state(),
             "config": self.resolved_config(),
             "metadata": _plain(self.weights_metadata()),
         }
 
-    def _save_checkpoint(self, batch_in_epoch: int) -> None:
+    def _save_checkpoint(self) -> None:
+        """Write ``last.pt`` (and, at an epoch's end, ``last.safetensors``) once the device checks have passed."""
+        if self.out_dir is None or not self.config.checkpoint:
+            return
+        self._verify_checks()  # never checkpoint weights trained on a batch that failed a check
         if not distributed.is_main_process():
             return
-        save_checkpoint(self.out_dir / "last.pt", self._state(batch_in_epoch))
-        if batch_in_epoch == 0:
+        save_checkpoint(self.out_dir / "last.pt", self._state())
+        if self.epoch_state.batches == 0:
             self.save_weights(self.out_dir / "last.safetensors")
-
-    def _load_state(self, state: dict[str, Any], path: Path) -> None:
-        own = self.unwrapped_model.state_dict()
-        theirs = state["model"]
-        problems = [f"missing {k}" for k in own if k not in theirs] + [f"unexpected {k}" for k in theirs if k not in own]
-        problems += [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                     for k, v in theirs.items() if k in own and v.shape != own[k].shape]
-        if problems:
-            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-            raise CheckpointError(f"checkpoint '{path}' was saved from a different model ({len(problems)} mismatched "
-                                  f"keys: {shown}). Resume with the model it was trained with, or load only matching "
-                                  "weights with warmstart.finetune.load_pretrained.")
-        self.unwrapped_model.load_state_dict(theirs)
-        self.load_extra_state(state["trainer"])
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"checkpoint '{path}' has optimizer state that does not fit this optimizer ({err}); "
-                                  "resume with the same optimizer and parameter groups") from None
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        for key, cb in self._callbacks_by_key().items():
-            if key in state["callbacks"]:
-                cb.load_state_dict(state["callbacks"][key])
-        self.epoch, self.global_step = state["epoch"], state["global_step"]
-        self.skipped_steps, self.history = state["skipped_steps"], list(state["history"])
-
-    def _callbacks_by_key(self) -> dict[str, Callback]:
-        """Name callbacks ``ClassName`` or ``ClassName#2`` so checkpoints match them by class, not position."""
-        keys: dict[str, Callback] = {}
-        for cb in self.callbacks:
-            name = type(cb).__name__
-            key, n = name, 1
-            while key in keys:
-                n += 1
-                key = f"{name}#{n}"
-            keys[key] = cb
-        return keys
 
     def _no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation window."""
@@ -715,6 +774,17 @@ def _set_epoch(loader: Any, epoch: int) -> None:
     for part in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The private generators a loader shuffles with (``DataLoader(generator=...)``), which the global RNG does not cover."""
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for part in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        generator = getattr(part, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
 
 
 def _length(loader: Any) -> int | None:
@@ -737,26 +807,6 @@ def _loss_terms(out: torch.Tensor | Mapping[str, Any]) -> dict[str, torch.Tensor
     terms = {"loss": out["loss"]}
     terms.update({k: v for k, v in out.items() if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.dim() == 0})
     return terms
-
-
-def classification_sums(output: Any, target: Any, terms: Mapping[str, torch.Tensor], device: torch.device,
-                        n: int | None = None) -> dict[str, torch.Tensor]:
-    """Per-batch sums for evaluation: each term times the batch size, correct predictions as ``accuracy``, ``count``.
-
-    Accuracy is counted when ``output`` is ``(B, C)`` scores and ``target`` is ``(B,)`` class indices.
-    """
-    n = n if n is not None else len(target)
-    sums = {name: value.detach().float() * n for name, value in terms.items()}
-    if _is_classification(output, target):
-        sums["accuracy"] = (output.argmax(dim=-1) == target).sum().float()
-    sums["count"] = torch.tensor(float(n), device=device)
-    return sums
-
-
-def _is_classification(output: Any, target: Any) -> bool:
-    return (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor) and output.dim() == 2
-            and output.is_floating_point() and target.dim() == 1 and not target.is_floating_point()
-            and output.shape[0] == target.shape[0])
 
 
 def _tensorboard_installed() -> bool:

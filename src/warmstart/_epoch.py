@@ -1,0 +1,166 @@
+"""The epoch in progress: accumulation windows, loss rows kept on the device, and device-side checks."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from warmstart.errors import ConfigError
+
+
+def accumulation_windows(batches: Iterator[Any], accumulate: int, total: int | None,
+                         start: int = 0) -> Iterator[tuple[Any, bool, int]]:
+    """Yield ``(micro_batch, ends_window, window_length)`` for every micro-batch from index ``start``.
+
+    A window is ``accumulate`` consecutive micro-batches counted from the epoch's start and makes
+    one optimizer step; the epoch's last window may be shorter. Its true length scales the loss
+    (so a short window is not divided by ``accumulate``) and ``ends_window`` marks the micro-batch
+    whose backward must all-reduce under DDP. With a known ``total`` both follow from the count; a
+    loader without ``len()`` is read one window ahead, so both are known before the window's first
+    backward.
+
+    Example:
+        >>> [(b, end, n) for b, end, n in accumulation_windows(iter("abcde"), 2, None)]
+        [('a', False, 2), ('b', True, 2), ('c', False, 2), ('d', True, 2), ('e', True, 1)]
+    """
+    if total is not None:
+        for index, batch in enumerate(batches, start):
+            window_start = index - index % accumulate
+            length = min(accumulate, total - window_start)
+            yield batch, index + 1 == window_start + length, length
+        return
+    while window := list(itertools.islice(batches, accumulate)):
+        for position, batch in enumerate(window, start=1):
+            yield batch, position == len(window), len(window)
+
+
+class EpochState:
+    """Everything a mid-epoch checkpoint must carry so that a resumed epoch ends as an uninterrupted one would.
+
+    Loss terms of each micro-batch stay on the device as ``pending`` rows until the log interval
+    reads them (the only host sync); read rows are added to ``sums``, which give the epoch's
+    ``train_*`` means. ``rng_at_start`` is the RNG state the epoch's data order was drawn from.
+
+    Attributes:
+        batches: micro-batches trained in this epoch.
+        samples: samples in them.
+        steps: optimizer steps taken in this epoch (skipped ones excluded).
+        skipped: steps skipped for a non-finite loss in this epoch.
+        term_names: names of the loss terms, in row order.
+        pending: rows not read yet, one tuple of 0-dim tensors per micro-batch.
+        sums: per-term sums of the rows already read.
+        rows: number of rows in ``sums``.
+        window_first_step: the global step the current log window started after.
+        rng_at_start: the RNG snapshot before the epoch's loader was iterated.
+    """
+
+    def __init__(self, window_first_step: int = 0):
+        self.batches = self.samples = self.steps = self.skipped = self.rows = 0
+        self.term_names: tuple[str, ...] = ()
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+        self.sums: torch.Tensor | None = None
+        self.window_first_step = window_first_step
+        self.rng_at_start: dict[str, Any] | None = None
+
+    def record(self, terms: dict[str, torch.Tensor]) -> None:
+        """Keep one micro-batch's detached loss terms until the next read (no kernel, no sync)."""
+        names = tuple(terms)
+        if names != self.term_names:
+            if self.pending or self.sums is not None:
+                raise ConfigError(f"compute_loss returned terms {list(names)} after {list(self.term_names)}; "
+                                  "return the same terms every step")
+            self.term_names = names
+        self.pending.append(tuple(terms.values()))
+
+    def take_pending(self) -> torch.Tensor | None:
+        """The pending rows as one ``(rows, terms)`` float tensor (``None`` if there are none), and forget them."""
+        if not self.pending:
+            return None
+        window = torch.stack([t for row in self.pending for t in row]).float().view(len(self.pending), -1)
+        self.pending = []
+        return window
+
+    def add_read(self, window_sums: torch.Tensor, rows: int) -> None:
+        """Add the sums of ``rows`` rows that were just read."""
+        self.sums = window_sums if self.sums is None else self.sums + window_sums
+        self.rows += rows
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state as tensors and plain values (the pending rows stacked, without a host sync)."""
+        pending = None
+        if self.pending:
+            pending = torch.stack([t for row in self.pending for t in row]).float().view(len(self.pending), -1)
+        return {"batches": self.batches, "samples": self.samples, "steps": self.steps, "skipped": self.skipped,
+                "rows": self.rows, "term_names": list(self.term_names), "pending": pending, "sums": self.sums,
+                "window_first_step": self.window_first_step, "rng_at_start": self.rng_at_start}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochState:
+        """Rebuild the state saved by :meth:`state_dict`, its tensors on ``device``."""
+        epoch = cls(state["window_first_step"])
+        epoch.batches, epoch.samples, epoch.steps = state["batches"], state["samples"], state["steps"]
+        epoch.skipped, epoch.rows, epoch.term_names = state["skipped"], state["rows"], tuple(state["term_names"])
+        epoch.sums = None if state["sums"] is None else state["sums"].to(device)
+        if state["pending"] is not None:
+            epoch.pending = [tuple(row.to(device).unbind()) for row in state["pending"]]
+        epoch.rng_at_start = state["rng_at_start"]
+        return epoch
+
+
+class DeviceChecks:
+    """Invariants checked on the device every step and read on the host only at the log interval.
+
+    Each check keeps a running maximum (or minimum) of a 0-dim tensor: updating it launches one
+    small kernel and never waits for the device. The trainer reads every check together with its
+    loss window (the one host sync of a log interval, and before it writes a checkpoint); a check's
+    ``error`` turns the value read into the exception to raise, or ``None`` when it is fine.
+
+    Example:
+        >>> checks = DeviceChecks()
+        >>> too_high = lambda v: ValueError(f"label {v:g} >= 3") if v >= 3 else None
+        >>> checks.update("label_max", torch.tensor(4), error=too_high)
+        >>> checks.update("label_max", torch.tensor(1), error=too_high)
+        >>> names, values = checks.take()
+        >>> checks.failure(dict(zip(names, values.tolist())))
+        ValueError('label 4 >= 3')
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.lowest: set[str] = set()
+        self.errors: dict[str, Callable[[float], Exception | None]] = {}
+
+    def update(self, name: str, value: torch.Tensor, *, error: Callable[[float], Exception | None],
+               lowest: bool = False) -> None:
+        """Keep the running maximum (``lowest``: minimum) of ``value`` under ``name``."""
+        value = value.detach().float()
+        previous = self.values.get(name)
+        if previous is not None:
+            value = torch.minimum(previous, value) if lowest else torch.maximum(previous, value)
+        self.values[name] = value
+        self.errors[name] = error
+        if lowest:
+            self.lowest.add(name)
+
+    def take(self) -> tuple[tuple[str, ...], torch.Tensor | None]:
+        """The names (sorted) and their values as one tensor, minima negated so that every entry reduces by max.
+
+        Returns ``None`` values when no check ran; the checks start afresh.
+        """
+        names = tuple(sorted(self.values))
+        if not names:
+            return names, None
+        stacked = torch.stack([-self.values[n] if n in self.lowest else self.values[n] for n in names])
+        self.values = {}
+        return names, stacked
+
+    def failure(self, values: dict[str, float]) -> Exception | None:
+        """The first error among values read back from :meth:`take` (minima un-negated here), or ``None``."""
+        for name, value in values.items():
+            error = self.errors[name](-value if name in self.lowest else value)
+            if error is not None:
+                return error
+        return None
