@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -25,28 +25,40 @@ SCHEDULERS = ("constant", "cosine", "step", "plateau")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float,
-                              params: Iterable[nn.Parameter] | None = None) -> list[dict[str, Any]]:
+def param_groups_weight_decay(named_params: nn.Module | Iterable[tuple[str, nn.Parameter]], weight_decay: float, *,
+                              no_decay: Collection[str] = (), lr: float | None = None,
+                              name: str | None = None) -> list[dict[str, Any]]:
     """Split trainable parameters into a decayed group and a group without weight decay.
 
-    Biases and normalisation weights (all 1-D parameters) get no weight decay, as in timm and
-    nanoGPT: decaying them toward zero only hurts.
+    The one builder every trainer uses. No weight decay on biases and normalisation weights (all
+    1-D parameters: decaying them toward zero only hurts, as in timm and nanoGPT) nor on the
+    parameters named in ``no_decay`` (anchored weights: the proximal term pulls them toward
+    ``w0``, and decay toward zero would change the objective).
 
     Args:
-        model: the model whose parameters to split.
+        named_params: a model, or ``(name, parameter)`` pairs (e.g. one layer group's).
         weight_decay: decay of the first group.
-        params: restrict to these parameters (default: every parameter that requires grad).
+        no_decay: parameter names exempt from decay.
+        lr: a learning rate to put in both groups (``None``: the optimizer's).
+        name: a label for both groups (``"head"``, ``"block3"``, ...).
 
     Returns:
-        Two parameter-group dicts for a ``torch.optim`` optimizer (empty groups left out).
+        Up to two parameter-group dicts for a ``torch.optim`` optimizer (empty groups left out).
+
+    Example:
+        >>> groups = param_groups_weight_decay(nn.Linear(4, 2), 0.01)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(1, 0.01), (1, 0.0)]
     """
-    allowed = None if params is None else {id(p) for p in params}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad or (allowed is not None and id(p) not in allowed):
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    pairs = named_params.named_parameters() if isinstance(named_params, nn.Module) else named_params
+    exempt = set(no_decay)
+    decay, no_decay_params = [], []
+    for param_name, p in pairs:
+        if p.requires_grad:
+            (no_decay_params if p.ndim <= 1 or param_name in exempt else decay).append(p)
+    extra = {k: v for k, v in (("lr", lr), ("name", name)) if v is not None}
+    groups = [{"params": decay, "weight_decay": weight_decay, **extra},
+              {"params": no_decay_params, "weight_decay": 0.0, **extra}]
     return [g for g in groups if g["params"]]
 
 

@@ -13,15 +13,16 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from warmstart import distributed
 from warmstart._runtime import move_to_device
 from warmstart.config import OptimizerConfig
+from warmstart.optim import param_groups_weight_decay
 from warmstart.data.augment import is_random
-from warmstart.data.loaders import InMemoryLoader
+from warmstart.data.loaders import InMemoryLoader, rebuild_loader
+from warmstart.distributed import ShardSampler
 from warmstart.errors import ConfigError
 from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
                                          restore_frozen_state, unfreeze_batchnorm)
-from warmstart.finetune.heads import head_parameter_names
 from warmstart.finetune.strategies import LinearProbe, Partial, Strategy, make_strategy
-from warmstart.heads import find_head
-from warmstart.pretrain.proximal import Anchor, ProximalTerm, check_lam
+from warmstart.heads import find_head, head_parameter_names, swap_head
+from warmstart.proximal import Anchor, ProximalTerm, check_lam
 from warmstart.trainer import Trainer, split_batch
 
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -133,17 +134,24 @@ class FinetuneTrainer(Trainer):
                 param.requires_grad_(True)
 
     def configure_param_groups(self, config: OptimizerConfig) -> list[dict[str, Any]]:
-        """The head at ``lr``, then each trainable backbone group from the top at its multiplier."""
-        head = [p for n, p in self.unwrapped_model.named_parameters() if n in set(self.head_names)]
-        groups = _split_decay("head", head, config.lr, config.weight_decay)
+        """The head at ``lr``, then each trainable backbone group from the top at its multiplier.
+
+        With ``proximal``, the anchored (backbone) weights get no weight decay: it would pull them
+        toward zero against the pull toward ``w0``.
+        """
+        head = [(n, p) for n, p in self.unwrapped_model.named_parameters() if n in set(self.head_names)]
+        groups = param_groups_weight_decay(head, config.weight_decay, lr=config.lr, name="head")
         for index in reversed(range(len(self.backbone) - self.num_trainable, len(self.backbone))):
             groups += self._group_for(index, config.lr, config.weight_decay)
         return groups
 
     def _group_for(self, index: int, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         group = self.backbone[index]
-        params = [p for p in group.parameters() if p.requires_grad]
-        return _split_decay(group.name, params, lr * self.strategy.lr_mult(index, len(self.backbone)), weight_decay)
+        ids = {id(p) for p in group.parameters()}
+        named = [(n, p) for n, p in self.unwrapped_model.named_parameters() if id(p) in ids]
+        anchored = set() if self._proximal_settings is None else {n for n, _ in named}
+        return param_groups_weight_decay(named, weight_decay, no_decay=anchored, name=group.name,
+                                         lr=lr * self.strategy.lr_mult(index, len(self.backbone)))
 
     def on_train_epoch_start(self, epoch: int) -> None:
         wanted = self.strategy.trainable(epoch, len(self.backbone))
@@ -190,8 +198,8 @@ class FinetuneTrainer(Trainer):
 
     # ------------------------------------------------------------------ the proximal term
 
-    def backward(self, loss: torch.Tensor) -> None:
-        super().backward(loss if self.proximal is None else loss * self.proximal.lam)
+    def backward(self, loss: torch.Tensor) -> bool:
+        return super().backward(loss if self.proximal is None else loss * self.proximal.lam)
 
     def on_before_optimizer_step(self) -> None:
         if self.proximal is not None:
@@ -206,7 +214,7 @@ class FinetuneTrainer(Trainer):
     def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
         if isinstance(batch, dict) and "features" in batch:  # cached backbone features: only the head runs
             output = self._head_forward(batch["features"])
-            return {"loss": self.loss_fn(output, batch["target"]), "output": output}
+            return {"loss": self.loss_fn(output, self.check_targets(output, batch["target"])), "output": output}
         return super().compute_loss(batch)
 
     def prepare_loader(self, loader: Iterable[Any] | None, stage: str) -> Iterable[Any] | None:
@@ -219,7 +227,7 @@ class FinetuneTrainer(Trainer):
         if distributed.is_distributed() and stage == "train" and not isinstance(self._head_forward, nn.parallel.DistributedDataParallel):
             self._head_forward = nn.parallel.DistributedDataParallel(self.head_info.module)
         return FeatureBatches(features, targets, batch_size, shuffle=stage == "train" and _shuffles(loader),
-                              seed=self.config.seed)
+                              seed=self.seed)
 
     @torch.no_grad()
     def _cache_features(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
@@ -284,15 +292,6 @@ class _HeadlessGroup(LayerGroup):
         return [p for p in super().parameters() if id(p) not in self.excluded]
 
 
-def _split_decay(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """One or two optimizer groups for a layer group: no weight decay on 1-D parameters."""
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name},
-              {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": name}]
-    return [g for g in groups if g["params"]]
-
-
 def _reinitialise(groups: list[LayerGroup]) -> None:
     for group in groups:
         for module in group.modules:
@@ -310,15 +309,12 @@ def _shuffles(loader: Any) -> bool:
 def _without_augmentation(loader: Iterable[Any]) -> Iterable[Any]:
     """The loader's samples in order, without random augmentation where the loader allows it."""
     if isinstance(loader, InMemoryLoader):
-        plain = InMemoryLoader(loader.inputs, loader.targets, batch_size=loader.batch_size, device=loader.inputs.device)
-        plain.shard(loader.rank, loader.world_size)
-        return plain
+        return loader.clone(shuffle=False, transform=None, with_index=False)  # keeps this rank's share
     dataset = getattr(loader, "dataset", None)
     if is_random(getattr(dataset, "transform", None)):
         warnings.warn("the linear-probe cache computes features once, so the loader's random augmentation is applied "
                       "to one view only; use LinearProbe(cache_features=False) to augment every epoch", stacklevel=4)
     if isinstance(loader, DataLoader):
-        sampler = loader.sampler if isinstance(loader.sampler, DistributedSampler) else None  # keep this rank's share
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+        sampler = loader.sampler if isinstance(loader.sampler, (DistributedSampler, ShardSampler)) else None
+        return rebuild_loader(loader, sampler=sampler, drop_last=False)  # in order, keeping this rank's share
     return loader
