@@ -110,13 +110,13 @@ def test_sequential_custom_path_and_bad_input():
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2), nn.Softmax(dim=1))
     assert swap_head(model, 5).name == "3"
 
-    class TwoTowers(nn.Module):
+    class TwoTowers(nn.Module):  # no forward: nothing to trace, so the head cannot be found from the computation
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 4)
             self.classifier = nn.Linear(4, 2)
 
-    with pytest.raises(ConfigError, match="several modules could be the head: fc, classifier; pass head="):
+    with pytest.raises(ConfigError, match="cannot tell which layer of TwoTowers is the head.*Candidates: fc, classifier"):
         swap_head(TwoTowers(), 3)
     assert swap_head(TwoTowers(), 3, head="classifier").new.out_features == 3
     with pytest.raises(ConfigError, match="no module 'clasifier' \\(did you mean 'classifier'\\?\\)"):
@@ -124,16 +124,78 @@ def test_sequential_custom_path_and_bad_input():
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ConfigError, match="num_classes must be an integer >= 1"):
             swap_head(model, bad)
-
-    class Unordered(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.out = nn.Linear(4, 2)
-            self.norm = nn.LayerNorm(4)
-
-    with pytest.raises(ConfigError, match="cannot tell which layer of Unordered is the head"):
-        find_head(Unordered())
     custom = nn.Sequential(OrderedDict(body=nn.Linear(3, 3), out=nn.Linear(3, 2)))
     assert find_head(custom).name == "out" and find_head(custom).in_features == 3
     with pytest.raises(ConfigError, match="unknown head init 'uniform'"):
         swap_head(nn.Sequential(nn.Linear(2, 2)), 3, init="uniform")
+
+
+class _OutFirst(nn.Module):
+    """The head registered before the body: registration order says 'body', the computation says 'out'."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = nn.Linear(8, 3)
+        self.body = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.body(x)))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.out_a = nn.Linear(8, 3)
+        self.out_b = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"a": self.out_a(h), "b": self.out_b(h)}
+
+
+class _HeadInsideSequential(nn.Module):
+    """The head is the last layer of ``net``; an unused projection is registered after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.projection = nn.Linear(3, 16)
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits.view(logits.size(0), -1)  # a reshape (reading the size) after the head
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.body = nn.Linear(4, 8)
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # data-dependent control flow: torch.fx cannot trace it
+            x = x * 0
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_the_head_is_found_from_the_computation_not_the_registration_order():
+    model = _OutFirst()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = swap_head(model, 5)
+    assert (info.name, str(info)) == ("out", "replaced out: Linear(8 -> 3) with Linear(8 -> 5)")
+    _assert_only_head_changed(model, before, ["out"])
+    assert model(torch.randn(2, 4)).shape == (2, 5)
+    assert find_head(_HeadInsideSequential()).name == "net.2"
+
+
+def test_two_heads_are_an_error_that_lists_them():
+    with pytest.raises(ConfigError, match="several modules could be the head of _TwoHeads.*out_a, out_b; pass head="):
+        swap_head(_TwoHeads(), 5)
+    assert swap_head(_TwoHeads(), 5, head="out_b").name == "out_b"
+
+
+def test_an_untraceable_model_needs_an_example_input_or_a_head_path():
+    with pytest.raises(ConfigError, match="torch.fx cannot trace.*example_input"):
+        find_head(_Untraceable())
+    assert find_head(_Untraceable(), example_input=torch.randn(2, 4)).name == "head"

@@ -2,13 +2,12 @@
 
 from warmstart.finetune.freezing import (LayerGroup, freeze, freeze_batchnorm, freeze_to, frozen_state, layer_groups,
                                          unfreeze)
-from warmstart.finetune.heads import SwapInfo, init_head, swap_head
 from warmstart.finetune.loading import LoadReport, load_pretrained, strip_prefixes
 from warmstart.finetune.recipes import FineTuneResult, LRFinderResult, fine_tune, lr_find
 from warmstart.finetune.strategies import STRATEGIES, Full, Gradual, LinearProbe, Partial, Strategy, make_strategy
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.finetune.transfer import transfer_layers
-from warmstart.heads import find_head
+from warmstart.heads import SwapInfo, find_head, init_head, swap_head
 
 __all__ = [
     "STRATEGIES",
