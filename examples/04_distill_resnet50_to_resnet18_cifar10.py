@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.batch_size, args.workers = 1, 2, 0
     else:
         try:
-            train_set, test_set = ws.data.torchvision_splits("cifar10", augment=ws.data.build_augmentation("cifar"))
+            train_set, test_set = ws.data.torchvision_splits("cifar10", augment=ws.data.build_augmentation("cifar", size=32))
         except ws.DataError as err:
             print(f"error: {err}\nTo check the script offline, run it with --dry-run.", file=sys.stderr)
             return 1

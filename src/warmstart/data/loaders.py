@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, TensorDataset
 
 from warmstart.errors import DataError
 
@@ -38,7 +38,7 @@ class InMemoryLoader:
     The fast path for small data sets (the way the fastest CIFAR-10 trainers feed a GPU): no
     worker processes, no per-sample collation, one index per batch. The order of epoch ``e`` is
     a permutation drawn from ``(seed, e)``, so it is the same after a resume; under ``torchrun``
-    the Trainer calls :meth:`shard` and each rank takes every ``world_size``-th sample of it.
+    the Trainer takes this rank's share with :meth:`shard`.
 
     Args:
         data: a ``TensorDataset`` / map-style data set of ``(x, y)``, or the inputs tensor.
@@ -48,10 +48,12 @@ class InMemoryLoader:
         shuffle: a new order every epoch.
         drop_last: drop the last, smaller batch.
         device: where to keep the tensors (``None``: where they are).
-        seed: seed of the shuffling.
+        seed: seed of the shuffling; ``None`` draws one from torch's global generator (so
+            ``torch.manual_seed`` decides the order), kept in :attr:`seed`.
         transform: a batched augmentation applied to each input batch (e.g.
             ``build_augmentation("digits", batched=True)``); it draws from torch's global RNG.
-        with_index: yield ``(x, y, index)``, the sample indices (for cached teacher logits).
+        with_index: also yield the sample indices, last: ``(x, y, index)``, or ``(x, index)``
+            for unlabelled inputs (for cached teacher logits).
 
     Example:
         >>> loader = InMemoryLoader(torch.arange(10.0).reshape(10, 1), torch.arange(10), batch_size=4)
@@ -61,20 +63,19 @@ class InMemoryLoader:
 
     def __init__(self, data: Dataset | torch.Tensor, targets: torch.Tensor | None = None, *, batch_size: int = 64,
                  shuffle: bool = False, drop_last: bool = False, device: str | torch.device | None = None,
-                 seed: int = 0, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 seed: int | None = None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  with_index: bool = False):
         inputs, targets = (data, targets) if isinstance(data, torch.Tensor) else dataset_tensors(data)
-        if targets is None and with_index:
-            raise DataError("with_index=True needs targets: batches are (x, y, index)")
         if targets is not None and len(inputs) != len(targets):
             raise DataError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.inputs = inputs if device is None else inputs.to(device)
         self.targets = None if targets is None else targets.to(self.inputs.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.transform, self.with_index = seed, transform, with_index
-        self.epoch, self.rank, self.world_size = 0, 0, 1
+        self.seed = int(torch.randint(2**31 - 1, ()).item()) if seed is None else seed
+        self.transform, self.with_index = transform, with_index
+        self.epoch, self.rank, self.world_size, self.pad = 0, 0, 1, True
 
     @property
     def dataset_size(self) -> int:
@@ -85,12 +86,37 @@ class InMemoryLoader:
         """Use the order of ``epoch`` (the Trainer calls this before each epoch)."""
         self.epoch = epoch
 
-    def shard(self, rank: int, world_size: int) -> None:
-        """Take this rank's share of every epoch (padded by wrapping so all ranks have as many batches)."""
-        self.rank, self.world_size = rank, world_size
+    def clone(self, **changes: Any) -> InMemoryLoader:
+        """A loader over the same tensors with some options changed (``batch_size``, ``transform``, ...).
+
+        Example:
+            >>> loader = InMemoryLoader(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long), batch_size=4)
+            >>> len(loader.clone(batch_size=2))
+            3
+        """
+        options = {"batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                   "seed": self.seed, "transform": self.transform, "with_index": self.with_index, **changes}
+        copy = InMemoryLoader(self.inputs, self.targets, **options)
+        copy.epoch, copy.rank, copy.world_size, copy.pad = self.epoch, self.rank, self.world_size, self.pad
+        return copy
+
+    def shard(self, rank: int, world_size: int, pad: bool = True) -> InMemoryLoader:
+        """This rank's share of every epoch: every ``world_size``-th sample of the epoch's order.
+
+        Args:
+            rank: this process's rank.
+            world_size: number of processes.
+            pad: repeat samples from the start so every rank has as many (training: ranks take the
+                same number of steps); ``False`` leaves shards uneven (evaluation: each sample once).
+        """
+        copy = self.clone()
+        copy.rank, copy.world_size, copy.pad = rank, world_size, pad
+        return copy
 
     def _per_rank(self) -> int:
-        return math.ceil(self.dataset_size / self.world_size)
+        if self.pad:
+            return math.ceil(self.dataset_size / self.world_size)
+        return len(range(self.rank, self.dataset_size, self.world_size))
 
     def order(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch."""
@@ -100,8 +126,8 @@ class InMemoryLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        total = self._per_rank() * self.world_size
-        if total > n:
+        total = math.ceil(n / self.world_size) * self.world_size
+        if self.pad and total > n:
             order = torch.cat([order, order[: total - n]])
         return order[self.rank::self.world_size].to(self.inputs.device)
 
@@ -116,14 +142,48 @@ class InMemoryLoader:
             x = self.inputs[rows]
             if self.transform is not None:
                 x = self.transform(x)
-            if self.targets is None:
-                yield (x,)
-            else:
-                yield (x, self.targets[rows], rows) if self.with_index else (x, self.targets[rows])
+            batch = (x,) if self.targets is None else (x, self.targets[rows])
+            yield (*batch, rows) if self.with_index else batch
+
+
+def rebuild_loader(loader: DataLoader, **changes: Any) -> DataLoader:
+    """A ``DataLoader`` like ``loader`` with some arguments changed, keeping every other one.
+
+    Args:
+        loader: the loader to copy.
+        **changes: ``DataLoader`` arguments to change (``dataset``, ``sampler``, ``batch_size``, ...).
+            The loader's sampler (its shuffling) is kept unless ``sampler`` is given.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=4, shuffle=True)
+        >>> len(rebuild_loader(loader, batch_size=2))
+        3
+    """
+    options: dict[str, Any] = {
+        "dataset": loader.dataset, "batch_size": loader.batch_size, "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory, "drop_last": loader.drop_last,
+        "timeout": loader.timeout, "worker_init_fn": loader.worker_init_fn, "generator": loader.generator,
+        "multiprocessing_context": loader.multiprocessing_context, "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device, "in_order": getattr(loader, "in_order", True),
+    }
+    if loader.num_workers > 0:
+        options["prefetch_factor"] = loader.prefetch_factor
+    if loader.batch_sampler is None:  # batch_size=None: the dataset yields whole batches
+        options["batch_size"] = None
+    if type(loader.batch_sampler) not in (BatchSampler, type(None)) and not {"sampler", "batch_size"} & set(changes):
+        options.update(batch_sampler=loader.batch_sampler, batch_size=1, drop_last=False)  # a custom batch sampler
+    else:
+        options["sampler"] = loader.sampler
+    options.update(changes)
+    return DataLoader(**options)
 
 
 class WithIndex(Dataset):
-    """Wrap a data set of ``(x, y)`` so items are ``(x, y, index)`` (for cached teacher logits)."""
+    """Wrap a data set so items are ``(x, y, index)``, or ``(x, index)`` for unlabelled ``(x,)`` items.
+
+    The index comes last, as in :class:`InMemoryLoader` ``(with_index=True)`` (for cached teacher logits).
+    """
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -131,6 +191,8 @@ class WithIndex(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
-        x, y = self.dataset[index][:2]
-        return x, y, index
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        item = self.dataset[index]
+        if isinstance(item, (tuple, list)):
+            return (*item[:2], index)
+        return item, index
