@@ -83,7 +83,7 @@ def test_a_cache_for_another_teacher_or_data_set_is_refused(tmp_path):
     DistillTrainer(_student(), _teacher(), cache_teacher=True, cache_path=path, progress=False).fit(
         InMemoryLoader(_images(), batch_size=8))
     other_teacher = small_cnn(num_classes=4, width=8)
-    with pytest.raises(DataError, match="was built for another teacher \\(its weights hash\\).*Delete it"):
+    with pytest.raises(DataError, match="was built for another teacher \\(its weights hash\\).*delete .*to rebuild"):
         DistillTrainer(_student(), other_teacher, cache_teacher=True, cache_path=path, progress=False).fit(
             InMemoryLoader(_images(), batch_size=8))
     with pytest.raises(DataError, match="was built for another data set length: 40 there, 48 now"):
@@ -153,6 +153,11 @@ def test_several_teachers_and_bad_input():
         DistillTrainer(_student(), _teacher(), alpha=2.0)
     with pytest.raises(ConfigError, match="teacher_weights has 1 entries for 2 teachers"):
         DistillTrainer(_student(), teachers, teacher_weights=[1.0])
+    with pytest.raises(ConfigError, match="teacher is an empty list"):
+        DistillTrainer(_student(), [])
+    student = _student()
+    with pytest.raises(ConfigError, match="the student is also given as the teacher"):
+        DistillTrainer(student, student)
 
 
 def test_unlabelled_transfer_set_with_alpha_one():

@@ -15,9 +15,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from warmstart.checkpoint import atomic_path
-from warmstart.errors import DataError
+from warmstart.errors import CheckpointError, DataError
 
-CACHE_FORMAT = "warmstart-teacher-logits-1"
+CACHE_FORMAT = "warmstart-teacher-logits-2"
+_FINGERPRINT_SEED = 20_240_917
+# a changed sample moves its fingerprint by far more than this share of its L1 norm; float64
+# summation-order noise between the build and a training batch stays many orders below it
+FINGERPRINT_RTOL = 1e-9
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -32,11 +36,11 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def dataset_fingerprint(samples: Iterable[tuple[torch.Tensor, Any]], length: int) -> str:
-    """SHA-256 of a data set's length and up to 16 of its samples spread over it."""
+    """SHA-256 of a data set's length and up to 16 of its samples spread over it (a quick check at open)."""
     digest = hashlib.sha256(str(length).encode())
     for x, y in samples:
         digest.update(torch.as_tensor(x).detach().cpu().contiguous().numpy().tobytes())
-        digest.update(str(int(y) if not torch.is_tensor(y) or y.numel() == 1 else y.tolist()).encode())
+        digest.update(str(None if y is None else int(y) if not torch.is_tensor(y) or y.numel() == 1 else y.tolist()).encode())
     return digest.hexdigest()
 
 
@@ -45,22 +49,58 @@ def probe_indices(length: int, count: int = 16) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, max(length - 1, 0), num=min(count, length))})
 
 
+class SampleFingerprint:
+    """A per-sample fingerprint: a fixed random projection of the input and its L1 norm, in float64.
+
+    ``fingerprint(x) = (<x, r>, |x|_1)`` for one random vector ``r`` per input size. Computing it
+    for a batch is one matrix-vector product on the device, so every training batch can be
+    compared with the fingerprints stored when the cache was built, without a host sync.
+
+    Example:
+        >>> fp = SampleFingerprint(torch.device("cpu"))
+        >>> x = torch.rand(4, 3, 8, 8)
+        >>> torch.equal(fp(x), fp(x.clone()))
+        True
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._projections: dict[int, torch.Tensor] = {}
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, 2)`` float64: the projection and the L1 norm of each sample."""
+        flat = inputs.detach().reshape(len(inputs), -1).double()
+        size = flat.shape[1]
+        if size not in self._projections:
+            g = torch.Generator().manual_seed(_FINGERPRINT_SEED + size)
+            self._projections[size] = torch.randn(size, generator=g, dtype=torch.float64).to(self.device)
+        return torch.stack([flat @ self._projections[size], flat.abs().sum(1)], dim=1)
+
+    @staticmethod
+    def mismatch(now: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+        """The largest excess of a batch's fingerprint distance over the tolerance (> 0: a sample changed)."""
+        tolerance = FINGERPRINT_RTOL * stored[:, 1] + 1e-12
+        return ((now[:, 0] - stored[:, 0]).abs() - tolerance).max()
+
+
 class TeacherCache:
     """Teacher logits of every (sample, view) of a training set, in one fp16 ``.npy`` file opened as a memory map.
 
     Row ``index * views + view`` holds, for each teacher, the logits of view ``view`` of sample
-    ``index``: the array is ``(length * views, teachers, num_classes)``. A JSON
-    sidecar records the data set's length and fingerprint and the teacher's fingerprint; opening
-    a cache built for another data set or teacher is an error.
+    ``index``: the array is ``(length * views, teachers, num_classes)``. Beside it,
+    ``<name>.fingerprint.npy`` holds each row's :class:`SampleFingerprint` (the trainer compares
+    every training batch with it) and a JSON sidecar the data set's length and sample hash and the
+    teachers' hashes; opening a cache built for another data set or teacher is an error.
 
     Args:
         path: the ``.npy`` file.
         logits: the memory-mapped array, shape ``(length * views, teachers, num_classes)``.
+        fingerprints: ``(length * views, 2)`` float64.
         meta: the sidecar's contents.
     """
 
-    def __init__(self, path: Path, logits: np.ndarray, meta: dict[str, Any]):
-        self.path, self.logits, self.meta = path, logits, meta
+    def __init__(self, path: Path, logits: np.ndarray, fingerprints: np.ndarray, meta: dict[str, Any]):
+        self.path, self.logits, self.fingerprints, self.meta = path, logits, fingerprints, meta
         self.views = int(meta["views"])
 
     @staticmethod
@@ -68,15 +108,22 @@ class TeacherCache:
         """The JSON file beside the cache."""
         return path.with_suffix(".json")
 
+    @staticmethod
+    def fingerprint_file(path: Path) -> Path:
+        """The per-row fingerprints beside the cache."""
+        return path.with_suffix(".fingerprint.npy")
+
     @classmethod
     def build(cls, path: str | os.PathLike, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               teacher_logits: Callable[[torch.Tensor], torch.Tensor], *, length: int, views: int, num_classes: int,
-              meta: dict[str, Any], teachers: int = 1) -> TeacherCache:
+              meta: dict[str, Any], teachers: int = 1, device: torch.device | str = "cpu") -> TeacherCache:
         """Run the teachers over ``batches`` of ``(inputs, rows)`` and write every row, atomically.
 
         ``teacher_logits(inputs)`` returns ``(B, teachers, num_classes)``.
         """
         path = Path(path)
+        fingerprint = SampleFingerprint(torch.device(device))
+        prints = np.zeros((length * views, 2), dtype=np.float64)
         with atomic_path(path) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                               shape=(length * views, teachers, num_classes))
@@ -87,12 +134,15 @@ class TeacherCache:
                     raise DataError(f"teacher logits have {logits.shape[-1]} classes, the cache expects {num_classes}")
                 rows_np = rows.cpu().numpy()
                 array[rows_np] = logits.cpu().numpy().astype(np.float16)
+                prints[rows_np] = fingerprint(inputs.to(fingerprint.device)).cpu().numpy()
                 filled[rows_np] = True
             array.flush()
             del array
             if not filled.all():
                 raise DataError(f"the teacher saw {int(filled.sum())} of {filled.size} (sample, view) rows; the cache "
                                 "loader must cover the whole training set")
+        with atomic_path(cls.fingerprint_file(path)) as tmp, open(tmp, "wb") as f:
+            np.save(f, prints)
         full_meta = {"format": CACHE_FORMAT, "length": length, "views": views, "num_classes": num_classes, **meta}
         with atomic_path(cls.sidecar(path)) as tmp:
             tmp.write_text(json.dumps(full_meta, indent=1))
@@ -103,27 +153,40 @@ class TeacherCache:
         """Open an existing cache, checking it was built for the expected data set and teacher.
 
         Raises:
-            DataError: missing sidecar, or a length, view count, data set or teacher that differs.
+            DataError: a length, view count, data set or teacher that differs.
+            CheckpointError: a missing or damaged sidecar, fingerprint or logits file.
         """
         path = Path(path)
-        sidecar = cls.sidecar(path)
-        if not sidecar.exists():
-            raise DataError(f"teacher cache '{path}' has no '{sidecar.name}' beside it; delete the cache to rebuild it")
-        meta = json.loads(sidecar.read_text())
+        files = [path, cls.sidecar(path), cls.fingerprint_file(path)]
+        rebuild = f"delete {', '.join(str(f) for f in files)} to rebuild the cache"
+        if not cls.sidecar(path).exists() or not cls.fingerprint_file(path).exists():
+            raise CheckpointError(f"teacher cache '{path}' is incomplete (no {cls.sidecar(path).name} or "
+                                  f"{cls.fingerprint_file(path).name} beside it): {rebuild}")
+        try:
+            meta = json.loads(cls.sidecar(path).read_text())
+            logits = np.load(path, mmap_mode="r")
+            prints = np.load(cls.fingerprint_file(path))
+        except (OSError, ValueError, EOFError) as err:
+            raise CheckpointError(f"teacher cache '{path}' is damaged ({type(err).__name__}: {err}): {rebuild}") from None
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            raise CheckpointError(f"teacher cache '{path}' has another format than {CACHE_FORMAT}: {rebuild}")
         for key, what in (("length", "data set length"), ("views", "number of views"),
                           ("dataset", "data set (its sample hash)"), ("teacher", "teacher (its weights hash)"),
                           ("num_classes", "number of classes")):
             if key in expect and meta.get(key) != expect[key]:
                 raise DataError(f"teacher cache '{path}' was built for another {what}: {meta.get(key)!r} there, "
-                                f"{expect[key]!r} now. Delete it (and its .json) to rebuild it, or pass another "
-                                "cache path.")
-        logits = np.load(path, mmap_mode="r")
-        return cls(path, logits, meta)
+                                f"{expect[key]!r} now. Pass another cache_path, or {rebuild}.")
+        rows = meta["length"] * meta["views"]
+        if logits.shape[0] != rows or prints.shape != (rows, 2):
+            raise CheckpointError(f"teacher cache '{path}' holds {logits.shape[0]} rows, its sidecar says {rows}: {rebuild}")
+        return cls(path, logits, prints, meta)
 
-    def lookup(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Teacher logits of the given rows, ``(B, teachers, num_classes)`` float32 on ``device``."""
-        picked = torch.from_numpy(np.ascontiguousarray(self.logits[rows.cpu().numpy()]))
-        return picked.to(device, non_blocking=True).float()
+    def lookup(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher logits ``(B, teachers, num_classes)`` float32 and stored fingerprints ``(B, 2)`` of the rows."""
+        picked = rows.cpu().numpy()
+        logits = torch.from_numpy(np.ascontiguousarray(self.logits[picked]))
+        prints = torch.from_numpy(self.fingerprints[picked])
+        return logits.to(device, non_blocking=True).float(), prints.to(device, non_blocking=True)
 
 
 class AugmentedViews(Dataset):
@@ -162,13 +225,15 @@ class AugmentedViews(Dataset):
         return len(self.dataset)
 
     def view(self, index: int, view: int) -> tuple[torch.Tensor, Any]:
-        """View ``view`` of sample ``index``: the same tensor every time."""
-        x, y = self.dataset[index][:2]
+        """View ``view`` of sample ``index`` and its label (``None`` if unlabelled): the same tensor every time."""
+        item = self.dataset[index]
+        x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + index) * 1_009 + view)
             return self.transform(x), y
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         view = (index + self.epoch) % self.views
         x, y = self.view(index, view)
-        return x, y, index * self.views + view
+        row = index * self.views + view
+        return (x, row) if y is None else (x, y, row)

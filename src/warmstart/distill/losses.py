@@ -31,7 +31,7 @@ def check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
 def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor],
              targets: torch.Tensor | None = None, temperature: float = 4.0, alpha: float = 0.9,
              teacher_weights: Sequence[float] | None = None, combine: str = "probs") -> dict[str, torch.Tensor]:
-    """The terms of :func:`kd_loss`: ``{"loss", "kd", "ce"}`` (``kd`` already includes ``T^2``)."""
+    """The terms of :func:`kd_loss`: ``{"loss", "kd", "ce"}`` (``kd`` already includes ``T^2``; no ``ce`` without targets)."""
     check_kd_options(temperature, alpha)
     if targets is None and alpha != 1.0:
         raise ConfigError(f"alpha={alpha} weights a hard-label term, but no targets were given; pass targets or alpha=1")
@@ -55,7 +55,9 @@ def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequen
             kd = sum(w * F.kl_div(log_student, lt, reduction="batchmean", log_target=True)
                      for lt, w in zip(log_teachers, weights))
         kd = kd * (t * t)  # always: keeps the soft-target gradients' scale independent of T
-        ce = F.cross_entropy(student, targets) if targets is not None else kd.new_zeros(())
+        if targets is None:  # unlabelled: no hard-label term to report
+            return {"loss": kd, "kd": kd}
+        ce = F.cross_entropy(student, targets)
         loss = alpha * kd + (1.0 - alpha) * ce if alpha < 1.0 else kd
     return {"loss": loss, "kd": kd, "ce": ce}
 

@@ -12,15 +12,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from warmstart import distributed
+from warmstart._batches import classification_sums, split_batch
 from warmstart._runtime import move_to_device
 from warmstart.data.augment import is_random
-from warmstart.data.loaders import InMemoryLoader, WithIndex
-from warmstart.distill.cache import (AugmentedViews, TeacherCache, dataset_fingerprint, model_fingerprint,
-                                     probe_indices)
+from warmstart.data.loaders import InMemoryLoader, WithIndex, rebuild_loader
+from warmstart.distill.cache import (AugmentedViews, SampleFingerprint, TeacherCache, dataset_fingerprint,
+                                     model_fingerprint, probe_indices)
 from warmstart.distill.hints import FeatureHint, FeatureTaps, make_adapter
 from warmstart.distill.losses import COMBINE, check_kd_options, check_logits, kd_terms
 from warmstart.errors import ConfigError, DataError
-from warmstart.trainer import Trainer, classification_sums, split_batch
+from warmstart.trainer import Trainer
 
 
 class DistillTrainer(Trainer):
@@ -35,12 +36,14 @@ class DistillTrainer(Trainer):
 
     With ``cache_teacher=True`` the teachers run once over the training set and their logits go
     into one fp16 memory-mapped file (``cache_path``, by default ``out_dir/teacher_logits.npy``),
-    reused every epoch and by later runs whose data set and teachers match. Random augmentation
-    would make cached logits stale, so it is refused; wrap the data in
-    :class:`warmstart.distill.AugmentedViews` to cache a fixed number of augmented views per
-    sample instead. Batches get sample indices automatically (``InMemoryLoader(with_index=True)``
-    or :class:`warmstart.data.WithIndex`). Unlabelled batches ``(x,)`` (a transfer set that the
-    teacher labels, e.g. ``InMemoryLoader(images, None)``) need ``alpha=1``.
+    reused every epoch and by later runs whose data set and teachers match. Batches get sample
+    indices automatically (``InMemoryLoader(with_index=True)`` or :class:`warmstart.data.WithIndex`),
+    labelled or not. Stale logits are impossible to miss: every training batch is compared on the
+    device with a per-sample fingerprint stored in the cache (read at the log interval), so
+    changed, moved or randomly varying samples raise a :class:`DataError`. Random augmentation is
+    therefore refused; wrap the data in :class:`warmstart.distill.AugmentedViews` to cache a fixed
+    number of augmented views per sample instead. Unlabelled batches ``(x,)`` (a transfer set that
+    the teacher labels, e.g. ``InMemoryLoader(images, None)``) need ``alpha=1``.
 
     Overrides ``compute_loss``, ``validation_step``, ``prepare_loader``, ``on_before_optimizer_step``,
     ``extra_state``/``load_extra_state`` and ``weights_metadata``.
@@ -73,8 +76,10 @@ class DistillTrainer(Trainer):
         check_kd_options(temperature, alpha)
         if combine not in COMBINE:
             raise ConfigError(f"combine must be 'probs' or 'kl', got '{combine}'")
+        teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+        _check_teachers(student, teachers)
         super().__init__(student, optimizer, **kwargs)
-        self.teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+        self.teachers = teachers
         for model in self.teachers:
             model.to(self.device).eval().requires_grad_(False)
         self.temperature, self.alpha, self.combine = temperature, alpha, combine
@@ -86,6 +91,7 @@ class DistillTrainer(Trainer):
         if cache_teacher and hints:
             raise ConfigError("feature hints need the teacher's features every step; use cache_teacher=False with hints")
         self.cache_teacher, self.cache_path, self.cache = cache_teacher, cache_path, None
+        self._fingerprint = SampleFingerprint(self.device)
         self._cache_tmp: tempfile.TemporaryDirectory | None = None
         self.hints = list(hints)
         self.taps = FeatureTaps(self.unwrapped_model, self.teachers[0], self.hints) if self.hints else None
@@ -95,25 +101,28 @@ class DistillTrainer(Trainer):
     # ------------------------------------------------------------------ the loss
 
     def teacher_logits(self, inputs: Any) -> list[torch.Tensor]:
-        """Run every teacher on ``inputs`` (no grad; the caller's autocast applies)."""
+        """Run every teacher on ``inputs`` (no grad; the caller's autocast applies).
+
+        A teacher whose weights are in another floating dtype than the inputs (a float16 or
+        float64 teacher) gets the inputs cast to its dtype; its logits are compared in float32.
+        """
         with torch.no_grad():
-            return [model(inputs) for model in self.teachers]
+            return [model(_as_dtype_of(model, inputs)) for model in self.teachers]
 
     def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
-        inputs, target = split_batch(batch, require_target=False)  # unlabelled (x,): the teacher labels it (alpha=1)
-        student_logits = self.model(inputs)
-        if self.cache is not None:
-            rows = batch[2] if isinstance(batch, (tuple, list)) and len(batch) > 2 else None
-            if rows is None:
-                raise DataError("cached teacher logits need batches of (x, y, index); wrap the data set in "
-                                "warmstart.data.WithIndex or use InMemoryLoader(with_index=True)")
-            teacher = list(self.cache.lookup(rows, self.device).unbind(1))
+        if self.cache is not None:  # indexed batches: (x, y, rows) or, unlabelled, (x, rows)
+            inputs, target = split_batch(batch[:-1], require_target=False)
+            logits, stored = self.cache.lookup(batch[-1], self.device)
+            self._check_cached_inputs(inputs, stored)
+            teacher = list(logits.unbind(1))
         else:
+            inputs, target = split_batch(batch, require_target=False)  # unlabelled (x,): the teacher labels it
             teacher = self.teacher_logits(inputs)
-        if not self._targets_checked:  # first batch: class counts before label ranges
-            for logits in teacher:
-                check_logits(student_logits, logits)
-            self.check_targets(student_logits, target)
+        student_logits = self.model(inputs)
+        for logits in teacher:
+            check_logits(student_logits, logits)
+        if target is not None:
+            target = self.check_targets(student_logits, target)
         terms = kd_terms(student_logits, teacher, target, self.temperature, self.alpha, self.teacher_weights,
                          self.combine)
         if self.taps is not None:
@@ -122,12 +131,26 @@ class DistillTrainer(Trainer):
             terms.update(hint_terms)
         return {**terms, "output": student_logits}
 
+    def _check_cached_inputs(self, inputs: torch.Tensor, stored: torch.Tensor) -> None:
+        """Compare the batch with the fingerprints taken when the cache was built (on the device; read at the log)."""
+        path = self.cache.path
+
+        def stale(excess: float) -> DataError | None:
+            return None if excess <= 0 else DataError(
+                f"the teacher cache '{path}' is stale: a training sample differs from the one the teacher saw when the "
+                "cache was built (the data changed, rows moved, or the data set returns different data on each "
+                "access). Delete the cache files to rebuild them; for random augmentation wrap the data set in "
+                "warmstart.distill.AugmentedViews, which caches a fixed set of views.")
+
+        excess = self._fingerprint.mismatch(self._fingerprint(inputs), stored)
+        self.checks.update("teacher_cache_mismatch", excess, error=stale)
+
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The student alone: cross-entropy as ``loss``, and accuracy."""
         inputs, target = split_batch(batch)
         with self.autocast():
             output = self.model(inputs)
-            loss = self.loss_fn(output, target)
+            loss = self.loss_fn(output, self.check_targets(output, target))
         return classification_sums(output, target, {"loss": loss}, self.device)
 
     def on_before_optimizer_step(self) -> None:
@@ -170,7 +193,7 @@ class DistillTrainer(Trainer):
         self.optimizer.add_param_group({"params": list(self.adapters.parameters()), "lr": lr, "name": "hint_adapters"})
 
     def _indexed(self, loader: Iterable[Any]) -> Iterable[Any]:
-        """The same loader, yielding ``(x, y, index)``; refuse random augmentation (stale logits)."""
+        """The same loader, yielding the sample indices last; refuse random augmentation (stale logits)."""
         stale = ("cached teacher logits would be stale: the training data is randomly augmented ({what}), so the "
                  "student would see inputs the teacher never did. Wrap the data set in "
                  "warmstart.distill.AugmentedViews(dataset, transform, views=4) to cache 4 views per sample, or "
@@ -178,11 +201,7 @@ class DistillTrainer(Trainer):
         if isinstance(loader, InMemoryLoader):
             if loader.transform is not None:
                 raise DataError(stale.format(what="InMemoryLoader(transform=...)"))
-            indexed = InMemoryLoader(loader.inputs, loader.targets, batch_size=loader.batch_size, shuffle=loader.shuffle,
-                                     drop_last=loader.drop_last, device=loader.inputs.device, seed=loader.seed,
-                                     with_index=True)
-            indexed.shard(loader.rank, loader.world_size)
-            return indexed
+            return loader.clone(with_index=True)
         if isinstance(loader, DataLoader):
             dataset = loader.dataset
             if isinstance(dataset, (AugmentedViews, WithIndex)):
@@ -190,38 +209,40 @@ class DistillTrainer(Trainer):
             transform = _find_transform(dataset)
             if is_random(transform):
                 raise DataError(stale.format(what=type(transform).__name__))
-            return DataLoader(WithIndex(dataset), batch_size=loader.batch_size, sampler=loader.sampler,
-                              num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                              drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
-                              generator=loader.generator)
-        return loader  # any other iterable must already yield (x, y, index)
+            return rebuild_loader(loader, dataset=WithIndex(dataset))
+        return loader  # any other iterable must already yield the indices last
 
     def _open_or_build_cache(self, loader: Iterable[Any]) -> TeacherCache:
+        """Rank 0 builds the cache if it is missing; then every rank opens it (no rank reads a half-written cache)."""
         dataset, views, length, rows_of = _cache_source(loader)
         probes = [_sample(dataset, i) for i in probe_indices(length)]
         num_classes = self._num_classes(probes[0][0])
         expect = {"length": length, "views": views, "num_classes": num_classes,
                   "dataset": dataset_fingerprint(probes, length), "teacher": [t["sha256"] for t in self.teacher_ids]}
         path = self._cache_file()
-        if path.exists():
-            return TeacherCache.open(path, expect)
-        if not distributed.is_main_process():
-            distributed.barrier()  # rank 0 builds the cache; the others wait, then open it
-            return TeacherCache.open(path, expect)
+        error: BaseException | None = None
+        if distributed.is_main_process() and not path.exists():
+            try:
+                TeacherCache.build(path, rows_of(), self._stacked_logits, length=length, views=views,
+                                   num_classes=num_classes, meta=expect, teachers=len(self.teachers), device=self.device)
+            except Exception as err:  # noqa: BLE001  (re-raised below, after the other ranks know)
+                error = err
+        if distributed.any_rank(error is not None, self.device):  # also the barrier the other ranks wait in
+            raise error or DataError("rank 0 could not build the teacher cache; see its error")
+        return TeacherCache.open(path, expect)
 
-        def stacked_logits(inputs: torch.Tensor) -> torch.Tensor:
-            with self.autocast():
-                return torch.stack(self.teacher_logits(move_to_device(inputs, self.device)), dim=1)
-
-        cache = TeacherCache.build(path, rows_of(), stacked_logits, length=length, views=views,
-                                   num_classes=num_classes, meta=expect, teachers=len(self.teachers))
-        distributed.barrier()
-        return cache
+    def _stacked_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return torch.stack(self.teacher_logits(move_to_device(inputs, self.device)), dim=1)
 
     def _cache_file(self) -> Path:
         """``cache_path``, else ``out_dir/teacher_logits.npy``, else a temporary folder removed with the trainer."""
         if self.cache_path:
-            return Path(self.cache_path)
+            path = Path(self.cache_path)
+            if path.is_dir():
+                raise ConfigError(f"cache_path '{path}' is a directory; give the cache's file path, e.g. "
+                                  f"{path / 'teacher_logits.npy'}")
+            return path
         if self.out_dir is not None:
             return self.out_dir / "teacher_logits.npy"
         if distributed.is_distributed():
@@ -232,7 +253,8 @@ class DistillTrainer(Trainer):
 
     def _num_classes(self, example: torch.Tensor) -> int:
         with torch.no_grad(), self.autocast():
-            return int(self.teachers[0](move_to_device(torch.as_tensor(example).unsqueeze(0), self.device)).shape[-1])
+            example = move_to_device(torch.as_tensor(example).unsqueeze(0), self.device)
+            return int(self.teacher_logits(example)[0].shape[-1])
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -251,6 +273,25 @@ class DistillTrainer(Trainer):
                 "distillation": {"temperature": self.temperature, "alpha": self.alpha, "combine": self.combine}}
 
 
+def _check_teachers(student: nn.Module, teachers: list[Any]) -> None:
+    if not teachers:
+        raise ConfigError("teacher is an empty list: pass a trained model, or a list of them")
+    for teacher in teachers:
+        if not isinstance(teacher, nn.Module):
+            raise ConfigError(f"a teacher must be an nn.Module, got {type(teacher).__name__}")
+        if teacher is student:
+            raise ConfigError("the student is also given as the teacher: distillation needs a separate, trained "
+                              "teacher (copy.deepcopy(model) to distil a model into a copy of itself)")
+
+
+def _as_dtype_of(model: nn.Module, inputs: Any) -> Any:
+    """Floating inputs cast to the dtype of ``model``'s first floating parameter (as they are if it matches)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and dtype is not None and inputs.dtype != dtype:
+        return inputs.to(dtype)
+    return inputs
+
+
 def _find_transform(dataset: Dataset) -> Any:
     """The ``transform`` of a data set or of the data set it wraps (Subset, WithIndex, ...)."""
     while dataset is not None:
@@ -263,9 +304,11 @@ def _find_transform(dataset: Dataset) -> Any:
 
 def _sample(dataset: Any, index: int) -> tuple[torch.Tensor, Any]:
     if isinstance(dataset, InMemoryLoader):
-        return dataset.inputs[index].cpu(), dataset.targets[index].cpu()
+        return dataset.inputs[index].cpu(), None if dataset.targets is None else dataset.targets[index].cpu()
     sample = dataset.view(index, 0) if isinstance(dataset, AugmentedViews) else dataset[index]
-    return torch.as_tensor(sample[0]), sample[1]
+    if not isinstance(sample, (tuple, list)):
+        return torch.as_tensor(sample), None
+    return torch.as_tensor(sample[0]), sample[1] if len(sample) > 1 else None
 
 
 def _cache_source(loader: Iterable[Any]) -> tuple[Any, int, int, Any]:
@@ -285,9 +328,9 @@ def _cache_source(loader: Iterable[Any]) -> tuple[Any, int, int, Any]:
 
         def from_dataset():
             every = _EveryView(dataset) if isinstance(dataset, AugmentedViews) else WithIndex(base)
-            for inputs, _, rows in DataLoader(every, batch_size=loader.batch_size or 256, collate_fn=loader.collate_fn,
-                                              num_workers=loader.num_workers):
-                yield inputs, torch.as_tensor(rows)
+            for batch in DataLoader(every, batch_size=loader.batch_size or 256, collate_fn=loader.collate_fn,
+                                    num_workers=loader.num_workers):
+                yield batch[0], torch.as_tensor(batch[-1])
         return dataset if isinstance(dataset, AugmentedViews) else base, views, len(base), from_dataset
     raise DataError("cache_teacher needs a DataLoader or an InMemoryLoader, so the teacher can see every sample once")
 
@@ -301,6 +344,6 @@ class _EveryView(Dataset):
     def __len__(self) -> int:
         return len(self.views) * self.views.views
 
-    def __getitem__(self, row: int) -> tuple[torch.Tensor, Any, int]:
+    def __getitem__(self, row: int) -> tuple[Any, ...]:
         x, y = self.views.view(row // self.views.views, row % self.views.views)
-        return x, y, row
+        return (x, row) if y is None else (x, y, row)
