@@ -44,8 +44,10 @@ def test_unknown_keys_and_wrong_types_are_named(tmp_path, capsys):
     assert "must be 'linear_probe' or 'partial' or 'full'" in capsys.readouterr().err
     assert main(["distill", "temperature=hot"]) == 2
     assert "config key 'temperature' must be float, got str 'hot'" in capsys.readouterr().err
-    assert main(["run", "methods=[scratch, fulll]"]) == 2
+    assert main(["run", "finetune.methods=[scratch, fulll]"]) == 2
     assert "unknown fine-tuning method 'fulll'" in capsys.readouterr().err
+    assert main(["run", "finetune.epochs=3"]) == 2
+    assert "did you mean 'finetune.trainer.max_epochs'?" in capsys.readouterr().err
 
 
 def test_yaml_tags_do_not_run(tmp_path, capsys):
@@ -72,7 +74,7 @@ def test_pretrain_finetune_distill_chain_on_fake_data(tmp_path, capsys):
                  f"trainer.out_dir={kd}", *data]) == 0
     assert (kd / "student.safetensors").is_file() and (kd / "teacher_logits.npy").is_file()
     out = capsys.readouterr().out
-    assert "[warmstart distill] loss=" in out and "accuracy=" in out
+    assert "[warmstart distill] test_loss=" in out and "test_accuracy=" in out and "teacher_accuracy=" in out
 
 
 def test_autoencoder_pretraining_writes_the_encoder(tmp_path):

@@ -20,7 +20,7 @@ EXAMPLES = {
     "pretrain": "configs/pretrain.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits",
     "finetune": "configs/finetune.yaml strategy=gradual proximal=1.0 data.shots=5",
     "distill": "configs/distill.yaml temperature=2 alpha=0.5 trainer.max_epochs=5",
-    "run": "configs/digits_transfer.yaml finetune.epochs=20 methods=[scratch,recipe] device=cuda",
+    "run": "configs/digits_transfer.yaml trainer.max_epochs=2 finetune.methods=[scratch,recipe] trainer.device=cuda",
 }
 
 EPILOG = """\
@@ -86,8 +86,7 @@ def _run(command: str, config: str | None, overrides: list[str], print_config: b
     if quiet:
         job.trainer.progress = False
     runner = {"pretrain": run_pretrain, "finetune": run_finetune, "distill": run_distill}[command]
-    result = runner(job)
-    summary = {k: v for k, v in result.items() if k not in ("history", "load_report")}
+    summary = runner(job).summary()
     print(f"[warmstart {command}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in summary.items()))
     if job.trainer.out_dir is not None:

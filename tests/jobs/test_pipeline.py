@@ -1,18 +1,19 @@
-"""``warmstart run``: every method runs, results.json / report.md / plots are written, bad settings are refused."""
+"""``warmstart run``: every method runs as a stage job, choices use validation, reports are written, bad settings refused."""
 
 import json
 
 import pytest
+import yaml
 
 from warmstart.errors import ConfigError
-from warmstart.jobs import load_job, run_pipeline
-from warmstart.jobs.pipeline import METHODS
+from warmstart.jobs import METHODS, load_job, run_pipeline
 
 
 def _job(tmp_path, *extra):
-    return load_job("run", None, [f"out_dir={tmp_path}", "pretrain.epochs=1", "finetune.epochs=1", "distill.epochs=1",
-                                  "source.name=digits", "target.shots=3", "model.args={width: 8}", "student.args={width: 2}",
-                                  f"methods={list(METHODS)}", "device=cpu", *extra])
+    return load_job("run", None, [f"out_dir={tmp_path}", "trainer.max_epochs=1", "trainer.device=cpu",
+                                  "trainer.progress=false", "source.name=digits", "target.shots=3",
+                                  "target.val_per_class=2", "model.args={width: 8}", "distill.student.args={width: 2}",
+                                  f"finetune.methods={list(METHODS)}", "finetune.keep_head=true", *extra])
 
 
 def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
@@ -24,17 +25,34 @@ def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
     for name in expected:
         assert 0 <= saved[name]["accuracy"] <= 1 and saved[name]["params"] > 0 and saved[name]["seconds"] >= 0
     assert saved["student_scratch"]["params"] * 10 <= saved["full"]["params"]
-    assert saved["student_distilled"]["teacher"] in METHODS
+    teacher = saved["student_distilled"]["teacher"]
+    candidates = [m for m in METHODS if m != "scratch"]
+    # the teacher is chosen by validation accuracy, never by test accuracy
+    assert saved[teacher]["val_accuracy"] == max(saved[m]["val_accuracy"] for m in candidates)
     report = (tmp_path / "report.md").read_text()
-    assert "| fine_tune() recipe |" in report and "![" in report
+    assert "| fine_tune() recipe |" in report and "![" in report and "validation" in report
+    assert f"warmstart run {tmp_path / 'job.yaml'}" in report
     for png in ("finetune_curves.png", "distill_curves.png", "accuracy.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "job.yaml").is_file() and (tmp_path / "finetune" / "proximal" / "last.pt").is_file()
+    assert (tmp_path / "finetune" / "proximal" / "last.pt").is_file()
     assert "| student distilled from the best model |" in capsys.readouterr().out
 
 
+def test_each_stage_is_a_job_of_its_own_with_the_shared_trainer_settings(tmp_path):
+    run_pipeline(_job(tmp_path, "finetune.methods=[full]", "finetune.trainer.max_epochs=2"), progress=False)
+    stage = yaml.safe_load((tmp_path / "finetune" / "full" / "job.yaml").read_text())
+    assert stage["strategy"] == "full" and stage["pretrained"].endswith("pretrain/pretrained.safetensors")
+    assert stage["trainer"]["max_epochs"] == 2 and stage["trainer"]["device"] == "cpu"  # stage wins, shared fills in
+    pretrain = yaml.safe_load((tmp_path / "pretrain" / "job.yaml").read_text())
+    assert pretrain["trainer"]["max_epochs"] == 1 and pretrain["trainer"]["seed"] == stage["trainer"]["seed"]
+
+
 def test_bad_pipeline_settings_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match="alpha must be 1"):
-        run_pipeline(_job(tmp_path, "alpha=0.5"), progress=False)
+    with pytest.raises(ConfigError, match="distill.alpha must be 1"):
+        _job(tmp_path, "distill.alpha=0.5")
     with pytest.raises(ConfigError, match="more than 1/10 of the model's"):
-        run_pipeline(_job(tmp_path, "student.args={width: 8}", "methods=[full]"), progress=False)
+        run_pipeline(_job(tmp_path, "distill.student.args={width: 8}", "finetune.methods=[full]"), progress=False)
+    with pytest.raises(ConfigError, match="set target.val_per_class"):
+        run_pipeline(_job(tmp_path, "target.val_per_class=null"), progress=False)
+    with pytest.raises(ConfigError, match=r"unknown config key 'finetune.epochs' \(did you mean 'finetune.trainer.max_epochs'"):
+        _job(tmp_path, "finetune.epochs=3")

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart.callbacks import Callback
+from warmstart.config import OptimizerConfig
 from warmstart.errors import ConfigError
-from warmstart.finetune.heads import swap_head
 from warmstart.finetune.strategies import Full, LinearProbe
 from warmstart.finetune.trainer import FinetuneTrainer
-from warmstart.heads import find_head
+from warmstart.heads import find_head, swap_head
 from warmstart.trainer import Trainer
 
 
@@ -40,40 +40,52 @@ class FineTuneResult:
 
 
 def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None,
-              num_classes: int | None = None, epochs: int = 10, *, lr: float = 3e-3, freeze_epochs: int = 2,
-              layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
-              weight_decay: float = 0.01, proximal: float | None = None, head: str | None = None,
-              out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
+              num_classes: int | None = None, epochs: int = 10, *, optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
+              lr: float | None = None, weight_decay: float | None = None, scheduler: Any = None,
+              freeze_epochs: int = 2, layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0,
+              label_smoothing: float = 0.1, proximal: float | None = None, head: str | None = None,
+              keep_head: bool = False, out_dir: str | os.PathLike | None = None,
+              **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call: a linear-probe warm-up, then full fine-tuning.
 
-    Modelled on fastai's ``fine_tune``: (1) swap the head when ``num_classes`` differs; (2) train
-    only the head for ``freeze_epochs`` epochs on cached backbone features; (3) unfreeze
-    everything and train ``epochs`` epochs with discriminative rates: the head at ``lr`` and
-    backbone group ``i`` of ``G`` at ``lr * layer_decay ** (G - i)`` (or ``lr * backbone_lr_mult``
-    when ``layer_decay`` is None). Both phases use AdamW (no decay on biases and norms), a cosine
-    schedule (phase 3 with a 5% warmup) and cross-entropy with ``label_smoothing``. Warming the
-    head up first keeps a random head's large early gradients from disturbing the pretrained
-    features. ``bench/transfer_table.py`` measures this recipe against the other strategies.
+    Modelled on fastai's ``fine_tune``: (1) give the model a new head with ``num_classes``
+    outputs (a new task needs a new head even when the class count matches; ``keep_head=True``
+    keeps the old one); (2) train only the head for ``freeze_epochs`` epochs on cached backbone
+    features; (3) unfreeze everything and train ``epochs`` epochs with discriminative rates: the
+    head at ``lr`` and backbone group ``i`` of ``G`` at ``lr * layer_decay ** (G - i)`` (or
+    ``lr * backbone_lr_mult`` when ``layer_decay`` is None). Both phases use the same optimizer
+    (AdamW with lr 3e-3 and weight decay 0.01 unless ``optimizer`` says otherwise; no decay on
+    biases and norms), a cosine schedule (phase 3 with a 5% warmup, unless ``scheduler`` is given)
+    and cross-entropy with ``label_smoothing``. Warming the head up first keeps a random head's
+    large early gradients from disturbing the pretrained features. ``bench/transfer_table.py``
+    measures this recipe against the other strategies and its no-pretraining control.
 
     Args:
         model: the pretrained classifier (changed in place).
         train_loader: training batches ``(inputs, target)``.
         val_loader: evaluated after every epoch.
-        num_classes: classes of the new task (``None``: keep the head).
+        num_classes: classes of the new task (``None``: same task, keep the head).
         epochs: epochs of full fine-tuning.
-        lr: learning rate of the head (the backbone's is lower, see above).
+        optimizer: an :class:`OptimizerConfig` or dict (``name``, ``lr`` of the head, ...).
+        lr: shorthand for the optimizer's ``lr`` (not together with ``optimizer``).
+        weight_decay: shorthand for the optimizer's ``weight_decay`` (not together with ``optimizer``).
+        scheduler: the schedule of phase 3 (a :class:`SchedulerConfig` or dict).
         freeze_epochs: epochs of the linear-probe warm-up (0 skips it).
         layer_decay: learning-rate decay per layer group from the head down.
         backbone_lr_mult: backbone learning-rate multiplier when ``layer_decay`` is None.
         label_smoothing: label smoothing of the cross-entropy.
-        weight_decay: AdamW weight decay (not on biases and norms).
         proximal: ``lam`` of a proximal term toward the pretrained weights in phase 3.
         head: module path of the head (found automatically when omitted).
+        keep_head: keep the model's head even though ``num_classes`` is given.
         out_dir: folder for both phases' checkpoints and logs (``probe/`` and ``full/``).
-        **trainer_kwargs: more :class:`warmstart.Trainer` options (``precision``, ``device``, ...).
+        **trainer_kwargs: more :class:`warmstart.Trainer` options (``precision``, ``device``, ``config``, ...).
 
     Returns:
         A :class:`FineTuneResult`.
+
+    Raises:
+        ConfigError: ``optimizer`` together with ``lr``/``weight_decay``, or ``keep_head`` with a
+            head of another class count.
 
     Example:
         >>> from warmstart.models import small_cnn
@@ -82,10 +94,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         >>> [h["phase"] for h in result.history]
         ['linear_probe', 'full']
     """
-    if num_classes is not None and find_head(model, head).num_classes != num_classes:
-        swap_head(model, num_classes, head=head)
+    optimizer = _recipe_optimizer(optimizer, lr, weight_decay)
+    _prepare_head(model, num_classes, head, keep_head)
     loss_fn = functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
-    optimizer = {"name": "adamw", "lr": lr, "weight_decay": weight_decay}
     history: list[dict[str, Any]] = []
 
     def folder(name: str) -> str | None:
@@ -97,10 +108,30 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         history += [{"phase": "linear_probe", **h} for h in probe.fit(train_loader, val_loader)]
     trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=proximal,
                               strategy=Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay),
-                              max_epochs=epochs, scheduler={"name": "cosine", "warmup_epochs": 0.05 * epochs},
+                              max_epochs=epochs, scheduler=scheduler or {"name": "cosine", "warmup_epochs": 0.05 * epochs},
                               out_dir=folder("full"), **trainer_kwargs)
     history += [{"phase": "full", **h} for h in trainer.fit(train_loader, val_loader)]
     return FineTuneResult(model=model, history=history, trainer=trainer)
+
+
+def _recipe_optimizer(optimizer: Any, lr: float | None, weight_decay: float | None) -> Any:
+    if optimizer is not None and (lr is not None or weight_decay is not None):
+        raise ConfigError("pass the learning rate and weight decay inside optimizer=..., or lr=/weight_decay= without "
+                          "optimizer, not both")
+    if optimizer is not None:
+        return optimizer
+    return {"name": "adamw", "lr": 3e-3 if lr is None else lr, "weight_decay": 0.01 if weight_decay is None else weight_decay}
+
+
+def _prepare_head(model: nn.Module, num_classes: int | None, head: str | None, keep_head: bool) -> None:
+    """A new head for a new task; keeping one is allowed only when it has the right size."""
+    if num_classes is None:
+        return
+    if not keep_head:
+        swap_head(model, num_classes, head=head)
+    elif find_head(model, head).num_classes != num_classes:
+        raise ConfigError(f"keep_head=True, but the head has {find_head(model, head).num_classes} outputs and the task "
+                          f"{num_classes} classes; drop keep_head to give the model a new head")
 
 
 @dataclasses.dataclass

@@ -2,19 +2,26 @@
 
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.pipeline import run_pipeline
-from warmstart.jobs.run import run_distill, run_finetune, run_pretrain
-from warmstart.jobs.schema import (DataConfig, DistillJob, FinetuneJob, ModelConfig, PipelineJob, PretrainJob,
-                                   load_job)
+from warmstart.jobs.schema import (METHODS, DataConfig, DistillJob, DistillStage, FinetuneJob, FinetuneStage, ModelConfig,
+                                   PipelineJob, PretrainJob, StageConfig, load_job)
+from warmstart.jobs.stages import StageResult, build_job_model, build_trainer, run_distill, run_finetune, run_pretrain
 
 __all__ = [
+    "METHODS",
     "DataBundle",
     "DataConfig",
     "DistillJob",
+    "DistillStage",
     "FinetuneJob",
+    "FinetuneStage",
     "ModelConfig",
     "PipelineJob",
     "PretrainJob",
+    "StageConfig",
+    "StageResult",
     "build_data",
+    "build_job_model",
+    "build_trainer",
     "load_job",
     "run_distill",
     "run_finetune",

@@ -6,14 +6,17 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
-from warmstart.data import (TORCHVISION_SETS, InMemoryLoader, build_augmentation, dataset_tensors, digits,
-                            few_shot_split, image_folder_splits, mnist5k, torchvision_splits)
+from warmstart.data import (TORCHVISION_SETS, InMemoryLoader, Splits, build_augmentation, dataset_tensors, digits,
+                            image_folder_splits, mnist5k, per_class_split, torchvision_splits)
 from warmstart.errors import ConfigError
 from warmstart.jobs.schema import DataConfig
+
+
+IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
 @dataclasses.dataclass
@@ -22,15 +25,18 @@ class DataBundle:
 
     Attributes:
         train: training batches (augmented when the config asks).
-        test: evaluation batches.
+        val: validation batches held out from the training split (``None`` without ``val_per_class``).
+        test: evaluation batches of the test split.
         num_classes: classes.
         image_shape: ``(channels, height, width)``.
-        pool: all images of the training split, also those left unlabelled by ``shots`` (a
-            transfer set for distillation); ``None`` for torchvision and folder sets.
+        pool: the training split's images that are neither validation nor test, also those left
+            unlabelled by ``shots`` (a transfer set for distillation); ``None`` for torchvision
+            and folder sets.
         fill: the blank-pixel value used by augmentation.
     """
 
     train: Any
+    val: Any
     test: Any
     num_classes: int
     image_shape: tuple[int, ...]
@@ -44,12 +50,16 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     Bundled sets (``mnist5k``, ``digits``) and ``fake`` live in memory (:class:`InMemoryLoader`
     with batched augmentation); torchvision and folder sets use a ``DataLoader`` with per-sample
     torchvision ``v2`` augmentation.
+
+    Raises:
+        ConfigError: an option the data set does not support (named).
     """
     if cfg.name in ("mnist5k", "digits", "fake"):
         return _in_memory(cfg, seed)
-    if cfg.shots is not None:
-        raise ConfigError(f"data.shots works with the bundled sets (mnist5k, digits), not '{cfg.name}'")
-    augment = build_augmentation(cfg.augment)
+    for option in ("shots", "val_per_class"):
+        if getattr(cfg, option) is not None:
+            raise ConfigError(f"data.{option} works with the bundled sets (mnist5k, digits) and fake, not '{cfg.name}'")
+    augment = build_augmentation(cfg.augment, size=cfg.size if cfg.name == "image_folder" else IMAGE_SIZES[cfg.name])
     if cfg.name == "image_folder":
         if cfg.root is None:
             raise ConfigError("data.name 'image_folder' needs data.root (a folder with train/ and val/)")
@@ -63,37 +73,43 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
                        generator=generator, pin_memory=torch.cuda.is_available())
     test = DataLoader(test_set, batch_size=cfg.eval_batch_size, num_workers=cfg.workers)
     shape = tuple(test_set[0][0].shape)
-    return DataBundle(train, test, classes, shape, None, 0.0)
+    return DataBundle(train, None, test, classes, shape, None, 0.0)
 
 
 def _in_memory(cfg: DataConfig, seed: int) -> DataBundle:
-    if cfg.name == "mnist5k":
-        splits = mnist5k(seed=cfg.split_seed)
-    elif cfg.name == "digits":
-        splits = digits(size=cfg.size, seed=cfg.split_seed)
-    else:
-        return _fake(cfg, seed)
-    train_set, test_set = splits.train, splits.test
-    pool = splits.train.tensors[0]
-    if cfg.shots is not None:
-        train_set = few_shot_split(splits.train, cfg.shots, seed=cfg.split_seed)
+    splits = _splits(cfg)
+    labelled, rest = splits.train, splits.train
+    if cfg.shots is not None:  # the shots first, so that a validation set leaves them as they were
+        labelled, rest = per_class_split(splits.train, cfg.shots, seed=cfg.split_seed)
+    val = None
+    if cfg.val_per_class is not None:
+        val, rest = per_class_split(rest, cfg.val_per_class, seed=cfg.split_seed + 1)
+        if cfg.shots is None:
+            labelled = rest
+    pool = torch.cat([labelled.tensors[0], rest.tensors[0]]) if cfg.shots is not None else labelled.tensors[0]
     augment = build_augmentation(cfg.augment, fill=splits.background, batched=True)
-    train = InMemoryLoader(train_set, batch_size=cfg.batch_size, shuffle=True, seed=seed, transform=augment)
-    test = InMemoryLoader(test_set, batch_size=cfg.eval_batch_size)
-    return DataBundle(train, test, splits.num_classes, splits.image_shape, pool, splits.background)
+    return DataBundle(
+        train=InMemoryLoader(labelled, batch_size=cfg.batch_size, shuffle=True, seed=seed, transform=augment),
+        val=None if val is None else InMemoryLoader(val, batch_size=cfg.eval_batch_size),
+        test=InMemoryLoader(splits.test, batch_size=cfg.eval_batch_size),
+        num_classes=splits.num_classes, image_shape=splits.image_shape, pool=pool, fill=splits.background)
 
 
-def _fake(cfg: DataConfig, seed: int) -> DataBundle:
-    if len(cfg.fake_shape) != 3:
-        raise ConfigError(f"data.fake_shape must be [channels, height, width], got {cfg.fake_shape}")
+def _splits(cfg: DataConfig) -> Splits:
+    if cfg.name == "mnist5k":
+        return mnist5k(seed=cfg.split_seed)
+    if cfg.name == "digits":
+        if cfg.size not in (8, 28):
+            raise ConfigError(f"data.size of 'digits' must be 8 (the original images) or 28 (upsampled like MNIST), "
+                              f"got {cfg.size}")
+        return digits(size=cfg.size, seed=cfg.split_seed)
+    return _fake(cfg)
+
+
+def _fake(cfg: DataConfig) -> Splits:
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     shape = tuple(cfg.fake_shape)
-    sets: list[Dataset] = [FakeData(size=n, image_size=shape, num_classes=cfg.fake_classes, transform=to_tensor,
-                                    random_offset=offset) for n, offset in ((cfg.fake_size, 0), (cfg.fake_size // 2, 10**6))]
-    train_x, train_y = dataset_tensors(sets[0])
-    test_x, test_y = dataset_tensors(sets[1])
-    augment = build_augmentation(cfg.augment, batched=True)
-    return DataBundle(InMemoryLoader(train_x, train_y, batch_size=cfg.batch_size, shuffle=True, seed=seed,
-                                     transform=augment),
-                      InMemoryLoader(test_x, test_y, batch_size=cfg.eval_batch_size), cfg.fake_classes, shape,
-                      train_x, 0.0)
+    sets = [FakeData(size=n, image_size=shape, num_classes=cfg.fake_classes, transform=to_tensor, random_offset=offset)
+            for n, offset in ((cfg.fake_size, 0), (max(1, cfg.fake_size // 2), 10**6))]
+    train, test = (TensorDataset(*dataset_tensors(part)) for part in sets)
+    return Splits("fake", train, test, cfg.fake_classes, normalized=False)

@@ -1,149 +1,169 @@
-"""``warmstart run``: pretrain, fine-tune with every method, distil the best model, and write a report."""
+"""``warmstart run``: pretrain, fine-tune with every method, distil the best model, and write a report.
+
+Every stage is a job of its own (a :class:`PretrainJob`, :class:`FinetuneJob` or :class:`DistillJob`
+in a sub-folder, with its ``job.yaml``) run by the same runner as ``warmstart pretrain|finetune|distill``.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from warmstart.config import save_config, to_dict
-from warmstart.data import InMemoryLoader
-from warmstart.distill import DistillTrainer
+from warmstart._run_dir import check_out_dir, run_lock
+from warmstart.config import save_config
 from warmstart.errors import ConfigError
-from warmstart.finetune import FinetuneTrainer, fine_tune, load_pretrained
 from warmstart.jobs.data import DataBundle, build_data
-from warmstart.jobs.report import print_table, write_report
-from warmstart.jobs.run import build_job_model, count_parameters
-from warmstart.jobs.schema import PipelineJob, StageConfig
-from warmstart.pretrain import save_pretrained
+from warmstart.jobs.report import LABELS, print_table, write_report
+from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
+from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, resolve_seed, run_distill,
+                                   run_finetune, run_pretrain)
 from warmstart.trainer import Trainer
 
-METHODS = ("scratch", "linear_probe", "partial", "full", "gradual", "proximal", "recipe")
-
-
-def _stage(stage: StageConfig) -> dict[str, Any]:
-    return {"optimizer": to_dict(stage.optimizer), "max_epochs": stage.epochs,
-            "scheduler": None if stage.scheduler is None else to_dict(stage.scheduler)}
+# how each fine-tuning method is run as a finetune job: strategy, its options, and whether it starts pretrained
+_METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "scratch": ("full", {"backbone_lr_mult": 1.0}, False),
+    "linear_probe": ("linear_probe", {}, True),
+    "partial": ("partial", {}, True),
+    "full": ("full", {}, True),
+    "gradual": ("gradual", {}, True),
+    "proximal": ("full", {}, True),
+    "recipe": ("recipe", {}, True),
+}
 
 
 class _Run:
-    """The state of one pipeline run: options shared by every stage, and what each method scored."""
+    """One pipeline run: its folder, the data, and what each stage scored."""
 
     def __init__(self, job: PipelineJob, progress: bool):
-        self.job, self.out = job, Path(job.out_dir)
-        self.common = {"seed": job.seed, "device": job.device, "precision": job.precision, "progress": progress}
+        self.job, self.out, self.progress = job, Path(job.out_dir), progress
         self.results: dict[str, dict[str, Any]] = {}
         self.curves: dict[str, list[dict[str, Any]]] = {}
 
-    def record(self, name: str, trainer: Trainer, data: DataBundle, started: float,
-               history: list[dict[str, Any]] | None = None, **extra: Any) -> None:
-        accuracy = trainer.evaluate(data.test)["accuracy"]
-        self.results[name] = {"accuracy": round(accuracy, 4), "params": count_parameters(trainer.unwrapped_model),
-                              "seconds": round(time.perf_counter() - started, 2), **extra}
-        self.curves[name] = history if history is not None else trainer.history
-        print(f"[warmstart run] {name}: accuracy {100 * accuracy:.1f}%  "
-              f"({self.results[name]['seconds']:.1f} s)", flush=True)
+    def stage(self, stage: StageConfig, folder: str) -> tuple[Any, Any, Any]:
+        """A stage's trainer, optimizer and schedule settings, writing into ``out_dir/folder``."""
+        seed = self.job.trainer.seed if stage.trainer.seed is None else stage.trainer.seed
+        trainer = dataclasses.replace(stage.trainer, out_dir=str(self.out / folder), seed=seed,
+                                      progress=stage.trainer.progress and self.progress)
+        return trainer, copy.deepcopy(stage.optimizer), copy.deepcopy(stage.scheduler)
 
-    def trainer(self, cls: type[Trainer], model: nn.Module, stage: StageConfig, folder: str, **kwargs: Any) -> Trainer:
-        options = _stage(stage)
-        trainer = cls(model, optimizer=options.pop("optimizer"), out_dir=str(self.out / folder), **options,
-                      **self.common, **kwargs)
-        trainer.job_config = to_dict(self.job)
-        return trainer
+    def heading(self, text: str) -> None:
+        if self.progress:
+            print(f"\n== {text} ==", flush=True)
+
+    def record(self, name: str, result: StageResult, **extra: Any) -> None:
+        test = result.test["accuracy"]
+        self.results[name] = {"accuracy": round(test, 4), "params": result.params, "seconds": round(result.seconds, 2),
+                              **({} if result.val is None else {"val_accuracy": round(result.val["accuracy"], 4)}),
+                              **extra}
+        self.curves[name] = result.history
+        val = "" if result.val is None else f", validation {100 * result.val['accuracy']:.1f}%"
+        print(f"[warmstart run] {LABELS.get(name, name)}: test accuracy {100 * test:.1f}%{val} "
+              f"({result.seconds:.1f} s)", flush=True)
 
 
 def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Run the whole story of ``job`` and return ``{method: {"accuracy", "params", "seconds", ...}}``.
+    """Run the whole story of ``job`` and return ``{method: {"accuracy", "val_accuracy", "params", "seconds", ...}}``.
 
-    1. Pretrain ``job.model`` on ``job.source``; measure it zero-shot on ``job.target`` when the
-       classes agree.
-    2. Fine-tune it on ``job.target`` with each of ``job.methods`` (``scratch`` trains the same
-       architecture from random weights).
-    3. Distil the most accurate fine-tuned model into ``job.student`` (at least 10x fewer
-       parameters), next to the same student trained from scratch on the labels.
+    1. Pretrain ``job.model`` on ``job.source``; with ``finetune.keep_head`` (the target has the
+       source's classes), measure it zero-shot on the target.
+    2. Fine-tune it on ``job.target`` with each of ``finetune.methods``.
+    3. Distil the fine-tuned model with the best *validation* accuracy into ``distill.student``
+       (at least 10x fewer parameters), next to the same student trained on the labels alone.
 
-    Writes ``results.json``, ``report.md``, learning-curve and accuracy plots (PNG, when
-    matplotlib is installed) and each stage's checkpoints into ``job.out_dir``.
+    Choices use the target's validation split; test accuracy is measured once per model, at the
+    end of its stage. Writes ``results.json``, ``report.md``, plots and each stage's folder into
+    ``job.out_dir``.
+
+    Raises:
+        ConfigError: no validation split on the target, or a student that is not 10x smaller.
+        OutDirBusyError: another run holds ``out_dir``.
     """
-    if job.alpha != 1.0 and job.distill_on_unlabelled:
-        raise ConfigError("distill_on_unlabelled distils on images without their labels, so alpha must be 1 "
-                          "(set alpha: 1.0, or distill_on_unlabelled: false to distil on the labelled shots)")
-    source, target = build_data(job.source, job.seed), build_data(job.target, job.seed)
-    model_params = count_parameters(build_job_model(job.model, target))
-    student_params = count_parameters(build_job_model(job.student, target))
-    if student_params * 10 > model_params:
-        raise ConfigError(f"the student has {student_params} parameters, more than 1/10 of the model's "
-                          f"{model_params}: make it smaller (e.g. student.args.width)")
-    run = _Run(job, progress)
-    run.out.mkdir(parents=True, exist_ok=True)
-    save_config(job, run.out / "job.yaml")
-    total = time.perf_counter()
-
-    started = time.perf_counter()
-    model = build_job_model(job.model, source, job.seed)
-    pretrainer = run.trainer(Trainer, model, job.pretrain, "pretrain")
-    pretrainer.fit(source.train, source.test)
-    run.record("pretrain", pretrainer, source, started, dataset=job.source.name)
-    pretrained = save_pretrained(model, run.out / "pretrain" / "pretrained.safetensors", config=to_dict(job),
-                                 source=job.source.name)
-    if source.num_classes == target.num_classes:
-        run.record("zero_shot", Trainer(model, progress=False, device=job.device), target, time.perf_counter(),
-                   history=[])
-
-    finetuned = {method: _finetune(run, method, target, pretrained) for method in job.methods}
-    candidates = [m for m in finetuned if m != "scratch"] or list(finetuned)
-    if candidates:
-        best = max(candidates, key=lambda m: run.results[m]["accuracy"])
-        _distill(run, target, finetuned[best], best)
-
-    run.results["total"] = {"seconds": round(time.perf_counter() - total, 2)}
-    write_report(run.out, job, run.results, run.curves)
+    if job.target.val_per_class is None:
+        raise ConfigError("warmstart run picks the teacher by validation accuracy, never by test accuracy: set "
+                          "target.val_per_class (labelled images per class held out of the target's training split)")
+    seed = resolve_seed(job)
+    out = check_out_dir(job.out_dir)
+    with run_lock(out):
+        save_config(job, out / "job.yaml")
+        source, target = build_data(job.source, seed), build_data(job.target, seed)
+        _check_student_size(job, target)
+        run = _Run(job, progress)
+        started = time.perf_counter()
+        pretrained = _pretrain(run, source, target)
+        finetuned = {method: _finetune(run, method, target, pretrained) for method in job.finetune.methods}
+        _distill(run, target, finetuned)
+        run.results["total"] = {"seconds": round(time.perf_counter() - started, 2)}
+        write_report(out, job, run.results, run.curves, command=_rerun_command(out))
     print_table(run.results)
-    print(f"[warmstart run] wrote {run.out / 'results.json'}, {run.out / 'report.md'} and plots")
+    print(f"[warmstart run] wrote {out / 'results.json'}, {out / 'report.md'} and plots")
     return run.results
 
 
-def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> nn.Module:
-    job, stage, started = run.job, run.job.finetune, time.perf_counter()
-    model = build_job_model(job.model, target, job.seed)
-    if method != "scratch":
-        load_pretrained(model, pretrained)
-    folder = f"finetune/{method}"
-    if method == "recipe":
-        result = fine_tune(model, target.train, target.test, target.num_classes, epochs=stage.epochs,
-                           lr=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay,
-                           out_dir=str(run.out / folder), **run.common)
-        run.record(method, result.trainer, target, started, history=result.history)
-        return model
-    if method == "proximal":  # weight decay toward zero would fight the pull toward the pretrained weights
-        stage = dataclasses.replace(stage, optimizer=dataclasses.replace(stage.optimizer, weight_decay=0.0))
-    if method == "scratch":
-        trainer = run.trainer(Trainer, model, stage, folder)
-    else:
-        trainer = run.trainer(FinetuneTrainer, model, stage, folder, strategy="full" if method == "proximal" else method,
-                              proximal=job.proximal_lam if method == "proximal" else None)
-    trainer.fit(target.train, target.test)
-    run.record(method, trainer, target, started)
-    return model
+def _check_student_size(job: PipelineJob, target: DataBundle) -> None:
+    model_params = count_parameters(build_job_model(job.model, target))
+    student_params = count_parameters(build_job_model(job.distill.student, target))
+    if student_params * 10 > model_params:
+        raise ConfigError(f"the student has {student_params} parameters, more than 1/10 of the model's "
+                          f"{model_params}: make it smaller (e.g. distill.student.args.width)")
 
 
-def _distill(run: _Run, target: DataBundle, teacher: nn.Module, teacher_name: str) -> None:
+def _pretrain(run: _Run, source: DataBundle, target: DataBundle) -> Path:
     job = run.job
-    started = time.perf_counter()
-    scratch = run.trainer(Trainer, build_job_model(job.student, target, job.seed), job.distill,
-                          "distill/student_scratch")
-    scratch.fit(target.train, target.test)
-    run.record("student_scratch", scratch, target, started)
+    trainer, optimizer, scheduler = run.stage(job.pretrain, "pretrain")
+    run.heading(f"1/3 pretrain {job.model.name} on {job.source.name} ({trainer.max_epochs} epochs)")
+    result = run_pretrain(PretrainJob(data=job.source, model=job.model, trainer=trainer, optimizer=optimizer,
+                                      scheduler=scheduler), data=source)
+    run.record("pretrain", result, dataset=job.source.name)
+    if job.finetune.keep_head:  # the target has the source's classes: the pretrained model can answer as it is
+        started = time.perf_counter()
+        evaluator = Trainer(result.model, progress=False, device=trainer.device)
+        zero_shot = StageResult(test=evaluator.evaluate(target.test), val=evaluator.evaluate(target.val), params=result.params,
+                                seconds=time.perf_counter() - started, history=[], model=result.model, weights=None)
+        run.record("zero_shot", zero_shot)
+    assert result.weights is not None  # the stage has an out_dir
+    return result.weights
 
-    started = time.perf_counter()
-    train = target.train
-    if job.distill_on_unlabelled and target.pool is not None:
-        train = InMemoryLoader(target.pool, None, batch_size=job.target.batch_size, shuffle=True, seed=job.seed,
-                               transform=getattr(target.train, "transform", None))
-    distiller = run.trainer(DistillTrainer, build_job_model(job.student, target, job.seed), job.distill,
-                            "distill/student_distilled", teacher=teacher, temperature=job.temperature, alpha=job.alpha)
-    distiller.fit(train, target.test)
-    run.record("student_distilled", distiller, target, started, teacher=teacher_name)
+
+def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> StageResult:
+    job, stage = run.job, run.job.finetune
+    strategy, options, starts_pretrained = _METHOD_JOBS[method]
+    trainer, optimizer, scheduler = run.stage(stage, f"finetune/{method}")
+    run.heading(f"2/3 fine-tune on {job.target.name}: {LABELS.get(method, method)} ({trainer.max_epochs} epochs)")
+    result = run_finetune(FinetuneJob(
+        data=job.target, model=job.model, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
+        pretrained=str(pretrained) if starts_pretrained else None, strategy=strategy, strategy_args=options,
+        proximal=stage.proximal if method == "proximal" else None, label_smoothing=stage.label_smoothing,
+        keep_head=stage.keep_head), data=target)
+    run.record(method, result)
+    return result
+
+
+def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -> None:
+    job, stage = run.job, run.job.distill
+    candidates = {m: r for m, r in finetuned.items() if m != "scratch"} or finetuned
+    if not candidates:
+        return
+    best = max(candidates, key=lambda m: candidates[m].val["accuracy"])  # chosen on validation, never on test
+    trainer, optimizer, scheduler = run.stage(stage, "distill/student_scratch")
+    run.heading(f"3/3 distil: the student on the {job.target.shots or 'all'}-per-class labels alone")
+    scratch = run_finetune(FinetuneJob(data=job.target, model=stage.student, trainer=trainer, optimizer=optimizer,
+                                       scheduler=scheduler, strategy="full", strategy_args={"backbone_lr_mult": 1.0}),
+                           data=target)
+    run.record("student_scratch", scratch)
+    trainer, optimizer, scheduler = run.stage(stage, "distill/student_distilled")
+    transfer = "every training image, unlabelled," if stage.unlabelled else "the labelled images"
+    run.heading(f"3/3 distil: {LABELS.get(best, best)} (best validation accuracy) teaches the student on {transfer}")
+    distilled = run_distill(DistillJob(
+        teacher=job.model, teacher_weights=str(candidates[best].weights), student=stage.student, data=job.target,
+        trainer=trainer, optimizer=optimizer, scheduler=scheduler, temperature=stage.temperature, alpha=stage.alpha,
+        unlabelled=stage.unlabelled), data=target)
+    run.record("student_distilled", distilled, teacher=best)
+
+
+def _rerun_command(out: Path) -> str:
+    """The command that runs this job again, from the folder it was started in."""
+    return f"cd {os.getcwd()} && warmstart run {out / 'job.yaml'}"

@@ -12,24 +12,27 @@ from warmstart.config import to_dict
 LABELS = {
     "pretrain": "pretrained on the source (source test set)",
     "zero_shot": "pretrained, zero-shot on the target",
-    "scratch": "from scratch",
+    "scratch": "from scratch (no pretrained weights)",
     "linear_probe": "linear probe (frozen backbone)",
     "partial": "partial (first layer group frozen)",
     "full": "full fine-tune (backbone at 0.1x lr)",
     "gradual": "gradual unfreezing",
     "proximal": "full fine-tune + proximal term",
     "recipe": "fine_tune() recipe",
-    "student_scratch": "student from scratch (labels)",
+    "student_scratch": "student on the labels alone",
     "student_distilled": "student distilled from the best model",
 }
+STUDENTS = ("student_scratch", "student_distilled")
 
 
 def table_rows(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The results as markdown table rows: method, accuracy, parameters, seconds."""
-    rows = ["| method | accuracy (%) | parameters | seconds |", "|---|---:|---:|---:|"]
+    """The results as markdown table rows: method, test and validation accuracy, parameters, seconds."""
+    rows = ["| method | test accuracy (%) | validation accuracy (%) | parameters | seconds |", "|---|---:|---:|---:|---:|"]
     for name, r in results.items():
         if "accuracy" in r:
-            rows.append(f"| {LABELS.get(name, name)} | {100 * r['accuracy']:.1f} | {r['params']:,} | {r['seconds']:.1f} |")
+            val = f"{100 * r['val_accuracy']:.1f}" if "val_accuracy" in r else "-"
+            rows.append(f"| {LABELS.get(name, name)} | {100 * r['accuracy']:.1f} | {val} | {r['params']:,} | "
+                        f"{r['seconds']:.1f} |")
     return rows
 
 
@@ -72,7 +75,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str)
         points = [100 * h["val_accuracy"] for h in history if "val_accuracy" in h]
         if points:
             ax.plot(range(1, len(points) + 1), points, label=LABELS.get(name, name))
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -81,47 +84,64 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str)
     return True
 
 
-def plot_bars(results: dict[str, dict[str, Any]], path: Path) -> bool:
-    """A bar chart of each method's accuracy; False when matplotlib is missing."""
+def plot_bars(results: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
+    """A bar chart of each model's test accuracy (the pretrained model's on its source); False without matplotlib."""
     plt = _pyplot()
     if plt is None:
         return False
-    names = [n for n, r in results.items() if "accuracy" in r and n != "pretrain"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bars = ax.barh([LABELS.get(n, n) for n in names], [100 * results[n]["accuracy"] for n in names], color="#4878a8")
+    names = [n for n, r in results.items() if "accuracy" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = ["#999999" if n == "pretrain" else "#c07030" if n in STUDENTS else "#4878a8" for n in names]
+    bars = ax.barh([LABELS.get(n, n) for n in names], [100 * results[n]["accuracy"] for n in names], color=colours)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel="test accuracy on the target task (%)", xlim=(0, 100))
+    ax.set(xlabel="test accuracy (%)", xlim=(0, 100), title=title)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
     return True
 
 
-def write_report(out: Path, job: Any, results: dict[str, dict[str, Any]],
-                 curves: dict[str, list[dict[str, Any]]]) -> None:
+def _story(cfg: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+    student = cfg["distill"]["student"]
+    teacher = results.get("student_distilled", {}).get("teacher")
+    shots = cfg["target"]["shots"]
+    transfer = ("every image of the target's training split without its label (the teacher labels it)"
+                if cfg["distill"]["unlabelled"] else "the labelled images")
+    lines = [f"Pretrained `{cfg['model']['name']}` {cfg['model']['args']} on `{cfg['source']['name']}`, then fine-tuned "
+             f"it on `{cfg['target']['name']}` with {shots or 'all'} labelled examples per class by each method. "
+             f"Choices use a validation split of {cfg['target']['val_per_class']} labelled images per class held out of "
+             "the target's training split; test accuracy is measured once per model, on the target's test split "
+             "(the pretraining row: the source's test split)."]
+    if teacher is not None:
+        lines.append(f"The teacher is the {LABELS.get(teacher, teacher)} model (best validation accuracy); the student "
+                     f"is `{student['name']}` {student['args']}, distilled on {transfer}, next to the same student "
+                     "trained on the labels alone with the same optimizer.")
+    return " ".join(lines)
+
+
+def write_report(out: Path, job: Any, results: dict[str, dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
+                 command: str) -> None:
     """Write ``results.json``, ``curves.json``, ``report.md`` and the PNG plots into ``out``."""
     _write_json(out / "results.json", results)
     _write_json(out / "curves.json", curves)
-    transfer = {k: v for k, v in curves.items() if k not in ("pretrain", "student_scratch", "student_distilled")}
-    plots = []
-    if plot_curves(transfer, out / "finetune_curves.png", "Fine-tuning on the target task"):
-        plots.append(("Fine-tuning methods, test accuracy per epoch", "finetune_curves.png"))
-    students = {k: v for k, v in curves.items() if k in ("student_scratch", "student_distilled")}
-    if students and plot_curves(students, out / "distill_curves.png", "Student: distilled vs. from scratch"):
-        plots.append(("Students, test accuracy per epoch", "distill_curves.png"))
-    if plot_bars(results, out / "accuracy.png"):
-        plots.append(("Accuracy by method", "accuracy.png"))
     cfg = to_dict(job)
+    transfer = {k: v for k, v in curves.items() if k not in ("pretrain", *STUDENTS)}
+    plots = []
+    if plot_curves(transfer, out / "finetune_curves.png", f"Fine-tuning on {cfg['target']['name']}"):
+        plots.append(("Fine-tuning methods, validation accuracy per epoch", "finetune_curves.png"))
+    students = {k: v for k, v in curves.items() if k in STUDENTS}
+    if students and plot_curves(students, out / "distill_curves.png", "Student: distilled vs. labels alone"):
+        plots.append(("Students, validation accuracy per epoch", "distill_curves.png"))
+    title = f"{cfg['source']['name']} -> {cfg['target']['name']}, {cfg['target']['shots'] or 'all'} labels per class"
+    if plot_bars(results, out / "accuracy.png", title):
+        plots.append(("Test accuracy by model (grey: the source task)", "accuracy.png"))
     lines = [
         "# warmstart run report", "",
-        f"Pretrained `{cfg['model']['name']}` on `{cfg['source']['name']}`, fine-tuned on `{cfg['target']['name']}` "
-        f"with {cfg['target']['shots']} labelled examples per class, then distilled the best fine-tuned model into "
-        f"`{cfg['student']['name']}` {cfg['student']['args']}. Accuracy is on the target's held-out test split "
-        "(the pretraining row: the source's test split).", "",
+        _story(cfg, results), "",
         *table_rows(results), "",
-        f"Total time: {results.get('total', {}).get('seconds', 0):.1f} s. The full config is in `job.yaml` (run it again with `warmstart run job.yaml`); "
-        "each stage's checkpoints and metrics.csv are in its sub-folder.", "",
+        f"Total time: {results.get('total', {}).get('seconds', 0):.1f} s. The full config is `job.yaml`; run it again "
+        f"with `{command}`. Each stage's checkpoints, metrics.csv and its own job.yaml are in its sub-folder.", "",
     ]
     for caption, name in plots:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]

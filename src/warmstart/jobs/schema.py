@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from warmstart.config import (OptimizerConfig, SchedulerConfig, TrainerConfig, deep_merge, from_dict,
                               parse_overrides, read_yaml)
-from warmstart.errors import ConfigError
+from warmstart.errors import ConfigError, nearest
 
 T = TypeVar("T")
 
@@ -35,7 +35,11 @@ class DataConfig:
         root: data folder (downloads, ``image_folder``); default ``$WARMSTART_DATA``.
         download: let torchvision download missing files.
         workers: DataLoader worker processes (torchvision and folder sets).
-        split_seed: seed of the bundled sets' train/test split and of the few-shot draw.
+        split_seed: seed of the bundled sets' train/test split, the validation split and the few-shot draw.
+        val_per_class: hold out this many labelled examples per class of the training split as a
+            validation set (bundled and ``fake`` sets), disjoint from ``shots`` and from the test
+            split: per-epoch metrics and any choice (the best method, the teacher) use it, and the
+            test split is evaluated once at the end. ``None``: no validation set.
         fake_size: samples of ``fake``.
         fake_shape: ``[channels, height, width]`` of ``fake``.
         fake_classes: classes of ``fake``.
@@ -51,9 +55,20 @@ class DataConfig:
     download: bool = True
     workers: int = 0
     split_seed: int = 0
+    val_per_class: int | None = None
     fake_size: int = 64
     fake_shape: list[int] = dataclasses.field(default_factory=lambda: [1, 28, 28])
     fake_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch_size", "fake_size", "fake_classes", "shots", "val_per_class"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if len(self.fake_shape) != 3 or any(side < 1 for side in self.fake_shape):
+            raise ConfigError(f"data.fake_shape must be [channels, height, width] of positive sizes, got {self.fake_shape}")
 
 
 @dataclasses.dataclass
@@ -104,7 +119,10 @@ class FinetuneJob:
         strategy_args: options of the strategy (e.g. ``{k: 2}`` for ``partial``,
             ``{layer_decay: 0.8}`` for ``full``, ``{freeze_epochs: 2}`` for ``recipe``).
         proximal: ``lam`` of the proximal term toward the pretrained weights (``None``: off).
-        label_smoothing: label smoothing of the cross-entropy.
+        label_smoothing: label smoothing of the cross-entropy (``None``: the strategy's default,
+            0.1 for ``recipe`` and 0 otherwise; a value given is the value used).
+        keep_head: keep the pretrained head (only when the new task has the *same* classes, e.g.
+            digits 0-9 in both); by default the model gets a new head, as a new task needs.
     """
 
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(name="digits", shots=10))
@@ -116,7 +134,8 @@ class FinetuneJob:
     strategy: Literal["linear_probe", "partial", "full", "gradual", "recipe"] = "full"
     strategy_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     proximal: float | None = None
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None
+    keep_head: bool = False
 
 
 @dataclasses.dataclass
@@ -131,6 +150,8 @@ class DistillJob:
         cache_teacher: cache the teacher's logits once (offline distillation; needs ``augment``
             off or ``views``).
         views: with ``cache_teacher`` and augmentation, cache this many augmented views per sample.
+        unlabelled: distil on every training image of ``data`` without its label (the teacher
+            labels it; needs ``alpha: 1``), not only on the labelled ``shots``.
     """
 
     teacher: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -144,76 +165,130 @@ class DistillJob:
     alpha: float = 0.9
     cache_teacher: bool = False
     views: int | None = None
+    unlabelled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unlabelled and self.alpha != 1.0:
+            raise ConfigError(f"unlabelled: true distils on images without their labels, so alpha must be 1 (got "
+                              f"{self.alpha}); set alpha: 1.0, or unlabelled: false to distil on the labelled data")
+
+
+METHODS = ("scratch", "linear_probe", "partial", "full", "gradual", "proximal", "recipe")
 
 
 @dataclasses.dataclass
 class StageConfig:
-    """One training stage of the pipeline: epochs, optimizer and schedule."""
+    """One training stage of ``warmstart run``: the same ``trainer``/``optimizer``/``scheduler`` sections as a job.
 
-    epochs: int = 10
+    The pipeline's top-level ``trainer`` section holds defaults shared by every stage; a stage's own
+    ``trainer`` keys win over the file's shared ones, and command-line overrides win over both
+    (``trainer.max_epochs=1`` shortens every stage, ``finetune.trainer.max_epochs=5`` one).
+    """
+
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = dataclasses.field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.trainer.out_dir is not None:
+            raise ConfigError(f"a pipeline stage's trainer.out_dir ({self.trainer.out_dir!r}) is set by the pipeline: "
+                              "set the top-level out_dir instead")
+
+
+@dataclasses.dataclass
+class FinetuneStage(StageConfig):
+    """The fine-tuning stage: every method in ``methods`` fine-tunes the pretrained model on the target.
+
+    Attributes:
+        methods: ``scratch`` (the same architecture and settings from random weights), ``linear_probe``,
+            ``partial``, ``full``, ``gradual``, ``proximal`` (full with the proximal term) and ``recipe``.
+        proximal: ``lam`` of the ``proximal`` method.
+        label_smoothing: as in :class:`FinetuneJob`.
+        keep_head: as in :class:`FinetuneJob`: keep the pretrained head when source and target
+            share their classes (then the pretrained model is also measured zero-shot).
+    """
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["scratch", "linear_probe", "full", "proximal",
+                                                                    "recipe"])
+    proximal: float = 1.0
+    label_smoothing: float | None = None
+    keep_head: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for method in self.methods:
+            if method not in METHODS:
+                raise ConfigError(f"unknown fine-tuning method '{method}' in 'finetune.methods'{nearest(method, METHODS)}; "
+                                  f"valid: {', '.join(METHODS)}")
+
+
+@dataclasses.dataclass
+class DistillStage(StageConfig):
+    """The distillation stage: the best fine-tuned model (by validation accuracy) teaches ``student``.
+
+    Attributes:
+        student: the student's architecture (at least 10x fewer parameters than the model).
+        temperature: distillation temperature.
+        alpha: weight of the distillation term.
+        unlabelled: distil on the target's whole training split without labels (the teacher labels
+            it), not only on the labelled shots; needs ``alpha: 1``.
+    """
+
+    student: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 4}))
+    temperature: float = 4.0
+    alpha: float = 1.0
+    unlabelled: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unlabelled and self.alpha != 1.0:
+            raise ConfigError(f"distill.unlabelled distils on images without their labels, so distill.alpha must be 1 "
+                              f"(got {self.alpha}); set alpha: 1.0, or unlabelled: false to distil on the labelled shots")
 
 
 @dataclasses.dataclass
 class PipelineJob:
     """``warmstart run CONFIG``: pretrain, fine-tune with every method, distill the best, and report.
 
+    Each stage runs the same code as ``warmstart pretrain``, ``finetune`` and ``distill``, with
+    the pipeline's data and model and a sub-folder of ``out_dir``.
+
     Attributes:
         out_dir: the run folder (results.json, report.md, plots, each stage's checkpoints).
-        seed: seed of every stage.
-        device: as for the Trainer.
-        precision: as for the Trainer.
+        trainer: trainer settings shared by every stage (``seed``, ``device``, ``precision``, ...).
         source: the pretraining data set.
-        target: the new task (usually with ``shots``).
+        target: the new task (usually with ``shots``, and ``val_per_class`` for choices).
         model: the network pretrained and fine-tuned.
         pretrain: the pretraining stage.
-        finetune: the fine-tuning stage, shared by all methods.
-        methods: fine-tuning methods to compare: ``scratch``, ``linear_probe``, ``partial``,
-            ``full``, ``gradual``, ``proximal`` (full with the proximal term) and ``recipe``.
-        proximal_lam: ``lam`` of the ``proximal`` method.
-        student: the distilled student's architecture (at least 10x smaller than ``model``).
-        distill: the distillation stage (the student trained from scratch uses the same).
-        temperature: distillation temperature.
-        alpha: weight of the distillation term.
-        distill_on_unlabelled: distil on the whole training pool of the target data set (its
-            labels unused; the teacher labels it), not only the ``shots`` labelled examples.
+        finetune: the fine-tuning stage and its methods.
+        distill: the distillation stage and its student.
     """
 
     out_dir: str = "runs/digits_transfer"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "32"
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     source: DataConfig = dataclasses.field(default_factory=DataConfig)
     target: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(name="digits", shots=10))
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     pretrain: StageConfig = dataclasses.field(default_factory=StageConfig)
-    finetune: StageConfig = dataclasses.field(default_factory=StageConfig)
-    methods: list[str] = dataclasses.field(
-        default_factory=lambda: ["scratch", "linear_probe", "full", "proximal", "recipe"])
-    proximal_lam: float = 1.0
-    student: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 4}))
-    distill: StageConfig = dataclasses.field(default_factory=StageConfig)
-    temperature: float = 4.0
-    alpha: float = 1.0
-    distill_on_unlabelled: bool = True
+    finetune: FinetuneStage = dataclasses.field(default_factory=FinetuneStage)
+    distill: DistillStage = dataclasses.field(default_factory=DistillStage)
 
     def __post_init__(self) -> None:
-        from warmstart.jobs.pipeline import METHODS
-
-        for method in self.methods:
-            if method not in METHODS:
-                from warmstart.errors import nearest
-
-                raise ConfigError(f"unknown fine-tuning method '{method}' in 'methods'{nearest(method, METHODS)}; "
-                                  f"valid: {', '.join(METHODS)}")
+        if self.trainer.out_dir is not None:
+            raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
 
 
 JOBS: dict[str, type] = {"pretrain": PretrainJob, "finetune": FinetuneJob, "distill": DistillJob, "run": PipelineJob}
 
 
+PIPELINE_STAGES = ("pretrain", "finetune", "distill")
+
+
 def load_job(kind: str, path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
     """Read the YAML file of a job of ``kind`` (``pretrain``, ``finetune``, ``distill``, ``run``) with overrides.
+
+    For ``run``, the top-level ``trainer`` section is merged into every stage's: the file's shared
+    keys, then the file's stage keys, then the command line's shared keys, then its stage keys.
 
     Raises:
         ConfigError: unknown kind, missing file, invalid YAML, unknown keys or wrong types (named).
@@ -221,4 +296,20 @@ def load_job(kind: str, path: str | Path | None, overrides: Sequence[str] = ()) 
     if kind not in JOBS:
         raise ConfigError(f"unknown job '{kind}'; valid: {', '.join(JOBS)}")
     data = read_yaml(path) if path is not None else {}
-    return from_dict(JOBS[kind], deep_merge(data, parse_overrides(overrides)))
+    changes = parse_overrides(overrides)
+    merged = deep_merge(data, changes)
+    if kind == "run":
+        for stage in PIPELINE_STAGES:
+            layers = [_section(data, "trainer"), _section(_section(data, stage), "trainer"),
+                      _section(changes, "trainer"), _section(_section(changes, stage), "trainer")]
+            if any(layers) and isinstance(merged.setdefault(stage, {}), dict):
+                trainer: dict[str, Any] = {}
+                for layer in layers:
+                    trainer = deep_merge(trainer, layer)
+                merged[stage]["trainer"] = {k: v for k, v in trainer.items() if k != "out_dir"}
+    return from_dict(JOBS[kind], merged)
+
+
+def _section(data: Any, key: str) -> dict[str, Any]:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}

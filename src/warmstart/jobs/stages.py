@@ -1,0 +1,240 @@
+"""The stage runners behind ``warmstart pretrain|finetune|distill``, which ``warmstart run`` composes too."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from warmstart._run_dir import check_out_dir
+from warmstart.checkpoint import save_weights
+from warmstart.config import save_config, to_dict
+from warmstart.data import InMemoryLoader
+from warmstart.distill import AugmentedViews, DistillTrainer
+from warmstart.errors import ConfigError
+from warmstart.finetune import FinetuneTrainer, LoadReport, fine_tune, load_pretrained, swap_head
+from warmstart.jobs.data import DataBundle, build_data
+from warmstart.jobs.schema import DistillJob, FinetuneJob, ModelConfig, PretrainJob
+from warmstart.models import MODELS, build_model
+from warmstart.pretrain import AutoencoderTrainer, ProximalTrainer, conv_autoencoder, save_pretrained
+from warmstart.trainer import Trainer
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a stage runner returns.
+
+    Attributes:
+        test: metrics on the test split, measured once at the end (``loss``, ``accuracy``).
+        val: metrics on the validation split (``None`` without one).
+        params: parameters of the trained model.
+        seconds: wall time of the stage.
+        history: per-epoch metrics (validation metrics are ``val_*``).
+        model: the trained model.
+        weights: the ``.safetensors`` file written (``None`` without an ``out_dir``).
+        extra: stage-specific facts (the teacher's accuracy, the load report, ...).
+    """
+
+    test: dict[str, float]
+    val: dict[str, float] | None
+    params: int
+    seconds: float
+    history: list[dict[str, Any]]
+    model: nn.Module
+    weights: Path | None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a person reads: test metrics, validation accuracy, parameters, seconds."""
+        out: dict[str, Any] = {f"test_{k}": v for k, v in self.test.items()}
+        if self.val is not None and "accuracy" in self.val:
+            out["val_accuracy"] = self.val["accuracy"]
+        return {**out, "params": self.params, "seconds": round(self.seconds, 1), **self.extra}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_seed(job: Any) -> int:
+    """The job's ``trainer.seed``, or a fresh one written into the job (so ``job.yaml`` records the seed used)."""
+    if job.trainer.seed is None:
+        job.trainer.seed = random.SystemRandom().randrange(2**31 - 1)
+    return job.trainer.seed
+
+
+def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None) -> nn.Module:
+    """Build ``cfg``'s model, filling ``num_classes``, ``in_channels`` / ``in_features`` from the data.
+
+    With ``seed``, the initial weights are drawn from ``torch.manual_seed(seed)`` (reproducible runs).
+    The model is run once on a batch of the data, so that a model that cannot take these inputs is
+    a clear error here rather than a traceback in the first step.
+
+    Raises:
+        ConfigError: an unknown model name, an argument the builder does not take (the valid ones
+            are listed), or a model that cannot take the data's inputs.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    implied = {"num_classes": data.num_classes, "in_channels": data.image_shape[0],
+               "in_features": math.prod(data.image_shape)}
+    builder = MODELS.get(cfg.name)
+    accepted = inspect.signature(builder).parameters if builder is not None else {"num_classes": None}
+    unknown = [k for k in cfg.args if builder is not None and k not in accepted]
+    if unknown:
+        raise ConfigError(f"model '{cfg.name}' takes no argument {', '.join(repr(k) for k in unknown)}; its "
+                          f"arguments are: {', '.join(accepted)}")
+    args = {**{k: v for k, v in implied.items() if k in accepted}, **cfg.args}
+    try:
+        model = build_model(cfg.name, **args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"cannot build model '{cfg.name}' with {args}: {err}") from None
+    _check_inputs_fit(model, cfg, data)
+    return model
+
+
+def _check_inputs_fit(model: nn.Module, cfg: ModelConfig, data: DataBundle) -> None:
+    example = torch.zeros(2, *data.image_shape)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            output = model(example)
+    except RuntimeError as err:
+        raise ConfigError(f"model '{cfg.name}' {cfg.args} cannot take this data's inputs of shape "
+                          f"{tuple(data.image_shape)} ({str(err).splitlines()[0][:160]}); change the model's arguments "
+                          "or the data's size") from None
+    finally:
+        model.train(was_training)
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] != data.num_classes:
+        raise ConfigError(f"model '{cfg.name}' gives {output.shape[1]} outputs, the data has {data.num_classes} classes; "
+                          "drop num_classes from model.args (it is filled in from the data)")
+
+
+def build_trainer(cls: type[Trainer], model: nn.Module, job: Any, loss_fn: Any = None, **kwargs: Any) -> Trainer:
+    """The one way every job builds its trainer: the job's config objects, as they are, and the job recorded."""
+    if loss_fn is not None:
+        kwargs["loss_fn"] = loss_fn
+    trainer = cls(model, optimizer=job.optimizer, config=job.trainer, scheduler=job.scheduler, **kwargs)
+    trainer.job_config = to_dict(job)
+    return trainer
+
+
+def _start(job: Any) -> tuple[float, int, Path | None]:
+    """The stage's start time and seed; the resolved job written into its folder."""
+    started, seed = time.perf_counter(), resolve_seed(job)
+    out = None if job.trainer.out_dir is None else check_out_dir(job.trainer.out_dir)
+    if out is not None:
+        save_config(job, out / "job.yaml")
+    return started, seed, out
+
+
+def _finish(trainer: Trainer, data: DataBundle, started: float, weights: Path | None, history: list[dict[str, Any]],
+            **extra: Any) -> StageResult:
+    val = None if data.val is None else trainer.evaluate(data.val)
+    return StageResult(test=trainer.evaluate(data.test), val=val, params=count_parameters(trainer.unwrapped_model),
+                       seconds=time.perf_counter() - started, history=history, model=trainer.unwrapped_model,
+                       weights=weights, extra=extra)
+
+
+def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResult:
+    """Pretrain on ``job.data``; write ``pretrained.safetensors`` (or ``encoder.safetensors``) to the run folder."""
+    started, seed, out = _start(job)
+    data = data or build_data(job.data, seed)
+    if job.method == "autoencoder":
+        ae_args = {"width": 32, "latent": 64, **job.autoencoder}
+        torch.manual_seed(seed)
+        model = conv_autoencoder(data.image_shape[0], data.image_shape[-1], ae_args.pop("width"), ae_args.pop("latent"))
+        trainer = build_trainer(AutoencoderTrainer, model, job, **ae_args)
+    else:
+        model = build_job_model(job.model, data, seed)
+        if job.init is not None:
+            load_pretrained(model, job.init)
+        trainer = (build_trainer(ProximalTrainer, model, job, lam=job.lam) if job.method == "proximal"
+                   else build_trainer(Trainer, model, job))
+    trainer.fit(data.train, data.val)
+    weights = None
+    if out is not None and job.method == "autoencoder":
+        weights = save_weights(out / "encoder.safetensors", model.encoder.state_dict(),
+                               {"latent": model.latent, "config": to_dict(job)})
+    elif out is not None:
+        weights = save_pretrained(model, out / "pretrained.safetensors", config=to_dict(job), source=job.data.name)
+    return _finish(trainer, data, started, weights, trainer.history)
+
+
+def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResult:
+    """Fine-tune ``job.pretrained`` on ``job.data`` with ``job.strategy``; write ``finetuned.safetensors``."""
+    started, seed, out = _start(job)
+    data = data or build_data(job.data, seed)
+    model = build_job_model(job.model, data, seed)
+    report: LoadReport | None = None
+    if job.pretrained is not None:
+        report = load_pretrained(model, job.pretrained)
+        if not job.keep_head:  # a new task gets a new head, also when its class count matches the old one
+            swap_head(model, data.num_classes)
+        if job.trainer.progress:
+            print(report)
+    if job.strategy == "recipe":
+        smoothing = 0.1 if job.label_smoothing is None else job.label_smoothing
+        result = fine_tune(model, data.train, data.val, epochs=job.trainer.max_epochs, optimizer=job.optimizer,
+                           scheduler=job.scheduler, label_smoothing=smoothing, proximal=job.proximal,
+                           out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
+                           **job.strategy_args)
+        trainer, history = result.trainer, result.history
+    else:
+        loss_fn = functools.partial(F.cross_entropy, label_smoothing=job.label_smoothing or 0.0)
+        trainer = build_trainer(FinetuneTrainer, model, job, loss_fn, proximal=job.proximal,
+                                strategy={"name": job.strategy, **job.strategy_args})
+        history = trainer.fit(data.train, data.val)
+    weights = None
+    if out is not None:
+        weights = save_pretrained(model, out / "finetuned.safetensors", config=to_dict(job), source=job.data.name)
+    return _finish(trainer, data, started, weights, history,
+                   **({} if report is None else {"loaded": len(report.loaded)}))
+
+
+def run_distill(job: DistillJob, data: DataBundle | None = None) -> StageResult:
+    """Distil ``job.teacher_weights`` into ``job.student`` on ``job.data``; write ``student.safetensors``."""
+    if job.teacher_weights is None:
+        raise ConfigError("distill needs teacher_weights: the trained teacher's weights (a .safetensors or .pt file)")
+    started, seed, out = _start(job)
+    data = data or build_data(job.data, seed)
+    teacher = build_job_model(job.teacher, data, seed)
+    load_pretrained(teacher, job.teacher_weights)
+    teacher_test = Trainer(teacher, progress=False, device=job.trainer.device).evaluate(data.test)
+    student = build_job_model(job.student, data, seed)
+    trainer = build_trainer(DistillTrainer, student, job, teacher=teacher, temperature=job.temperature,
+                            alpha=job.alpha, cache_teacher=job.cache_teacher)
+    trainer.fit(_transfer_set(job, data, seed), data.val)
+    weights = None if out is None else trainer.save_weights(out / "student.safetensors")
+    return _finish(trainer, data, started, weights, trainer.history, teacher_accuracy=teacher_test["accuracy"],
+                   teacher_params=count_parameters(teacher))
+
+
+def _transfer_set(job: DistillJob, data: DataBundle, seed: int) -> Any:
+    """The images the student learns from: the labelled training set, or every training image unlabelled."""
+    train = data.train
+    if job.unlabelled:
+        if data.pool is None:
+            raise ConfigError(f"distill 'unlabelled' needs a bundled data set (mnist5k, digits, fake), not '{job.data.name}'")
+        train = InMemoryLoader(data.pool, None, batch_size=job.data.batch_size, shuffle=True, seed=seed,
+                               transform=train.transform)
+    if not (job.cache_teacher and job.views is not None):
+        return train
+    if not isinstance(train, InMemoryLoader) or train.transform is None:
+        raise ConfigError("distill 'views' caches augmented views: it needs a bundled data set with data.augment")
+    tensors = (train.inputs.cpu(),) if train.targets is None else (train.inputs.cpu(), train.targets.cpu())
+    views = AugmentedViews(TensorDataset(*tensors), lambda x: train.transform(x.unsqueeze(0)).squeeze(0),
+                           views=job.views, seed=seed)
+    return DataLoader(views, batch_size=job.data.batch_size, shuffle=True)
