@@ -8,23 +8,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 import warmstart as ws
+from warmstart.data import InMemoryLoader
+from warmstart.distill import DistillTrainer
 from warmstart.distributed import ShardSampler
+from warmstart.finetune import FinetuneTrainer
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
+import ddp_scenarios as scenarios  # noqa: E402
 from ddp_worker import build  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def _torchrun(script: str, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPTS / script),
+           str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(SCRIPTS / "ddp_worker.py"), str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _torchrun("ddp_worker.py", tmp_path)
     report = json.loads((tmp_path / "ddp_metrics.json").read_text())
     assert report["world_size"] == 2
 
@@ -51,3 +62,41 @@ def test_shard_sampler_covers_every_sample_once():
     shards = [list(ShardSampler(10, rank, 3)) for rank in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
     assert [len(s) for s in shards] == [4, 3, 3]
+
+
+def _close(a: dict, b: dict, atol: float = 1e-6) -> None:
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name], rtol=0, atol=atol, msg=name)
+
+
+def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
+    _torchrun("ddp_scenarios.py", tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name in ("stream", "finetune", "distill"):  # the replicas stay identical
+        _close(ranks[0][name]["weights"], ranks[1][name]["weights"], atol=0)
+
+    # a loader without len(): the short last window all-reduces and is divided by its own length
+    net = scenarios.model()
+    ws.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.3), accumulate=4, max_epochs=2, device="cpu",
+               progress=False, seed=0).fit(DataLoader(scenarios.data(), batch_size=4))
+    _close(ranks[0]["stream"]["weights"], net.state_dict())
+
+    net = scenarios.model()  # FinetuneTrainer: gradual unfreezing re-wraps DDP; the proximal term is added after the all-reduce
+    FinetuneTrainer(net, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, strategy={"name": "gradual"}, groups=["0", "2"],
+                    proximal=2.0, max_epochs=3, device="cpu", progress=False, seed=0).fit(
+        DataLoader(scenarios.data(), batch_size=4, shuffle=False))
+    _close(ranks[0]["finetune"]["weights"], net.state_dict())
+
+    student = scenarios.model(seed=6)  # DistillTrainer with a cache that rank 0 built and both ranks read
+    DistillTrainer(student, scenarios.model(seed=5), {"name": "adam", "lr": 1e-2}, temperature=2.0, alpha=0.5,
+                   cache_teacher=True, max_epochs=2, device="cpu", progress=False, seed=0).fit(
+        InMemoryLoader(scenarios.data(), batch_size=8, shuffle=True, seed=3))
+    _close(ranks[0]["distill"]["weights"], student.state_dict(), atol=1e-5)
+    assert ranks[0]["distill"]["cache_rows"] == ranks[1]["distill"]["cache_rows"] == 40
+    assert (tmp_path / "distill" / "teacher_logits.npy").is_file()
+
+    expected = ws.Trainer(scenarios.model(), device="cpu", progress=False).evaluate(
+        InMemoryLoader(scenarios.data(5), batch_size=2))  # an InMemoryLoader's 5 samples count once, not 6
+    for rank in ranks:
+        assert rank["evaluate"]["metrics"]["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        assert rank["evaluate"]["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])

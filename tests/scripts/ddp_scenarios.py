@@ -1,0 +1,95 @@
+"""One rank of the torchrun scenario test: the library's trainers and loaders under DDP, results saved per rank.
+
+Usage: torchrun --nproc_per_node=2 ddp_scenarios.py OUT_DIR
+Scenarios (each a function below, its reference in tests/test_distributed.py):
+- stream: a loader without len(), accumulation 4 over 10 micro-batches (a short last window);
+- finetune: FinetuneTrainer, gradual unfreezing with the proximal term, batches of 2 per rank;
+- distill: DistillTrainer with the teacher's logits cached once by rank 0 into the shared out_dir;
+- evaluate: an InMemoryLoader of 5 samples evaluated on 2 ranks (each sample counted once).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+import warmstart as ws
+from warmstart.data import InMemoryLoader
+from warmstart.distill import DistillTrainer
+from warmstart.finetune import FinetuneTrainer
+
+
+def data(n: int = 40) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 6, generator=g)
+    return TensorDataset(x, (x[:, 0] - x[:, 1] > 0).long() + (x[:, 2] > 0.5).long())
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+class Stream:
+    """A loader without len()."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def stream(out: Path, rank: int) -> dict:
+    net = model()
+    shard = Subset(data(), range(rank, 40, 2))  # 20 samples per rank: 10 micro-batches of 2
+    trainer = ws.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.3), accumulate=4, max_epochs=2, device="cpu",
+                         progress=False, seed=0)
+    trainer.fit(Stream(DataLoader(shard, batch_size=2)))
+    return {"weights": net.state_dict(), "steps": trainer.global_step}
+
+
+def finetune(out: Path, rank: int) -> dict:
+    net = model()
+    trainer = FinetuneTrainer(net, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, strategy={"name": "gradual"},
+                              groups=["0", "2"], proximal=2.0, max_epochs=3, device="cpu", progress=False, seed=0,
+                              out_dir=str(out / "finetune"))
+    trainer.fit(DataLoader(data(), batch_size=2, shuffle=False))
+    return {"weights": net.state_dict(), "history": trainer.history}
+
+
+def distill(out: Path, rank: int) -> dict:
+    teacher, student = model(seed=5), model(seed=6)
+    trainer = DistillTrainer(student, teacher, {"name": "adam", "lr": 1e-2}, temperature=2.0, alpha=0.5,
+                             cache_teacher=True, max_epochs=2, device="cpu", progress=False, seed=0,
+                             out_dir=str(out / "distill"))
+    trainer.fit(InMemoryLoader(data(), batch_size=4, shuffle=True, seed=3))
+    return {"weights": student.state_dict(), "cache_rows": int(trainer.cache.logits.shape[0])}
+
+
+def evaluate(out: Path, rank: int) -> dict:
+    net = model()
+    five = data(5)
+    return {"metrics": ws.Trainer(net, device="cpu", progress=False).evaluate(InMemoryLoader(five, batch_size=2))}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    results = {name: scenario(out, rank) for name, scenario in
+               (("stream", stream), ("finetune", finetune), ("distill", distill), ("evaluate", evaluate))}
+    torch.save(results, out / f"rank{rank}.pt")
+    if rank == 0:
+        (out / "done.json").write_text(json.dumps({"world_size": dist.get_world_size()}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
