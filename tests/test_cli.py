@@ -96,3 +96,11 @@ def test_finetune_recipe_from_the_command_line(tmp_path, capsys):
                  "trainer.max_epochs=1", f"trainer.out_dir={out}", "data.shots=null", "--quiet"]) == 0
     assert (out / "probe" / "last.pt").is_file() and (out / "full" / "last.pt").is_file()
     assert (out / "finetuned.safetensors").is_file()
+
+
+def test_help_and_import_load_neither_torch_nor_torchvision():
+    code = ("import sys, contextlib, io\nimport warmstart\nfrom warmstart.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main(['run', '--help'])\n"
+            "assert 'torch' not in sys.modules, 'torch'\n"
+            "warmstart.Trainer\nassert 'torchvision' not in sys.modules, 'torchvision'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

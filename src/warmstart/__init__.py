@@ -1,52 +1,42 @@
-"""warmstart: pretrain, fine-tune and distill PyTorch networks with one small, exact Trainer."""
+"""warmstart: pretrain, fine-tune and distill PyTorch networks with one small, exact Trainer.
 
-from warmstart import data, distill, distributed, finetune, models, pretrain
-from warmstart._runtime import seed_everything, select_device
-from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
-from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, load_config
-from warmstart.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError, OutDirBusyError,
-                              WarmstartError)
-from warmstart.heads import HeadInfo, find_head
-from warmstart.optim import build_optimizer, build_scheduler
-from warmstart.trainer import Trainer, classification_sums, split_batch
+Names are imported on first use (``ws.Trainer`` imports the trainer), so ``import warmstart`` and the
+``warmstart --help`` command start without loading torch or torchvision.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from warmstart._lazy import lazy_namespace
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EMA",
-    "BestCheckpoint",
-    "CSVLogger",
-    "Callback",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "EarlyStopping",
-    "HeadInfo",
-    "NonFiniteLossError",
-    "OutDirBusyError",
-    "OptimizerConfig",
-    "SchedulerConfig",
-    "TensorBoardLogger",
-    "Trainer",
-    "TrainerConfig",
-    "WarmstartError",
-    "build_optimizer",
-    "build_scheduler",
-    "classification_sums",
-    "data",
-    "distill",
-    "distributed",
-    "finetune",
-    "find_head",
-    "load_checkpoint",
-    "load_config",
-    "load_weights",
-    "models",
-    "pretrain",
-    "save_checkpoint",
-    "save_weights",
-    "seed_everything",
-    "select_device",
-    "split_batch",
-]
+_EXPORTS = {
+    **{name: "warmstart.callbacks" for name in ("EMA", "BestCheckpoint", "CSVLogger", "Callback", "EarlyStopping",
+                                                "TensorBoardLogger")},
+    **{name: "warmstart.errors" for name in ("CheckpointError", "ConfigError", "DataError", "NonFiniteLossError",
+                                             "OutDirBusyError", "WarmstartError")},
+    **{name: "warmstart.checkpoint" for name in ("load_checkpoint", "load_weights", "save_checkpoint", "save_weights")},
+    **{name: "warmstart.config" for name in ("OptimizerConfig", "SchedulerConfig", "TrainerConfig", "load_config")},
+    **{name: "warmstart.trainer" for name in ("Trainer", "classification_sums", "split_batch")},
+    **{name: "warmstart.heads" for name in ("HeadInfo", "find_head")},
+    **{name: "warmstart.optim" for name in ("build_optimizer", "build_scheduler")},
+    **{name: "warmstart._runtime" for name in ("seed_everything", "select_device")},
+    **{name: f"warmstart.{name}" for name in ("compress", "data", "distill", "distributed", "finetune", "models",
+                                              "pretrain")},
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from warmstart import compress, data, distill, distributed, finetune, models, pretrain
+    from warmstart._runtime import seed_everything, select_device
+    from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
+    from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+    from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, load_config
+    from warmstart.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError, OutDirBusyError,
+                                  WarmstartError)
+    from warmstart.heads import HeadInfo, find_head
+    from warmstart.optim import build_optimizer, build_scheduler
+    from warmstart.trainer import Trainer, classification_sums, split_batch

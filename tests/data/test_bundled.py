@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from warmstart.data import MNIST_MEAN, MNIST_STD, digits, few_shot_split, few_shot_splits, labels_of, mnist5k, upsample_digits
+from warmstart.data import (MNIST_MEAN, MNIST_STD, class_subset, digits, few_shot_split, few_shot_splits, labels_of,
+                            mnist5k, upsample_digits)
 from warmstart.errors import DataError
 
 
@@ -59,3 +60,14 @@ def test_few_shot_splits_test_on_everything_else():
     rows = {tuple(r.tolist()) for r in train.tensors[0].flatten(1)}
     assert not any(tuple(r.tolist()) in rows for r in test.tensors[0].flatten(1)[:200])  # disjoint
     assert len(pool) == len(train) + len(test)
+
+
+def test_class_subset_keeps_and_relabels_the_classes_asked_for():
+    data = TensorDataset(torch.arange(8.0), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]))
+    subset = class_subset(data, [3, 1])
+    assert subset.tensors[0].tolist() == [1.0, 3.0, 5.0, 7.0] and subset.tensors[1].tolist() == [1, 0, 1, 0]
+    assert class_subset(data, [3, 1], relabel=False).tensors[1].tolist() == [1, 3, 1, 3]
+    with pytest.raises(DataError, match="has no class 7"):
+        class_subset(data, [7])
+    with pytest.raises(DataError, match="without repeats"):
+        class_subset(data, [1, 1])

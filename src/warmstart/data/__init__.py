@@ -1,33 +1,32 @@
-"""Data: bundled offline real data sets, an in-memory loader, augmentation presets and torchvision sets."""
+"""Data: bundled offline real data sets, an in-memory loader, augmentation presets and torchvision sets.
 
-from warmstart.data.augment import PRESETS, AugmentConfig, BatchAugment, build_augmentation, is_random
-from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, digits, fake_splits, few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
-                                    upsample_digits)
-from warmstart.data.loaders import InMemoryLoader, WithIndex, dataset_tensors
-from warmstart.data.torchvision_sets import TORCHVISION_SETS, cache_dir, image_folder_splits, torchvision_splits
+Names are imported on first use, so the loaders do not load torchvision until augmentation or a
+torchvision data set is asked for.
+"""
 
-__all__ = [
-    "MNIST_MEAN",
-    "MNIST_STD",
-    "PRESETS",
-    "TORCHVISION_SETS",
-    "AugmentConfig",
-    "BatchAugment",
-    "InMemoryLoader",
-    "Splits",
-    "WithIndex",
-    "build_augmentation",
-    "cache_dir",
-    "dataset_tensors",
-    "digits",
-    "fake_splits",
-    "few_shot_split",
-    "few_shot_splits",
-    "image_folder_splits",
-    "is_random",
-    "labels_of",
-    "mnist5k",
-    "per_class_split",
-    "torchvision_splits",
-    "upsample_digits",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from warmstart._lazy import lazy_namespace
+
+_EXPORTS = {
+    **{name: "warmstart.data.augment" for name in ("PRESETS", "AugmentConfig", "BatchAugment", "build_augmentation",
+                                                   "is_random")},
+    **{name: "warmstart.data.bundled" for name in ("MNIST_MEAN", "MNIST_STD", "Splits", "class_subset", "digits",
+                                                   "fake_splits", "few_shot_split", "few_shot_splits", "labels_of",
+                                                   "mnist5k", "per_class_split", "upsample_digits")},
+    **{name: "warmstart.data.loaders" for name in ("InMemoryLoader", "WithIndex", "dataset_tensors", "rebuild_loader")},
+    **{name: "warmstart.data.torchvision_sets" for name in ("TORCHVISION_SETS", "cache_dir", "image_folder_splits",
+                                                            "torchvision_splits")},
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from warmstart.data.augment import PRESETS, AugmentConfig, BatchAugment, build_augmentation, is_random
+    from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, class_subset, digits, fake_splits,
+                                        few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
+                                        upsample_digits)
+    from warmstart.data.loaders import InMemoryLoader, WithIndex, dataset_tensors, rebuild_loader
+    from warmstart.data.torchvision_sets import TORCHVISION_SETS, cache_dir, image_folder_splits, torchvision_splits

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from warmstart.errors import ConfigError
 
@@ -151,6 +150,7 @@ def build_augmentation(spec: str | Mapping[str, Any] | AugmentConfig | None, fil
         return None
     if batched:
         return BatchAugment(cfg, fill)
+    from torchvision.transforms import v2  # per-sample transforms only: importing torchvision takes seconds
     steps: list[Callable[[Any], Any]] = []
     if cfg.crop_padding:
         if size is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -191,6 +192,40 @@ def per_class_split(dataset: TensorDataset, k: int, seed: int = 0) -> tuple[Tens
     rest = torch.ones(len(labels), dtype=torch.bool)
     rest[rows] = False
     return TensorDataset(*(t[rows] for t in dataset.tensors)), TensorDataset(*(t[rest] for t in dataset.tensors))
+
+
+def class_subset(dataset: TensorDataset, classes: Sequence[int], relabel: bool = True) -> TensorDataset:
+    """The samples of ``classes`` only, e.g. to pretrain on some digits and fine-tune on the others.
+
+    Args:
+        dataset: ``TensorDataset(inputs, labels, ...)``.
+        classes: the labels to keep.
+        relabel: map the kept labels to ``0 .. len(classes) - 1`` in the order given (a model
+            with ``len(classes)`` outputs then fits them).
+
+    Raises:
+        DataError: an empty or repeated class list, or a class the data set does not have.
+
+    Example:
+        >>> data = TensorDataset(torch.arange(6.0), torch.tensor([0, 1, 2, 0, 1, 2]))
+        >>> class_subset(data, [2, 0]).tensors[1].tolist()
+        [1, 0, 1, 0]
+    """
+    classes = [int(c) for c in classes]
+    labels = labels_of(dataset)
+    present = set(labels.tolist())
+    if not classes or len(set(classes)) != len(classes):
+        raise DataError(f"classes must be a non-empty list without repeats, got {classes}")
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(f"the data set has no class {missing[0]}; its classes are {sorted(present)}")
+    keep = torch.isin(labels, torch.tensor(classes))
+    tensors = [t[keep] for t in dataset.tensors]
+    if relabel:
+        mapping = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+        mapping[torch.tensor(classes)] = torch.arange(len(classes))
+        tensors[1] = mapping[tensors[1].long()]
+    return TensorDataset(*tensors)
 
 
 def few_shot_split(dataset: TensorDataset, k: int, seed: int = 0) -> TensorDataset:

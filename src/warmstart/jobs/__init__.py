@@ -1,30 +1,30 @@
-"""Config-driven jobs: typed schemas for pretrain, finetune, distill and the whole pipeline, and their runners."""
+"""Config-driven jobs: typed schemas for pretrain, finetune, distill and the whole pipeline, and their runners.
 
-from warmstart.jobs.data import DataBundle, build_data
-from warmstart.jobs.pipeline import run_pipeline
-from warmstart.jobs.schema import (METHODS, DataConfig, DistillJob, DistillStage, FinetuneJob, FinetuneStage, ModelConfig,
-                                   PipelineJob, PretrainJob, StageConfig, load_job)
-from warmstart.jobs.stages import StageResult, build_job_model, build_trainer, run_distill, run_finetune, run_pretrain
+The schemas import no torch; runners are imported on first use.
+"""
 
-__all__ = [
-    "METHODS",
-    "DataBundle",
-    "DataConfig",
-    "DistillJob",
-    "DistillStage",
-    "FinetuneJob",
-    "FinetuneStage",
-    "ModelConfig",
-    "PipelineJob",
-    "PretrainJob",
-    "StageConfig",
-    "StageResult",
-    "build_data",
-    "build_job_model",
-    "build_trainer",
-    "load_job",
-    "run_distill",
-    "run_finetune",
-    "run_pipeline",
-    "run_pretrain",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from warmstart._lazy import lazy_namespace
+
+_EXPORTS = {
+    **{name: "warmstart.jobs.schema" for name in ("METHODS", "DataConfig", "DistillJob", "DistillStage", "FinetuneJob",
+                                                  "FinetuneStage", "ModelConfig", "PipelineJob", "PretrainJob",
+                                                  "StageConfig", "load_job")},
+    **{name: "warmstart.jobs.data" for name in ("DataBundle", "build_data")},
+    **{name: "warmstart.jobs.stages" for name in ("StageResult", "build_job_model", "build_trainer", "run_distill",
+                                                  "run_finetune", "run_pretrain")},
+    "run_pipeline": "warmstart.jobs.pipeline",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from warmstart.jobs.data import DataBundle, build_data
+    from warmstart.jobs.pipeline import run_pipeline
+    from warmstart.jobs.schema import (METHODS, DataConfig, DistillJob, DistillStage, FinetuneJob, FinetuneStage,
+                                       ModelConfig, PipelineJob, PretrainJob, StageConfig, load_job)
+    from warmstart.jobs.stages import (StageResult, build_job_model, build_trainer, run_distill, run_finetune,
+                                       run_pretrain)
