@@ -19,7 +19,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from torch.utils.data import TensorDataset
@@ -44,14 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=5, help="the target task: digits 0..classes-1")
     parser.add_argument("--width", type=int, default=16, help="channels of the CNN's first block")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=None, help="where to save the weights (default: a temp folder)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where to save the weights (default: runs/01_pretrain_finetune)")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on fake data, to check the script runs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="warmstart-01-"))
+    out_dir = args.out_dir or Path("runs/01_pretrain_finetune")
     if args.dry_run:
         source, target = fake_splits(64, 32), fake_splits(40, 40)
         args.pretrain_epochs, args.finetune_epochs, args.shots = 1, 1, 2

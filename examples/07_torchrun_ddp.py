@@ -17,7 +17,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
@@ -33,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: a temp folder)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/07_torchrun_ddp)")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on fake data, to check the script runs")
     return parser.parse_args(argv)
 
@@ -41,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # one folder for all ranks (a random temporary name would differ between processes); only rank 0 writes
-    out_dir = args.out_dir or Path(tempfile.gettempdir()) / "warmstart-07"
+    out_dir = args.out_dir or Path("runs/07_torchrun_ddp")
     if args.dry_run:
         data, args.epochs, args.batch_size = fake_splits(64, 32), 1, 16
     else:

@@ -27,7 +27,13 @@ def test_a_failed_download_is_reported_not_raised_deep(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets.MNIST, "download", offline)
     with pytest.raises(DataError, match="could not load mnist.*Temporary failure in name resolution"):
-        torchvision_splits("mnist", root=tmp_path, download=True)
+        torchvision_splits("mnist", root=tmp_path / "cache" / "data", download=True)
+    assert list(tmp_path.iterdir()) == []  # the folders the failed download made are gone
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    with pytest.raises(DataError):
+        torchvision_splits("mnist", root=tmp_path / "mine", download=True)
+    assert (tmp_path / "mine" / "keep.txt").exists()  # a folder that was there is never removed
 
 
 def test_image_folder_splits(tmp_path):

@@ -55,16 +55,28 @@ def torchvision_splits(name: str, root: str | os.PathLike | None = None, downloa
                         f"valid names: {', '.join(TORCHVISION_SETS)}")
     cls, mean, std, _ = TORCHVISION_SETS[name]
     folder = Path(root) if root is not None else cache_dir()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     base = to_tensor(mean, std)
     train_tf = v2.Compose([v2.ToImage(), augment, base]) if augment is not None else base
     try:
         return (cls(str(folder), train=True, download=download, transform=train_tf),
                 cls(str(folder), train=False, download=download, transform=base))
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a missing set without download a RuntimeError
+        _remove_empty(created)
         raise DataError(
             f"could not load {name} from '{folder}' ({type(err).__name__}: {err}). Downloading needs internet: "
             f"run once on a machine that is online (or copy the files into '{folder}'), set WARMSTART_DATA to "
             f"another cache folder, or use the offline sets warmstart.data.mnist5k() / digits()") from None
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a failed download created, deepest first, as long as they are empty."""
+    for folder in created:
+        for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def image_folder_splits(root: str | os.PathLike, train: str = "train", val: str = "val", image_size: int = 224,

@@ -99,9 +99,6 @@ def _splits(cfg: DataConfig) -> Splits:
     if cfg.name == "mnist5k":
         return mnist5k(seed=cfg.split_seed)
     if cfg.name == "digits":
-        if cfg.size not in (8, 28):
-            raise ConfigError(f"data.size of 'digits' must be 8 (the original images) or 28 (upsampled like MNIST), "
-                              f"got {cfg.size}")
         return digits(size=cfg.size, seed=cfg.split_seed)
     return _fake(cfg)
 

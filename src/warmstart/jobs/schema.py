@@ -67,6 +67,9 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
         if self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if self.name == "digits" and self.size not in (8, 28):
+            raise ConfigError(f"data.size of 'digits' must be 8 (the original images) or 28 (upsampled like MNIST), "
+                              f"got {self.size}")
         if len(self.fake_shape) != 3 or any(side < 1 for side in self.fake_shape):
             raise ConfigError(f"data.fake_shape must be [channels, height, width] of positive sizes, got {self.fake_shape}")
 
