@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from warmstart import distributed
 from warmstart.callbacks import Callback
 from warmstart.config import OptimizerConfig
 from warmstart.errors import ConfigError
@@ -105,13 +106,22 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     if freeze_epochs:
         probe = FinetuneTrainer(model, optimizer, loss_fn, strategy=LinearProbe(), head=head, max_epochs=freeze_epochs,
                                 scheduler={"name": "cosine"}, out_dir=folder("probe"), **trainer_kwargs)
+        _announce(probe, f"fine_tune phase 1/2: linear probe, the head alone on cached features ({freeze_epochs} epochs)")
         history += [{"phase": "linear_probe", **h} for h in probe.fit(train_loader, val_loader)]
-    trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=proximal,
-                              strategy=Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay),
+    strategy = Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay)
+    trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=proximal, strategy=strategy,
                               max_epochs=epochs, scheduler=scheduler or {"name": "cosine", "warmup_epochs": 0.05 * epochs},
                               out_dir=folder("full"), **trainer_kwargs)
+    rates = f"layer-wise decay {layer_decay}" if layer_decay is not None else f"backbone lr x{backbone_lr_mult}"
+    _announce(trainer, f"fine_tune phase {2 if freeze_epochs else 1}/{2 if freeze_epochs else 1}: every layer, "
+                       f"{rates} ({epochs} epochs)")
     history += [{"phase": "full", **h} for h in trainer.fit(train_loader, val_loader)]
     return FineTuneResult(model=model, history=history, trainer=trainer)
+
+
+def _announce(trainer: FinetuneTrainer, text: str) -> None:
+    if trainer.config.progress and distributed.is_main_process():
+        print(text, flush=True)
 
 
 def _recipe_optimizer(optimizer: Any, lr: float | None, weight_decay: float | None) -> Any:
