@@ -1,4 +1,4 @@
-"""fine_tune (linear-probe warm-up then full fine-tuning) and the learning-rate finder."""
+"""fine_tune: the fixed recipe (linear-probe warm-up, then every layer) and the choice among candidates by validation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from warmstart.errors import ConfigError
-from warmstart.finetune import fine_tune, lr_find
+from warmstart.data import InMemoryLoader
+from warmstart.errors import ConfigError, DataError
+from warmstart.finetune import Candidate, Full, LinearProbe, fine_tune
 from warmstart.models import small_cnn
 
 
@@ -26,7 +27,7 @@ def test_fine_tune_warms_up_the_head_then_trains_everything(tmp_path):
     model = small_cnn(num_classes=10, width=4)
     backbone_before = model.block1[0].weight.clone()
     result = fine_tune(model, _batches(), _batches(seed=1), num_classes=3, epochs=4, freeze_epochs=2,
-                       out_dir=tmp_path, progress=False)
+                       select=False, out_dir=tmp_path, progress=False)
     assert model.head.out_features == 3 and result.model is model
     assert [h["phase"] for h in result.history] == ["linear_probe"] * 2 + ["full"] * 4
     assert result.history[-1]["val_accuracy"] > 0.6
@@ -36,30 +37,46 @@ def test_fine_tune_warms_up_the_head_then_trains_everything(tmp_path):
     assert (tmp_path / "probe" / "last.safetensors").exists() and (tmp_path / "full" / "last.safetensors").exists()
 
 
-def _separable(batches: int = 10) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    centers = 3.0 * torch.eye(3, 4)
-    out = []
-    for _ in range(batches):
-        y = torch.randint(0, 3, (32,), generator=g)
-        out.append((centers[y] + 0.5 * torch.randn(32, 4, generator=g), y))
-    return out
-
-
-def test_lr_find_sweeps_restores_and_suggests(tmp_path):
+def test_the_candidate_with_the_best_validation_accuracy_is_trained_on_all_labels(tmp_path):
     torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = lr_find(model, _separable(), {"name": "sgd", "lr": 0.1}, start_lr=1e-4, end_lr=100.0, num_steps=100,
-                     smoothing=0.9)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is as it was
-    assert result.lrs[0] == pytest.approx(1e-4) and len(result.losses) == len(result.lrs) <= 100
-    ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:])]
-    assert max(ratios) == pytest.approx(min(ratios))  # an exponential sweep
-    lowest = min(range(len(result.losses)), key=result.losses.__getitem__)
-    assert result.minimum == result.lrs[lowest] and result.suggestion == pytest.approx(result.minimum / 10)
-    assert result.losses[lowest] < 0.1 * result.losses[0]  # the sweep reached rates that learn
-    assert result.lrs[0] < result.steepest < result.minimum
-    assert result.plot(tmp_path / "lr.png").stat().st_size > 1000
-    with pytest.raises(ConfigError, match="0 < start_lr < end_lr"):
-        lr_find(model, _separable(), start_lr=1.0, end_lr=0.1)
+    model = small_cnn(num_classes=3, width=4)  # random "pretrained" features: the probe cannot win
+    candidates = [Candidate("probe", 0, LinearProbe()), Candidate("everything", 0, Full(backbone_lr_mult=1.0))]
+    result = fine_tune(model, _batches(), _batches(seed=1), epochs=4, candidates=candidates, out_dir=tmp_path,
+                       progress=False)
+    assert set(result.scores) == {"probe", "everything"}
+    assert result.choice == max(result.scores, key=result.scores.get) == "everything"
+    assert [h["phase"] for h in result.history] == ["full"] * 4  # the winner, trained for the full epochs
+    assert result.model is model and (tmp_path / "full" / "last.safetensors").exists()
+
+
+def test_when_training_from_random_weights_wins_it_is_said(recwarn):
+    torch.manual_seed(0)
+    model = small_cnn(num_classes=3, width=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("head"):
+                p.zero_()  # "pretrained" weights that carry nothing: every feature is 0
+    candidates = [Candidate("full", 0, Full(backbone_lr_mult=1.0)),
+                  Candidate("no_pretraining", 0, Full(backbone_lr_mult=1.0), pretrained=False)]
+    with pytest.warns(UserWarning, match="training from random weights scored best.*do not help this task"):
+        result = fine_tune(model, _batches(), _batches(seed=1), epochs=4, candidates=candidates, progress=False)
+    assert result.choice == "no_pretraining" and model.block1[0].weight.abs().sum() > 0
+
+
+def test_without_a_val_loader_the_choice_holds_out_part_of_the_labels():
+    torch.manual_seed(0)
+    x = torch.cat([b[0] for b in _batches()])
+    y = torch.cat([b[1] for b in _batches()])
+    result = fine_tune(small_cnn(num_classes=3, width=4), InMemoryLoader(x, y, batch_size=16, shuffle=True),
+                       epochs=2, progress=False)
+    assert set(result.scores) == {"recipe", "full", "freeze_first", "linear_probe", "no_pretraining"}
+    assert all(0 <= s <= 1 for s in result.scores.values())
+    with pytest.raises(DataError, match="cannot hold a validation split out of a list: pass a val_loader"):
+        fine_tune(small_cnn(num_classes=3, width=4), _batches(), epochs=1, progress=False)
+
+
+def test_bad_recipe_arguments_are_named():
+    with pytest.raises(ConfigError, match="inside optimizer=..., or lr=/weight_decay= without optimizer"):
+        fine_tune(small_cnn(width=4), _batches(), optimizer={"name": "sgd"}, lr=0.1, progress=False)
+    with pytest.raises(ConfigError, match="keep_head=True, but the head has 10 outputs and the task 3 classes"):
+        fine_tune(small_cnn(width=4), _batches(), num_classes=3, keep_head=True, progress=False)

@@ -16,7 +16,8 @@ _EXPORTS = {
     **{name: "warmstart.data.bundled" for name in ("MNIST_MEAN", "MNIST_STD", "Splits", "class_subset", "digits",
                                                    "fake_splits", "few_shot_split", "few_shot_splits", "labels_of",
                                                    "mnist5k", "per_class_split", "upsample_digits")},
-    **{name: "warmstart.data.loaders" for name in ("InMemoryLoader", "WithIndex", "dataset_tensors", "rebuild_loader")},
+    **{name: "warmstart.data.loaders" for name in ("InMemoryLoader", "WithIndex", "dataset_tensors", "rebuild_loader",
+                                                   "split_loader")},
     **{name: "warmstart.data.torchvision_sets" for name in ("TORCHVISION_SETS", "cache_dir", "image_folder_splits",
                                                             "torchvision_splits")},
 }
@@ -28,5 +29,5 @@ if TYPE_CHECKING:
     from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, class_subset, digits, fake_splits,
                                         few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
                                         upsample_digits)
-    from warmstart.data.loaders import InMemoryLoader, WithIndex, dataset_tensors, rebuild_loader
+    from warmstart.data.loaders import InMemoryLoader, WithIndex, dataset_tensors, rebuild_loader, split_loader
     from warmstart.data.torchvision_sets import TORCHVISION_SETS, cache_dir, image_folder_splits, torchvision_splits

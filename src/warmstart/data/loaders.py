@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
+from warmstart.data.bundled import labels_of
 from warmstart.errors import DataError
 
 
@@ -177,6 +178,69 @@ def rebuild_loader(loader: DataLoader, **changes: Any) -> DataLoader:
         options["sampler"] = loader.sampler
     options.update(changes)
     return DataLoader(**options)
+
+
+def held_out_rows(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified ``(kept, held_out)`` row indices: ``round(fraction * n_c)`` of each class with 2+ samples held out (at least 1).
+
+    Example:
+        >>> kept, held = held_out_rows(torch.tensor([0, 0, 0, 0, 1, 1]), 0.25, seed=0)
+        >>> len(kept), len(held)
+        (4, 2)
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"the validation fraction must be in (0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for label in labels.unique().tolist():
+        rows = torch.nonzero(labels == label).flatten()
+        if len(rows) >= 2:
+            count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+            held.append(rows[torch.randperm(len(rows), generator=g)[:count]])
+    held_rows = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_rows] = False
+    return torch.nonzero(keep).flatten(), held_rows
+
+
+def split_loader(loader: Any, fraction: float = 0.2, seed: int = 0) -> tuple[Any, Any]:
+    """Hold a stratified validation split out of a labelled loader: ``(train_loader, val_loader)``.
+
+    Works for an :class:`InMemoryLoader` (the split keeps its options; validation without
+    augmentation or shuffling) and for a ``DataLoader`` over a map-style data set.
+
+    Args:
+        loader: the labelled training loader.
+        fraction: share of each class held out (at least one sample of every class with two or more).
+        seed: seed of the draw.
+
+    Raises:
+        DataError: an unlabelled loader, or one that cannot be split (an iterable without a data set).
+
+    Example:
+        >>> loader = InMemoryLoader(torch.zeros(10, 1), torch.arange(10) % 2, batch_size=4)
+        >>> train, val = split_loader(loader, 0.2)
+        >>> train.dataset_size, val.dataset_size
+        (8, 2)
+    """
+    if isinstance(loader, InMemoryLoader):
+        if loader.targets is None:
+            raise DataError("a validation split needs labels, and this InMemoryLoader has none")
+        kept, held = held_out_rows(loader.targets.cpu(), fraction, seed)
+        train = InMemoryLoader(loader.inputs[kept.to(loader.inputs.device)], loader.targets[kept.to(loader.inputs.device)],
+                               batch_size=loader.batch_size, shuffle=loader.shuffle, drop_last=loader.drop_last,
+                               seed=loader.seed, transform=loader.transform)
+        rows = held.to(loader.inputs.device)
+        return train, InMemoryLoader(loader.inputs[rows], loader.targets[rows], batch_size=loader.batch_size)
+    if isinstance(loader, DataLoader) and hasattr(loader.dataset, "__getitem__"):
+        kept, held = held_out_rows(labels_of(loader.dataset), fraction, seed)
+        sampler = RandomSampler(Subset(loader.dataset, kept.tolist()), generator=loader.generator) \
+            if isinstance(loader.sampler, RandomSampler) else None
+        train = rebuild_loader(loader, dataset=Subset(loader.dataset, kept.tolist()), sampler=sampler)
+        val = rebuild_loader(loader, dataset=Subset(loader.dataset, held.tolist()), sampler=None, drop_last=False)
+        return train, val
+    raise DataError(f"cannot hold a validation split out of a {type(loader).__name__}: pass a val_loader, or a "
+                    "DataLoader / InMemoryLoader that can be split")
 
 
 class WithIndex(Dataset):

@@ -3,7 +3,8 @@
 from warmstart.finetune.freezing import (LayerGroup, freeze, freeze_batchnorm, freeze_to, frozen_state, layer_groups,
                                          unfreeze)
 from warmstart.finetune.loading import LoadReport, load_pretrained, strip_prefixes
-from warmstart.finetune.recipes import FineTuneResult, LRFinderResult, fine_tune, lr_find
+from warmstart.finetune.lr_finder import LRFinderResult, lr_find
+from warmstart.finetune.recipes import Candidate, FineTuneResult, default_candidates, fine_tune
 from warmstart.finetune.strategies import STRATEGIES, Full, Gradual, LinearProbe, Partial, Strategy, make_strategy
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.finetune.transfer import transfer_layers
@@ -11,6 +12,7 @@ from warmstart.heads import SwapInfo, find_head, init_head, swap_head
 
 __all__ = [
     "STRATEGIES",
+    "Candidate",
     "FineTuneResult",
     "FinetuneTrainer",
     "Full",
@@ -23,6 +25,7 @@ __all__ = [
     "Strategy",
     "SwapInfo",
     "find_head",
+    "default_candidates",
     "fine_tune",
     "freeze",
     "freeze_batchnorm",

@@ -32,7 +32,11 @@ _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "gradual": ("gradual", {}, True),
     "proximal": ("full", {}, True),
     "recipe": ("recipe", {}, True),
+    "recipe_scratch": ("recipe", {}, False),
 }
+
+
+CONTROLS = ("scratch", "recipe_scratch")  # no pretrained weights: what each transfer gain is measured against
 
 
 class _Run:
@@ -138,13 +142,13 @@ def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> S
         pretrained=str(pretrained) if starts_pretrained else None, strategy=strategy, strategy_args=options,
         proximal=stage.proximal if method == "proximal" else None, label_smoothing=stage.label_smoothing,
         keep_head=stage.keep_head), data=target)
-    run.record(method, result)
+    run.record(method, result, **{k: result.extra[k] for k in ("choice", "scores") if k in result.extra})
     return result
 
 
 def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -> None:
     job, stage = run.job, run.job.distill
-    candidates = {m: r for m, r in finetuned.items() if m != "scratch"} or finetuned
+    candidates = {m: r for m, r in finetuned.items() if m not in CONTROLS} or finetuned
     if not candidates:
         return
     best = max(candidates, key=lambda m: candidates[m].val["accuracy"])  # chosen on validation, never on test

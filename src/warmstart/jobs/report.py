@@ -19,6 +19,7 @@ LABELS = {
     "gradual": "gradual unfreezing",
     "proximal": "full fine-tune + proximal term",
     "recipe": "fine_tune() recipe",
+    "recipe_scratch": "fine_tune() recipe, no pretrained weights",
     "student_scratch": "student on the labels alone",
     "student_distilled": "student distilled from the best model",
 }
@@ -31,8 +32,8 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[str]:
     for name, r in results.items():
         if "accuracy" in r:
             val = f"{100 * r['val_accuracy']:.1f}" if "val_accuracy" in r else "-"
-            rows.append(f"| {LABELS.get(name, name)} | {100 * r['accuracy']:.1f} | {val} | {r['params']:,} | "
-                        f"{r['seconds']:.1f} |")
+            label = LABELS.get(name, name) + (f" (chose {r['choice']})" if "choice" in r else "")
+            rows.append(f"| {label} | {100 * r['accuracy']:.1f} | {val} | {r['params']:,} | {r['seconds']:.1f} |")
     return rows
 
 

@@ -117,10 +117,10 @@ class FinetuneJob:
         pretrained: the pretrained weights (``.safetensors``, ``.pt`` or a warmstart checkpoint);
             ``None`` trains from scratch.
         strategy: ``linear_probe``, ``partial``, ``full``, ``gradual``, or ``recipe`` (the one-call
-            :func:`warmstart.finetune.fine_tune`: a linear-probe warm-up, then full fine-tuning; it
-            takes ``optimizer.lr`` and ``weight_decay`` and brings its own AdamW and cosine schedule).
+            :func:`warmstart.finetune.fine_tune`, which chooses among freeze depths, backbone rates,
+            a linear-probe warm-up and no pretraining by validation accuracy, then trains the winner).
         strategy_args: options of the strategy (e.g. ``{k: 2}`` for ``partial``,
-            ``{layer_decay: 0.8}`` for ``full``, ``{freeze_epochs: 2}`` for ``recipe``).
+            ``{layer_decay: 0.8}`` for ``full``, ``{select: false}`` for the fixed ``recipe``).
         proximal: ``lam`` of the proximal term toward the pretrained weights (``None``: off).
         label_smoothing: label smoothing of the cross-entropy (``None``: the strategy's default,
             0.1 for ``recipe`` and 0 otherwise; a value given is the value used).
@@ -176,7 +176,7 @@ class DistillJob:
                               f"{self.alpha}); set alpha: 1.0, or unlabelled: false to distil on the labelled data")
 
 
-METHODS = ("scratch", "linear_probe", "partial", "full", "gradual", "proximal", "recipe")
+METHODS = ("scratch", "linear_probe", "partial", "full", "gradual", "proximal", "recipe", "recipe_scratch")
 
 
 @dataclasses.dataclass
@@ -204,7 +204,9 @@ class FinetuneStage(StageConfig):
 
     Attributes:
         methods: ``scratch`` (the same architecture and settings from random weights), ``linear_probe``,
-            ``partial``, ``full``, ``gradual``, ``proximal`` (full with the proximal term) and ``recipe``.
+            ``partial``, ``full``, ``gradual``, ``proximal`` (full with the proximal term), ``recipe``
+            (:func:`warmstart.finetune.fine_tune`, which chooses how to fine-tune on validation) and
+            ``recipe_scratch`` (the same recipe from random weights: its control).
         proximal: ``lam`` of the ``proximal`` method.
         label_smoothing: as in :class:`FinetuneJob`.
         keep_head: as in :class:`FinetuneJob`: keep the pretrained head when source and target
@@ -212,7 +214,7 @@ class FinetuneStage(StageConfig):
     """
 
     methods: list[str] = dataclasses.field(default_factory=lambda: ["scratch", "linear_probe", "full", "proximal",
-                                                                    "recipe"])
+                                                                    "recipe", "recipe_scratch"])
     proximal: float = 1.0
     label_smoothing: float | None = None
     keep_head: bool = False

@@ -192,15 +192,16 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
                            out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
                            **job.strategy_args)
         trainer, history = result.trainer, result.history
+        extra = {"choice": result.choice, "scores": result.scores} if result.scores else {}
     else:
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=job.label_smoothing or 0.0)
         trainer = build_trainer(FinetuneTrainer, model, job, loss_fn, proximal=job.proximal,
                                 strategy={"name": job.strategy, **job.strategy_args})
-        history = trainer.fit(data.train, data.val)
+        history, extra = trainer.fit(data.train, data.val), {}
     weights = None
     if out is not None:
         weights = save_pretrained(model, out / "finetuned.safetensors", config=to_dict(job), source=job.data.name)
-    return _finish(trainer, data, started, weights, history,
+    return _finish(trainer, data, started, weights, history, **extra,
                    **({} if report is None else {"loaded": len(report.loaded)}))
 
 

@@ -1,0 +1,53 @@
+"""distill(): settings scored on validation, hard labels among them, the teacher labelling unlabelled data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from warmstart.data import InMemoryLoader
+from warmstart.distill import KDSetting, distill
+from warmstart.errors import ConfigError
+from warmstart.models import mlp
+
+
+def _task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    return x, (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 0.5).long()
+
+
+def _teacher() -> torch.nn.Module:
+    """A teacher trained on plenty of labels."""
+    from warmstart import Trainer
+
+    torch.manual_seed(0)
+    model = mlp(8, [32], 3)
+    x, y = _task(2000, seed=1)
+    Trainer(model, {"name": "adam", "lr": 1e-2}, max_epochs=15, progress=False, seed=0).fit(
+        InMemoryLoader(x, y, batch_size=64, shuffle=True, seed=0))
+    return model.eval()
+
+
+def test_every_setting_is_scored_and_the_best_trains_on_everything():
+    x, y = _task(60, seed=2)  # few labels ...
+    pool, _ = _task(600, seed=3)  # ... and many images without labels
+    torch.manual_seed(0)
+    student = mlp(8, [16], 3)
+    result = distill(student, _teacher(), InMemoryLoader(x, y, batch_size=16, shuffle=True, seed=0), unlabelled=pool,
+                     epochs=20, progress=False, seed=0)
+    assert set(result.scores) == {"hard_labels", "kd_alpha0.5_T4", "kd_alpha0.9_T4", "unlabelled_T1", "unlabelled_T4"}
+    assert result.choice == max(result.scores, key=result.scores.get) and result.model is student
+    assert result.scores[result.choice] >= result.scores["hard_labels"]
+    assert len(result.history) == 20
+
+
+def test_settings_that_cannot_work_are_refused():
+    x, y = _task(20, seed=2)
+    labelled = InMemoryLoader(x, y, batch_size=8)
+    with pytest.raises(ConfigError, match="learns from unlabelled data, but none was given"):
+        distill(mlp(8, [4], 3), mlp(8, [4], 3), labelled, settings=[KDSetting("u", 1.0, unlabelled=True)])
+    with pytest.raises(ConfigError, match="alpha must be 1"):
+        distill(mlp(8, [4], 3), mlp(8, [4], 3), labelled, unlabelled=x, settings=[KDSetting("u", 0.5, unlabelled=True)])
+    with pytest.raises(ConfigError, match="labelled InMemoryLoader"):
+        distill(mlp(8, [4], 3), mlp(8, [4], 3), [(x, y)])
