@@ -1,0 +1,34 @@
+"""Compression: structured pruning, unstructured sparsity, recovery by distillation, int8 quantization, saving.
+
+Every function works on a copy and returns it with a report; the model given is left as it was
+(except :func:`recover`, which trains the model it is given, as a trainer does).
+"""
+
+from warmstart.compress._latency import measure_latency
+from warmstart.compress._layers import count_parameters
+from warmstart.compress._pruning import LayerChange, PruneReport, prune
+from warmstart.compress._pt2e import CompiledInt8Model
+from warmstart.compress._quantize import QuantizeReport, quantize, tensor_bytes
+from warmstart.compress._recover import RecoveryResult, recover
+from warmstart.compress._saving import describe_compressed, load_compressed, save_compressed
+from warmstart.compress._sparsity import SparsityReport, remove_masks, sparsify
+
+__all__ = [
+    "CompiledInt8Model",
+    "LayerChange",
+    "PruneReport",
+    "QuantizeReport",
+    "RecoveryResult",
+    "SparsityReport",
+    "count_parameters",
+    "describe_compressed",
+    "load_compressed",
+    "measure_latency",
+    "prune",
+    "quantize",
+    "recover",
+    "remove_masks",
+    "save_compressed",
+    "sparsify",
+    "tensor_bytes",
+]

@@ -1,0 +1,225 @@
+"""Save and load compressed models as safetensors: pruned shapes, int8 data and sparse masks, nothing unpickled."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from warmstart.checkpoint import load_weights, save_weights
+from warmstart.compress._layers import (RECORD_ATTRIBUTE, compression_record, count_parameters, resize_to,
+                                        tensor_shapes)
+from warmstart.compress._pt2e import CompiledInt8Model
+from warmstart.compress._quantize import TORCHAO_MODES, _apply
+from warmstart.compress._sparsity import has_masks
+from warmstart.errors import CheckpointError, ConfigError
+
+FORMAT = "warmstart-compressed-1"
+_SEPARATOR = "::"  # key::part names the pieces of one tensor; module names never contain it
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a pruned, sparsified and/or int8 model as ``.safetensors``, with what rebuilding it needs.
+
+    Every tensor's shape is recorded, so :func:`load_compressed` rebuilds a pruned architecture
+    from the original builder. int8 weights are stored as their int8 data and scales (about 4x
+    smaller than float32); a tensor with many zeros as a bit mask plus its non-zero values, when
+    that is smaller. No Python object is pickled.
+
+    Args:
+        model: a model returned by :func:`prune`, :func:`sparsify`, :func:`quantize` (modes
+            ``"int8-weight"``, ``"int8-dynamic"``), or :func:`load_compressed`.
+        path: destination file.
+        metadata: more JSON-serialisable facts to store (accuracy, data set, ...).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: an ``"int8-static"`` model (a compiled graph: save the float model and
+            quantize again after loading), a model with pruning masks still attached, or a
+            model quantized by something other than :func:`quantize`.
+
+    Example:
+        >>> from warmstart.models import mlp
+        >>> from warmstart.compress import quantize
+        >>> quantized, _ = quantize(mlp(784, [64], 10), "int8-weight")
+        >>> save_compressed(quantized, "/tmp/mlp-int8.safetensors")
+        PosixPath('/tmp/mlp-int8.safetensors')
+    """
+    _check_savable(model)
+    tensors, encodings = {}, {}
+    for key, value in model.state_dict().items():
+        encodings[key] = _encode(key, value, tensors)
+    record = compression_record(model)
+    info = {"format": FORMAT, "record": record, "shapes": tensor_shapes(model), "encodings": encodings,
+            "model_class": type(model).__name__, "parameters": count_parameters(model)}
+    return save_weights(path, tensors, {**dict(metadata or {}), "compressed": info})
+
+
+def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Rebuild a model saved by :func:`save_compressed` from a float model of the original architecture.
+
+    Args:
+        path: the ``.safetensors`` file.
+        model: a float model built as the compressed one originally was (e.g.
+            ``small_cnn(width=16)``; its weights do not matter). It is left unchanged: a copy
+            is resized to the pruned shapes, quantized the same way and filled.
+
+    Returns:
+        The compressed model, outputs identical to the one saved.
+
+    Raises:
+        CheckpointError: a file that is not a compressed checkpoint, or was saved from another
+            architecture.
+        ConfigError: ``model`` is already quantized.
+
+    Example:
+        >>> from warmstart.models import mlp
+        >>> from warmstart.compress import prune
+        >>> pruned, _ = prune(mlp(784, [64], 10), torch.randn(1, 784), ratio=0.5)
+        >>> path = save_compressed(pruned, "/tmp/mlp-pruned.safetensors")
+        >>> load_compressed(path, mlp(784, [64], 10)).fc1[0].out_features  # rebuilt from the builder's model
+        32
+    """
+    tensors, metadata = load_weights(path)
+    info = metadata.get("compressed")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"'{path}' holds plain weights, not a model saved by save_compressed; load it with "
+                              f"warmstart.finetune.load_pretrained(model, path) or model.load_state_dict")
+    _check_float_template(model)
+    rebuilt = copy.deepcopy(model)
+    resize_to(rebuilt, info["shapes"])
+    _check_runs(rebuilt, info["record"], path)
+    mode = info["record"].get("quantized", {}).get("mode")
+    if mode is not None:
+        rebuilt, _, _ = _apply(rebuilt, mode, None, None)
+    _fill(rebuilt, tensors, info["encodings"], path)
+    setattr(rebuilt, RECORD_ATTRIBUTE, info["record"])
+    return rebuilt
+
+
+def describe_compressed(metadata: Mapping[str, Any]) -> str | None:
+    """A sentence saying what a checkpoint's metadata says was compressed, or ``None`` for plain weights.
+
+    For loaders of float weights, to refuse compressed checkpoints clearly.
+
+    Example:
+        >>> describe_compressed({}) is None
+        True
+    """
+    info = metadata.get("compressed")
+    if not isinstance(info, Mapping):
+        return None
+    record = info.get("record", {})
+    kinds = []
+    if "quantized" in record:
+        kinds.append(f"int8-quantized ({record['quantized']['mode']})")
+    if "pruned" in record:
+        kinds.append(f"pruned ({record['pruned']['params_after']:,} of {record['pruned']['params_before']:,} "
+                     f"parameters)")
+    if "sparsified" in record:
+        kinds.append(f"sparse ({record['sparsified']['sparsity']:.0%} zeros)")
+    what = " and ".join(kinds) or "compressed"
+    article = "an" if what[0] in "aeiou" else "a"
+    return (f"this checkpoint holds {article} {what} model; load it with "
+            f"warmstart.compress.load_compressed(path, model) where model is built as the original was")
+
+
+def _check_savable(model: nn.Module) -> None:
+    if isinstance(model, CompiledInt8Model):
+        raise ConfigError("an 'int8-static' model is a graph compiled for this machine and cannot be saved as weights; "
+                          "save the float (or pruned) model with save_compressed and call quantize(model, "
+                          "'int8-static', example_input, calibration=...) again after loading")
+    if has_masks(model):
+        raise ConfigError("the model still has torch pruning masks (weight_orig, weight_mask); call "
+                          "warmstart.compress.remove_masks(model) first")
+    quantized = any(_is_subclass(t) for t in model.state_dict().values())
+    if quantized and compression_record(model).get("quantized", {}).get("mode") not in TORCHAO_MODES:
+        raise ConfigError("the model holds quantized tensors that warmstart.compress.quantize did not make, so "
+                          "how to rebuild them is unknown; quantize the float model with warmstart.compress.quantize")
+
+
+def _check_float_template(model: nn.Module) -> None:
+    if isinstance(model, CompiledInt8Model) or any(_is_subclass(t) for t in model.state_dict().values()):
+        raise ConfigError("load_compressed needs a float model of the original architecture (as its builder makes "
+                          "it), not a quantized one: it quantizes the copy itself")
+
+
+def _is_subclass(tensor: torch.Tensor) -> bool:
+    return type(tensor) is not torch.Tensor and hasattr(tensor, "__tensor_flatten__")
+
+
+def _encode(key: str, value: torch.Tensor, tensors: dict[str, torch.Tensor]) -> str:
+    """Add ``value``'s stored pieces to ``tensors``; return how it is encoded."""
+    if _is_subclass(value):  # a torchao int8 weight: its int8 data and scales, by the subclass's own names
+        names, _ = value.__tensor_flatten__()
+        for name in names:
+            tensors[f"{key}{_SEPARATOR}{name}"] = getattr(value, name)
+        return "quantized:" + ",".join(names)
+    if _sparse_is_smaller(value):
+        nonzero = (value != 0).flatten().cpu()
+        tensors[f"{key}{_SEPARATOR}mask"] = torch.from_numpy(np.packbits(nonzero.numpy()))
+        tensors[f"{key}{_SEPARATOR}values"] = value.flatten()[nonzero.to(value.device)]
+        return "sparse"
+    tensors[key] = value
+    return "dense"
+
+
+def _sparse_is_smaller(value: torch.Tensor) -> bool:
+    if not value.is_floating_point() or value.numel() < 64:
+        return False
+    mask_bytes = (value.numel() + 7) // 8
+    return mask_bytes + int((value != 0).sum()) * value.element_size() < value.numel() * value.element_size()
+
+
+def _decode_sparse(tensors: Mapping[str, torch.Tensor], key: str, like: torch.Tensor) -> torch.Tensor:
+    nonzero = np.unpackbits(tensors[f"{key}{_SEPARATOR}mask"].numpy(), count=like.numel()).astype(bool)
+    dense = torch.zeros(like.numel(), dtype=like.dtype)
+    dense[torch.from_numpy(nonzero)] = tensors[f"{key}{_SEPARATOR}values"].to(like.dtype)
+    return dense.reshape(like.shape)
+
+
+@torch.no_grad()
+def _fill(model: nn.Module, tensors: Mapping[str, torch.Tensor], encodings: Mapping[str, str], path: Any) -> None:
+    """Copy the stored tensors into ``model``'s own (int8 pieces into the quantized weights' pieces)."""
+    state = model.state_dict()
+    if set(state) != set(encodings):
+        missing, extra = sorted(set(state) - set(encodings)), sorted(set(encodings) - set(state))
+        raise CheckpointError(f"'{path}' does not match the rebuilt model: missing {missing[:5]}, unexpected "
+                              f"{extra[:5]}; build the model as the compressed one originally was")
+    for key, target in state.items():
+        encoding = encodings[key]
+        if encoding.startswith("quantized:"):
+            for name in encoding.split(":", 1)[1].split(","):
+                getattr(target, name).copy_(tensors[f"{key}{_SEPARATOR}{name}"])
+        elif encoding == "sparse":
+            target.copy_(_decode_sparse(tensors, key, target))
+        else:
+            target.copy_(tensors[key])
+
+
+def _check_runs(model: nn.Module, record: Mapping[str, Any], path: Any) -> None:
+    """Run a pruned architecture once on zeros shaped like the example input, to fail here rather than later."""
+    shapes = record.get("pruned", {}).get("example_input_shapes")
+    if not shapes:
+        return
+    dtypes = record["pruned"].get("example_input_dtypes") or ["torch.float32"] * len(shapes)
+    inputs = [torch.zeros(shape, dtype=getattr(torch, dtype.removeprefix("torch.")))
+              for shape, dtype in zip(shapes, dtypes)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*inputs)
+    except Exception as err:  # whatever the forward raises means the rebuilt widths do not fit together
+        raise CheckpointError(f"the pruned architecture rebuilt from '{path}' does not run ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); a layer type whose width attributes "
+                              f"warmstart.compress cannot resize is involved") from err
+    finally:
+        model.train(was_training)
