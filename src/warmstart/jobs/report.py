@@ -49,7 +49,7 @@ def _write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2))
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend, or ``None`` when matplotlib is not installed."""
     try:
         import matplotlib
@@ -61,14 +61,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure as a PNG, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
     """Plot validation accuracy per epoch for each method; False when matplotlib is missing."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -80,14 +81,14 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
 
 def plot_bars(results: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
     """A bar chart of each model's test accuracy (the pretrained model's on its source); False without matplotlib."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     names = [n for n, r in results.items() if "accuracy" in r]
@@ -98,7 +99,7 @@ def plot_bars(results: dict[str, dict[str, Any]], path: Path, title: str) -> boo
     ax.invert_yaxis()
     ax.set(xlabel="test accuracy (%)", xlim=(0, 100), title=title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 

@@ -1,0 +1,192 @@
+"""``warmstart compress``: prune a trained model, recover it by distillation, quantize it, and compare sizes and speed."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from warmstart._run_dir import check_out_dir, run_lock
+from warmstart.checkpoint import atomic_path
+from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, save_config
+from warmstart.data import InMemoryLoader
+from warmstart.errors import ConfigError
+from warmstart.finetune import load_pretrained
+from warmstart.jobs.data import DataBundle, build_data
+from warmstart.jobs.schema import DataConfig, ModelConfig
+from warmstart.jobs.stages import build_job_model, resolve_seed
+
+QUANTIZE_MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static")
+
+
+@dataclasses.dataclass
+class CompressJob:
+    """``warmstart compress CONFIG``: the trained model made smaller and faster, beside a distilled student.
+
+    Attributes:
+        out_dir: the run folder (results.json, report.md, the compressed weights, a plot).
+        trainer: trainer settings of the recovery training (``max_epochs``, ``seed``, ``device``, ...).
+        data: the data the model was trained on; recovery distils on its whole training split
+            without labels (the unpruned model labels it) and on its labels for the comparison.
+        model: the trained model's architecture; ``weights`` its trained weights.
+        weights: e.g. ``runs/digits_transfer/finetune/recipe/finetuned.safetensors``.
+        student: a distilled student to compare with (``None`` to leave it out); ``student_weights``
+            its weights (``runs/digits_transfer/distill/student_distilled/student.safetensors``).
+        student_weights: the student's trained weights.
+        ratio: share of the parameters pruning removes.
+        importance: how pruning scores channels (see :func:`warmstart.compress.prune`).
+        optimizer: optimizer of the recovery training.
+        scheduler: schedule of the recovery training.
+        temperature: distillation temperature of the recovery.
+        quantize: int8 mode for the recovered model (``auto`` times each on the CPU and keeps a faster one).
+        latency_batch: the batch size latency is measured at.
+    """
+
+    out_dir: str = "runs/digits_compress"
+    trainer: TrainerConfig = dataclasses.field(default_factory=lambda: TrainerConfig(max_epochs=15, seed=0))
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(name="digits", shots=10, val_per_class=10,
+                                                                           batch_size=32, augment="digits"))
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 16}))
+    weights: str = "runs/digits_transfer/finetune/recipe/finetuned.safetensors"
+    student: ModelConfig | None = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 4}))
+    student_weights: str | None = "runs/digits_transfer/distill/student_distilled/student.safetensors"
+    ratio: float = 0.5
+    importance: str = "magnitude"
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
+    scheduler: SchedulerConfig | None = dataclasses.field(default_factory=SchedulerConfig)
+    temperature: float = 4.0
+    quantize: str = "auto"
+    latency_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise ConfigError(f"ratio is the share of parameters pruning removes, in (0, 1); got {self.ratio}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'")
+        if self.trainer.out_dir is not None:
+            raise ConfigError("warmstart compress takes the top-level out_dir, not trainer.out_dir")
+
+
+@dataclasses.dataclass
+class _Row:
+    name: str
+    model: nn.Module
+    accuracy: float
+    params: int
+    bytes: int
+    latency_ms: float
+
+
+def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Prune, recover (by distillation, and by fine-tuning for comparison), quantize; write the comparison.
+
+    Raises:
+        ConfigError: a weights file that does not exist yet (it names the command that writes it).
+    """
+    from warmstart.compress import count_parameters, measure_latency, prune, quantize, recover, save_compressed, \
+        tensor_bytes  # the compress extra: torch-pruning and torchao load on first use
+
+    for path in (job.weights, job.student_weights if job.student is not None else None):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"'{path}' does not exist: train it first (warmstart run configs/digits_transfer.yaml "
+                              "writes the fine-tuned model and the student), or point the config to your weights")
+    seed, out = resolve_seed(job), check_out_dir(job.out_dir)
+    with run_lock(out):
+        save_config(job, out / "job.yaml")
+        data = build_data(job.data, seed)
+        example = next(iter(data.test))[0][: job.latency_batch]
+        model = build_job_model(job.model, data, seed)
+        load_pretrained(model, job.weights)
+        rows: list[_Row] = []
+
+        def measure(name: str, net: nn.Module) -> _Row:
+            row = _Row(name, net, _accuracy(net, data), count_parameters(net), tensor_bytes(net),
+                       measure_latency(net, example))
+            rows.append(row)
+            if progress:
+                print(f"[warmstart compress] {name}: test accuracy {100 * accuracy:.1f}%, {row.params:,} parameters, "
+                      f"{row.bytes / 1e3:.1f} kB, {row.latency_ms:.2f} ms per batch of {len(example)}", flush=True)
+            return row
+
+        started = time.perf_counter()
+        measure("trained model", model)
+        pruned, report = prune(model, example[:2], ratio=job.ratio, importance=job.importance)
+        measure(f"pruned {report.achieved_ratio:.0%}, before recovery", copy.deepcopy(pruned))
+        options = _recovery_options(job, progress)
+        finetuned = copy.deepcopy(pruned)
+        recover(finetuned, data.train, method="finetune", **options)
+        measure("pruned + fine-tuning on the labels", finetuned)
+        transfer = InMemoryLoader(data.pool, None, batch_size=job.data.batch_size, shuffle=True, seed=seed,
+                                  transform=data.train.transform)
+        recover(pruned, transfer, teacher=model, method="distill", temperature=job.temperature, alpha=1.0, **options)
+        distilled = measure("pruned + distillation from the trained model", pruned)
+        calibration = [(x,) for x, *_ in data.train.clone(transform=None, shuffle=False)]
+        quantized, q_report = quantize(distilled.model, job.quantize, example, calibration=calibration)
+        measure(f"pruned + distilled + {q_report.mode}", quantized)
+        if job.student is not None:
+            student = build_job_model(job.student, data, seed)
+            load_pretrained(student, job.student_weights)
+            measure("distilled student (warmstart run)", student)
+        save_compressed(distilled.model, out / "pruned_distilled.safetensors")
+        results = {row.name: {"accuracy": round(row.accuracy, 4), "params": row.params, "bytes": row.bytes,
+                              "latency_ms": round(row.latency_ms, 3)} for row in rows}
+        results["total"] = {"seconds": round(time.perf_counter() - started, 1), "quantize_note": q_report.note,
+                            "pruned_ratio": round(report.achieved_ratio, 4)}
+        _write(out, job, results)
+    return results
+
+
+def _recovery_options(job: CompressJob, progress: bool) -> dict[str, Any]:
+    trainer = dataclasses.replace(job.trainer, progress=job.trainer.progress and progress)
+    return {"epochs": trainer.max_epochs, "optimizer": dataclasses.asdict(job.optimizer),
+            "config": trainer, "scheduler": None if job.scheduler is None else dataclasses.asdict(job.scheduler)}
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, data: DataBundle) -> float:
+    """Test accuracy in eval mode (also of a compiled int8 graph, which a Trainer cannot hold)."""
+    model.eval()
+    correct = total = 0
+    for x, y in data.test:
+        correct += int((model(x).argmax(-1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def _write(out: Path, job: CompressJob, results: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    from warmstart.jobs.report import pyplot, save_figure
+
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    rows = {k: v for k, v in results.items() if "accuracy" in v}
+    lines = ["# warmstart compress report", "",
+             f"`{job.model.name}` {job.model.args} from `{job.weights}`, pruned to {1 - job.ratio:.0%} of its "
+             f"parameters, recovered for {job.trainer.max_epochs} epochs, quantized ({job.quantize}). Accuracy on the "
+             f"test split of `{job.data.name}`; latency: median ms per batch of {job.latency_batch} on the CPU.", "",
+             "| model | test accuracy (%) | parameters | size (kB) | latency (ms) |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {100 * r['accuracy']:.1f} | {r['params']:,} | {r['bytes'] / 1e3:.1f} | {r['latency_ms']:.2f} |"
+              for name, r in rows.items()]
+    lines += ["", results["total"]["quantize_note"], ""]
+    plt = pyplot()
+    if plt is not None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, key, label in ((axes[0], "bytes", "size (kB)"), (axes[1], "latency_ms", "latency (ms per batch)")):
+            for name, r in rows.items():
+                ax.scatter(r[key] / (1e3 if key == "bytes" else 1), 100 * r["accuracy"], label=name)
+            ax.set(xlabel=label, ylabel="test accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7)
+        fig.suptitle("Accuracy against size and CPU latency")
+        fig.tight_layout()
+        save_figure(fig, out / "tradeoff.png")
+        plt.close(fig)
+        lines += ["![Accuracy against size and CPU latency](tradeoff.png)", ""]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))

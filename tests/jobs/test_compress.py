@@ -1,0 +1,47 @@
+"""``warmstart compress``: prune, recover two ways, quantize, and compare with a student, on tiny fake data."""
+
+import json
+
+import pytest
+import torch
+
+import warmstart as ws
+from warmstart.errors import ConfigError
+from warmstart.jobs.compress import CompressJob, run_compress
+from warmstart.jobs.data import build_data
+from warmstart.jobs.schema import DataConfig, ModelConfig
+from warmstart.jobs.stages import build_job_model
+
+pytest.importorskip("torch_pruning")
+pytest.importorskip("torchao")
+DATA = DataConfig(name="fake", fake_size=64, fake_classes=4, batch_size=16, val_per_class=2)
+
+
+def _trained(tmp_path, width: int, name: str) -> str:
+    data = build_data(DATA, seed=0)
+    model = build_job_model(ModelConfig(args={"width": width}), data, seed=0)
+    ws.Trainer(model, max_epochs=1, progress=False, seed=0).fit(data.train)
+    return str(ws.pretrain.save_pretrained(model, tmp_path / name))
+
+
+def test_the_compress_job_writes_its_comparison(tmp_path):
+    job = CompressJob(out_dir=str(tmp_path / "run"), data=DATA, model=ModelConfig(args={"width": 8}),
+                      weights=_trained(tmp_path, 8, "model.safetensors"), student=ModelConfig(args={"width": 2}),
+                      student_weights=_trained(tmp_path, 2, "student.safetensors"), quantize="int8-weight",
+                      latency_batch=8, trainer=ws.TrainerConfig(max_epochs=1, seed=0, progress=False))
+    results = run_compress(job, progress=False)
+    names = [n for n in results if n != "total"]
+    assert names[0] == "trained model" and "pruned + distillation from the trained model" in names
+    assert names[-1] == "distilled student (warmstart run)" and any("int8-weight" in n for n in names)
+    pruned = results["pruned + distillation from the trained model"]
+    assert pruned["params"] < 0.6 * results["trained model"]["params"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+    assert (tmp_path / "run" / "pruned_distilled.safetensors").is_file() and (tmp_path / "run" / "report.md").is_file()
+    assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_weights_name_the_command_that_writes_them(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist: train it first \\(warmstart run configs/digits_transfer.yaml"):
+        run_compress(CompressJob(out_dir=str(tmp_path), weights=str(tmp_path / "nope.safetensors")))
+    with pytest.raises(ConfigError, match="share of parameters pruning removes"):
+        CompressJob(ratio=1.5)
