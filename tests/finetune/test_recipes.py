@@ -80,3 +80,15 @@ def test_bad_recipe_arguments_are_named():
         fine_tune(small_cnn(width=4), _batches(), optimizer={"name": "sgd"}, lr=0.1, progress=False)
     with pytest.raises(ConfigError, match="keep_head=True, but the head has 10 outputs and the task 3 classes"):
         fine_tune(small_cnn(width=4), _batches(), num_classes=3, keep_head=True, progress=False)
+
+
+def test_a_new_task_gets_a_new_head_even_with_the_same_class_count():
+    torch.manual_seed(0)
+    model = small_cnn(num_classes=3, width=4)
+    old_head = model.head.weight.detach().clone()
+    fine_tune(model, _batches(), num_classes=3, epochs=1, select=False, freeze_epochs=0, progress=False)
+    assert not torch.allclose(model.head.weight, old_head, atol=0.05)  # replaced (N(0, 0.01)), then trained
+    kept = small_cnn(num_classes=3, width=4)
+    before = kept.head
+    fine_tune(kept, _batches(), num_classes=3, keep_head=True, epochs=1, select=False, freeze_epochs=0, progress=False)
+    assert kept.head is before
