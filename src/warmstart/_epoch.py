@@ -136,14 +136,14 @@ class DeviceChecks:
     def update(self, name: str, value: torch.Tensor, *, error: Callable[[float], Exception | None],
                lowest: bool = False) -> None:
         """Keep the running maximum (``lowest``: minimum) of ``value`` under ``name``."""
-        value = value.detach().float()
-        previous = self.values.get(name)
+        previous = self.values.get(name)  # one kernel per step: no dtype conversion until the read
         if previous is not None:
             value = torch.minimum(previous, value) if lowest else torch.maximum(previous, value)
-        self.values[name] = value
-        self.errors[name] = error
-        if lowest:
-            self.lowest.add(name)
+        self.values[name] = value.detach()
+        if previous is None:
+            self.errors[name] = error
+            if lowest:
+                self.lowest.add(name)
 
     def take(self) -> tuple[tuple[str, ...], torch.Tensor | None]:
         """The names (sorted) and their values as one tensor, minima negated so that every entry reduces by max.
@@ -153,7 +153,7 @@ class DeviceChecks:
         names = tuple(sorted(self.values))
         if not names:
             return names, None
-        stacked = torch.stack([-self.values[n] if n in self.lowest else self.values[n] for n in names])
+        stacked = torch.stack([-self.values[n].float() if n in self.lowest else self.values[n].float() for n in names])
         self.values = {}
         return names, stacked
 

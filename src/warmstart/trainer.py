@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart import distributed
-from warmstart._batches import Batch, classification_sums, is_classification, split_batch, target_of
+from warmstart._batches import Batch, classification_sums, is_classification, run_model, split_batch, target_of
 from warmstart._epoch import DeviceChecks, EpochState, accumulation_windows
 from warmstart._progress import ProgressReporter
 from warmstart._resume import restore
@@ -42,6 +43,10 @@ class Trainer:
     loss, backward), and every ``accumulate`` micro-batches one optimizer step. Losses and checks
     (labels in range, ...) stay on the device and are read every ``log_every`` steps; a checkpoint
     is written every epoch.
+
+    Batches are ``(inputs, target, ...)`` tuples, dicts with ``input``/``target`` keys, or dicts of
+    tokenized text (``input_ids``, ``attention_mask``, ``labels``: see :func:`warmstart.data.text_loader`),
+    which the model gets as keyword arguments; a Hugging Face model's output gives its ``.logits``.
 
     Overridable methods, called directly by name (the library's own trainers override these):
 
@@ -291,11 +296,14 @@ class Trainer:
     def compute_loss(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
         """Forward pass and loss: ``loss_fn(model(inputs), target)``.
 
+        A text batch (a dict with ``input_ids``, ``attention_mask`` and ``labels``) is passed as
+        ``model(input_ids=..., attention_mask=...)``; a Hugging Face output gives its ``.logits``.
+
         Returns:
             ``{"loss": scalar, "output": model output}``; overrides may add scalar terms to log.
         """
         inputs, target = split_batch(batch)
-        output = self.model(inputs)
+        output = run_model(self.model, inputs)
         target = self.check_targets(output, target)
         return {"loss": self.loss_fn(output, target), "output": output}
 
@@ -393,19 +401,7 @@ class Trainer:
         if not is_classification(output, target):
             return target
         classes = output.shape[-1]
-
-        def too_high(value: float) -> DataError | None:
-            if value < classes:
-                return None
-            return DataError(f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has "
-                             f"label {value:g}. Give the model {int(value) + 1} outputs (e.g. warmstart.finetune."
-                             f"swap_head(model, num_classes={int(value) + 1})) or remap the labels.")
-
-        def too_low(value: float) -> DataError | None:
-            return None if value >= 0 else DataError(
-                f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has label "
-                f"{value:g}; class indices cannot be negative. Remap the labels to 0..{classes - 1}.")
-
+        too_high, too_low = _label_errors(classes)
         low, high = torch.aminmax(target)
         self.checks.update("label_max", high, error=too_high)
         self.checks.update("label_min", low, error=too_low, lowest=True)
@@ -767,6 +763,25 @@ class Trainer:
     def _no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation window."""
         return self._ddp.no_sync() if enabled and self._ddp is not None else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=64)
+def _label_errors(classes: int) -> tuple[Callable[[float], DataError | None], Callable[[float], DataError | None]]:
+    """The checks of the largest and smallest label for a model with ``classes`` outputs (built once per count)."""
+
+    def too_high(value: float) -> DataError | None:
+        if value < classes:
+            return None
+        return DataError(f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has "
+                         f"label {value:g}. Give the model {int(value) + 1} outputs (e.g. warmstart.finetune."
+                         f"swap_head(model, num_classes={int(value) + 1})) or remap the labels.")
+
+    def too_low(value: float) -> DataError | None:
+        return None if value >= 0 else DataError(
+            f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has label "
+            f"{value:g}; class indices cannot be negative. Remap the labels to 0..{classes - 1}.")
+
+    return too_high, too_low
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
