@@ -60,3 +60,26 @@ def mnist_pretrained() -> dict:
     accuracy = trainer.evaluate(InMemoryLoader(source.test, batch_size=500))["accuracy"]
     return {"state_dict": {k: v.clone() for k, v in model.state_dict().items()}, "source": source,
             "target": target, "source_accuracy": accuracy}
+
+
+def make_images(n: int = 40, seed: int = 0) -> TensorDataset:
+    """Small 1x12x12 images in 4 classes (the mean's sign and the centre pixel's), for the distillation tests."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 12, 12, generator=g)
+    return TensorDataset(x, (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 6, 6] > 0).long())
+
+
+def make_teacher() -> nn.Module:
+    """A (randomly initialised) CNN teacher for ``make_images``."""
+    from warmstart.models import small_cnn
+
+    torch.manual_seed(1)
+    return small_cnn(num_classes=4, width=8)
+
+
+def make_student() -> nn.Module:
+    """An MLP student for ``make_images``."""
+    from warmstart.models import mlp
+
+    torch.manual_seed(2)
+    return mlp(144, [8], 4)

@@ -7,30 +7,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import make_images, make_student, make_teacher
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from warmstart.data import InMemoryLoader
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.distill.cache import SampleFingerprint, TeacherCache
 from warmstart.errors import CheckpointError, ConfigError, DataError
-from warmstart.models import mlp, small_cnn
 
 
-def _images(n: int = 40, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 12, 12, generator=g)
-    return TensorDataset(x, (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 6, 6] > 0).long())
-
-
-def _teacher() -> nn.Module:
-    torch.manual_seed(1)
-    return small_cnn(num_classes=4, width=8)
-
-
-def _student() -> nn.Module:
-    torch.manual_seed(2)
-    return mlp(144, [8], 4)
+_images, _teacher, _student = make_images, make_teacher, make_student
 
 
 def _distil(loader, path, **options) -> DistillTrainer:

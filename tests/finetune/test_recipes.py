@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from warmstart.data import InMemoryLoader
 from warmstart.errors import ConfigError, DataError

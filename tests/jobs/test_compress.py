@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import warmstart as ws
 from warmstart.errors import ConfigError
