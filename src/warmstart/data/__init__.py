@@ -1,4 +1,4 @@
-"""Data: bundled offline real data sets, an in-memory loader, augmentation presets and torchvision sets.
+"""Data: bundled offline real data sets (images and text), an in-memory loader, augmentation and torchvision sets.
 
 Names are imported on first use, so the loaders do not load torchvision until augmentation or a
 torchvision data set is asked for.
@@ -18,6 +18,8 @@ _EXPORTS = {
                                                    "mnist5k", "per_class_split", "upsample_digits")},
     **{name: "warmstart.data.loaders" for name in ("InMemoryLoader", "WithIndex", "dataset_tensors", "rebuild_loader",
                                                    "split_loader")},
+    **{name: "warmstart.data.text" for name in ("CharNgramTokenizer", "PadBatch", "TextSet", "TextSplits",
+                                                "TokenizedText", "labelled_split", "text_loader", "vader_lexicon")},
     **{name: "warmstart.data.torchvision_sets" for name in ("TORCHVISION_SETS", "cache_dir", "image_folder_splits",
                                                             "torchvision_splits")},
 }
@@ -30,4 +32,6 @@ if TYPE_CHECKING:
                                         few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
                                         upsample_digits)
     from warmstart.data.loaders import InMemoryLoader, WithIndex, dataset_tensors, rebuild_loader, split_loader
+    from warmstart.data.text import (CharNgramTokenizer, PadBatch, TextSet, TextSplits, TokenizedText, labelled_split,
+                                     text_loader, vader_lexicon)
     from warmstart.data.torchvision_sets import TORCHVISION_SETS, cache_dir, image_folder_splits, torchvision_splits

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from warmstart import distributed
-from warmstart._batches import classification_sums, split_batch
+from warmstart._batches import classification_sums, run_model, split_batch
 from warmstart._runtime import move_to_device
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, WithIndex, rebuild_loader
@@ -43,7 +43,10 @@ class DistillTrainer(Trainer):
     changed, moved or randomly varying samples raise a :class:`DataError`. Random augmentation is
     therefore refused; wrap the data in :class:`warmstart.distill.AugmentedViews` to cache a fixed
     number of augmented views per sample instead. Unlabelled batches ``(x,)`` (a transfer set that
-    the teacher labels, e.g. ``InMemoryLoader(images, None)``) need ``alpha=1``.
+    the teacher labels, e.g. ``InMemoryLoader(images, None)``) need ``alpha=1``. Text batches
+    (dicts of ``input_ids``, ``attention_mask``, ``labels``) work when student and teacher share
+    the tokenizer; for a student with its own tokenizer, give it the teacher's probabilities as
+    ``soft_labels`` and train it with :class:`warmstart.distill.SoftLabelTrainer`.
 
     Overrides ``compute_loss``, ``validation_step``, ``prepare_loader``, ``on_before_optimizer_step``,
     ``extra_state``/``load_extra_state`` and ``weights_metadata``.
@@ -107,7 +110,7 @@ class DistillTrainer(Trainer):
         float64 teacher) gets the inputs cast to its dtype; its logits are compared in float32.
         """
         with torch.no_grad():
-            return [model(_as_dtype_of(model, inputs)) for model in self.teachers]
+            return [run_model(model, _as_dtype_of(model, inputs)) for model in self.teachers]
 
     def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]:
         if self.cache is not None:  # indexed batches: (x, y, rows) or, unlabelled, (x, rows)
@@ -118,7 +121,7 @@ class DistillTrainer(Trainer):
         else:
             inputs, target = split_batch(batch, require_target=False)  # unlabelled (x,): the teacher labels it
             teacher = self.teacher_logits(inputs)
-        student_logits = self.model(inputs)
+        student_logits = run_model(self.model, inputs)
         for logits in teacher:
             check_logits(student_logits, logits)
         if target is not None:
@@ -149,7 +152,7 @@ class DistillTrainer(Trainer):
         """The student alone: cross-entropy as ``loss``, and accuracy."""
         inputs, target = split_batch(batch)
         with self.autocast():
-            output = self.model(inputs)
+            output = run_model(self.model, inputs)
             loss = self.loss_fn(output, self.check_targets(output, target))
         return classification_sums(output, target, {"loss": loss}, self.device)
 
@@ -178,8 +181,8 @@ class DistillTrainer(Trainer):
         was_training = self.unwrapped_model.training
         self.unwrapped_model.eval()
         with self.autocast():
-            self.unwrapped_model(inputs)
-            self.teachers[0](inputs)
+            run_model(self.unwrapped_model, inputs)
+            run_model(self.teachers[0], inputs)
         self.unwrapped_model.train(was_training)
         for i, hint in enumerate(self.hints):
             try:

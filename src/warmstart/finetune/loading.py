@@ -94,7 +94,8 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, A
 
     Raises:
         CheckpointError: backbone weights are missing, have other shapes or have no place in the
-            model (the keys are listed), or the file is not a readable weight file.
+            model (the keys are listed), the file is not a readable weight file, or it is a LoRA
+            adapter (use :func:`warmstart.finetune.load_adapter`).
 
     Example:
         >>> from torchvision.models import resnet18
@@ -105,6 +106,9 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         (120, ['fc.weight', 'fc.bias'])
     """
     tensors, metadata = load_weights(source)
+    if isinstance(metadata.get("lora"), dict):
+        raise CheckpointError(f"'{_name(source)}' is a LoRA adapter (adapters and head, without the base model's "
+                              "weights): load it onto its base model with warmstart.finetune.load_adapter(model, path)")
     tensors, renamed = strip_prefixes(tensors)
     try:
         info = find_head(model, head)

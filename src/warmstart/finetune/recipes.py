@@ -18,7 +18,7 @@ from warmstart import distributed
 from warmstart.config import OptimizerConfig
 from warmstart.data.loaders import split_loader
 from warmstart.errors import ConfigError
-from warmstart.finetune.strategies import Full, LinearProbe, Partial, Strategy
+from warmstart.finetune.strategies import Full, LinearProbe, LoRA, Partial, Strategy, make_strategy
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.heads import find_head, swap_head
 
@@ -82,8 +82,8 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
               optimizer: OptimizerConfig | Mapping[str, Any] | None = None, lr: float | None = None,
               weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
-              proximal: float | None = None, head: str | None = None, keep_head: bool = False,
-              out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
+              proximal: float | None = None, lora: Mapping[str, Any] | None = None, head: str | None = None,
+              keep_head: bool = False, out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call, choosing how by validation accuracy.
 
     With ``select=True`` (the default) each candidate of :func:`default_candidates` (freeze depth,
@@ -98,6 +98,11 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     With ``select=False``, the fastai-style recipe runs once: ``freeze_epochs`` epochs of linear
     probe, then every layer with the head at ``lr`` and backbone group ``i`` of ``G`` at
     ``lr * layer_decay ** (G - i)`` (or ``lr * backbone_lr_mult`` when ``layer_decay`` is None).
+
+    With ``lora={"r": 8, "alpha": 16, "targets": "auto", "dropout": 0.05}`` (or ``{}`` for these
+    defaults) the model is fine-tuned with LoRA adapters instead, in one phase of ``epochs``: the
+    adapters and the new head train, the backbone stays frozen (``result.choice == "lora"``; no
+    selection). A single candidate in ``candidates`` is likewise trained without scoring.
 
     Every run uses the same optimizer (AdamW, lr 3e-3, weight decay 0.01 unless ``optimizer`` says
     otherwise; no decay on biases and norms), a cosine schedule (a 5% warmup in the main phase
@@ -121,7 +126,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         layer_decay: learning-rate decay per layer group from the head down.
         backbone_lr_mult: backbone learning-rate multiplier when ``layer_decay`` is None.
         label_smoothing: label smoothing of the cross-entropy.
-        proximal: ``lam`` of a proximal term toward the pretrained weights in the main phase.
+        proximal: ``lam`` of a proximal term toward the pretrained weights in the main phase
+            (under LoRA, toward the adapters' starting values).
+        lora: LoRA options: fine-tune with adapters (see :class:`warmstart.finetune.LoRA`).
         head: module path of the head (found automatically when omitted).
         keep_head: keep the model's head even though ``num_classes`` is given.
         out_dir: folder for the final training's checkpoints and logs (``probe/`` and ``full/``).
@@ -148,12 +155,19 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     run = functools.partial(_train, optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing,
                             proximal=proximal, head=head, trainer_kwargs=trainer_kwargs)
     fixed = Candidate("recipe", freeze_epochs, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))
-    if not select:
+    if lora is not None:
+        candidates = [Candidate("lora", 0, make_strategy("lora", dict(lora)))]
+    elif not select:
         history, trainer = run(model, fixed, train_loader, val_loader, epochs, out_dir)
         return FineTuneResult(model=model, history=history, trainer=trainer)
     choices = candidates if candidates is not None else default_candidates(layer_decay)
     if not choices:
         raise ConfigError("fine_tune(select=True) needs at least one candidate")
+    if len(choices) == 1:  # nothing to choose between
+        if not choices[0].pretrained:
+            _reinitialise(model)
+        history, trainer = run(model, choices[0], train_loader, val_loader, epochs, out_dir)
+        return FineTuneResult(model=model, history=history, trainer=trainer, choice=choices[0].name)
     fit_on, score_on = (train_loader, val_loader) if val_loader is not None else split_loader(
         train_loader, val_fraction, seed=0)
     scores = {c.name: _score(run, model, c, fit_on, score_on, max(1, epochs // 2)) for c in choices}
@@ -212,6 +226,8 @@ def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs:
 def _describe(strategy: Strategy) -> str:
     if isinstance(strategy, LinearProbe):
         return "the head alone"
+    if isinstance(strategy, LoRA):
+        return f"LoRA adapters r={strategy.r}, alpha={strategy.alpha} on a frozen backbone, and the head"
     frozen = f"first {strategy.k} layer group(s) frozen, " if isinstance(strategy, Partial) else ""
     rates = (f"layer-wise lr decay {strategy.layer_decay}" if strategy.layer_decay is not None
              else f"backbone lr x{strategy.backbone_lr_mult}")

@@ -118,17 +118,53 @@ class Gradual(Strategy):
         return min(num_groups, 1 + (epoch - self.head_epochs) // self.unfreeze_every)
 
 
+@dataclasses.dataclass
+class LoRA(Strategy):
+    """Low-rank adapters (LoRA, through peft): the backbone stays frozen, adapters and the head train.
+
+    Each target layer ``W`` computes ``W x + (alpha / r) * B A dropout(x)``; only ``A`` and ``B``
+    (and the head, in full) are trained, at ``lr * backbone_lr_mult``. See
+    :func:`warmstart.finetune.add_lora`.
+
+    Attributes:
+        r: rank of the adapters.
+        alpha: scaling numerator.
+        targets: ``"auto"`` (attention and MLP layers of a transformer; Linear and Conv layers of
+            other models) or module names / dotted suffixes such as ``["query", "value"]``.
+        dropout: dropout on the adapters' inputs.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    targets: str | list[str] = "auto"
+    dropout: float = 0.05
+    name = "lora"
+
+    def trainable(self, epoch: int, num_groups: int) -> int:
+        return 0
+
+
 STRATEGIES: dict[str, type[Strategy]] = {"linear_probe": LinearProbe, "partial": Partial, "full": Full,
-                                         "gradual": Gradual}
+                                         "gradual": Gradual, "lora": LoRA}
 
 
-def make_strategy(spec: str | Strategy | dict[str, Any]) -> Strategy:
+def make_strategy(spec: str | Strategy | dict[str, Any], lora: dict[str, Any] | None = None) -> Strategy:
     """A strategy from its name (with default options), a dict ``{"name": ..., **options}`` or an instance.
+
+    ``lora`` holds the options of ``"lora"`` (``r``, ``alpha``, ``targets``, ``dropout``) as a
+    separate dict, the way :class:`FinetuneTrainer` and :func:`fine_tune` take them.
+
+    Raises:
+        ConfigError: an unknown strategy or option, or ``lora`` options for another strategy.
 
     Example:
         >>> make_strategy({"name": "gradual", "unfreeze_every": 2})
         Gradual(backbone_lr_mult=0.1, layer_decay=None, head_epochs=1, unfreeze_every=2)
+        >>> make_strategy("lora", lora={"r": 4}).r
+        4
     """
+    if lora is not None:
+        return _with_lora_options(spec, lora)
     if isinstance(spec, Strategy):
         return spec
     options: dict[str, Any] = {}
@@ -143,3 +179,11 @@ def make_strategy(spec: str | Strategy | dict[str, Any]) -> Strategy:
         if key not in valid:
             raise ConfigError(f"strategy '{spec}' has no option '{key}'{nearest(key, valid)}; options: {', '.join(valid)}")
     return cls(**options)
+
+
+def _with_lora_options(spec: str | Strategy | dict[str, Any], lora: dict[str, Any]) -> Strategy:
+    name = spec.name if isinstance(spec, Strategy) else spec.get("name") if isinstance(spec, dict) else spec
+    if name != "lora" or isinstance(spec, Strategy):
+        raise ConfigError(f"lora={lora} gives LoRA options, but the strategy is {spec!r}: use strategy='lora' with "
+                          "lora={...}, or a LoRA(...) strategy without lora=")
+    return make_strategy({**(spec if isinstance(spec, dict) else {"name": "lora"}), **lora})

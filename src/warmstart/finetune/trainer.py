@@ -1,9 +1,11 @@
-"""FinetuneTrainer: the Trainer with a transfer strategy, discriminative learning rates and cached features."""
+"""FinetuneTrainer: the Trainer with a transfer strategy (LoRA too), discriminative learning rates and cached features."""
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from warmstart import distributed
+from warmstart._batches import run_model
 from warmstart._runtime import move_to_device
 from warmstart.config import OptimizerConfig
 from warmstart.optim import param_groups_weight_decay
@@ -20,7 +23,9 @@ from warmstart.distributed import ShardSampler
 from warmstart.errors import ConfigError
 from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
                                          restore_frozen_state, unfreeze_batchnorm)
-from warmstart.finetune.strategies import LinearProbe, Partial, Strategy, make_strategy
+from warmstart.finetune.lora import (LoraInfo, adapter_parameter_names, adapter_state_dict, add_lora, lora_info,
+                                     lora_metadata)
+from warmstart.finetune.strategies import LinearProbe, LoRA, Partial, Strategy, make_strategy
 from warmstart.heads import find_head, head_parameter_names, swap_head
 from warmstart.proximal import Anchor, ProximalTerm, check_lam
 from warmstart.trainer import Trainer, split_batch
@@ -60,13 +65,25 @@ class FinetuneTrainer(Trainer):
     With ``"linear_probe"`` (and ``cache_features``), the frozen backbone runs once over each
     loader, without augmentation, and the head trains on the cached features.
 
+    With ``"lora"`` (options in ``lora={"r": 8, "alpha": 16, "targets": "auto", "dropout": 0.05}``)
+    peft's LoRA adapters are injected into the model in place (:func:`warmstart.finetune.add_lora`;
+    a model that has adapters already, e.g. from :func:`load_adapter`, trains those): the backbone
+    stays frozen, the adapters train at ``lr * backbone_lr_mult`` and the head in full at ``lr``.
+    ``last.safetensors`` (and :meth:`save_weights`) then hold only the adapters and the head, with
+    the base model's identity (:func:`warmstart.finetune.load_adapter` refuses another base);
+    ``last.pt`` holds the full training state, so ``fit(resume="last")`` is exact as for any run.
+    :func:`warmstart.finetune.merge_lora` folds the adapters in for deployment.
+
     ``proximal=lam`` adds the proximal term toward the pretrained weights (the model as training
     starts, head excluded), as in :class:`warmstart.pretrain.ProximalTrainer`: the data loss is
     multiplied by ``lam`` and ``w - w0`` is added to the gradients (or the prox step is applied).
+    With LoRA the anchored weights are the adapters (``B`` starts at zero), so the term keeps the
+    update ``(alpha / r) B A`` small.
 
     Overrides ``compute_loss`` (features or inputs), ``prepare_loader`` (the feature cache),
     ``configure_param_groups``, ``backward``, ``on_before/after_optimizer_step``,
-    ``on_train_epoch_start`` and ``extra_state``/``load_extra_state``.
+    ``on_train_epoch_start``, ``extra_state``/``load_extra_state``, ``weights_metadata`` and
+    ``save_weights`` (adapters and head alone under LoRA).
 
     Args:
         model: the pretrained model, its head already swapped for the task (:func:`swap_head`).
@@ -74,6 +91,7 @@ class FinetuneTrainer(Trainer):
             the head's) or an optimizer instance (its groups are used as they are).
         loss_fn: as for :class:`warmstart.Trainer`.
         strategy: a strategy name, a dict ``{"name": ..., **options}`` or a :class:`Strategy`.
+        lora: the options of ``strategy="lora"``: ``r``, ``alpha``, ``targets``, ``dropout``.
         head: module path of the head (found automatically when omitted).
         groups: explicit layer groups, each a pattern or list of patterns over module names.
         train_bn: keep BatchNorm layers training inside frozen groups.
@@ -91,12 +109,14 @@ class FinetuneTrainer(Trainer):
     """
 
     def __init__(self, model: nn.Module, optimizer: Any = None, loss_fn: Any = None, *,
-                 strategy: str | Strategy | dict[str, Any] = "full", head: str | None = None,
-                 groups: Sequence[str | Sequence[str]] | None = None, train_bn: bool = False,
+                 strategy: str | Strategy | dict[str, Any] = "full", lora: Mapping[str, Any] | None = None,
+                 head: str | None = None, groups: Sequence[str | Sequence[str]] | None = None, train_bn: bool = False,
                  proximal: float | None = None, proximal_mode: str = "penalty", beta: float = 0.0, **kwargs: Any):
-        self.strategy = make_strategy(strategy)
+        self.strategy = make_strategy(strategy, None if lora is None else dict(lora))
         self.head_info = find_head(model, head)
         self.head_names = head_parameter_names(model, head)
+        self.lora = self._attach_lora(model, head)
+        self._adapters = set() if self.lora is None else set(adapter_parameter_names(model))
         self.train_bn = train_bn
         self._bn_params = {id(p) for m in model.modules() if isinstance(m, _BATCHNORM) for p in m.parameters(recurse=False)}
         self.backbone = _backbone_groups(model, groups, set(self.head_names))
@@ -114,6 +134,16 @@ class FinetuneTrainer(Trainer):
 
     # ------------------------------------------------------------------ groups and freezing
 
+    def _attach_lora(self, model: nn.Module, head: str | None) -> LoraInfo | None:
+        """LoRA adapters for the LoRA strategy: the model's own if it has them, else new ones."""
+        if not isinstance(self.strategy, LoRA):
+            return None
+        existing = lora_info(model)
+        if existing is not None:
+            return existing
+        s = self.strategy
+        return add_lora(model, r=s.r, alpha=s.alpha, targets=s.targets, dropout=s.dropout, head=head)
+
     def _apply_trainable(self, model: nn.Module, n: int) -> None:
         """Train the top ``n`` backbone groups and the head; freeze the rest (BatchNorm included)."""
         cut = len(self.backbone) - n
@@ -128,7 +158,7 @@ class FinetuneTrainer(Trainer):
                             unfreeze_batchnorm(sub, training=model.training)
             for param in group.parameters():
                 param.requires_grad_(not frozen or (self.train_bn and id(param) in self._bn_params))
-        names = set(self.head_names)
+        names = set(self.head_names) | self._adapters
         for name, param in model.named_parameters():
             if name in names:
                 param.requires_grad_(True)
@@ -141,6 +171,11 @@ class FinetuneTrainer(Trainer):
         """
         head = [(n, p) for n, p in self.unwrapped_model.named_parameters() if n in set(self.head_names)]
         groups = param_groups_weight_decay(head, config.weight_decay, lr=config.lr, name="head")
+        if self.lora is not None:
+            adapters = [(n, p) for n, p in self.unwrapped_model.named_parameters() if n in self._adapters]
+            anchored = self._adapters if self._proximal_settings is not None else set()
+            groups += param_groups_weight_decay(adapters, config.weight_decay, no_decay=anchored, name="lora",
+                                                lr=config.lr * self.strategy.backbone_lr_mult)
         for index in reversed(range(len(self.backbone) - self.num_trainable, len(self.backbone))):
             groups += self._group_for(index, config.lr, config.weight_decay)
         return groups
@@ -158,10 +193,14 @@ class FinetuneTrainer(Trainer):
         if wanted > self.num_trainable:
             self._thaw(wanted)
         if self._proximal_settings is not None:
-            if self.proximal is None:  # w0: the pretrained weights as training starts; the head has none
-                anchor = Anchor.from_model(self.unwrapped_model, exclude=self.head_names).to(self.device)
-                self.proximal = ProximalTerm(self.unwrapped_model, anchor, *self._proximal_settings)
+            if self.proximal is None:  # w0: the pretrained weights (or new adapters) as training starts; not the head
+                self.proximal = ProximalTerm(self.unwrapped_model, self._anchor(), *self._proximal_settings)
             self.proximal.refresh(self.optimizer)
+
+    def _anchor(self) -> Anchor:
+        if self.lora is not None:  # the base is frozen: only the adapters move
+            return Anchor({n: p for n, p in self.unwrapped_model.named_parameters() if n in self._adapters}).to(self.device)
+        return Anchor.from_model(self.unwrapped_model, exclude=self.head_names).to(self.device)
 
     def _thaw(self, wanted: int) -> None:
         """Unfreeze backbone groups up to ``wanted`` from the top and give each an optimizer group."""
@@ -241,7 +280,7 @@ class FinetuneTrainer(Trainer):
             for batch in _without_augmentation(loader):
                 inputs, target = split_batch(move_to_device(batch, self.device, self.config.channels_last))
                 with self.autocast():
-                    output = self.unwrapped_model(inputs)
+                    output = run_model(self.unwrapped_model, inputs)
                 head_input, head_output = captured.pop()
                 if not features and output is not head_output:
                     warnings.warn(f"the head '{self.head_info.name}' is not the model's last step, so its features "
@@ -256,6 +295,20 @@ class FinetuneTrainer(Trainer):
         return torch.cat(features), torch.cat(targets), batch_size
 
     # ------------------------------------------------------------------ checkpoints
+
+    def weights_metadata(self) -> dict[str, Any]:
+        """The Trainer's metadata; under LoRA also the head found at the start, the adapters' settings and the base."""
+        if self.lora is None:
+            return super().weights_metadata()
+        head = {"head": self.head_info.name, "num_classes": self.head_info.num_classes}
+        return {**super().weights_metadata(), **head, **lora_metadata(self.unwrapped_model)}
+
+    def save_weights(self, path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the weights as ``.safetensors``; under LoRA only the adapters and the head (kilobytes to megabytes)."""
+        if self.lora is not None:
+            state_dict = adapter_state_dict(self.unwrapped_model, None if state_dict is None else dict(state_dict))
+        return super().save_weights(path, state_dict, extra)
 
     def extra_state(self) -> dict[str, Any]:
         return {"frozen": frozen_state(self.unwrapped_model), "num_trainable": self.num_trainable,

@@ -1,4 +1,8 @@
-"""The YAML schema of each job: dataclasses checked key by key (unknown keys and wrong types are errors)."""
+"""The YAML schema of each job: dataclasses checked key by key (unknown keys and wrong types are errors).
+
+``warmstart run`` reads a :class:`PipelineJob` (images), or a :class:`TextPipelineJob` when the file
+(or an override) says ``task: text``.
+"""
 
 from __future__ import annotations
 
@@ -283,28 +287,166 @@ class PipelineJob:
             raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
 
 
-JOBS: dict[str, type] = {"pretrain": PretrainJob, "finetune": FinetuneJob, "distill": DistillJob, "run": PipelineJob}
+TEXT_METHODS = ("majority", "linear_probe", "full", "lora", "lora_proximal")
 
+
+@dataclasses.dataclass
+class TextDataConfig:
+    """The ``data:`` section of a text job.
+
+    Attributes:
+        name: the data set: ``vader_lexicon`` (ships inside ``vadersentiment``; see
+            :func:`warmstart.data.vader_lexicon`).
+        task: ``polarity`` (positive or negative, from words with ``|valence| >= 1``).
+        split_seed: seed of the stratified train/validation/test split (and of ``labelled``).
+        val_fraction: share held out for validation (choices: the teacher).
+        test_fraction: share held out for testing (measured once per model).
+        labelled: share of each class of the training split whose labels the methods use; the
+            rest is unlabelled (no method sees those labels): the teacher labels it for the
+            distilled student. 1.0: every training label is used.
+        max_length: truncate texts to this many tokens (the lexicon's longest entry has 11).
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size.
+        limit: use at most this many texts of each split (quick runs and tests; ``None``: all).
+    """
+
+    name: Literal["vader_lexicon"] = "vader_lexicon"
+    task: Literal["polarity"] = "polarity"
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    labelled: float = 0.25
+    max_length: int = 16
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "batch_size", "eval_batch_size", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
+        if not 0 < self.labelled <= 1:
+            raise ConfigError(f"data.labelled (the share of training labels used) must be in (0, 1], got {self.labelled}")
+
+
+@dataclasses.dataclass
+class LoraStage(StageConfig):
+    """The LoRA stage of a text job: adapters on the frozen transformer, the head in full.
+
+    Attributes:
+        r: rank of the adapters.
+        alpha: scaling numerator (the update is ``alpha / r * B A``).
+        targets: ``auto`` (the attention and MLP layers) or module names / dotted suffixes.
+        dropout: dropout on the adapters' inputs.
+        proximal: ``lam`` of the ``lora_proximal`` method's proximal term (toward the adapters' start;
+            the data term is weighted by ``lam``, so a larger value pulls less).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    targets: str | list[str] = "auto"
+    dropout: float = 0.05
+    proximal: float = 100.0
+
+
+@dataclasses.dataclass
+class TextDistillStage(StageConfig):
+    """The distillation stage of a text job: the best model (by validation accuracy) teaches a tiny student.
+
+    The student is :func:`warmstart.distill.ngram_classifier` over hashed character n-grams
+    (:class:`warmstart.data.CharNgramTokenizer`), trained with the same settings on: the hard
+    labels; the raters' label distributions (``alpha`` of them, ``1 - alpha`` hard labels); the
+    teacher's probabilities for the labelled words; and the teacher's probabilities for the
+    labelled and the unlabelled words (``data.labelled``). A reference row trains it on every
+    training label, the hidden ones too: what the labels the teacher stands in for would give.
+
+    Attributes:
+        buckets: n-gram ids (the student's embedding rows).
+        dim: the student's embedding width.
+        ngrams: the n-gram lengths.
+        temperature: softmax temperature of the soft-label losses.
+        alpha: weight of the raters' distributions against the hard labels; the teacher's
+            students use ``alpha = 1`` (the unlabelled words have no hard label).
+    """
+
+    buckets: int = 4096
+    dim: int = 32
+    ngrams: list[int] = dataclasses.field(default_factory=lambda: [2, 3, 4])
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+@dataclasses.dataclass
+class TextPipelineJob:
+    """``warmstart run CONFIG`` with ``task: text``: fine-tune a pretrained transformer, LoRA, distil, report.
+
+    Baselines (majority class; a linear probe: logistic regression on the frozen model's
+    mean-pooled embeddings), full fine-tuning, LoRA and LoRA with the proximal term each train on
+    the same labelled words; the model with the best validation accuracy then teaches a tiny
+    student on the labelled and the unlabelled words.
+
+    Attributes:
+        task: ``text`` (what selects this schema).
+        out_dir: the run folder (results.json, report.md, plots, each method's checkpoints).
+        trainer: trainer settings shared by every stage (``seed``, ``device``, ``precision``, ...).
+        data: the text data set.
+        model: ``all-MiniLM-L6-v2`` (bundled), a folder with a Hugging Face checkpoint, or a Hub name.
+        methods: which of ``majority``, ``linear_probe``, ``full``, ``lora``, ``lora_proximal`` to run.
+        probe: the linear probe's training (on cached embeddings).
+        finetune: full fine-tuning.
+        lora: LoRA (and ``lora_proximal``).
+        distill: the student and its trainings.
+    """
+
+    task: Literal["text"] = "text"
+    out_dir: str = "runs/text_sentiment"
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    data: TextDataConfig = dataclasses.field(default_factory=TextDataConfig)
+    model: str = "all-MiniLM-L6-v2"
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(TEXT_METHODS))
+    probe: StageConfig = dataclasses.field(default_factory=StageConfig)
+    finetune: StageConfig = dataclasses.field(default_factory=StageConfig)
+    lora: LoraStage = dataclasses.field(default_factory=LoraStage)
+    distill: TextDistillStage = dataclasses.field(default_factory=TextDistillStage)
+
+    def __post_init__(self) -> None:
+        if self.trainer.out_dir is not None:
+            raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
+        for method in self.methods:
+            if method not in TEXT_METHODS:
+                raise ConfigError(f"unknown text method '{method}' in 'methods'{nearest(method, TEXT_METHODS)}; valid: "
+                                  f"{', '.join(TEXT_METHODS)}")
+
+
+JOBS: dict[str, type] = {"pretrain": PretrainJob, "finetune": FinetuneJob, "distill": DistillJob, "run": PipelineJob}
+RUN_TASKS: dict[str, type] = {"images": PipelineJob, "text": TextPipelineJob}  # warmstart run's top-level ``task:``
 
 PIPELINE_STAGES = ("pretrain", "finetune", "distill")
+TEXT_STAGES = ("probe", "finetune", "lora", "distill")
 
 
 def load_job(kind: str, path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
     """Read the YAML file of a job of ``kind`` (``pretrain``, ``finetune``, ``distill``, ``run``) with overrides.
 
-    For ``run``, the top-level ``trainer`` section is merged into every stage's: the file's shared
-    keys, then the file's stage keys, then the command line's shared keys, then its stage keys.
+    For ``run``, a top-level ``task: text`` selects :class:`TextPipelineJob` (``task: images``, the
+    default, :class:`PipelineJob`), and the top-level ``trainer`` section is merged into every
+    stage's: the file's shared keys, then the file's stage keys, then the command line's shared
+    keys, then its stage keys.
 
     Raises:
-        ConfigError: unknown kind, missing file, invalid YAML, unknown keys or wrong types (named).
+        ConfigError: unknown kind or task, missing file, invalid YAML, unknown keys or wrong types (named).
     """
     if kind not in JOBS:
         raise ConfigError(f"unknown job '{kind}'; valid: {', '.join(JOBS)}")
     data = read_yaml(path) if path is not None else {}
     changes = parse_overrides(overrides)
     merged = deep_merge(data, changes)
+    schema = JOBS[kind]
     if kind == "run":
-        for stage in PIPELINE_STAGES:
+        schema = _run_schema(merged)
+        stages = TEXT_STAGES if schema is TextPipelineJob else PIPELINE_STAGES
+        for stage in stages:
             layers = [_section(data, "trainer"), _section(_section(data, stage), "trainer"),
                       _section(changes, "trainer"), _section(_section(changes, stage), "trainer")]
             if any(layers) and isinstance(merged.setdefault(stage, {}), dict):
@@ -312,7 +454,18 @@ def load_job(kind: str, path: str | Path | None, overrides: Sequence[str] = ()) 
                 for layer in layers:
                     trainer = deep_merge(trainer, layer)
                 merged[stage]["trainer"] = {k: v for k, v in trainer.items() if k != "out_dir"}
-    return from_dict(JOBS[kind], merged)
+    return from_dict(schema, merged)
+
+
+def _run_schema(merged: dict[str, Any]) -> type:
+    """The schema ``warmstart run`` reads: its ``task`` key (``images`` is taken out: PipelineJob has no such key)."""
+    task = merged.get("task", "images")
+    if task not in RUN_TASKS:
+        raise ConfigError(f"unknown task '{task}' of warmstart run{nearest(str(task), RUN_TASKS)}; valid: "
+                          f"{', '.join(RUN_TASKS)} (task: text runs the text pipeline)")
+    if task == "images":
+        merged.pop("task", None)
+    return RUN_TASKS[task]
 
 
 def _section(data: Any, key: str) -> dict[str, Any]:

@@ -1,0 +1,329 @@
+"""``warmstart run`` with ``task: text``: baselines, full fine-tuning and LoRA of a transformer, then a tiny student.
+
+Every method trains on the same labelled words of a seeded split of the VADER lexicon; the other
+training words are unlabelled, for the teacher to label. Choices (the teacher) use the validation
+split and test accuracy is measured once per model. Each row records its trainable parameters,
+peak memory (RSS) and seconds per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from warmstart._run_dir import check_out_dir, run_lock
+from warmstart.config import save_config, to_dict
+from warmstart.data import (CharNgramTokenizer, InMemoryLoader, TextSet, TextSplits, labelled_split, text_loader,
+                            vader_lexicon)
+from warmstart.distill import SoftLabelTrainer, ngram_classifier
+from warmstart.errors import ConfigError
+from warmstart.finetune import FinetuneTrainer, load_adapter, load_pretrained, load_text_classifier, load_tokenizer
+from warmstart.jobs._memory import measured
+from warmstart.jobs.schema import StageConfig, TextPipelineJob
+from warmstart.jobs.stages import resolve_seed
+from warmstart.jobs.text_report import LABELS, print_text_table, write_text_report
+from warmstart.trainer import Trainer
+
+TEACHERS = ("full", "lora", "lora_proximal")
+
+
+@dataclasses.dataclass
+class TextData:
+    """The splits, the training split's labelled and unlabelled parts, the model's tokenizer and loaders.
+
+    ``train`` iterates over the labelled words only.
+    """
+
+    splits: TextSplits
+    labelled: TextSet
+    unlabelled: TextSet
+    tokenizer: Any
+    max_length: int
+    train: Any
+    val: Any
+    test: Any
+
+
+class _TextRun:
+    """One text pipeline run: its folder, data and results."""
+
+    def __init__(self, job: TextPipelineJob, progress: bool):
+        self.job, self.out, self.progress = job, Path(job.out_dir), progress
+        self.seed: int = job.trainer.seed  # type: ignore[assignment]  (resolved before the run starts)
+        self.results: dict[str, dict[str, Any]] = {}
+        self.curves: dict[str, list[dict[str, Any]]] = {}
+        self.data: TextData | None = None
+
+    def trainer(self, cls: type[Trainer], model: nn.Module, stage: StageConfig, folder: str, **options: Any) -> Trainer:
+        """A trainer with the stage's settings writing into ``out_dir/folder``, the whole job recorded in checkpoints."""
+        seed = self.seed if stage.trainer.seed is None else stage.trainer.seed
+        config = dataclasses.replace(stage.trainer, out_dir=str(self.out / folder), seed=seed,
+                                     progress=stage.trainer.progress and self.progress)
+        trainer = cls(model, copy.deepcopy(stage.optimizer), config=config, scheduler=copy.deepcopy(stage.scheduler),
+                      **options)
+        trainer.job_config = to_dict(self.job)
+        return trainer
+
+    def pretrained(self) -> tuple[nn.Module, Any]:
+        """A fresh copy of the pretrained model with a new head, the same head weights for every method."""
+        torch.manual_seed(self.seed)
+        return load_text_classifier(self.job.model, num_labels=self.data.splits.num_classes)
+
+    def heading(self, text: str) -> None:
+        if self.progress:
+            print(f"\n== {text} ==", flush=True)
+
+    def record(self, name: str, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        self.results[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        self.curves[name] = history
+        val = f", validation {100 * row['val_accuracy']:.1f}%" if "val_accuracy" in row else ""
+        print(f"[warmstart run] {LABELS.get(name, name)}: test accuracy {100 * row['accuracy']:.1f}%{val}, "
+              f"{row['trainable']:,} trainable parameters ({row['seconds']:.1f} s)", flush=True)
+
+
+def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run ``job`` and return ``{method: {"accuracy", "val_accuracy", "trainable", "params", "peak_rss_mb", ...}}``.
+
+    1. Baselines: the majority class, and a linear probe (logistic regression on the frozen
+       model's mean-pooled embeddings).
+    2. Full fine-tuning, LoRA, and LoRA with the proximal term, on the labelled words.
+    3. The fine-tuned model with the best validation accuracy teaches a character n-gram student on
+       the labelled and the unlabelled words, next to the same student trained on the hard labels
+       and on the raters' label distributions (see :class:`warmstart.jobs.TextDistillStage`).
+
+    Writes ``results.json``, ``report.md``, plots and each method's checkpoints into ``job.out_dir``.
+
+    Raises:
+        ConfigError: bad settings (e.g. a LoRA target the model does not have).
+        OutDirBusyError: another run holds ``out_dir``.
+    """
+    resolve_seed(job)
+    out = check_out_dir(job.out_dir)
+    with run_lock(out):
+        save_config(job, out / "job.yaml")
+        run = _TextRun(job, progress)
+        started = time.perf_counter()
+        run.data = _text_data(job, run.seed)
+        for method in job.methods:
+            gc.collect()  # each method's peak memory starts from the same base: no model of the last one left
+            METHODS[method](run)
+        _distill(run)
+        run.results["total"] = {"seconds": round(time.perf_counter() - started, 2)}
+        write_text_report(out, job, run.results, run.curves, command=f"cd {os.getcwd()} && warmstart run {out / 'job.yaml'}")
+    print_text_table(run.results)
+    print(f"[warmstart run] wrote {out / 'results.json'}, {out / 'report.md'} and plots")
+    return run.results
+
+
+def _text_data(job: TextPipelineJob, seed: int) -> TextData:
+    cfg = job.data
+    splits = vader_lexicon(cfg.task, seed=cfg.split_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    if cfg.limit is not None:
+        splits = dataclasses.replace(splits, **{part: _first(getattr(splits, part), cfg.limit)
+                                                for part in ("train", "val", "test")})
+    labelled, unlabelled = labelled_split(splits.train, cfg.labelled, seed=cfg.split_seed)
+    tokenizer = load_tokenizer(job.model)
+
+    def loader(data: TextSet, train: bool = False) -> Any:
+        size = cfg.batch_size if train else cfg.eval_batch_size
+        return text_loader(data, tokenizer, size, shuffle=train, seed=seed, max_length=cfg.max_length)
+
+    return TextData(splits, labelled, unlabelled, tokenizer, cfg.max_length, loader(labelled, train=True),
+                    loader(splits.val), loader(splits.test))
+
+
+def _first(data: TextSet, limit: int) -> TextSet:
+    """A stratified-enough quick subset: every k-th text, so both classes stay."""
+    step = max(1, len(data) // limit)
+    return data.subset(np.arange(0, len(data), step)[:limit])
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def _majority(run: _TextRun) -> None:
+    """Always answer the most frequent class of the labelled words."""
+    splits = run.data.splits
+    majority = int(torch.bincount(run.data.labelled.labels).argmax())
+    row = {"accuracy": _share(splits.test.labels == majority), "val_accuracy": _share(splits.val.labels == majority),
+           "trainable": 0, "params": 0, "seconds": 0.0, "class": splits.classes[majority]}
+    run.record("majority", row, [])
+
+
+def _share(hits: torch.Tensor) -> float:
+    return float(hits.float().mean())
+
+
+def _linear_probe(run: _TextRun) -> None:
+    """Logistic regression on the frozen model's mean-pooled embeddings (computed once)."""
+    data, stage = run.data, run.job.probe
+    run.heading(f"linear probe: logistic regression on frozen mean-pooled {run.job.model} embeddings")
+    with measured() as cost:
+        model, _ = run.pretrained()
+        in_order = text_loader(data.labelled, data.tokenizer, run.job.data.eval_batch_size, max_length=data.max_length)
+        features = {part: mean_pooled(model, loader) for part, loader in
+                    (("train", in_order), ("val", data.val), ("test", data.test))}
+        labels = {"train": data.labelled.labels, "val": data.splits.val.labels, "test": data.splits.test.labels}
+        torch.manual_seed(run.seed)
+        probe = nn.Linear(features["train"].shape[1], data.splits.num_classes)
+        trainer = run.trainer(Trainer, probe, stage, "linear_probe")
+        size = run.job.data.batch_size
+        loaders = {part: InMemoryLoader(features[part], labels[part], batch_size=size, shuffle=part == "train",
+                                        seed=run.seed) for part in features}
+        history = trainer.fit(loaders["train"], loaders["val"])
+        test = trainer.evaluate(loaders["test"])
+    row = _row(test, history, probe, model, cost)
+    run.record("linear_probe", row, history)
+
+
+@torch.no_grad()
+def mean_pooled(model: nn.Module, loader: Any) -> torch.Tensor:
+    """``(N, H)`` mean of the last hidden states over each text's tokens (mask 1), in the data set's order.
+
+    The sentence embedding all-MiniLM-L6-v2 was trained for; ``model.base_model`` is the encoder
+    of a Hugging Face classifier. The loader must not shuffle; its rows may be ordered by length
+    (``order``).
+    """
+    was_training = model.training
+    model.eval()
+    parts = []
+    for batch in loader:
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        parts.append((hidden * mask).sum(1) / mask.sum(1))  # (B, H)
+    model.train(was_training)
+    return _in_dataset_order(torch.cat(parts), loader)
+
+
+def _in_dataset_order(rows: torch.Tensor, loader: Any) -> torch.Tensor:
+    order = getattr(loader.dataset, "order", None)
+    if order is None:
+        return rows
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+
+
+def _full(run: _TextRun) -> None:
+    run.heading(f"full fine-tune of {run.job.model} ({run.job.finetune.trainer.max_epochs} epochs)")
+    _fine_tune(run, "full", run.job.finetune, {"strategy": {"name": "full", "backbone_lr_mult": 1.0}})
+
+
+def _lora(run: _TextRun, proximal: bool = False) -> None:
+    stage = run.job.lora
+    name = "lora_proximal" if proximal else "lora"
+    run.heading(f"{LABELS[name]} ({stage.trainer.max_epochs} epochs)")
+    options = {"strategy": "lora", "lora": {"r": stage.r, "alpha": stage.alpha, "targets": stage.targets,
+                                             "dropout": stage.dropout}}
+    _fine_tune(run, name, stage, {**options, **({"proximal": stage.proximal} if proximal else {})})
+
+
+def _fine_tune(run: _TextRun, name: str, stage: StageConfig, options: dict[str, Any]) -> None:
+    data = run.data
+    with measured() as cost:
+        model, _ = run.pretrained()
+        trainer = run.trainer(FinetuneTrainer, model, stage, name, **options)
+        history = trainer.fit(data.train, data.val)
+        test = trainer.evaluate(data.test)
+    weights = run.out / name / "last.safetensors"
+    row = _row(test, history, model, model, cost)
+    if weights.is_file():
+        row["checkpoint_bytes"] = weights.stat().st_size
+    run.record(name, row, history)
+
+
+def _row(test: dict[str, float], history: list[dict[str, Any]], trained: nn.Module, whole: nn.Module,
+         cost: dict[str, Any]) -> dict[str, Any]:
+    """A result row: accuracy, the last epoch's validation accuracy, parameters, time and memory.
+
+    ``params`` counts the model without LoRA adapters: its size once they are merged.
+    """
+    return {"accuracy": test["accuracy"], "val_accuracy": history[-1]["val_accuracy"],
+            "trainable": sum(p.numel() for p in trained.parameters() if p.requires_grad),
+            "params": sum(p.numel() for n, p in whole.named_parameters() if "lora_" not in n), "seconds": cost["seconds"],
+            "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])), "peak_rss_mb": cost["peak_rss_mb"]}
+
+
+METHODS: dict[str, Callable[[_TextRun], None]] = {
+    "majority": _majority, "linear_probe": _linear_probe, "full": _full, "lora": _lora,
+    "lora_proximal": lambda run: _lora(run, proximal=True),
+}
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+
+
+def _distill(run: _TextRun) -> None:
+    """The tiny student on: hard labels; the raters' distributions; the teacher's probabilities for the labelled words,
+    and for the labelled and unlabelled words; and, as a reference, every training label."""
+    stage, data = run.job.distill, run.data
+    tokenizer = CharNgramTokenizer(stage.buckets, stage.ngrams)
+    run.heading(f"students: ngram_classifier(buckets={stage.buckets}, dim={stage.dim}) on hashed character n-grams")
+    _student(run, "student_hard", tokenizer, data.labelled, Trainer, {})
+    human = {"temperature": stage.temperature, "alpha": stage.alpha}
+    _student(run, "student_human", tokenizer, data.labelled, SoftLabelTrainer, human)
+    candidates = {m: run.results[m]["val_accuracy"] for m in TEACHERS if m in run.results}
+    if candidates:
+        best = max(candidates, key=candidates.get)  # chosen on validation, never on test
+        texts = data.labelled.texts + data.unlabelled.texts
+        with measured() as cost:
+            probabilities = teacher_probabilities(_load_teacher(run, best), data, texts)
+        taught = {"temperature": stage.temperature, "alpha": 1.0}
+        facts = {"teacher": best, "teacher_seconds": round(cost["seconds"], 2)}
+        labelled = TextSet(data.labelled.texts, None, probabilities[:len(data.labelled)])
+        _student(run, "student_teacher_labelled", tokenizer, labelled, SoftLabelTrainer, taught, facts)
+        if len(data.unlabelled):
+            _student(run, "student_teacher", tokenizer, TextSet(texts, None, probabilities), SoftLabelTrainer, taught,
+                     {**facts, "unlabelled": len(data.unlabelled)})
+    if len(data.unlabelled):
+        _student(run, "student_all_labels", tokenizer, data.splits.train, Trainer, {})
+
+
+def _load_teacher(run: _TextRun, name: str) -> nn.Module:
+    """The fine-tuned model ``name`` rebuilt from its weights file: the pretrained model and, for LoRA, the adapters."""
+    weights = run.out / name / "last.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"the text job reloads its teacher from {weights}, which is missing: keep "
+                          "trainer.checkpoint true")
+    model, _ = run.pretrained()
+    (load_pretrained if name == "full" else load_adapter)(model, weights)
+    return model
+
+
+def _student(run: _TextRun, name: str, tokenizer: CharNgramTokenizer, train: TextSet, cls: type[Trainer],
+             options: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
+    stage, splits, size = run.job.distill, run.data.splits, run.job.data.batch_size
+    loaders = {part: text_loader(data, tokenizer, size if part == "train" else run.job.data.eval_batch_size,
+                                 shuffle=part == "train", seed=run.seed, max_length=None)
+               for part, data in (("train", train), ("val", splits.val), ("test", splits.test))}
+    with measured() as cost:
+        torch.manual_seed(run.seed)
+        student = ngram_classifier(stage.buckets, stage.dim, splits.num_classes)
+        trainer = run.trainer(cls, student, stage, f"distill/{name}", **options)
+        history = trainer.fit(loaders["train"], loaders["val"])
+        test = trainer.evaluate(loaders["test"])
+    run.record(name, {**_row(test, history, student, student, cost), **(facts or {})}, history)
+
+
+@torch.no_grad()
+def teacher_probabilities(model: nn.Module, data: TextData, texts: list[str]) -> torch.Tensor:
+    """``(N, C)`` softmax of the model's logits for ``texts``, in their order (the model in eval mode)."""
+    loader = text_loader(TextSet(texts, None), data.tokenizer, 512, max_length=data.max_length)
+    was_training = model.training
+    model.eval()
+    logits = [model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float() for b in loader]
+    model.train(was_training)
+    return _in_dataset_order(torch.cat(logits).softmax(-1), loader)
