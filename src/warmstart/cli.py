@@ -1,4 +1,4 @@
-"""The ``warmstart`` command: ``warmstart pretrain|finetune|distill|run CONFIG [key=value ...]``."""
+"""The ``warmstart`` command: ``warmstart pretrain|finetune|distill|run|compress CONFIG [key=value ...]``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ COMMANDS = {
     "distill": "distil a trained teacher into a smaller student",
     "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report (task: text in the "
            "config: fine-tune a pretrained transformer, with LoRA, and distil it)",
+    "compress": "prune a trained model, recover it by distillation, quantize it to int8, and compare size and speed",
 }
 
 EXAMPLES = {
@@ -23,6 +24,7 @@ EXAMPLES = {
     "distill": "configs/distill.yaml temperature=2 alpha=0.5 trainer.max_epochs=5",
     "run": "configs/digits_transfer.yaml trainer.max_epochs=2 finetune.methods=[scratch,recipe] trainer.device=cuda\n"
            "  warmstart run configs/text_sentiment.yaml lora.r=4 methods=[majority,lora] trainer.seed=1",
+    "compress": "configs/digits_compress.yaml ratio=0.7 quantize=int8-weight trainer.max_epochs=5",
 }
 
 EPILOG = """\
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="warmstart", description="Pretrain, fine-tune and distil PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{pretrain,finetune,distill,run}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{pretrain,finetune,distill,run,compress}", required=True)
     for name, help_text in COMMANDS.items():
         keys = ", ".join(f.name for f in dataclasses.fields(JOBS[name]))
         if name == "run":
@@ -87,6 +89,12 @@ def _run(command: str, config: str | None, overrides: list[str], print_config: b
         return 0
     if command == "run":
         (run_text_pipeline if isinstance(job, TextPipelineJob) else run_pipeline)(job, progress=not quiet)
+        return 0
+    if command == "compress":
+        from warmstart.jobs.compress import run_compress
+
+        run_compress(job, progress=not quiet)
+        print(f"[warmstart compress] wrote {job.out_dir}")
         return 0
     if quiet:
         job.trainer.progress = False

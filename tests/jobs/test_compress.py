@@ -6,7 +6,8 @@ import pytest
 
 import warmstart as ws
 from warmstart.errors import ConfigError
-from warmstart.jobs.compress import CompressJob, run_compress
+from warmstart.jobs.compress import run_compress
+from warmstart.jobs.schema import CompressJob
 from warmstart.jobs.data import build_data
 from warmstart.jobs.schema import DataConfig, ModelConfig
 from warmstart.jobs.stages import build_job_model
@@ -44,3 +45,14 @@ def test_missing_weights_name_the_command_that_writes_them(tmp_path):
         run_compress(CompressJob(out_dir=str(tmp_path), weights=str(tmp_path / "nope.safetensors")))
     with pytest.raises(ConfigError, match="share of parameters pruning removes"):
         CompressJob(ratio=1.5)
+
+
+def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
+    from warmstart.cli import main
+
+    weights, student = _trained(tmp_path, 8, "model.safetensors"), _trained(tmp_path, 2, "student.safetensors")
+    assert main(["compress", f"out_dir={tmp_path / 'run'}", "data={name: fake, fake_size: 64, fake_classes: 4, "
+                 "batch_size: 16, val_per_class: 2}", "model.args={width: 8}", f"weights={weights}",
+                 "student.args={width: 2}", f"student_weights={student}", "quantize=int8-weight", "latency_batch=8",
+                 "trainer.max_epochs=1", "--quiet"]) == 0
+    assert "[warmstart compress] wrote" in capsys.readouterr().out and (tmp_path / "run" / "report.md").is_file()

@@ -13,64 +13,13 @@ from torch import nn
 
 from warmstart._run_dir import check_out_dir, run_lock
 from warmstart.checkpoint import atomic_path
-from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, save_config
+from warmstart.config import save_config
 from warmstart.data import InMemoryLoader
 from warmstart.errors import ConfigError
 from warmstart.finetune import load_pretrained
 from warmstart.jobs.data import DataBundle, build_data
-from warmstart.jobs.schema import DataConfig, ModelConfig
+from warmstart.jobs.schema import CompressJob
 from warmstart.jobs.stages import build_job_model, resolve_seed
-
-QUANTIZE_MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static")
-
-
-@dataclasses.dataclass
-class CompressJob:
-    """``warmstart compress CONFIG``: the trained model made smaller and faster, beside a distilled student.
-
-    Attributes:
-        out_dir: the run folder (results.json, report.md, the compressed weights, a plot).
-        trainer: trainer settings of the recovery training (``max_epochs``, ``seed``, ``device``, ...).
-        data: the data the model was trained on; recovery distils on its whole training split
-            without labels (the unpruned model labels it) and on its labels for the comparison.
-        model: the trained model's architecture; ``weights`` its trained weights.
-        weights: e.g. ``runs/digits_transfer/finetune/recipe/finetuned.safetensors``.
-        student: a distilled student to compare with (``None`` to leave it out); ``student_weights``
-            its weights (``runs/digits_transfer/distill/student_distilled/student.safetensors``).
-        student_weights: the student's trained weights.
-        ratio: share of the parameters pruning removes.
-        importance: how pruning scores channels (see :func:`warmstart.compress.prune`).
-        optimizer: optimizer of the recovery training.
-        scheduler: schedule of the recovery training.
-        temperature: distillation temperature of the recovery.
-        quantize: int8 mode for the recovered model (``auto`` times each on the CPU and keeps a faster one).
-        latency_batch: the batch size latency is measured at.
-    """
-
-    out_dir: str = "runs/digits_compress"
-    trainer: TrainerConfig = dataclasses.field(default_factory=lambda: TrainerConfig(max_epochs=15, seed=0))
-    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(name="digits", shots=10, val_per_class=10,
-                                                                           batch_size=32, augment="digits"))
-    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 16}))
-    weights: str = "runs/digits_transfer/finetune/recipe/finetuned.safetensors"
-    student: ModelConfig | None = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 4}))
-    student_weights: str | None = "runs/digits_transfer/distill/student_distilled/student.safetensors"
-    ratio: float = 0.5
-    importance: str = "magnitude"
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
-    scheduler: SchedulerConfig | None = dataclasses.field(default_factory=SchedulerConfig)
-    temperature: float = 4.0
-    quantize: str = "auto"
-    latency_batch: int = 64
-
-    def __post_init__(self) -> None:
-        if not 0 < self.ratio < 1:
-            raise ConfigError(f"ratio is the share of parameters pruning removes, in (0, 1); got {self.ratio}")
-        if self.quantize not in QUANTIZE_MODES:
-            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'")
-        if self.trainer.out_dir is not None:
-            raise ConfigError("warmstart compress takes the top-level out_dir, not trainer.out_dir")
-
 
 @dataclasses.dataclass
 class _Row:
@@ -109,7 +58,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
                        measure_latency(net, example))
             rows.append(row)
             if progress:
-                print(f"[warmstart compress] {name}: test accuracy {100 * accuracy:.1f}%, {row.params:,} parameters, "
+                print(f"[warmstart compress] {name}: test accuracy {100 * row.accuracy:.1f}%, {row.params:,} parameters, "
                       f"{row.bytes / 1e3:.1f} kB, {row.latency_ms:.2f} ms per batch of {len(example)}", flush=True)
             return row
 

@@ -419,7 +419,59 @@ class TextPipelineJob:
                                   f"{', '.join(TEXT_METHODS)}")
 
 
-JOBS: dict[str, type] = {"pretrain": PretrainJob, "finetune": FinetuneJob, "distill": DistillJob, "run": PipelineJob}
+QUANTIZE_MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static")
+
+
+@dataclasses.dataclass
+class CompressJob:
+    """``warmstart compress CONFIG``: the trained model made smaller and faster, beside a distilled student.
+
+    Attributes:
+        out_dir: the run folder (results.json, report.md, the compressed weights, a plot).
+        trainer: trainer settings of the recovery training (``max_epochs``, ``seed``, ``device``, ...).
+        data: the data the model was trained on; recovery distils on its whole training split
+            without labels (the unpruned model labels it) and on its labels for the comparison.
+        model: the trained model's architecture; ``weights`` its trained weights.
+        weights: e.g. ``runs/digits_transfer/finetune/recipe/finetuned.safetensors``.
+        student: a distilled student to compare with (``None`` to leave it out); ``student_weights``
+            its weights (``runs/digits_transfer/distill/student_distilled/student.safetensors``).
+        student_weights: the student's trained weights.
+        ratio: share of the parameters pruning removes.
+        importance: how pruning scores channels (see :func:`warmstart.compress.prune`).
+        optimizer: optimizer of the recovery training.
+        scheduler: schedule of the recovery training.
+        temperature: distillation temperature of the recovery.
+        quantize: int8 mode for the recovered model (``auto`` times each on the CPU and keeps a faster one).
+        latency_batch: the batch size latency is measured at.
+    """
+
+    out_dir: str = "runs/digits_compress"
+    trainer: TrainerConfig = dataclasses.field(default_factory=lambda: TrainerConfig(max_epochs=15, seed=0))
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(name="digits", shots=10, val_per_class=10,
+                                                                           batch_size=32, augment="digits"))
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 16}))
+    weights: str = "runs/digits_transfer/finetune/recipe/finetuned.safetensors"
+    student: ModelConfig | None = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 4}))
+    student_weights: str | None = "runs/digits_transfer/distill/student_distilled/student.safetensors"
+    ratio: float = 0.5
+    importance: str = "magnitude"
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
+    scheduler: SchedulerConfig | None = dataclasses.field(default_factory=SchedulerConfig)
+    temperature: float = 4.0
+    quantize: str = "auto"
+    latency_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise ConfigError(f"ratio is the share of parameters pruning removes, in (0, 1); got {self.ratio}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'")
+        if self.trainer.out_dir is not None:
+            raise ConfigError("warmstart compress takes the top-level out_dir, not trainer.out_dir")
+
+
+JOBS: dict[str, type] = {"pretrain": PretrainJob, "finetune": FinetuneJob, "distill": DistillJob, "run": PipelineJob,
+                         "compress": CompressJob}
 RUN_TASKS: dict[str, type] = {"images": PipelineJob, "text": TextPipelineJob}  # warmstart run's top-level ``task:``
 
 PIPELINE_STAGES = ("pretrain", "finetune", "distill")
