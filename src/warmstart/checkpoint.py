@@ -217,3 +217,29 @@ def _unwrap_weights(obj: dict[str, Any], where: str) -> tuple[dict[str, torch.Te
         raise CheckpointError(f"{where} holds no tensors; it is not a weight file")
     return tensors, metadata
 
+
+def describe_compressed(metadata: Mapping[str, Any]) -> str | None:
+    """A sentence saying what a checkpoint's metadata says was compressed, or ``None`` for plain weights.
+
+    For loaders of float weights, to refuse compressed checkpoints clearly.
+
+    Example:
+        >>> describe_compressed({}) is None
+        True
+    """
+    info = metadata.get("compressed")
+    if not isinstance(info, Mapping):
+        return None
+    record = info.get("record", {})
+    kinds = []
+    if "quantized" in record:
+        kinds.append(f"int8-quantized ({record['quantized']['mode']})")
+    if "pruned" in record:
+        kinds.append(f"pruned ({record['pruned']['params_after']:,} of {record['pruned']['params_before']:,} "
+                     f"parameters)")
+    if "sparsified" in record:
+        kinds.append(f"sparse ({record['sparsified']['sparsity']:.0%} zeros)")
+    what = " and ".join(kinds) or "compressed"
+    article = "an" if what[0] in "aeiou" else "a"
+    return (f"this checkpoint holds {article} {what} model; load it with "
+            f"warmstart.compress.load_compressed(path, model) where model is built as the original was")

@@ -10,6 +10,7 @@ from warmstart.checkpoint import load_weights, save_weights
 from warmstart.compress import (CompiledInt8Model, describe_compressed, load_compressed, prune, quantize,
                                 remove_masks, save_compressed, sparsify)
 from warmstart.errors import CheckpointError, ConfigError
+from warmstart.finetune import load_pretrained
 from warmstart.models import mlp, small_cnn
 
 IMAGE = torch.randn(4, 1, 28, 28)
@@ -69,6 +70,8 @@ def test_compressed_checkpoint_describes_itself_to_float_loaders(tmp_path):
     assert f"{report.params_after:,} of {report.params_before:,} parameters" in message
     assert "warmstart.compress.load_compressed" in message
     assert describe_compressed({}) is None
+    with pytest.raises(CheckpointError, match=r"int8-quantized .* load it with warmstart.compress.load_compressed"):
+        load_pretrained(mlp(784, [64], 10), tmp_path / "both.safetensors")  # not a shape-mismatch traceback
 
 
 def test_plain_weights_and_other_architectures_are_refused(tmp_path):

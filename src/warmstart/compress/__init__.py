@@ -4,13 +4,14 @@ Every function works on a copy and returns it with a report; the model given is 
 (except :func:`recover`, which trains the model it is given, as a trainer does).
 """
 
+from warmstart.checkpoint import describe_compressed
 from warmstart.compress._latency import measure_latency
 from warmstart.compress._layers import count_parameters
 from warmstart.compress._pruning import LayerChange, PruneReport, prune
 from warmstart.compress._pt2e import CompiledInt8Model
 from warmstart.compress._quantize import QuantizeReport, quantize, tensor_bytes
 from warmstart.compress._recover import RecoveryResult, recover
-from warmstart.compress._saving import describe_compressed, load_compressed, save_compressed
+from warmstart.compress._saving import load_compressed, save_compressed
 from warmstart.compress._sparsity import SparsityReport, remove_masks, sparsify
 
 __all__ = [

@@ -105,33 +105,6 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     return rebuilt
 
 
-def describe_compressed(metadata: Mapping[str, Any]) -> str | None:
-    """A sentence saying what a checkpoint's metadata says was compressed, or ``None`` for plain weights.
-
-    For loaders of float weights, to refuse compressed checkpoints clearly.
-
-    Example:
-        >>> describe_compressed({}) is None
-        True
-    """
-    info = metadata.get("compressed")
-    if not isinstance(info, Mapping):
-        return None
-    record = info.get("record", {})
-    kinds = []
-    if "quantized" in record:
-        kinds.append(f"int8-quantized ({record['quantized']['mode']})")
-    if "pruned" in record:
-        kinds.append(f"pruned ({record['pruned']['params_after']:,} of {record['pruned']['params_before']:,} "
-                     f"parameters)")
-    if "sparsified" in record:
-        kinds.append(f"sparse ({record['sparsified']['sparsity']:.0%} zeros)")
-    what = " and ".join(kinds) or "compressed"
-    article = "an" if what[0] in "aeiou" else "a"
-    return (f"this checkpoint holds {article} {what} model; load it with "
-            f"warmstart.compress.load_compressed(path, model) where model is built as the original was")
-
-
 def _check_savable(model: nn.Module) -> None:
     if isinstance(model, CompiledInt8Model):
         raise ConfigError("an 'int8-static' model is a graph compiled for this machine and cannot be saved as weights; "

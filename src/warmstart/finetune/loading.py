@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart.checkpoint import load_weights
+from warmstart.checkpoint import describe_compressed, load_weights
 from warmstart.errors import CheckpointError, ConfigError
 from warmstart.heads import find_head
 
@@ -95,7 +95,8 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     Raises:
         CheckpointError: backbone weights are missing, have other shapes or have no place in the
             model (the keys are listed), the file is not a readable weight file, or it is a LoRA
-            adapter (use :func:`warmstart.finetune.load_adapter`).
+            adapter (use :func:`warmstart.finetune.load_adapter`) or a compressed model (use
+            :func:`warmstart.compress.load_compressed`).
 
     Example:
         >>> from torchvision.models import resnet18
@@ -109,6 +110,10 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     if isinstance(metadata.get("lora"), dict):
         raise CheckpointError(f"'{_name(source)}' is a LoRA adapter (adapters and head, without the base model's "
                               "weights): load it onto its base model with warmstart.finetune.load_adapter(model, path)")
+    compressed = describe_compressed(metadata)
+    if compressed is not None:
+        raise CheckpointError(f"'{_name(source)}': {compressed}, not with load_pretrained (its shapes or int8 "
+                              "tensors do not fit a float model of the original architecture)")
     tensors, renamed = strip_prefixes(tensors)
     try:
         info = find_head(model, head)
