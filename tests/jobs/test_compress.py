@@ -7,9 +7,8 @@ import pytest
 import warmstart as ws
 from warmstart.errors import ConfigError
 from warmstart.jobs.compress import run_compress
-from warmstart.jobs.schema import CompressJob
 from warmstart.jobs.data import build_data
-from warmstart.jobs.schema import DataConfig, ModelConfig
+from warmstart.jobs.schema import CompressJob, DataConfig, ModelConfig
 from warmstart.jobs.stages import build_job_model
 
 pytest.importorskip("torch_pruning")
@@ -38,6 +37,10 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
     assert (tmp_path / "run" / "pruned_distilled.safetensors").is_file() and (tmp_path / "run" / "report.md").is_file()
     assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    data = build_data(DATA, seed=0)
+    seconds = ws.compress.measure_latency(build_job_model(ModelConfig(args={"width": 8}), data, seed=0),
+                                          next(iter(data.test))[0][:8])
+    assert 0.1 < results["trained model"]["latency_ms"] / (1e3 * seconds) < 10  # milliseconds, not seconds
 
 
 def test_missing_weights_name_the_command_that_writes_them(tmp_path):

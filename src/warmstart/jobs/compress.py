@@ -55,7 +55,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
 
         def measure(name: str, net: nn.Module) -> _Row:
             row = _Row(name, net, _accuracy(net, data), count_parameters(net), tensor_bytes(net),
-                       measure_latency(net, example))
+                       1e3 * measure_latency(net, example))  # seconds -> ms
             rows.append(row)
             if progress:
                 print(f"[warmstart compress] {name}: test accuracy {100 * row.accuracy:.1f}%, {row.params:,} parameters, "
@@ -82,7 +82,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
             load_pretrained(student, job.student_weights)
             measure("distilled student (warmstart run)", student)
         save_compressed(distilled.model, out / "pruned_distilled.safetensors")
-        results = {row.name: {"accuracy": round(row.accuracy, 4), "params": row.params, "bytes": row.bytes,
+        results = {row.name: {"accuracy": round(row.accuracy, 6), "params": row.params, "bytes": row.bytes,
                               "latency_ms": round(row.latency_ms, 3)} for row in rows}
         results["total"] = {"seconds": round(time.perf_counter() - started, 1), "quantize_note": q_report.note,
                             "pruned_ratio": round(report.achieved_ratio, 4)}

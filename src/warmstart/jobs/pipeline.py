@@ -60,8 +60,8 @@ class _Run:
 
     def record(self, name: str, result: StageResult, **extra: Any) -> None:
         test = result.test["accuracy"]
-        self.results[name] = {"accuracy": round(test, 4), "params": result.params, "seconds": round(result.seconds, 2),
-                              **({} if result.val is None else {"val_accuracy": round(result.val["accuracy"], 4)}),
+        self.results[name] = {"accuracy": round(test, 6), "params": result.params, "seconds": round(result.seconds, 2),
+                              **({} if result.val is None else {"val_accuracy": round(result.val["accuracy"], 6)}),
                               **extra}
         self.curves[name] = result.history
         val = "" if result.val is None else f", validation {100 * result.val['accuracy']:.1f}%"
