@@ -19,6 +19,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from torch.utils.data import TensorDataset
@@ -43,13 +44,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=5, help="the target task: digits 0..classes-1")
     parser.add_argument("--width", type=int, default=16, help="channels of the CNN's first block")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=None, help="where to save the weights (default: runs/01_pretrain_finetune)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where to save the weights (default: runs/01_pretrain_finetune; a dry run: a temporary folder)")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on fake data, to check the script runs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run and args.out_dir is None:  # a dry run leaves nothing behind
+        with tempfile.TemporaryDirectory() as folder:
+            args.out_dir = Path(folder)
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or Path("runs/01_pretrain_finetune")
     if args.dry_run:
         source, target = fake_splits(64, 32), fake_splits(40, 40)

@@ -17,6 +17,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -34,13 +35,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.5, help="std of the Gaussian input noise (denoising)")
     parser.add_argument("--latent", type=int, default=64, help="size of the autoencoder's code")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=None, help="where to save the encoder (default: runs/02_autoencoder)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where to save the encoder (default: runs/02_autoencoder; a dry run: a temporary folder)")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on fake data, to check the script runs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run and args.out_dir is None:  # a dry run leaves nothing behind
+        with tempfile.TemporaryDirectory() as folder:
+            args.out_dir = Path(folder)
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or Path("runs/02_autoencoder")
     if args.dry_run:
         data = fake_splits(64, 32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -58,13 +59,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
     parser.add_argument("--precision", default="32", help='"32", "bf16" or "16" (GPU)')
     parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/04_distill)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/04_distill; a dry run: a temporary folder)")
     parser.add_argument("--dry-run", action="store_true", help="2 steps on fake 32x32 images, to check the script runs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run and args.out_dir is None:  # a dry run leaves nothing behind
+        with tempfile.TemporaryDirectory() as folder:
+            args.out_dir = Path(folder)
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or Path("runs/04_distill")
     if args.dry_run:
         train_set, test_set = fake_cifar(4, 0), fake_cifar(4, 10**6)  # 2 steps of 2 images

@@ -17,6 +17,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
@@ -32,13 +33,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/07_torchrun_ddp)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/07_torchrun_ddp; a dry run: a temporary folder)")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on fake data, to check the script runs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run and args.out_dir is None and not distributed.launched_by_torchrun():  # a dry run leaves nothing behind
+        with tempfile.TemporaryDirectory() as folder:
+            args.out_dir = Path(folder)
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     # one folder for all ranks (a random temporary name would differ between processes); only rank 0 writes
     out_dir = args.out_dir or Path("runs/07_torchrun_ddp")
     if args.dry_run:

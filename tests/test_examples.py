@@ -47,6 +47,13 @@ def test_01_pretrain_swap_head_load_and_finetune(tmp_path, capsys):
     assert (metadata["head"], metadata["num_classes"], metadata["source"]) == ("head", 10, "fake")
 
 
+def test_a_dry_run_without_out_dir_leaves_no_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert load("02_autoencoder_pretraining").main(["--dry-run"]) == 0
+    assert "autoencoder: test reconstruction MSE" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # no runs/ folder: the weights went to a removed temporary folder
+
+
 def test_02_autoencoder_then_classifier(tmp_path, capsys):
     assert load("02_autoencoder_pretraining").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
