@@ -366,3 +366,24 @@ def test_ema_with_best_checkpoint_saves_the_weights_it_measured(tmp_path, datase
     model.load_state_dict(weights)
     measured = ws.Trainer(model, progress=False).evaluate(DataLoader(dataset, batch_size=64))["loss"]
     assert measured == pytest.approx(min(h["val_loss"] for h in history), rel=1e-5)
+
+
+def test_seed_none_follows_torch_manual_seed_and_is_recorded(tmp_path):
+    import yaml
+
+    def run(global_seed: int, folder: str) -> tuple[int, list[float]]:
+        torch.manual_seed(global_seed)
+        model = make_mlp()
+        loader = DataLoader(make_dataset(), batch_size=16, shuffle=True)
+        trainer = ws.Trainer(model, {"name": "sgd", "lr": 0.1}, max_epochs=1, progress=False,
+                             out_dir=str(tmp_path / folder))
+        trainer.fit(loader)
+        return trainer.seed, [float(p.detach().sum()) for p in model.parameters()]
+
+    seed_a, weights_a = run(1, "a")
+    seed_b, weights_b = run(2, "b")
+    assert (seed_a, weights_a) == run(1, "a2")  # the caller's seed decides the run ...
+    assert seed_a != seed_b and weights_a != weights_b  # ... so runs meant to differ do
+    recorded = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert recorded["trainer"]["seed"] == seed_a
+    assert ws.load_checkpoint(tmp_path / "a" / "last.pt")["config"]["trainer"]["seed"] == seed_a

@@ -193,3 +193,21 @@ def test_anchor_from_a_weight_file_keeps_only_parameters(tmp_path):
     assert set(anchor.tensors) == {"0.weight", "0.bias", "1.weight", "1.bias"}  # no running statistics
     trainer = ProximalTrainer(model, lam=1.0, anchor=str(tmp_path / "w.safetensors"), progress=False)
     assert set(trainer.anchor.tensors) == set(anchor.tensors)
+
+
+def test_optimizers_by_name_give_anchored_weights_no_decay():
+    """The documented objective: weight decay on an anchored weight would pull it toward 0 as well as w0."""
+    from warmstart.finetune import FinetuneTrainer
+
+    model = make_mlp()
+    trainer = ProximalTrainer(model, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}, lam=1.0, progress=False)
+    anchored = {id(p) for p in model.parameters()}
+    for group in trainer.optimizer.param_groups:
+        assert group["weight_decay"] == 0 or not anchored & {id(p) for p in group["params"]}
+    finetuned = ws.models.small_cnn(num_classes=4, width=4)
+    trainer = FinetuneTrainer(finetuned, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}, proximal=1.0,
+                              strategy="full", progress=False)
+    decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    anchored = {id(p) for name, p in finetuned.named_parameters() if not name.startswith("head.")}
+    assert anchored and all(decay[i] == 0 for i in anchored)  # the pretrained weights: the term's w0
+    assert decay[id(finetuned.head.weight)] == 0.01  # the new head is not anchored: it keeps its decay

@@ -1,0 +1,30 @@
+"""The stage runners: a value the user set in a config is the value the stage uses."""
+
+import pytest
+import torch
+
+from warmstart.jobs import stages
+from warmstart.jobs.schema import DataConfig, FinetuneJob, ModelConfig, OptimizerConfig, TrainerConfig
+
+DATA = DataConfig(name="fake", fake_size=48, fake_classes=3, batch_size=16, val_per_class=2)
+
+
+@pytest.mark.parametrize("smoothing, expected", [(0.0, 0.0), (None, 0.1), (0.2, 0.2)])
+def test_the_recipe_stage_uses_the_configured_label_smoothing_and_optimizer(monkeypatch, smoothing, expected):
+    seen = []
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append(result.trainer)
+        return result
+
+    real = stages.fine_tune
+    monkeypatch.setattr(stages, "fine_tune", spy)
+    job = FinetuneJob(data=DATA, model=ModelConfig(args={"width": 4}), strategy="recipe",
+                      strategy_args={"select": False}, label_smoothing=smoothing,
+                      optimizer=OptimizerConfig(name="sgd", lr=0.05, weight_decay=0.0),
+                      trainer=TrainerConfig(max_epochs=1, seed=0, progress=False, out_dir=None))
+    stages.run_finetune(job)
+    (trainer,) = seen
+    assert trainer.loss_fn.keywords["label_smoothing"] == expected  # 0.0 stays 0.0 (it once became 0.1)
+    assert isinstance(trainer.optimizer, torch.optim.SGD)  # the configured name, not a rebuilt AdamW
