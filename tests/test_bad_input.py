@@ -197,6 +197,8 @@ COMMAND_LINE = [
     ("fake_classes=0", ["pretrain", "data.name=fake", "data.fake_classes=0"], "data.fake_classes must be >= 1"),
     ("digits size", ["finetune", "data.size=12"], "must be 8 (the original images) or 28"),
     ("unknown device", ["pretrain", "trainer.device=gpu", "trainer.out_dir=null"], "unknown device 'gpu'"),
+    ("cuda without a GPU", ["pretrain", f"trainer.device={'cuda:99' if torch.cuda.is_available() else 'cuda'}",
+                            "data.name=fake", "trainer.out_dir=null"], "cuda"),
     ("precision 16 on the CPU", ["pretrain", "trainer.precision=16", "trainer.device=cpu", "data.name=fake",
                                  "trainer.out_dir=null"], "needs a GPU; on the CPU use precision='bf16'"),
     ("near-miss key", ["run", "pretrain.epochs=2"], "did you mean 'pretrain.trainer.max_epochs'?"),
