@@ -280,6 +280,11 @@ class EMA(Callback):
     ``evaluate=True`` validation runs on the averaged weights; ``out_dir/ema.safetensors`` is
     written every epoch. Call :meth:`copy_to` to put the averaged weights into a model.
 
+    Why not ``torch.optim.swa_utils.AveragedModel``: its ``update_parameters`` reads
+    ``bool(self.n_averaged == 0)`` from a device tensor on every step (a host sync in the hot loop on
+    CUDA) and it deep-copies the whole module, where this keeps one tensor per float state entry.
+    The update is the same ``lerp`` as its ``get_ema_multi_avg_fn``, with the warm-up above.
+
     Args:
         decay: averaging factor per step; the effective decay is ``min(decay, (1 + n) / (10 + n))``
             after ``n`` steps, so early averages are not dominated by the initial weights.
