@@ -48,6 +48,8 @@ def test_missing_weights_name_the_command_that_writes_them(tmp_path):
         run_compress(CompressJob(out_dir=str(tmp_path), weights=str(tmp_path / "nope.safetensors")))
     with pytest.raises(ConfigError, match="share of parameters pruning removes"):
         CompressJob(ratio=1.5)
+    with pytest.raises(ConfigError, match="steps is how many shares"):
+        CompressJob(steps=0)
 
 
 def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
@@ -57,5 +59,6 @@ def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
     assert main(["compress", f"out_dir={tmp_path / 'run'}", "data={name: fake, fake_size: 64, fake_classes: 4, "
                  "batch_size: 16, val_per_class: 2}", "model.args={width: 8}", f"weights={weights}",
                  "student.args={width: 2}", f"student_weights={student}", "quantize=int8-weight", "latency_batch=8",
+                 "steps=2", "global_pruning=true",
                  "trainer.max_epochs=1", "--quiet"]) == 0
     assert "[warmstart compress] wrote" in capsys.readouterr().out and (tmp_path / "run" / "report.md").is_file()

@@ -64,15 +64,22 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
 
         started = time.perf_counter()
         measure("trained model", model)
-        pruned, report = prune(model, example[:2], ratio=job.ratio, importance=job.importance)
-        measure(f"pruned {report.achieved_ratio:.0%}, before recovery", copy.deepcopy(pruned))
         options = _recovery_options(job, progress)
+        transfer = InMemoryLoader(data.pool, None, batch_size=job.data.batch_size, shuffle=True, seed=seed,
+                                  transform=data.train.transform)
+
+        def distil(net: nn.Module, epochs: int) -> None:  # the unpruned model labels every training image
+            recover(net, transfer, teacher=model, method="distill", temperature=job.temperature, alpha=1.0,
+                    **{**options, "epochs": epochs})
+
+        between = max(1, job.trainer.max_epochs // job.steps)
+        pruned, report = prune(model, example[:2], ratio=job.ratio, importance=job.importance, steps=job.steps,
+                               global_pruning=job.global_pruning, recover_fn=lambda net, step: distil(net, between))
+        measure(f"pruned {report.achieved_ratio:.0%}, before recovery", copy.deepcopy(pruned))
         finetuned = copy.deepcopy(pruned)
         recover(finetuned, data.train, method="finetune", **options)
         measure("pruned + fine-tuning on the labels", finetuned)
-        transfer = InMemoryLoader(data.pool, None, batch_size=job.data.batch_size, shuffle=True, seed=seed,
-                                  transform=data.train.transform)
-        recover(pruned, transfer, teacher=model, method="distill", temperature=job.temperature, alpha=1.0, **options)
+        distil(pruned, options["epochs"])
         distilled = measure("pruned + distillation from the trained model", pruned)
         calibration = [(x,) for x, *_ in data.train.clone(transform=None, shuffle=False)]
         quantized, q_report = quantize(distilled.model, job.quantize, example, calibration=calibration)
@@ -92,8 +99,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
 
 def _recovery_options(job: CompressJob, progress: bool) -> dict[str, Any]:
     trainer = dataclasses.replace(job.trainer, progress=job.trainer.progress and progress)
-    return {"epochs": trainer.max_epochs, "optimizer": dataclasses.asdict(job.optimizer),
-            "config": trainer, "scheduler": None if job.scheduler is None else dataclasses.asdict(job.scheduler)}
+    return {"epochs": trainer.max_epochs, "optimizer": job.optimizer, "config": trainer, "scheduler": job.scheduler}
 
 
 @torch.no_grad()

@@ -438,6 +438,9 @@ class CompressJob:
         student_weights: the student's trained weights.
         ratio: share of the parameters pruning removes.
         importance: how pruning scores channels (see :func:`warmstart.compress.prune`).
+        steps: prune in this many equal shares, each but the last followed by a short distillation
+            (``trainer.max_epochs // steps`` epochs) from the unpruned model.
+        global_pruning: rank channels across layers rather than the same share in each layer.
         optimizer: optimizer of the recovery training.
         scheduler: schedule of the recovery training.
         temperature: distillation temperature of the recovery.
@@ -455,6 +458,8 @@ class CompressJob:
     student_weights: str | None = "runs/digits_transfer/distill/student_distilled/student.safetensors"
     ratio: float = 0.5
     importance: str = "magnitude"
+    steps: int = 1
+    global_pruning: bool = False
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=3e-3, weight_decay=0.01))
     scheduler: SchedulerConfig | None = dataclasses.field(default_factory=SchedulerConfig)
     temperature: float = 4.0
@@ -464,6 +469,8 @@ class CompressJob:
     def __post_init__(self) -> None:
         if not 0 < self.ratio < 1:
             raise ConfigError(f"ratio is the share of parameters pruning removes, in (0, 1); got {self.ratio}")
+        if self.steps < 1:
+            raise ConfigError(f"steps is how many shares pruning removes the ratio in, >= 1; got {self.steps}")
         if self.quantize not in QUANTIZE_MODES:
             raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'")
         if self.trainer.out_dir is not None:
