@@ -84,7 +84,7 @@ class _TextRun:
             print(f"\n== {text} ==", flush=True)
 
     def record(self, name: str, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        self.results[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        self.results[name] = {k: round(v, 6 if "accuracy" in k else 4) if isinstance(v, float) else v for k, v in row.items()}
         self.curves[name] = history
         val = f", validation {100 * row['val_accuracy']:.1f}%" if "val_accuracy" in row else ""
         print(f"[warmstart run] {LABELS.get(name, name)}: test accuracy {100 * row['accuracy']:.1f}%{val}, "
