@@ -26,7 +26,7 @@ from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_st
 from warmstart.finetune.lora import (LoraInfo, adapter_parameter_names, adapter_state_dict, add_lora, lora_info,
                                      lora_metadata)
 from warmstart.finetune.strategies import LinearProbe, LoRA, Partial, Strategy, make_strategy
-from warmstart.heads import find_head, head_parameter_names, swap_head
+from warmstart.heads import find_head, head_parameter_names
 from warmstart.proximal import Anchor, ProximalTerm, check_lam
 from warmstart.trainer import Trainer, split_batch
 
