@@ -20,6 +20,7 @@ from warmstart.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "warmstart-checkpoint-1"
 WEIGHTS_FORMAT = "warmstart-weights-1"
+COMPRESSION_ATTRIBUTE = "warmstart_compression"  # what warmstart.compress did to a model, set on the model
 _LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
                 SafetensorError, KeyError, AttributeError, TypeError)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import warmstart as ws
 from warmstart.checkpoint import load_weights, save_weights
 from warmstart.compress import (CompiledInt8Model, describe_compressed, load_compressed, prune, quantize,
                                 remove_masks, save_compressed, sparsify)
@@ -72,6 +73,9 @@ def test_compressed_checkpoint_describes_itself_to_float_loaders(tmp_path):
     assert describe_compressed({}) is None
     with pytest.raises(CheckpointError, match=r"int8-quantized .* load it with warmstart.compress.load_compressed"):
         load_pretrained(mlp(784, [64], 10), tmp_path / "both.safetensors")  # not a shape-mismatch traceback
+    with pytest.raises(ConfigError, match=r"was pruned and quantized by warmstart.compress.*save_compressed"):
+        ws.pretrain.save_pretrained(quantized, tmp_path / "plain.safetensors")  # it would not load back
+    assert not (tmp_path / "plain.safetensors").exists()
 
 
 def test_plain_weights_and_other_architectures_are_refused(tmp_path):

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmstart.checkpoint import COMPRESSION_ATTRIBUTE
 from warmstart.errors import CheckpointError, ConfigError
 
 # the record compressing functions leave on the modules they return; save_compressed reads it
-RECORD_ATTRIBUTE = "warmstart_compression"
+RECORD_ATTRIBUTE = COMPRESSION_ATTRIBUTE
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,7 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from warmstart.checkpoint import save_weights
+from warmstart.checkpoint import COMPRESSION_ATTRIBUTE, save_weights
+from warmstart.errors import ConfigError
 from warmstart.heads import find_head
 
 
@@ -31,10 +32,19 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, head: str | None 
     Returns:
         The path written.
 
+    Raises:
+        ConfigError: the model was pruned, sparsified or quantized by :mod:`warmstart.compress`
+            (use :func:`warmstart.compress.save_compressed`).
+
     Example:
         >>> from warmstart.models import small_cnn
         >>> path = save_pretrained(small_cnn(width=4), "/tmp/pre.safetensors", source="mnist5k")
     """
+    compressed = getattr(model, COMPRESSION_ATTRIBUTE, None)
+    if compressed:
+        raise ConfigError(f"this model was {' and '.join(compressed)} by warmstart.compress, so the original "
+                          "architecture cannot hold its weights; save it with warmstart.compress.save_compressed"
+                          "(model, path), which records what rebuilding it needs")
     info = find_head(model, head)
     meta = {"model_class": type(model).__name__, "head": info.name, "num_classes": info.num_classes,
             "config": config or {}, **metadata}
