@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
                 trainer = ws.finetune.FinetuneTrainer(model, {"name": "adamw", "lr": 3e-3}, strategy="linear_probe",
                                                       max_epochs=args.finetune_epochs, seed=args.seed, progress=False)
                 trainer.fit(train)
-            else:  # everything trains: head-only warm-up, then the whole network
+            else:  # everything trains, as fine_tune chooses on held-out labels (random weights: its fixed recipe)
                 trainer = ws.finetune.fine_tune(model, train, epochs=args.finetune_epochs, freeze_epochs=2,
-                                                seed=args.seed, progress=False).trainer
+                                                select=name == "autoencoder", seed=args.seed, progress=False).trainer
             accuracy = trainer.evaluate(test)["accuracy"]
             print(f"{method:<12} encoder from {name:<11}: test accuracy {accuracy:.1%}")
     print(f"pretrained encoder: {encoder_path}")
