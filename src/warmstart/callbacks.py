@@ -258,7 +258,7 @@ class BestCheckpoint(Callback):
         if not _improved(value, self.best, self.mode):
             return
         self.best, self.best_epoch = value, trainer.epoch
-        if trainer.out_dir is not None and is_main_process():
+        if trainer.out_dir is not None:  # every rank: under FSDP the weights are gathered; rank 0 writes
             # the weights the metric was measured on: the EMA's when it validated, else the live ones
             validated = trainer.validated_state
             trainer.save_weights(trainer.out_dir / self.filename, state_dict=validated,
@@ -344,7 +344,7 @@ class EMA(Callback):
         return {name: self.shadow.get(name, value) for name, value in model.state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        if trainer.out_dir is not None and is_main_process():
+        if trainer.out_dir is not None:  # every rank: under FSDP the averaged shards are gathered; rank 0 writes
             trainer.save_weights(trainer.out_dir / "ema.safetensors", state_dict=self.shadow,
                                  extra={"ema_decay": self.decay})
 

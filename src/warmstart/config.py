@@ -18,6 +18,45 @@ T = TypeVar("T")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+@dataclasses.dataclass
+class FSDPConfig:
+    """Options of ``strategy="fsdp"`` (the ``trainer.fsdp:`` section).
+
+    Attributes:
+        blocks: the modules sharded (and checkpointed) one by one: module classes, class names, or
+            dotted module names (glob patterns such as ``"encoder.layer.*"``). ``None`` finds them:
+            the outermost modules whose class occurs twice or more and holds layers of its own
+            (transformer layers, ResNet blocks).
+        cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory
+            (FSDP2's ``CPUOffloadPolicy``; the optimizer steps on the CPU). GPU only.
+        reshard_after_forward: free the gathered parameters after each block's forward and gather
+            them again for its backward (less memory, one more all-gather per block).
+        reduce_fp32: under ``precision="bf16"``/``"16"``, reduce gradients in float32.
+
+    Example:
+        >>> FSDPConfig(blocks=["layers.*"]).blocks
+        ['layers.*']
+    """
+
+    blocks: list[Any] | None = None
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True
+    reduce_fp32: bool = True
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None:
+            if isinstance(self.blocks, (str, type)):
+                self.blocks = [self.blocks]
+            wrong = [b for b in self.blocks if not isinstance(b, (str, type))]
+            if wrong:
+                raise ConfigError(f"fsdp blocks must be module classes, class names or dotted module names, got {wrong[0]!r}")
+            # classes are kept by name, so that the config stays plain data (YAML, checkpoints)
+            self.blocks = [b if isinstance(b, str) else b.__name__ for b in self.blocks]
+
+
 @dataclasses.dataclass
 class TrainerConfig:
     """Options of :class:`warmstart.Trainer` (the ``trainer:`` section of a config file).
@@ -42,7 +81,13 @@ class TrainerConfig:
             or a backend name such as ``"eager"`` or ``"aot_eager"``.
         channels_last: use the channels-last memory layout for the model and 4-D inputs.
         save_every: also checkpoint every this many optimizer steps within an epoch.
-        checkpoint: write ``last.pt`` and ``last.safetensors`` to ``out_dir`` every epoch.
+        checkpoint: write ``last.pt`` and ``last.safetensors`` to ``out_dir`` every epoch (under
+            ``strategy="fsdp"``: the sharded folder ``last.dcp`` and ``last.safetensors``).
+        strategy: ``"auto"`` / ``"ddp"``: one replica per process, DDP under ``torchrun``;
+            ``"fsdp"``: shard parameters, gradients and optimizer state over the processes (FSDP2).
+        fsdp: the options of ``strategy="fsdp"`` (:class:`FSDPConfig`).
+        activation_checkpointing: recompute each block's activations in the backward pass instead
+            of keeping them (the blocks of ``fsdp.blocks``, or found automatically; any strategy).
     """
 
     max_epochs: int = 1
@@ -60,9 +105,18 @@ class TrainerConfig:
     channels_last: bool = False
     save_every: int | None = None
     checkpoint: bool = True
+    strategy: str = "auto"
+    fsdp: FSDPConfig = dataclasses.field(default_factory=FSDPConfig)
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.precision = normalize_precision(self.precision)
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}{nearest(str(self.strategy), STRATEGIES)}; use 'auto' "
+                              "or 'ddp' (a full replica per process, DDP under torchrun) or 'fsdp' (parameters, "
+                              "gradients and optimizer state sharded over the processes)")
+        if isinstance(self.fsdp, Mapping):  # TrainerConfig(fsdp={...}) written directly
+            self.fsdp = from_dict(FSDPConfig, self.fsdp, prefix="trainer.fsdp")
         for name in ("max_epochs", "accumulate", "log_every", "max_steps", "save_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

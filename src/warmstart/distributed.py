@@ -1,4 +1,4 @@
-"""DDP plumbing for ``torchrun``: process-group setup, rank queries, sharded loaders and reductions."""
+"""Plumbing for ``torchrun``: process-group setup (DDP and FSDP), rank queries, sharded loaders and reductions."""
 
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def init_distributed(device: torch.device) -> bool:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_world_size() > 1
+
+
+def init_process_group_for_sharding(device: torch.device) -> bool:
+    """Join ``torchrun``'s process group, or make a group of this one process, so that FSDP has one to shard over.
+
+    Returns:
+        True when this process is alone without ``torchrun``: the model is then one shard.
+    """
+    under_torchrun = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # any number of processes, 1 too
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if under_torchrun:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    return not under_torchrun and dist.get_world_size() == 1
 
 
 def is_distributed() -> bool:

@@ -58,6 +58,24 @@ class Anchor:
         self.tensors = {name: t.to(device) for name, t in self.tensors.items()}
         return self
 
+    def shard_like(self, model: nn.Module) -> Anchor:
+        """Shard each anchor tensor like ``model``'s parameter of that name, in place; return the anchor.
+
+        Under ``strategy="fsdp"`` the parameters are ``DTensor`` s sharded over the processes; the
+        anchor then holds one shard per process as well (no full copy of ``w0`` on any process).
+        Every process must call it (rank 0's values are scattered). Other tensors are left as they are.
+        """
+        if not torch.distributed.is_available():
+            return self
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        params = dict(model.named_parameters())
+        for name, w0 in self.tensors.items():
+            param = params.get(name)
+            if isinstance(param, DTensor) and not isinstance(w0, DTensor):
+                self.tensors[name] = distribute_tensor(w0.to(param.device), param.device_mesh, param.placements)
+        return self
+
     def check(self, model: nn.Module) -> None:
         """Raise a :class:`ConfigError` listing anchor entries that are not parameters of ``model`` or differ in shape."""
         params = dict(model.named_parameters())
@@ -78,6 +96,9 @@ class Anchor:
 def proximal_penalty(model: nn.Module, anchor: Anchor | Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``1/2 * sum over anchored parameters of ||w - w0||^2`` (differentiable).
 
+    With sharded parameters and anchor (``DTensor`` s, under FSDP) each process sums its shards
+    and the result is the all-reduced total, a plain tensor equal on every process.
+
     Args:
         model: the model holding ``w``.
         anchor: ``w0`` by parameter name.
@@ -96,7 +117,8 @@ def proximal_penalty(model: nn.Module, anchor: Anchor | Mapping[str, torch.Tenso
     terms = [(params[name] - w0).pow(2).sum() for name, w0 in tensors.items()]
     if not terms:
         return torch.zeros(())
-    return 0.5 * torch.stack(terms).sum()
+    penalty = 0.5 * torch.stack(terms).sum()
+    return penalty.full_tensor() if hasattr(penalty, "full_tensor") else penalty  # a DTensor: sum over the shards
 
 
 class ProximalTerm:

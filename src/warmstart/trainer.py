@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmstart import distributed
+from warmstart import _fsdp, distributed
 from warmstart._batches import Batch, classification_sums, is_classification, run_model, split_batch, target_of
 from warmstart._epoch import DeviceChecks, EpochState, accumulation_windows
 from warmstart._progress import ProgressReporter
@@ -24,6 +24,8 @@ from warmstart._resume import restore
 from warmstart._run_dir import check_out_dir, run_lock
 from warmstart._runtime import (autocast_context, batch_size_of, check_precision, move_to_device, rng_state,
                                 seed_everything, select_device, set_rng_state)
+from warmstart._sharded_checkpoint import (find_sharded_checkpoint, is_sharded_checkpoint, load_sharded_checkpoint,
+                                           save_sharded_checkpoint)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
 from warmstart.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
@@ -68,6 +70,11 @@ class Trainer:
     in a forward pass (wrapped by DDP or ``torch.compile`` during fit); ``self.unwrapped_model``
     is the user's module.
 
+    Under ``torchrun`` each process holds a full replica (DDP), or, with ``strategy="fsdp"``, a
+    shard of every parameter, gradient and optimizer state (:mod:`warmstart._fsdp`): the model is
+    sharded in place when the Trainer is built (block by block), checkpoints are sharded folders
+    (``last.dcp``) that resume at any number of processes, and ``last.safetensors`` is gathered.
+
     Resuming (``fit(..., resume="last")``) continues the checkpoint's run exactly; settings that
     differ from the checkpoint's are applied and listed in a warning (a longer ``max_epochs``
     re-plans a schedule given by name), and what cannot be honoured is refused (see
@@ -87,7 +94,9 @@ class Trainer:
         config: a :class:`TrainerConfig`; keyword ``options`` override its fields.
         **options: any :class:`TrainerConfig` field: ``max_epochs``, ``precision``, ``device``,
             ``out_dir``, ``progress``, ``seed``, ``accumulate``, ``grad_clip``, ``log_every``,
-            ``nonfinite``, ``compile``, ``channels_last``, ``save_every``, ``max_steps``, ``checkpoint``.
+            ``nonfinite``, ``compile``, ``channels_last``, ``save_every``, ``max_steps``, ``checkpoint``,
+            ``strategy`` (``"auto"``, ``"ddp"``, ``"fsdp"``), ``fsdp`` (:class:`warmstart.config.FSDPConfig`
+            options), ``activation_checkpointing``.
 
     Raises:
         ConfigError: an unknown option, a model without trainable parameters, an unwritable ``out_dir``, ...
@@ -121,6 +130,11 @@ class Trainer:
         self.unwrapped_model = model.to(self.device)
         if cfg.channels_last:
             self.unwrapped_model.to(memory_format=torch.channels_last)
+        self._head = describe_head(model)  # before sharding: finding the head may trace the model's forward
+        # strategy="fsdp" shards the model in place here, before the optimizer is built on its (sharded) parameters
+        self._sharded = cfg.strategy == "fsdp"
+        if self._sharded or cfg.activation_checkpointing:
+            _fsdp.prepare_blocks(self.unwrapped_model, cfg, self.precision, self.device, optimizer)
         self.model: nn.Module = self.unwrapped_model  # DDP / compiled wrapper once fit starts
         self._ddp: nn.parallel.DistributedDataParallel | None = None
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
@@ -144,7 +158,6 @@ class Trainer:
         self.progress = ProgressReporter(enabled=False)
         self.checks = DeviceChecks()
         self.epoch_state = EpochState()
-        self._head = describe_head(model)
         self._loss_scale = 1.0
         self._skip_window = False  # nonfinite="skip" met a NaN/inf loss in this accumulation window
         self._resume_rng: dict[str, Any] | None = None
@@ -421,12 +434,27 @@ class Trainer:
 
     def save_weights(self, path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None,
                      extra: Mapping[str, Any] | None = None) -> Path:
-        """Write the model's weights (or ``state_dict``) and :meth:`weights_metadata` as ``.safetensors``."""
+        """Write the model's weights (or ``state_dict``) and :meth:`weights_metadata` as ``.safetensors``.
+
+        Only rank 0 writes. Under ``strategy="fsdp"`` every rank must call it: the shards (of the
+        model, or the ``DTensor`` s of ``state_dict``) are gathered into one file.
+        """
+        if self._sharded:
+            state_dict = _fsdp.gather_state_dict(self.unwrapped_model, state_dict)
+        if not distributed.is_main_process():
+            return Path(path)
         weights = self.unwrapped_model.state_dict() if state_dict is None else state_dict
         return save_weights(path, weights, {**self.weights_metadata(), **(extra or {})})
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write the full training state to ``path`` (what ``fit(resume=path)`` continues from)."""
+        """Write the full training state to ``path`` (what ``fit(resume=path)`` continues from).
+
+        Under ``strategy="fsdp"`` ``path`` is a folder that every rank writes its shards into
+        (:mod:`torch.distributed.checkpoint`), and every rank must call this.
+        """
+        if self._sharded:
+            _fsdp.reshard(self.unwrapped_model)  # the state dict must hold the shards
+            return save_sharded_checkpoint(path, self._state())
         return save_checkpoint(path, self._state())
 
     def resolved_config(self) -> dict[str, Any]:
@@ -483,7 +511,7 @@ class Trainer:
 
     def _wrap_model(self) -> None:
         module = self.unwrapped_model
-        if distributed.is_distributed():
+        if distributed.is_distributed() and not self._sharded:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
             module = self._ddp
@@ -496,21 +524,34 @@ class Trainer:
 
     def _read_resume(self, resume: str | os.PathLike | None) -> tuple[dict[str, Any] | None, Path | None]:
         """The checkpoint to resume from (``None`` for a fresh run), read and checked."""
-        path = None
+        path, name = None, self._checkpoint_name()
         if resume is not None and str(resume) == "last":
-            candidate = None if self.out_dir is None else self.out_dir / "last.pt"
-            if candidate is not None and candidate.exists():
+            candidate = None if self.out_dir is None else self._last_checkpoint()
+            if candidate is not None:
                 path = candidate
             elif self.config.progress and distributed.is_main_process():
                 print(f"resume='last': no checkpoint in {self.out_dir}, starting a fresh run", flush=True)
         elif resume is not None:
             path = Path(resume)
         if path is None:
-            if self.out_dir is not None and (self.out_dir / "last.pt").exists() and self.global_step == 0:
-                warnings.warn(f"{self.out_dir} holds a checkpoint (last.pt) that this fresh run will overwrite; pass "
+            if self.out_dir is not None and (self.out_dir / name).exists() and self.global_step == 0:
+                warnings.warn(f"{self.out_dir} holds a checkpoint ({name}) that this fresh run will overwrite; pass "
                               "fit(..., resume='last') to continue it instead", stacklevel=3)
             return None, None
+        if is_sharded_checkpoint(path):  # a folder written by every rank (FSDP), resharded to this run
+            return load_sharded_checkpoint(path, self.unwrapped_model, self.device), path
+        if self._sharded and path.is_file():
+            raise CheckpointError(f"'{path}' is a whole-model checkpoint, which strategy='fsdp' cannot resume (it "
+                                  "continues sharded folders such as last.dcp); resume it without FSDP, or start a "
+                                  "new run from its weights (warmstart.finetune.load_pretrained before the Trainer)")
         return load_checkpoint(path, map_location=self.device), path
+
+    def _last_checkpoint(self) -> Path | None:
+        """``out_dir``'s latest checkpoint of this strategy: ``last.pt``, or the sharded ``last.dcp`` under FSDP."""
+        path = self.out_dir / self._checkpoint_name()
+        if self._sharded:
+            return find_sharded_checkpoint(path)
+        return path if path.exists() else None
 
     def _resolve_seed(self, checkpoint: dict[str, Any] | None) -> int:
         if self.config.seed is not None:
@@ -708,14 +749,19 @@ class Trainer:
         # evaluation needs no gradient sync: run the bare module so no DDP collective can hang
         wrapped, self.model = self.model, self.unwrapped_model
         totals: dict[str, torch.Tensor] = {}
+        # under FSDP every forward gathers parameters from all ranks: they run as many, extra ones not counted
+        batches = _fsdp.lockstep(loader, self.device) if self._sharded else ((batch, True) for batch in loader)
         try:
-            for batch in loader:
+            for batch, counted in batches:
                 sums = self.validation_step(move_to_device(batch, self.device, self.config.channels_last))
                 for name, value in sums.items():
-                    totals[name] = totals[name] + value if name in totals else value
+                    if counted:
+                        totals[name] = totals[name] + value if name in totals else value
         finally:
             self.model = wrapped
             self.unwrapped_model.train(was_training)
+            if self._sharded:  # a forward without backward leaves the root's parameters gathered
+                _fsdp.reshard(self.unwrapped_model)
         self._verify_checks()
         if not totals:
             raise DataError("the evaluation loader produced no batches; check that its dataset is not empty")
@@ -750,18 +796,26 @@ class Trainer:
         }
 
     def _save_checkpoint(self) -> None:
-        """Write ``last.pt`` (and, at an epoch's end, ``last.safetensors``) once the device checks have passed."""
+        """Write ``last.pt`` (and, at an epoch's end, ``last.safetensors``) once the device checks have passed.
+
+        Under FSDP every rank writes its shards of ``last.dcp`` and ``last.safetensors`` is gathered to rank 0.
+        """
         if self.out_dir is None or not self.config.checkpoint:
             return
         self._verify_checks()  # never checkpoint weights trained on a batch that failed a check
-        if not distributed.is_main_process():
+        if not self._sharded and not distributed.is_main_process():
             return
-        save_checkpoint(self.out_dir / "last.pt", self._state())
+        self.save_checkpoint(self.out_dir / self._checkpoint_name())
         if self.epoch_state.batches == 0:
             self.save_weights(self.out_dir / "last.safetensors")
 
+    def _checkpoint_name(self) -> str:
+        return "last.dcp" if self._sharded else "last.pt"
+
     def _no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
-        """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation window."""
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on micro-batches that do not end a window."""
+        if self._sharded:
+            return _fsdp.no_gradient_sync(self.unwrapped_model, enabled)
         return self._ddp.no_sync() if enabled and self._ddp is not None else contextlib.nullcontext()
 
 

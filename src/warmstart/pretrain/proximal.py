@@ -53,7 +53,8 @@ class ProximalTrainer(Trainer):
         self._anchor_exclude = tuple(exclude)
         self._anchored = set(anchor.tensors) if anchor is not None else anchored_names(model, exclude=self._anchor_exclude)
         super().__init__(model, optimizer, loss_fn, **kwargs)
-        self.anchor: Anchor | None = None if anchor is None else anchor.to(self.device)
+        # under FSDP a given anchor is sharded like the parameters; one taken from the model already is
+        self.anchor: Anchor | None = None if anchor is None else anchor.to(self.device).shard_like(self.unwrapped_model)
         self.proximal = None if self.anchor is None else ProximalTerm(self.unwrapped_model, self.anchor, lam, mode, beta)
         self._settings = (lam, mode, beta)
 
@@ -85,5 +86,5 @@ class ProximalTrainer(Trainer):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("anchor") is not None:
-            self.anchor = Anchor(state["anchor"]).to(self.device)
+            self.anchor = Anchor(state["anchor"]).to(self.device).shard_like(self.unwrapped_model)
             self.proximal = ProximalTerm(self.unwrapped_model, self.anchor, *self._settings)
