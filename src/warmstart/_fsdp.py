@@ -47,7 +47,12 @@ def prepare_blocks(model: nn.Module, config: TrainerConfig, precision: str, devi
 def _shard(model: nn.Module, blocks: list[tuple[str, nn.Module]], config: TrainerConfig, precision: str,
            device: torch.device, optimizer: Any) -> None:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+    )
 
     if isinstance(optimizer, torch.optim.Optimizer) and optimizer.state:
         raise ConfigError("strategy='fsdp' replaces the model's parameters by sharded ones: pass an optimizer that has "
@@ -131,7 +136,10 @@ def gather_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor] |
     Without ``state_dict`` these are ``model``'s (gathered one tensor at a time); otherwise the
     ``DTensor`` s of ``state_dict`` are gathered (an EMA's shards, say) and plain tensors kept.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     reshard(model)
     if state_dict is None:

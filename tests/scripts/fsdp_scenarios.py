@@ -108,7 +108,10 @@ def fit(run: ws.Trainer, world: int, resume: str | None = None) -> ws.Trainer:
 
 
 def gathered(run: ws.Trainer) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(run.unwrapped_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
