@@ -72,7 +72,7 @@ def restore(trainer: Any, state: dict[str, Any], path: Path) -> list[str]:
                               f"{saved_config['trainer']['accumulate']}; resuming it with accumulate="
                               f"{trainer.config.accumulate} would split that epoch's steps differently. Resume with "
                               "the same accumulate, or from a checkpoint written at an epoch's end.")
-    trainer.unwrapped_model.load_state_dict(state["model"])
+    trainer.load_checkpoint_model_state(state["model"], state.get("metadata") or {})
     trainer.load_extra_state(state["trainer"])
     current_groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
     try:
@@ -96,7 +96,7 @@ def restore(trainer: Any, state: dict[str, Any], path: Path) -> list[str]:
 
 
 def _check_model(trainer: Any, state: dict[str, Any], path: Path) -> None:
-    own, theirs = trainer.unwrapped_model.state_dict(), state["model"]
+    own, theirs = trainer.checkpoint_model_state(), state["model"]
     problems = [f"missing {k}" for k in own if k not in theirs] + [f"unexpected {k}" for k in theirs if k not in own]
     problems += [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in theirs.items() if k in own and v.shape != own[k].shape]

@@ -64,6 +64,8 @@ class Trainer:
     - ``prepare_loader(loader, stage)``: replace a loader once per fit (e.g. by cached features).
     - ``configure_param_groups(config)``: parameter groups when the optimizer comes from a config.
     - ``extra_state()`` / ``load_extra_state(state)``: the subclass's own checkpoint state.
+    - ``checkpoint_model_state()`` / ``load_checkpoint_model_state(state, metadata)``: the model
+      weights a resume checkpoint holds (all of them; a LoRA run keeps only what training changes).
     - ``weights_metadata()``: facts saved beside the weights (``num_classes``, ``head``, config).
 
     Callbacks (:mod:`warmstart.callbacks`) are for side effects only. ``self.model`` is what to call
@@ -369,6 +371,14 @@ class Trainer:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`extra_state`; called before the optimizer state is loaded."""
+
+    def checkpoint_model_state(self) -> dict[str, torch.Tensor]:
+        """The model weights a resume checkpoint (``last.pt``) holds: the whole state dict."""
+        return self.unwrapped_model.state_dict()
+
+    def load_checkpoint_model_state(self, state: dict[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+        """Restore :meth:`checkpoint_model_state` (``metadata``: the checkpoint's :meth:`weights_metadata`)."""
+        self.unwrapped_model.load_state_dict(state)
 
     def weights_metadata(self) -> dict[str, Any]:
         """Facts saved beside the weights: model class, head module and class count, epoch, config."""
@@ -779,7 +789,7 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "model": self.unwrapped_model.state_dict(),
+            "model": self.checkpoint_model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),

@@ -162,9 +162,21 @@ def test_resume_of_a_lora_run_after_a_crash_mid_epoch_is_bit_exact(tmp_path):
     straight = _lora_run(tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
         _lora_run(tmp_path / "crashed", callbacks=[_CrashAtStep(7)])  # epoch 2 of 3; last checkpoint at step 6
+    saved = ws.load_checkpoint(tmp_path / "crashed" / "last.pt")["model"]
+    assert saved and all(".lora_" in name or name.startswith("3.") for name in saved)  # no frozen base weights
     resumed = _lora_run(tmp_path / "crashed", resume="last")
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_lora_checkpoint_refuses_to_resume_on_another_base(tmp_path):
+    _lora_run(tmp_path)
+    torch.manual_seed(1)  # another base model: other weights under the same names
+    trainer = FinetuneTrainer(make_mlp(dropout=0.1), {"name": "adamw", "lr": 1e-2}, strategy="lora",
+                              lora={"r": 2, "dropout": 0.2}, proximal=2.0, scheduler={"name": "cosine"},
+                              max_epochs=4, progress=False, seed=0, out_dir=str(tmp_path))
+    with pytest.raises(CheckpointError, match="the LoRA run this checkpoint continues was trained on .* sha256"):
+        trainer.fit(DataLoader(make_dataset(), batch_size=16), resume="last")
 
 
 def test_lora_with_the_proximal_term_anchors_the_adapters_only():

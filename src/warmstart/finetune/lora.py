@@ -269,7 +269,7 @@ def load_adapter(model: nn.Module, source: str | os.PathLike) -> LoraInfo:
                               "warmstart.finetune.load_pretrained")
     info = lora_info(model)
     base = info.base if info is not None else base_identity(model, saved["head"])
-    _check_same_base(saved["base"], base, source)
+    check_same_base(saved["base"], base, f"the adapter '{source}'")
     if info is None:
         info = add_lora(model, r=saved["r"], alpha=saved["alpha"], targets=saved["targets"], dropout=saved["dropout"])
     own = model.state_dict()
@@ -283,10 +283,11 @@ def load_adapter(model: nn.Module, source: str | os.PathLike) -> LoraInfo:
     return info
 
 
-def _check_same_base(saved: dict[str, Any], actual: dict[str, Any], source: Any) -> None:
+def check_same_base(saved: dict[str, Any], actual: dict[str, Any], what: str) -> None:
+    """Refuse ``what`` (an adapter, a LoRA run's checkpoint) on a base whose weights differ from its own base's."""
     if saved["sha256"] != actual["sha256"]:
         raise CheckpointError(
-            f"the adapter '{source}' was trained on {saved['name']} ({saved['class']}, {saved['parameters']:,} base "
+            f"{what} was trained on {saved['name']} ({saved['class']}, {saved['parameters']:,} base "
             f"parameters, sha256 {saved['sha256'][:12]}), but this model's base is {actual['name']} ({actual['class']}, "
             f"{actual['parameters']:,} parameters, sha256 {actual['sha256'][:12]}): adapters only work on the weights "
             "they were trained with. Load it onto that base model.")

@@ -20,11 +20,11 @@ from warmstart.optim import param_groups_weight_decay
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, rebuild_loader
 from warmstart.distributed import ShardSampler
-from warmstart.errors import ConfigError
+from warmstart.errors import CheckpointError, ConfigError
 from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
                                          restore_frozen_state, unfreeze_batchnorm)
-from warmstart.finetune.lora import (LoraInfo, adapter_parameter_names, adapter_state_dict, add_lora, lora_info,
-                                     lora_metadata)
+from warmstart.finetune.lora import (LoraInfo, adapter_parameter_names, adapter_state_dict, add_lora,
+                                     check_same_base, lora_info, lora_metadata)
 from warmstart.finetune.strategies import LinearProbe, LoRA, Partial, Strategy, make_strategy
 from warmstart.heads import find_head, head_parameter_names
 from warmstart.proximal import Anchor, ProximalTerm, check_lam
@@ -309,6 +309,26 @@ class FinetuneTrainer(Trainer):
         if self.lora is not None:
             state_dict = adapter_state_dict(self.unwrapped_model, None if state_dict is None else dict(state_dict))
         return super().save_weights(path, state_dict, extra)
+
+    def checkpoint_model_state(self) -> dict[str, torch.Tensor]:
+        """Under LoRA only what training changes: adapters, head and buffers (the base is frozen and hashed)."""
+        if self.lora is None:
+            return super().checkpoint_model_state()
+        state = self.unwrapped_model.state_dict()
+        keep = set(adapter_state_dict(self.unwrapped_model, state))
+        parameters = {name for name, _ in self.unwrapped_model.named_parameters()}
+        return {name: tensor for name, tensor in state.items() if name in keep or name not in parameters}
+
+    def load_checkpoint_model_state(self, state: dict[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+        """Under LoRA, check that this model's base is the checkpoint's (sha256) before loading onto it."""
+        if self.lora is None:
+            return super().load_checkpoint_model_state(state, metadata)
+        saved = metadata.get("lora", {}).get("base")
+        if saved is None:
+            raise CheckpointError("this checkpoint of a LoRA run does not record its base model; resume it with the "
+                                  "warmstart version that wrote it, or start a new run")
+        check_same_base(saved, self.lora.base, "the LoRA run this checkpoint continues")
+        self.unwrapped_model.load_state_dict(state, strict=False)  # the frozen base stays as it was loaded
 
     def extra_state(self) -> dict[str, Any]:
         return {"frozen": frozen_state(self.unwrapped_model), "num_trainable": self.num_trainable,
