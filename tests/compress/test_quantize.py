@@ -28,7 +28,7 @@ def trained_mlp() -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("mode", ["int8-weight", "int8-dynamic"])
+@pytest.mark.parametrize("mode", ["int8-weight", "int8-dynamic", "int8-dynamic-eager"])
 def test_int8_outputs_are_close_to_float(mode):
     model = trained_mlp()
     weight = model.fc1[0].weight.clone()
@@ -90,3 +90,13 @@ def test_model_without_supported_layers_is_refused():
         quantize(convs, "int8-weight")
     with pytest.raises(ConfigError, match="no layer that mode 'int8-dynamic' quantizes"):
         quantize(nn.Sequential(nn.ReLU()), "int8-dynamic")
+
+
+def test_an_eager_int8_model_is_refused_by_save_compressed(tmp_path):
+    from warmstart.compress import save_compressed
+
+    quantized, report = quantize(trained_mlp(), "int8-dynamic-eager")
+    assert report.mode == "int8-dynamic-eager"
+    with pytest.raises(ConfigError, match="prepacked kernels that safetensors cannot store.*again after loading"):
+        save_compressed(quantized, tmp_path / "eager.safetensors")
+    assert not (tmp_path / "eager.safetensors").exists()

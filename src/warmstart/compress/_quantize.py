@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,8 +18,9 @@ from warmstart.compress._layers import add_to_record
 from warmstart.compress._pt2e import CompiledInt8Model, check_static_request, quantize_static
 from warmstart.errors import ConfigError
 
-MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static")
+MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static", "int8-dynamic-eager")
 TORCHAO_MODES = ("int8-weight", "int8-dynamic")
+EAGER_MODE = "int8-dynamic-eager"  # torch.ao.quantization.quantize_dynamic: deprecated, and the fastest on x86 CPUs
 _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 Example = torch.Tensor | tuple[torch.Tensor, ...]
@@ -93,6 +95,12 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
       by inductor with frozen weights (x86 CPUs only; inference only; a :class:`CompiledInt8Model`).
       The fast CPU path today; on convolutional nets part of its gain is the compiler's, which
       ``torch.compile`` of the float model alone also gives.
+    - ``"int8-dynamic-eager"``: PyTorch's eager ``torch.ao.quantization.quantize_dynamic`` on the
+      Linear layers (fbgemm on x86, qnnpack on ARM): int8 weights and dynamically quantized
+      activations in prepacked kernels. PyTorch deprecates this API in favour of torchao, but on
+      the CPUs we measured it is the fastest int8 path for Linear-heavy models (2.3x float at
+      batch 64 on an idle 2-core x86 CPU, more under load; ``bench/RESULTS.md``), so it is
+      offered, and its deprecation warning is replaced by this note. CPU only; inference only; not savable (quantize after loading).
     - ``"auto"``: time the float model and each candidate on ``example_input`` (median of
       ``repeats`` calls), and return the fastest candidate if it is at least ``min_speedup``
       times faster than float. Otherwise return an unchanged copy of the float model with
@@ -105,13 +113,14 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
 
     Args:
         model: a float network.
-        mode: one of ``"auto"``, ``"int8-weight"``, ``"int8-dynamic"``, ``"int8-static"``.
+        mode: one of ``"auto"``, ``"int8-weight"``, ``"int8-dynamic"``, ``"int8-static"``,
+            ``"int8-dynamic-eager"``.
         example_input: a typical batch (the batch size you will run); needed by ``"auto"`` and
             ``"int8-static"``, used by the others to measure latency and error.
         calibration: batches (``x`` or ``(x, y)``) for ``"int8-static"``'s activation ranges
             (default: the example input alone; pass a few hundred samples for accuracy).
         candidates: modes ``"auto"`` tries (default: ``int8-weight``, ``int8-dynamic`` and, on
-            x86 CPUs, ``int8-static``).
+            CPUs, ``int8-dynamic-eager`` and (x86) ``int8-static``).
         min_speedup: how much faster than float a mode must measure for ``"auto"`` to take it.
         repeats: timed calls per measurement.
 
@@ -163,6 +172,8 @@ def _apply(model: nn.Module, mode: str, example_input: Example | None,
     layers = _layers_of(model, (nn.Linear,), mode)
     skipped = [f"{name} ({type(m).__name__}: {mode} quantizes nn.Linear only; 'int8-static' covers convolutions)"
                for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if mode == EAGER_MODE:
+        return _quantize_eager(model), layers, skipped
     quantization = import_torchao_quantization()
     if mode == "int8-weight":
         config = quantization.Int8WeightOnlyConfig()
@@ -170,6 +181,16 @@ def _apply(model: nn.Module, mode: str, example_input: Example | None,
         config = quantization.Int8DynamicActivationInt8WeightConfig(reduce_range=_reduce_range(model))
     quantization.quantize_(model, config)
     return model, layers, skipped
+
+
+def _quantize_eager(model: nn.Module) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` on the Linear layers, in place (CPU only)."""
+    if _device_of(model).type != "cpu":
+        raise ConfigError(f"mode '{EAGER_MODE}' runs on the CPU only (its kernels are fbgemm/qnnpack); move the model "
+                          "to the CPU, or use 'int8-weight'/'int8-dynamic' (torchao) on the GPU")
+    with warnings.catch_warnings():  # its deprecation in favour of torchao is stated in quantize's docstring
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _layers_of(model: nn.Module, kinds: tuple[type, ...], mode: str) -> list[str]:
@@ -217,7 +238,7 @@ def _auto(float_model: nn.Module, example: tuple[torch.Tensor, ...], calibration
 
 def _default_candidates(model: nn.Module) -> list[str]:
     on_cpu = _device_of(model).type == "cpu"
-    return ["int8-weight", "int8-dynamic", *(["int8-static"] if on_cpu else [])]
+    return ["int8-weight", "int8-dynamic", *([EAGER_MODE, "int8-static"] if on_cpu else [])]
 
 
 def _report(mode: str, float_model: nn.Module, quantized: nn.Module, layers: list[str], skipped: list[str],
@@ -241,7 +262,11 @@ def tensor_bytes(model: nn.Module) -> int:
     return sum(_stored_bytes(t) for t in model.state_dict().values())
 
 
-def _stored_bytes(tensor: torch.Tensor) -> int:
+def _stored_bytes(tensor: Any) -> int:
+    if isinstance(tensor, (tuple, list)):  # eager quantized Linear: (packed int8 weight, bias)
+        return sum(_stored_bytes(t) for t in tensor)
+    if not isinstance(tensor, torch.Tensor):  # e.g. the dtype an eager quantized Linear records
+        return 0
     if type(tensor) is not torch.Tensor and hasattr(tensor, "__tensor_flatten__"):  # a torchao tensor subclass
         names, _ = tensor.__tensor_flatten__()
         return sum(_stored_bytes(getattr(tensor, name)) for name in names)

@@ -16,7 +16,7 @@ from warmstart.checkpoint import load_weights, save_weights
 from warmstart.compress._layers import (RECORD_ATTRIBUTE, compression_record, count_parameters, resize_to,
                                         tensor_shapes)
 from warmstart.compress._pt2e import CompiledInt8Model
-from warmstart.compress._quantize import TORCHAO_MODES, _apply
+from warmstart.compress._quantize import EAGER_MODE, TORCHAO_MODES, _apply
 from warmstart.compress._sparsity import has_masks
 from warmstart.errors import CheckpointError, ConfigError
 
@@ -110,6 +110,10 @@ def _check_savable(model: nn.Module) -> None:
         raise ConfigError("an 'int8-static' model is a graph compiled for this machine and cannot be saved as weights; "
                           "save the float (or pruned) model with save_compressed and call quantize(model, "
                           "'int8-static', example_input, calibration=...) again after loading")
+    if compression_record(model).get("quantized", {}).get("mode") == EAGER_MODE:
+        raise ConfigError(f"an '{EAGER_MODE}' model holds prepacked kernels that safetensors cannot store; save the "
+                          f"float (or pruned) model with save_compressed and call quantize(model, '{EAGER_MODE}') "
+                          "again after loading (it needs no calibration and takes a moment)")
     if has_masks(model):
         raise ConfigError("the model still has torch pruning masks (weight_orig, weight_mask); call "
                           "warmstart.compress.remove_masks(model) first")

@@ -419,7 +419,7 @@ class TextPipelineJob:
                                   f"{', '.join(TEXT_METHODS)}")
 
 
-QUANTIZE_MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static")
+QUANTIZE_MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static", "int8-dynamic-eager")
 
 
 @dataclasses.dataclass
