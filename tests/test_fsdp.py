@@ -64,6 +64,19 @@ def _close(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(value, b[name], rtol=0, atol=atol, msg=name)
 
 
+@pytest.mark.slow  # 21 s; test_a_mid_epoch_checkpoint_resumes_exactly_on_the_same_world_size covers the files
+def test_a_two_process_run_killed_with_sigkill_mid_epoch_resumes_exactly(run, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(SCRIPTS / "fsdp_scenarios.py"), str(tmp_path)]
+    killed = subprocess.run([*torchrun, "kill"], capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert killed.returncode != 0 and (tmp_path / "killed" / "last.dcp").is_dir()  # no graceful exit: a real kill
+    resumed = subprocess.run([*torchrun, "resume_killed"], capture_output=True, text=True, env=ENV, timeout=300,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    _close(torch.load(tmp_path / "killed_resumed.pt", weights_only=True),
+           load_file(run["out"] / "full" / "last.safetensors"), SAME_WORLD)
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict[str, torch.Tensor]:
     """The same run on one process, no FSDP: micro-batches of 4, accumulated 2."""

@@ -17,6 +17,8 @@ Scenarios (each a function below; the references are in tests/test_fsdp.py):
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -96,6 +98,17 @@ class InterruptAt(ws.Callback):
     def on_train_step_end(self, trainer: ws.Trainer) -> None:
         if trainer.global_step == self.step:
             raise Interrupt
+
+
+class KillAt(ws.Callback):
+    """SIGKILL this process after optimizer step ``step`` (every rank does; torchrun then ends the rest)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_step_end(self, trainer: ws.Trainer) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fit(run: ws.Trainer, world: int, resume: str | None = None) -> ws.Trainer:
@@ -188,11 +201,18 @@ def distill() -> dict:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    out, step = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "scenarios"
     dist.init_process_group("gloo")
-    results = scenarios(out)
-    if dist.get_rank() == 0:
-        torch.save(results, out / "results.pt")
+    if step == "kill":  # killed at step 7; the checkpoint of step 6 (mid-epoch) is what survives
+        fit(trainer(out / "killed", [KillAt(7)], strategy="fsdp", save_every=3), 2)
+    elif step == "resume_killed":
+        weights = gathered(fit(trainer(out / "killed", strategy="fsdp", save_every=3), 2, resume="last"))
+        if dist.get_rank() == 0:
+            torch.save(weights, out / "killed_resumed.pt")
+    else:
+        results = scenarios(out)
+        if dist.get_rank() == 0:
+            torch.save(results, out / "results.pt")
     dist.destroy_process_group()
 
 
