@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import warmstart as ws
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when CUDA is not available."""
@@ -83,3 +85,14 @@ def make_student() -> nn.Module:
 
     torch.manual_seed(2)
     return mlp(144, [8], 4)
+
+
+class CrashAtStep(ws.Callback):
+    """Raise ``KeyboardInterrupt`` after optimizer step ``step``: a run that dies mid-epoch, for resume tests."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_step_end(self, trainer: ws.Trainer) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt("simulated crash")

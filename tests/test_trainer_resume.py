@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_mlp
+from conftest import CrashAtStep, make_dataset, make_mlp
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -28,15 +28,6 @@ class _StopAfterEpoch(ws.Callback):
     def on_epoch_end(self, trainer, metrics):
         if trainer.epoch + 1 == self.epochs:
             trainer.should_stop = True
-
-
-class _CrashAtStep(ws.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_step_end(self, trainer):
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt("simulated crash")
 
 
 def _trainer(out_dir: Path, callbacks=(), **options) -> ws.Trainer:
@@ -77,7 +68,7 @@ def test_crash_mid_epoch_resumes_from_the_last_step_checkpoint(tmp_path):
     straight.fit(*_loaders())
 
     with pytest.raises(KeyboardInterrupt):  # checkpoints at steps 5 and 10; dies at step 11, inside epoch 2
-        _trainer(tmp_path / "b", callbacks=[_CrashAtStep(11)], save_every=5).fit(*_loaders())
+        _trainer(tmp_path / "b", callbacks=[CrashAtStep(11)], save_every=5).fit(*_loaders())
     state = ws.load_checkpoint(tmp_path / "b" / "last.pt")
     assert (state["epoch"], state["epoch_state"]["batches"], state["global_step"]) == (1, 2, 10)
 
@@ -110,7 +101,7 @@ def _same_rows(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
 def test_csv_log_after_a_crash_and_resume_equals_the_uninterrupted_log(tmp_path):
     _trainer(tmp_path / "a", log_every=1, save_every=4).fit(*_loaders())
     with pytest.raises(KeyboardInterrupt):
-        _trainer(tmp_path / "b", callbacks=[_CrashAtStep(14)], log_every=1, save_every=4).fit(*_loaders())
+        _trainer(tmp_path / "b", callbacks=[CrashAtStep(14)], log_every=1, save_every=4).fit(*_loaders())
     resumed = _trainer(tmp_path / "b", log_every=1, save_every=4)
     resumed.fit(*_loaders(), resume="last")
     rows = _csv(tmp_path / "b" / "metrics.csv")

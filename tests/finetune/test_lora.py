@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_mlp
+from conftest import CrashAtStep, make_dataset, make_mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -138,15 +138,6 @@ def test_merged_model_computes_what_the_adapted_one_did():
         merge_lora(model)
 
 
-class _CrashAtStep(ws.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_step_end(self, trainer):
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt("simulated crash")
-
-
 def _lora_run(out_dir: Path, callbacks=(), resume: str | None = None) -> nn.Module:
     torch.manual_seed(0)
     model = make_mlp(dropout=0.1)
@@ -161,7 +152,7 @@ def _lora_run(out_dir: Path, callbacks=(), resume: str | None = None) -> nn.Modu
 def test_resume_of_a_lora_run_after_a_crash_mid_epoch_is_bit_exact(tmp_path):
     straight = _lora_run(tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        _lora_run(tmp_path / "crashed", callbacks=[_CrashAtStep(7)])  # epoch 2 of 3; last checkpoint at step 6
+        _lora_run(tmp_path / "crashed", callbacks=[CrashAtStep(7)])  # epoch 2 of 3; last checkpoint at step 6
     saved = ws.load_checkpoint(tmp_path / "crashed" / "last.pt")["model"]
     assert saved and all(".lora_" in name or name.startswith("3.") for name in saved)  # no frozen base weights
     resumed = _lora_run(tmp_path / "crashed", resume="last")

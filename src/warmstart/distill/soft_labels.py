@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmstart._batches import classification_sums, run_model, split_batch
+from warmstart._batches import run_model, split_batch
+from warmstart.distill._validation import hard_label_sums
 from warmstart.distill.losses import check_kd_options
 from warmstart.errors import ConfigError, DataError
 from warmstart.trainer import Trainer
@@ -114,8 +115,4 @@ class SoftLabelTrainer(Trainer):
 
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The model against the hard labels: cross-entropy as ``loss``, and accuracy."""
-        inputs, target = split_batch(batch)
-        with self.autocast():
-            output = run_model(self.model, inputs)
-            loss = self.loss_fn(output, self.check_targets(output, target))
-        return classification_sums(output, target, {"loss": loss}, self.device)
+        return hard_label_sums(self, batch)

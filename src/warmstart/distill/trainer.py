@@ -12,13 +12,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from warmstart import distributed
-from warmstart._batches import classification_sums, run_model, split_batch
+from warmstart._batches import run_model, split_batch
 from warmstart._runtime import move_to_device
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, WithIndex, rebuild_loader
 from warmstart.distill.cache import (AugmentedViews, SampleFingerprint, TeacherCache, dataset_fingerprint,
                                      model_fingerprint, probe_indices)
 from warmstart.distill.hints import FeatureHint, FeatureTaps, make_adapter
+from warmstart.distill._validation import hard_label_sums
 from warmstart.distill.losses import COMBINE, check_kd_options, check_logits, kd_terms
 from warmstart.errors import ConfigError, DataError
 from warmstart.trainer import Trainer
@@ -150,11 +151,7 @@ class DistillTrainer(Trainer):
 
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The student alone: cross-entropy as ``loss``, and accuracy."""
-        inputs, target = split_batch(batch)
-        with self.autocast():
-            output = run_model(self.model, inputs)
-            loss = self.loss_fn(output, self.check_targets(output, target))
-        return classification_sums(output, target, {"loss": loss}, self.device)
+        return hard_label_sums(self, batch)
 
     def on_before_optimizer_step(self) -> None:
         if distributed.is_distributed() and len(self.adapters):  # adapters live outside the DDP-wrapped student

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ def save_figure(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
-    """Plot validation accuracy per epoch for each method; False when matplotlib is missing."""
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str,
+                labels: Mapping[str, str] = LABELS) -> bool:
+    """Plot validation accuracy per epoch for each method (named by ``labels``); False when matplotlib is missing."""
     plt = pyplot()
     if plt is None:
         return False
@@ -76,7 +78,8 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str)
     for name, history in curves.items():
         points = [100 * h["val_accuracy"] for h in history if "val_accuracy" in h]
         if points:
-            ax.plot(range(1, len(points) + 1), points, label=LABELS.get(name, name))
+            ax.plot(range(1, len(points) + 1), points, marker="o" if len(points) < 8 else None,
+                    label=labels.get(name, name))
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -8,7 +8,7 @@ from typing import Any
 
 from warmstart.checkpoint import atomic_path
 from warmstart.config import to_dict
-from warmstart.jobs.report import pyplot, save_figure
+from warmstart.jobs.report import plot_curves, pyplot, save_figure
 
 LABELS = {
     "majority": "majority class",
@@ -89,25 +89,6 @@ def plot_accuracy_vs_trainable(results: dict[str, dict[str, Any]], path: Path) -
     return True
 
 
-def plot_learning_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> bool:
-    """Validation accuracy per epoch of each method with a history; False without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, history in curves.items():
-        points = [100 * h["val_accuracy"] for h in history if "val_accuracy" in h]
-        if points:
-            ax.plot(range(1, len(points) + 1), points, marker="o" if len(points) < 8 else None, label=LABELS.get(name, name))
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return True
-
-
 def write_text_report(out: Path, job: Any, results: dict[str, dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
                       command: str) -> None:
     """Write ``results.json``, ``report.md`` and the plots into ``out``."""
@@ -119,9 +100,9 @@ def write_text_report(out: Path, job: Any, results: dict[str, dict[str, Any]], c
         ("Accuracy against trainable parameters", "accuracy_vs_trainable.png",
          plot_accuracy_vs_trainable(results, out / "accuracy_vs_trainable.png")),
         ("Learning curves: fine-tuning", "finetune_curves.png",
-         plot_learning_curves(teachers, out / "finetune_curves.png", "Fine-tuning: validation accuracy")),
+         plot_curves(teachers, out / "finetune_curves.png", "Fine-tuning: validation accuracy", LABELS)),
         ("Learning curves: the students", "distill_curves.png",
-         plot_learning_curves(students, out / "distill_curves.png", "Students: validation accuracy")),
+         plot_curves(students, out / "distill_curves.png", "Students: validation accuracy", LABELS)),
     ) if made]
     lines = ["# warmstart run report (text)", "", _story(to_dict(job), results), "", *table_rows(results), "",
              checkpoint_line(results), "",
