@@ -38,6 +38,10 @@ def test_minilm_loads_offline_as_a_bert_classifier(minilm):
     assert type(model).__name__ == "BertForSequenceClassification"
     assert sum(p.numel() for p in model.parameters()) == 22_713_986  # 22.7M, the 384 x 2 head included
     assert text_models.minilm_path().name == "all-MiniLM-L6-v2"
+    random, _ = load_text_classifier("all-MiniLM-L6-v2", num_labels=2, pretrained=False)  # the control's model
+    pretrained = minilm[0]["bert.encoder.layer.0.attention.self.query.weight"]
+    assert random.state_dict().keys() == minilm[0].keys()
+    assert not torch.allclose(random.bert.encoder.layer[0].attention.self.query.weight, pretrained)
 
 
 def test_lora_on_minilm_trains_under_2_percent_and_saves_under_2_percent(minilm, tmp_path):

@@ -89,16 +89,18 @@ def _unreadable(name: str, err: OSError) -> CheckpointError:
                            "(bundled), a folder with a Hugging Face checkpoint, or a Hub name when online")
 
 
-def load_text_classifier(name: str = MINILM, num_labels: int = 2) -> tuple[nn.Module, Any]:
+def load_text_classifier(name: str = MINILM, num_labels: int = 2, pretrained: bool = True) -> tuple[nn.Module, Any]:
     """A pretrained transformer with a new classification head for ``num_labels`` classes, and its tokenizer.
 
     ``name`` is ``"all-MiniLM-L6-v2"`` (unpacked from its package: no download), a folder with a
     Hugging Face checkpoint, or, when online, a Hub name (``transformers`` downloads it). The head
-    is new (``AutoModelForSequenceClassification``); everything below it is pretrained.
+    is new (``AutoModelForSequenceClassification``); everything below it is pretrained, unless
+    ``pretrained=False``: the same architecture from random weights (the control of a fine-tuning run).
 
     Args:
         name: the model.
         num_labels: outputs of the new head.
+        pretrained: load the pretrained weights (``False``: initialise every weight at random).
 
     Returns:
         ``(model, tokenizer)``; the model is in training mode on the CPU.
@@ -120,6 +122,8 @@ def load_text_classifier(name: str = MINILM, num_labels: int = 2) -> tuple[nn.Mo
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        if not pretrained:
+            model = transformers.AutoModelForSequenceClassification.from_config(model.config)
     except OSError as err:
         raise _unreadable(name, err) from None
     finally:

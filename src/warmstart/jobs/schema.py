@@ -287,7 +287,7 @@ class PipelineJob:
             raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
 
 
-TEXT_METHODS = ("majority", "linear_probe", "full", "lora", "lora_proximal")
+TEXT_METHODS = ("majority", "linear_probe", "scratch", "full", "lora", "lora_proximal")
 
 
 @dataclasses.dataclass
@@ -392,7 +392,8 @@ class TextPipelineJob:
         trainer: trainer settings shared by every stage (``seed``, ``device``, ``precision``, ...).
         data: the text data set.
         model: ``all-MiniLM-L6-v2`` (bundled), a folder with a Hugging Face checkpoint, or a Hub name.
-        methods: which of ``majority``, ``linear_probe``, ``full``, ``lora``, ``lora_proximal`` to run.
+        methods: which of ``majority``, ``linear_probe``, ``scratch`` (the full fine-tune from random
+            weights: the control), ``full``, ``lora``, ``lora_proximal`` to run.
         probe: the linear probe's training (on cached embeddings).
         finetune: full fine-tuning.
         lora: LoRA (and ``lora_proximal``).

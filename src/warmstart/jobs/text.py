@@ -74,10 +74,11 @@ class _TextRun:
         trainer.job_config = to_dict(self.job)
         return trainer
 
-    def pretrained(self) -> tuple[nn.Module, Any]:
-        """A fresh copy of the pretrained model with a new head, the same head weights for every method."""
+    def pretrained(self, pretrained: bool = True) -> tuple[nn.Module, Any]:
+        """A fresh copy of the pretrained model with a new head, the same head weights for every method
+        (``pretrained=False``: the same architecture from random weights)."""
         torch.manual_seed(self.seed)
-        return load_text_classifier(self.job.model, num_labels=self.data.splits.num_classes)
+        return load_text_classifier(self.job.model, num_labels=self.data.splits.num_classes, pretrained=pretrained)
 
     def heading(self, text: str) -> None:
         if self.progress:
@@ -222,6 +223,13 @@ def _full(run: _TextRun) -> None:
     _fine_tune(run, "full", run.job.finetune, {"strategy": {"name": "full", "backbone_lr_mult": 1.0}})
 
 
+def _scratch(run: _TextRun) -> None:
+    run.heading(f"the same full fine-tune from random weights, the control ({run.job.finetune.trainer.max_epochs} "
+                "epochs)")
+    _fine_tune(run, "scratch", run.job.finetune, {"strategy": {"name": "full", "backbone_lr_mult": 1.0}},
+               pretrained=False)
+
+
 def _lora(run: _TextRun, proximal: bool = False) -> None:
     stage = run.job.lora
     name = "lora_proximal" if proximal else "lora"
@@ -231,10 +239,10 @@ def _lora(run: _TextRun, proximal: bool = False) -> None:
     _fine_tune(run, name, stage, {**options, **({"proximal": stage.proximal} if proximal else {})})
 
 
-def _fine_tune(run: _TextRun, name: str, stage: StageConfig, options: dict[str, Any]) -> None:
+def _fine_tune(run: _TextRun, name: str, stage: StageConfig, options: dict[str, Any], pretrained: bool = True) -> None:
     data = run.data
     with measured() as cost:
-        model, _ = run.pretrained()
+        model, _ = run.pretrained(pretrained)
         trainer = run.trainer(FinetuneTrainer, model, stage, name, **options)
         history = trainer.fit(data.train, data.val)
         test = trainer.evaluate(data.test)
@@ -258,7 +266,7 @@ def _row(test: dict[str, float], history: list[dict[str, Any]], trained: nn.Modu
 
 
 METHODS: dict[str, Callable[[_TextRun], None]] = {
-    "majority": _majority, "linear_probe": _linear_probe, "full": _full, "lora": _lora,
+    "majority": _majority, "linear_probe": _linear_probe, "scratch": _scratch, "full": _full, "lora": _lora,
     "lora_proximal": lambda run: _lora(run, proximal=True),
 }
 

@@ -13,6 +13,7 @@ from warmstart.jobs.report import plot_curves, pyplot, save_figure
 LABELS = {
     "majority": "majority class",
     "linear_probe": "linear probe (frozen mean-pooled embeddings)",
+    "scratch": "full fine-tune from random weights (control)",
     "full": "full fine-tune",
     "lora": "LoRA",
     "lora_proximal": "LoRA + proximal term",
