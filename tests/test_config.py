@@ -67,3 +67,9 @@ def test_overrides_parse_yaml_scalars():
     with pytest.raises(ConfigError, match="key.sub=value"):
         parse_overrides(["novalue"])
     assert to_dict(TrainerConfig(max_epochs=2))["max_epochs"] == 2
+
+
+def test_a_path_object_is_accepted_where_a_config_holds_a_path(tmp_path):
+    assert from_dict(TrainerConfig, {"out_dir": tmp_path / "run"}).out_dir == str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="'trainer.out_dir' must be str or null, got int"):
+        from_dict(TrainerConfig, {"out_dir": 3}, prefix="trainer")
