@@ -40,7 +40,8 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
     data = build_data(DATA, seed=0)
     seconds = ws.compress.measure_latency(build_job_model(ModelConfig(args={"width": 8}), data, seed=0),
                                           next(iter(data.test))[0][:8])
-    assert 0.1 < results["trained model"]["latency_ms"] / (1e3 * seconds) < 10  # milliseconds, not seconds
+    # milliseconds, not seconds (a factor 1000); wide bounds, as both timings move when the machine is shared
+    assert 0.02 < results["trained model"]["latency_ms"] / (1e3 * seconds) < 50
 
 
 def test_missing_weights_name_the_command_that_writes_them(tmp_path):
@@ -50,6 +51,18 @@ def test_missing_weights_name_the_command_that_writes_them(tmp_path):
         CompressJob(ratio=1.5)
     with pytest.raises(ConfigError, match="steps is how many shares"):
         CompressJob(steps=0)
+    with pytest.raises(ConfigError, match="qat_epochs must be >= 0"):
+        CompressJob(qat_epochs=-1)
+
+
+@pytest.mark.slow  # torchao's conv + BatchNorm folding at conversion: ~40 s
+def test_the_compress_job_adds_a_quantization_aware_row(tmp_path):
+    job = CompressJob(out_dir=str(tmp_path / "run"), data=DATA, model=ModelConfig(args={"width": 8}),
+                      weights=_trained(tmp_path, 8, "model.safetensors"), student=None, quantize="int8-weight",
+                      qat_epochs=1, latency_batch=8, trainer=ws.TrainerConfig(max_epochs=1, seed=0, progress=False))
+    results = run_compress(job, progress=False)
+    qat = results["pruned + distilled + quantization-aware training, int8-static"]
+    assert qat["bytes"] < results["pruned + distillation from the trained model"]["bytes"] / 3
 
 
 def test_the_command_line_runs_the_compress_job(tmp_path, capsys):

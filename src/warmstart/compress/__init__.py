@@ -1,4 +1,4 @@
-"""Compression: structured pruning, unstructured sparsity, recovery by distillation, int8 quantization, saving.
+"""Compression: structured pruning, unstructured sparsity, recovery by distillation, int8 quantization and QAT, saving.
 
 Every function works on a copy and returns it with a report; the model given is left as it was
 (except :func:`recover`, which trains the model it is given, as a trainer does).
@@ -9,6 +9,7 @@ from warmstart.compress._latency import measure_latency
 from warmstart.compress._layers import count_parameters
 from warmstart.compress._pruning import LayerChange, PruneReport, prune
 from warmstart.compress._pt2e import CompiledInt8Model
+from warmstart.compress._qat import QATModel, convert_qat, prepare_qat
 from warmstart.compress._quantize import QuantizeReport, quantize, tensor_bytes
 from warmstart.compress._recover import RecoveryResult, recover
 from warmstart.compress._saving import load_compressed, save_compressed
@@ -18,13 +19,16 @@ __all__ = [
     "CompiledInt8Model",
     "LayerChange",
     "PruneReport",
+    "QATModel",
     "QuantizeReport",
     "RecoveryResult",
     "SparsityReport",
+    "convert_qat",
     "count_parameters",
     "describe_compressed",
     "load_compressed",
     "measure_latency",
+    "prepare_qat",
     "prune",
     "quantize",
     "recover",

@@ -47,14 +47,14 @@ class CompiledInt8Model(nn.Module):
         return sum(state[name].numel() * state[name].element_size() for name in names if name in state)
 
 
-def check_static_request(model: nn.Module, example: Inputs) -> None:
-    """Refuse int8-static for an example batch of one, or where the X86InductorQuantizer's kernels do not exist."""
+def check_static_request(model: nn.Module, example: Inputs, purpose: str = "int8-static") -> None:
+    """Refuse int8-static (or QAT) for an example batch of one, or where the X86InductorQuantizer's kernels do not exist."""
     if any(t.dim() == 0 or t.shape[0] < 2 for t in example):
-        raise ConfigError("int8-static needs an example batch of at least 2 samples: torch.export fixes a batch "
+        raise ConfigError(f"{purpose} needs an example batch of at least 2 samples: torch.export fixes a batch "
                           "dimension of 1, and the model would then accept nothing else")
     on_gpu = any(p.device.type != "cpu" for p in model.parameters())
     if on_gpu or platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        raise ConfigError(f"mode 'int8-static' uses the X86InductorQuantizer and runs on x86 CPUs only (this is "
+        raise ConfigError(f"{purpose} uses the X86InductorQuantizer and runs on x86 CPUs only (this is "
                           f"{platform.machine()}, model on {'GPU' if on_gpu else 'CPU'}); use 'int8-weight' or "
                           f"'int8-dynamic'")
 
@@ -72,11 +72,8 @@ def quantize_static(model: nn.Module, example: Inputs, calibration: Iterable[Any
             overflow.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
-    quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
-    prepared = prepare_pt2e(_export(model, example), quantizer)
+    prepared = prepare_pt2e(export_graph(model, example, "int8-static"), x86_quantizer(reduce_range, is_qat=False))
     batches = 0
     with torch.no_grad():
         for batch in calibration:
@@ -84,10 +81,19 @@ def quantize_static(model: nn.Module, example: Inputs, calibration: Iterable[Any
             batches += 1
     if not batches:
         raise ConfigError("calibration yielded no batches: static int8 needs a few batches to set activation ranges")
-    return _compiled_now(CompiledInt8Model(convert_pt2e(prepared)), example)
+    return compiled_now(CompiledInt8Model(convert_pt2e(prepared)), example)
 
 
-def _compiled_now(model: CompiledInt8Model, example: Inputs) -> CompiledInt8Model:
+def x86_quantizer(reduce_range: bool, is_qat: bool) -> Any:
+    """torchao's X86InductorQuantizer for the whole model: int8 weights per channel, uint8 activations per tensor."""
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=is_qat, reduce_range=reduce_range))
+    return quantizer
+
+
+def compiled_now(model: CompiledInt8Model, example: Inputs) -> CompiledInt8Model:
     """Compile at once on the example (seconds), so a missing compiler shows here and not at the first real call."""
     try:
         model(*example)
@@ -98,13 +104,14 @@ def _compiled_now(model: CompiledInt8Model, example: Inputs) -> CompiledInt8Mode
     return model
 
 
-def _export(model: nn.Module, example: Inputs) -> nn.Module:
+def export_graph(model: nn.Module, example: Inputs, purpose: str) -> nn.Module:
+    """``torch.export`` the model in its current mode (eval for calibration, train for QAT), batch size dynamic."""
     # Dim.AUTO keeps the batch dimension dynamic when the example batch is larger than 1
     dynamic = tuple({0: torch.export.Dim.AUTO} for _ in example)
     try:
         return torch.export.export(model, example, dynamic_shapes=dynamic).module()
     except Exception as err:  # export reports many kinds of errors, all meaning the graph could not be captured
-        raise ConfigError(f"torch.export cannot capture {type(model).__name__} for int8-static "
+        raise ConfigError(f"torch.export cannot capture {type(model).__name__} for {purpose} "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); use 'int8-weight' or "
                           f"'int8-dynamic', which need no export") from err
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from warmstart.compress._deps import import_torchao_quantization
 from warmstart.compress._latency import _device_of, measure_latency
-from warmstart.compress._layers import add_to_record
+from warmstart.compress._layers import add_to_record, compression_record
 from warmstart.compress._pt2e import CompiledInt8Model, check_static_request, quantize_static
 from warmstart.errors import ConfigError
 
@@ -138,6 +138,9 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
         ['fc1.0', 'head']
     """
     _check_request(mode, example_input, candidates)
+    if "fake-quantized" in compression_record(model):
+        raise ConfigError("this is a QATModel (prepare_qat's fake-quantized copy): convert it with "
+                          "warmstart.compress.convert_qat(model), which keeps the ranges it learned")
     float_model = copy.deepcopy(model).eval()
     if mode == "auto":
         return _auto(float_model, _as_tuple(example_input), calibration, candidates, min_speedup, repeats)

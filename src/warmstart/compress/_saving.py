@@ -110,6 +110,10 @@ def _check_savable(model: nn.Module) -> None:
         raise ConfigError("an 'int8-static' model is a graph compiled for this machine and cannot be saved as weights; "
                           "save the float (or pruned) model with save_compressed and call quantize(model, "
                           "'int8-static', example_input, calibration=...) again after loading")
+    if "fake-quantized" in compression_record(model):
+        raise ConfigError("a QATModel is an exported training graph with fake quantization, which load_compressed "
+                          "cannot rebuild; convert it with convert_qat for inference, and keep its training state "
+                          "in Trainer checkpoints (Trainer(out_dir=...)), which a fresh prepare_qat(...) model loads")
     if compression_record(model).get("quantized", {}).get("mode") == EAGER_MODE:
         raise ConfigError(f"an '{EAGER_MODE}' model holds prepacked kernels that safetensors cannot store; save the "
                           f"float (or pruned) model with save_compressed and call quantize(model, '{EAGER_MODE}') "

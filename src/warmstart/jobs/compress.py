@@ -37,8 +37,8 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
     Raises:
         ConfigError: a weights file that does not exist yet (it names the command that writes it).
     """
-    from warmstart.compress import count_parameters, measure_latency, prune, quantize, recover, save_compressed, \
-        tensor_bytes  # the compress extra: torch-pruning and torchao load on first use
+    from warmstart.compress import convert_qat, count_parameters, measure_latency, prepare_qat, prune, quantize, \
+        recover, save_compressed, tensor_bytes  # the compress extra: torch-pruning and torchao load on first use
 
     for path in (job.weights, job.student_weights if job.student is not None else None):
         if path is not None and not Path(path).is_file():
@@ -68,9 +68,9 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         transfer = InMemoryLoader(data.pool, None, batch_size=job.data.batch_size, shuffle=True, seed=seed,
                                   transform=data.train.transform)
 
-        def distil(net: nn.Module, epochs: int) -> None:  # the unpruned model labels every training image
+        def distil(net: nn.Module, epochs: int, **changes: Any) -> None:  # the unpruned model labels every image
             recover(net, transfer, teacher=model, method="distill", temperature=job.temperature, alpha=1.0,
-                    **{**options, "epochs": epochs})
+                    **{**options, "epochs": epochs, **changes})
 
         between = max(1, job.trainer.max_epochs // job.steps)
         pruned, report = prune(model, example[:2], ratio=job.ratio, importance=job.importance, steps=job.steps,
@@ -84,6 +84,10 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         calibration = [(x,) for x, *_ in data.train.clone(transform=None, shuffle=False)]
         quantized, q_report = quantize(distilled.model, job.quantize, example, calibration=calibration)
         measure(f"pruned + distilled + {q_report.mode}", quantized)
+        if job.qat_epochs:
+            qat = prepare_qat(distilled.model, example)
+            distil(qat, job.qat_epochs, optimizer=dataclasses.replace(job.optimizer, lr=job.qat_lr))
+            measure("pruned + distilled + quantization-aware training, int8-static", convert_qat(qat, example)[0])
         if job.student is not None:
             student = build_job_model(job.student, data, seed)
             load_pretrained(student, job.student_weights)

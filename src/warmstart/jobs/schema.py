@@ -446,6 +446,10 @@ class CompressJob:
         scheduler: schedule of the recovery training.
         temperature: distillation temperature of the recovery.
         quantize: int8 mode for the recovered model (``auto`` times each on the CPU and keeps a faster one).
+        qat_epochs: epochs of quantization-aware training after recovery (0: none): the pruned,
+            distilled model trained with fake int8 (distilling from the unpruned model again),
+            then converted to ``int8-static`` (x86 CPUs), reported beside the post-training row.
+        qat_lr: learning rate of the quantization-aware training (the recovery optimizer otherwise).
         latency_batch: the batch size latency is measured at.
     """
 
@@ -465,6 +469,8 @@ class CompressJob:
     scheduler: SchedulerConfig | None = dataclasses.field(default_factory=SchedulerConfig)
     temperature: float = 4.0
     quantize: str = "auto"
+    qat_epochs: int = 0
+    qat_lr: float = 3e-4
     latency_batch: int = 64
 
     def __post_init__(self) -> None:
@@ -474,6 +480,9 @@ class CompressJob:
             raise ConfigError(f"steps is how many shares pruning removes the ratio in, >= 1; got {self.steps}")
         if self.quantize not in QUANTIZE_MODES:
             raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'")
+        if self.qat_epochs < 0 or self.qat_lr <= 0:
+            raise ConfigError(f"qat_epochs must be >= 0 (0: no quantization-aware training) and qat_lr > 0; got "
+                              f"{self.qat_epochs} and {self.qat_lr}")
         if self.trainer.out_dir is not None:
             raise ConfigError("warmstart compress takes the top-level out_dir, not trainer.out_dir")
 
