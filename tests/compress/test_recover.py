@@ -37,6 +37,23 @@ def test_pruning_then_recovery_wins_back_accuracy(digits_cnn, method):
     assert len(result.history) == 3 and result.method == method
 
 
+def test_auto_keeps_the_method_that_validates_better(digits_cnn):
+    from warmstart.data import split_loader
+
+    teacher, data = digits_cnn["model"], digits_cnn["data"]
+    pruned, _ = prune(teacher, data.train.tensors[0][:8], ratio=0.7)
+    train, val = split_loader(InMemoryLoader(data.train, batch_size=64, shuffle=True), 0.2)
+    result = recover(pruned, train, val, teacher=teacher, method="auto", epochs=2, optimizer=OPTIMIZER,
+                     progress=False, seed=0)
+    assert set(result.scores) == {"finetune", "distill"} and result.model is pruned
+    assert result.method == max(result.scores, key=result.scores.get)
+    # the model passed in holds the winner's weights: its validation accuracy is the winner's score
+    assert accuracy(pruned, val) == pytest.approx(result.scores[result.method])
+    assert result.trainer.evaluate(val)["accuracy"] == pytest.approx(result.scores[result.method])
+    with pytest.raises(ConfigError, match="method='auto' chooses .* pass val_loader="):
+        recover(pruned, train, teacher=teacher, method="auto")
+
+
 def test_the_teacher_is_left_as_it_was():
     teacher, student = mlp(16, [32], 3).train(), mlp(16, [8], 3)
     data = [(torch.randn(8, 16), torch.randint(0, 3, (8,)))] * 2
