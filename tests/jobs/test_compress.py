@@ -34,6 +34,7 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
     assert names[-1] == "distilled student (warmstart run)" and any("int8-weight" in n for n in names)
     pruned = results["pruned + distillation from the trained model"]
     assert pruned["params"] < 0.6 * results["trained model"]["params"]
+    assert results["pruned + distilled + int8-weight"]["params"] == pruned["params"]  # the same weights, in int8
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
     assert (tmp_path / "run" / "pruned_distilled.safetensors").is_file() and (tmp_path / "run" / "report.md").is_file()
     assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
@@ -62,7 +63,8 @@ def test_the_compress_job_adds_a_quantization_aware_row(tmp_path):
                       qat_epochs=1, latency_batch=8, trainer=ws.TrainerConfig(max_epochs=1, seed=0, progress=False))
     results = run_compress(job, progress=False)
     qat = results["pruned + distilled + quantization-aware training, int8-static"]
-    assert qat["bytes"] < results["pruned + distillation from the trained model"]["bytes"] / 3
+    distilled = results["pruned + distillation from the trained model"]
+    assert qat["bytes"] < distilled["bytes"] / 3 and qat["params"] == distilled["params"]
 
 
 def test_the_command_line_runs_the_compress_job(tmp_path, capsys):

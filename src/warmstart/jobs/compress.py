@@ -53,8 +53,9 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         load_pretrained(model, job.weights)
         rows: list[_Row] = []
 
-        def measure(name: str, net: nn.Module) -> _Row:
-            row = _Row(name, net, _accuracy(net, data), count_parameters(net), tensor_bytes(net),
+        def measure(name: str, net: nn.Module, params: int | None = None) -> _Row:
+            # an int8 graph holds its weights as constants, not parameters: it is given its float model's count
+            row = _Row(name, net, _accuracy(net, data), params or count_parameters(net), tensor_bytes(net),
                        1e3 * measure_latency(net, example))  # seconds -> ms
             rows.append(row)
             if progress:
@@ -83,11 +84,12 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         distilled = measure("pruned + distillation from the trained model", pruned)
         calibration = [(x,) for x, *_ in data.train.clone(transform=None, shuffle=False)]
         quantized, q_report = quantize(distilled.model, job.quantize, example, calibration=calibration)
-        measure(f"pruned + distilled + {q_report.mode}", quantized)
+        measure(f"pruned + distilled + {q_report.mode}", quantized, distilled.params)
         if job.qat_epochs:
             qat = prepare_qat(distilled.model, example)
             distil(qat, job.qat_epochs, optimizer=dataclasses.replace(job.optimizer, lr=job.qat_lr))
-            measure("pruned + distilled + quantization-aware training, int8-static", convert_qat(qat, example)[0])
+            measure("pruned + distilled + quantization-aware training, int8-static", convert_qat(qat, example)[0],
+                    distilled.params)
         if job.student is not None:
             student = build_job_model(job.student, data, seed)
             load_pretrained(student, job.student_weights)
