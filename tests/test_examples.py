@@ -28,7 +28,7 @@ def load(name: str) -> ModuleType:
 def test_every_example_is_tested_and_documented():
     assert SCRIPTS == ["01_pretrain_finetune_mnist", "02_autoencoder_pretraining", "03_partial_transfer",
                        "04_distill_resnet50_to_resnet18_cifar10", "05_hf_sequence_classification",
-                       "06_custom_trainer_subclass", "07_torchrun_ddp"]
+                       "06_custom_trainer_subclass", "07_torchrun_ddp", "08_prune_and_quantize"]
     readme = (EXAMPLES / "README.md").read_text()
     for name in SCRIPTS:
         source = (EXAMPLES / f"{name}.py").read_text()
@@ -73,6 +73,15 @@ def test_03_partial_transfer_copies_and_freezes_first_groups(capsys):
     # block1 = conv weight + BatchNorm (weight, bias, running mean/var, batch count): 6 tensors
     assert "transfer 1 group(s) (block1)" in out and " 6 tensors copied" in out
     assert "transfer 2 group(s) (block1, block2)" in out and "12 tensors copied" in out
+
+
+def test_08_prune_recover_save_and_quantize(tmp_path, capsys):
+    pytest.importorskip("torch_pruning")
+    assert load("08_prune_and_quantize").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "recovery on 20% of the training labels: finetune" in out and "reloaded outputs identical: True" in out
+    assert "| trained CNN |" in out and "| pruned, before recovery |" in out and "quantize: " in out
+    assert (tmp_path / "pruned.safetensors").is_file()
 
 
 def test_04_distill_dry_run(tmp_path, capsys):
