@@ -7,7 +7,7 @@ model (``recover(method="distill")``) or by plain fine-tuning (``method="finetun
 seeds. The epochs and the distillation's temperature and alpha are those
 ``compress_recovery_cv.py`` chose by cross-validation on the training digits. Then int8: post-training
 static int8 against quantization-aware training (``prepare_qat``, 3 epochs distilling from the
-unpruned model, ``convert_qat``). Accuracy on the 898 UCI test digits; CPU latency at batch 64.
+float model being quantized, ``convert_qat``). Accuracy on the 898 UCI test digits; CPU latency at batch 64.
 
 Part 2: ``mlp(784, [1024, 1024], 10)`` trained on the 4,000 MNIST digits, quantized by every mode of
 ``warmstart.compress.quantize`` (``int8-dynamic-eager`` is PyTorch's deprecated eager
@@ -128,7 +128,7 @@ def pruning_part(args: argparse.Namespace) -> list[str]:
     few = few_label_runs(pruned, teacher, target, augment, test, args)
     static, _ = quantize(recovered, "int8-static", example, calibration=[target.train.tensors[0][:512]])
     qat = prepare_qat(recovered, example)
-    recover(qat, InMemoryLoader(target.train, batch_size=64, shuffle=True, transform=augment), teacher=teacher,
+    recover(qat, InMemoryLoader(target.train, batch_size=64, shuffle=True, transform=augment), teacher=recovered,
             epochs=args.qat_epochs, seed=0, progress=False, optimizer={**RECOVERY_OPTIMIZER, "lr": 3e-4},
             temperature=args.temperature, alpha=args.alpha)
     qat_int8, _ = convert_qat(qat, example)

@@ -104,8 +104,9 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     Post-training static int8 (``quantize(model, "int8-static", ...)``) rounds trained weights and
     calibrated activation ranges once; when that costs accuracy (small or heavily pruned
     models, outlier activations), training a few epochs with the rounding in the loop recovers
-    it. Distilling from the float model during QAT (``recover(qat, loader, teacher=model)``) is
-    the usual recipe. The flow is torchao's PT2E QAT with the ``X86InductorQuantizer``, so the
+    it. Distilling from the float model being quantized (``recover(qat, loader, teacher=model)``,
+    ``model`` the one passed here, not a larger original) with a tenth of its training learning
+    rate for a few epochs is the usual recipe. The flow is torchao's PT2E QAT with the ``X86InductorQuantizer``, so the
     result runs on x86 CPUs, like ``"int8-static"``.
 
     Args:

@@ -69,8 +69,9 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         transfer = InMemoryLoader(data.pool, None, batch_size=job.data.batch_size, shuffle=True, seed=seed,
                                   transform=data.train.transform)
 
-        def distil(net: nn.Module, epochs: int, **changes: Any) -> None:  # the unpruned model labels every image
-            recover(net, transfer, teacher=model, method="distill", temperature=job.temperature, alpha=1.0,
+        def distil(net: nn.Module, epochs: int, teacher: nn.Module = model, **changes: Any) -> None:
+            # the teacher (the unpruned model, by default) labels every training image
+            recover(net, transfer, teacher=teacher, method="distill", temperature=job.temperature, alpha=1.0,
                     **{**options, "epochs": epochs, **changes})
 
         between = max(1, job.trainer.max_epochs // job.steps)
@@ -87,7 +88,8 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         measure(f"pruned + distilled + {q_report.mode}", quantized, distilled.params)
         if job.qat_epochs:
             qat = prepare_qat(distilled.model, example)
-            distil(qat, job.qat_epochs, optimizer=dataclasses.replace(job.optimizer, lr=job.qat_lr))
+            # the teacher is the float model being quantized: int8 learns to compute what it computes
+            distil(qat, job.qat_epochs, distilled.model, optimizer=dataclasses.replace(job.optimizer, lr=job.qat_lr))
             measure("pruned + distilled + quantization-aware training, int8-static", convert_qat(qat, example)[0],
                     distilled.params)
         if job.student is not None:

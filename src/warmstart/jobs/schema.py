@@ -447,8 +447,8 @@ class CompressJob:
         temperature: distillation temperature of the recovery.
         quantize: int8 mode for the recovered model (``auto`` times each on the CPU and keeps a faster one).
         qat_epochs: epochs of quantization-aware training after recovery (0: none): the pruned,
-            distilled model trained with fake int8 (distilling from the unpruned model again),
-            then converted to ``int8-static`` (x86 CPUs), reported beside the post-training row.
+            distilled model trained with fake int8, distilling from its own float version, then
+            converted to ``int8-static`` (x86 CPUs), reported beside the post-training row.
         qat_lr: learning rate of the quantization-aware training (the recovery optimizer otherwise).
         latency_batch: the batch size latency is measured at.
     """
