@@ -10,22 +10,10 @@ from torch import nn
 
 from warmstart.compress._latency import measure_latency
 from warmstart.compress._layers import add_to_record, compression_record
-from warmstart.compress._pt2e import (
-    CompiledInt8Model,
-    Inputs,
-    check_static_request,
-    compiled_now,
-    export_graph,
-    x86_quantizer,
-)
-from warmstart.compress._quantize import (
-    _WEIGHT_LAYERS,
-    QuantizeReport,
-    _as_tuple,
-    _layers_of,
-    _reduce_range,
-    tensor_bytes,
-)
+from warmstart.compress._pt2e import (CompiledInt8Model, Inputs, check_static_request, compiled_now, export_graph,
+                                      x86_quantizer)
+from warmstart.compress._quantize import (WEIGHT_LAYERS, QuantizeReport, as_tuple, layers_of, reduce_range_for,
+                                          tensor_bytes)
 from warmstart.errors import ConfigError
 
 QAT_MODE = "int8-static"  # what convert_qat produces: the same compiled int8 graph as post-training static int8
@@ -66,12 +54,16 @@ class QATModel(nn.Module):
         return self
 
     def set_observers(self, enabled: bool) -> None:
-        """Let the fake-quantize modules update their ranges from the data seen (``train()`` does this), or freeze them."""
-        from torchao.quantization.pt2e import FakeQuantizeBase
+        """Let the fake-quantize modules follow the data seen (as ``train()`` does), or freeze their ranges."""
+        _set_observers(self.graph, enabled)
 
-        for module in self.graph.modules():
-            if isinstance(module, FakeQuantizeBase):
-                module.enable_observer(enabled)
+
+def _set_observers(graph: nn.Module, enabled: bool) -> None:
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    for module in graph.modules():
+        if isinstance(module, FakeQuantizeBase):
+            module.enable_observer(enabled)
 
 
 # the ops of an exported training graph that behave differently in training, and where their ``training`` flag is
@@ -106,8 +98,8 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     models, outlier activations), training a few epochs with the rounding in the loop recovers
     it. Distilling from the float model being quantized (``recover(qat, loader, teacher=model)``,
     ``model`` the one passed here, not a larger original) with a tenth of its training learning
-    rate for a few epochs is the usual recipe. The flow is torchao's PT2E QAT with the ``X86InductorQuantizer``, so the
-    result runs on x86 CPUs, like ``"int8-static"``.
+    rate for a few epochs is the usual recipe. The flow is torchao's PT2E QAT with the
+    ``X86InductorQuantizer``, so the result runs on x86 CPUs, like ``"int8-static"``.
 
     Args:
         model: the trained float model (left as it was; it is copied and exported in train mode).
@@ -128,12 +120,12 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    example = _as_tuple(example_input)
+    example = as_tuple(example_input)
     float_model = copy.deepcopy(model).train()
     check_static_request(float_model, example, "quantization-aware training")
-    layers = _layers_of(float_model, _WEIGHT_LAYERS, "quantization-aware training")
+    layers = layers_of(float_model, WEIGHT_LAYERS, "quantization-aware training")
     graph = prepare_qat_pt2e(export_graph(float_model, example, "quantization-aware training"),
-                             x86_quantizer(_reduce_range(float_model), is_qat=True))
+                             x86_quantizer(reduce_range_for(float_model), is_qat=True))
     qat = QATModel(graph, tuple(t.detach().clone() for t in example))
     qat.eval()  # the graph was exported in train mode: this switches its BatchNorm and dropout
     qat.set_observers(True)
@@ -174,16 +166,13 @@ def convert_qat(qat: QATModel, example_input: torch.Tensor | tuple[torch.Tensor,
     if not isinstance(qat, QATModel):
         raise ConfigError(f"convert_qat takes the QATModel that prepare_qat returned, got {type(qat).__name__}; for a "
                           "float model use quantize(model, 'int8-static', example_input, calibration=...)")
-    example = qat.example if example_input is None else _as_tuple(example_input)
-    was_training = qat.training
-    qat.eval()
-    try:
-        graph = copy.deepcopy(qat.graph).cpu()
-        with torch.no_grad():
-            reference = qat(*example)
-        int8 = compiled_now(CompiledInt8Model(convert_pt2e(graph)), example)
-    finally:
-        qat.train(was_training)
+    example = qat.example if example_input is None else as_tuple(example_input)
+    fake = copy.deepcopy(qat.graph).cpu()  # qat itself stays as it was (device, mode), and can train on
+    _set_graph_mode(fake, False)
+    _set_observers(fake, False)
+    with torch.no_grad():
+        reference = fake(*example)  # the fake-int8 outputs the int8 graph should reproduce
+    int8 = compiled_now(CompiledInt8Model(convert_pt2e(copy.deepcopy(fake))), example)
     record = compression_record(qat)
     layers = record["fake-quantized"]["layers"]
     for step, facts in record.items():
@@ -192,7 +181,7 @@ def convert_qat(qat: QATModel, example_input: torch.Tensor | tuple[torch.Tensor,
     add_to_record(int8, "quantized", {"mode": QAT_MODE, "layers": layers, "qat": True})
     with torch.no_grad():
         error = float((int8(*example).float() - reference).abs().max())
-    latency = {"qat (fake int8)": 1e3 * measure_latency(qat, example, repeats=repeats),
+    latency = {"qat (fake int8)": 1e3 * measure_latency(fake, example, repeats=repeats),
                QAT_MODE: 1e3 * measure_latency(int8, example, repeats=repeats)}
     report = QuantizeReport(QAT_MODE, "cpu", layers, [], latency, {}, record["fake-quantized"]["float_bytes"],
                             int8.int8_bytes(), error, "int8-static from quantization-aware training")

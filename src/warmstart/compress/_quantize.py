@@ -21,7 +21,7 @@ from warmstart.errors import ConfigError
 MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static", "int8-dynamic-eager")
 TORCHAO_MODES = ("int8-weight", "int8-dynamic")
 EAGER_MODE = "int8-dynamic-eager"  # torch.ao.quantization.quantize_dynamic: deprecated, and the fastest on x86 CPUs
-_WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 Example = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -143,7 +143,7 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
                           "warmstart.compress.convert_qat(model), which keeps the ranges it learned")
     float_model = copy.deepcopy(model).eval()
     if mode == "auto":
-        return _auto(float_model, _as_tuple(example_input), calibration, candidates, min_speedup, repeats)
+        return _auto(float_model, as_tuple(example_input), calibration, candidates, min_speedup, repeats)
     quantized, layers, skipped = _apply(copy.deepcopy(float_model), mode, example_input, calibration)
     latency = {}
     if example_input is not None:
@@ -167,12 +167,12 @@ def _apply(model: nn.Module, mode: str, example_input: Example | None,
            calibration: Iterable[Any] | None) -> tuple[nn.Module, list[str], list[str]]:
     """Quantize ``model`` (a copy, changed in place) by ``mode``: ``(model, quantized layers, skipped layers)``."""
     if mode == "int8-static":
-        example = _as_tuple(example_input)
+        example = as_tuple(example_input)
         check_static_request(model, example)
-        layers = _layers_of(model, _WEIGHT_LAYERS, mode)
-        quantized = quantize_static(model, example, calibration or [example], _reduce_range(model))
+        layers = layers_of(model, WEIGHT_LAYERS, mode)
+        quantized = quantize_static(model, example, calibration or [example], reduce_range_for(model))
         return quantized, layers, []
-    layers = _layers_of(model, (nn.Linear,), mode)
+    layers = layers_of(model, (nn.Linear,), mode)
     skipped = [f"{name} ({type(m).__name__}: {mode} quantizes nn.Linear only; 'int8-static' covers convolutions)"
                for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
     if mode == EAGER_MODE:
@@ -181,7 +181,7 @@ def _apply(model: nn.Module, mode: str, example_input: Example | None,
     if mode == "int8-weight":
         config = quantization.Int8WeightOnlyConfig()
     else:
-        config = quantization.Int8DynamicActivationInt8WeightConfig(reduce_range=_reduce_range(model))
+        config = quantization.Int8DynamicActivationInt8WeightConfig(reduce_range=reduce_range_for(model))
     quantization.quantize_(model, config)
     return model, layers, skipped
 
@@ -196,7 +196,7 @@ def _quantize_eager(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def _layers_of(model: nn.Module, kinds: tuple[type, ...], mode: str) -> list[str]:
+def layers_of(model: nn.Module, kinds: tuple[type, ...], mode: str) -> list[str]:
     # torchao leaves attention's out-projection (NonDynamicallyQuantizableLinear) alone
     layers = [name for name, m in model.named_modules()
               if isinstance(m, kinds) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)]
@@ -209,7 +209,7 @@ def _layers_of(model: nn.Module, kinds: tuple[type, ...], mode: str) -> list[str
     return layers
 
 
-def _reduce_range(model: nn.Module) -> bool:
+def reduce_range_for(model: nn.Module) -> bool:
     from torchao.utils import should_reduce_range
 
     return bool(should_reduce_range(_device_of(model)))
@@ -252,8 +252,8 @@ def _report(mode: str, float_model: nn.Module, quantized: nn.Module, layers: lis
     error = None
     if example_input is not None:
         with torch.no_grad():
-            reference = float_model(*_as_tuple(example_input))
-            error = float((quantized(*_as_tuple(example_input)).float() - reference).abs().max())
+            reference = float_model(*as_tuple(example_input))
+            error = float((quantized(*as_tuple(example_input)).float() - reference).abs().max())
     return QuantizeReport(mode, _device_of(float_model).type, layers, skipped, latency, failed,
                           tensor_bytes(float_model), tensor_bytes(quantized), error, note)
 
@@ -276,5 +276,5 @@ def _stored_bytes(tensor: Any) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _as_tuple(example: Example | None) -> tuple[torch.Tensor, ...]:
+def as_tuple(example: Example | None) -> tuple[torch.Tensor, ...]:
     return tuple(example) if isinstance(example, (tuple, list)) else (example,)  # type: ignore[return-value]
