@@ -33,10 +33,10 @@ class ProgressReporter:
         self.use_bar = enabled and (sys.stdout.isatty() if bar is None else bar)
         self._bar: tqdm | None = None
 
-    def start_epoch(self, epoch: int, max_epochs: int, total_steps: int | None, initial: int = 0) -> None:
+    def start_epoch(self, epoch: int, max_epochs: int | None, total_steps: int | None, initial: int = 0) -> None:
         """Open the bar for an epoch (``total_steps`` optimizer steps, ``initial`` already done)."""
         if self.use_bar:
-            self._bar = tqdm(total=total_steps, initial=initial, desc=f"epoch {epoch + 1}/{max_epochs}",
+            self._bar = tqdm(total=total_steps, initial=initial, desc=f"epoch {epoch + 1}/{max_epochs or '?'}",
                              dynamic_ncols=True, leave=True, file=sys.stdout)
 
     def step(self) -> None:

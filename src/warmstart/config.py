@@ -63,8 +63,10 @@ class TrainerConfig:
     """Options of :class:`warmstart.Trainer` (the ``trainer:`` section of a config file).
 
     Attributes:
-        max_epochs: epochs to train.
-        max_steps: stop after this many optimizer steps (``None``: no limit).
+        max_epochs: epochs to train. ``None``: 1, or as many as ``max_steps`` needs when that is set.
+        max_steps: stop after this many optimizer steps (``None``: no limit). With both set,
+            training stops at whichever comes first, and a schedule is planned over the steps
+            that will run.
         precision: ``"32"``, ``"bf16"`` (bfloat16 autocast, also on CPU) or ``"16"`` (float16
             autocast with a GradScaler, GPU only); YAML's unquoted ``32`` and ``16`` are accepted.
         device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
@@ -89,9 +91,12 @@ class TrainerConfig:
         fsdp: the options of ``strategy="fsdp"`` (:class:`FSDPConfig`).
         activation_checkpointing: recompute each block's activations in the backward pass instead
             of keeping them (the blocks of ``fsdp.blocks``, or found automatically; any strategy).
+        overwrite: let a fresh run replace an earlier run's checkpoints and logs in ``out_dir``;
+            without it such a run is refused (:class:`warmstart.errors.RunExistsError`): continue
+            it with ``resume="last"`` or choose another ``out_dir``.
     """
 
-    max_epochs: int = 1
+    max_epochs: int | None = None
     max_steps: int | None = None
     precision: str | int = "32"
     device: str = "auto"
@@ -109,6 +114,7 @@ class TrainerConfig:
     strategy: str = "auto"
     fsdp: FSDPConfig = dataclasses.field(default_factory=FSDPConfig)
     activation_checkpointing: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.precision = normalize_precision(self.precision)
@@ -125,6 +131,13 @@ class TrainerConfig:
                                   + (" (None means no limit)" if name == "max_steps" else ""))
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+    @property
+    def epochs(self) -> int | None:
+        """The epoch limit in force: ``max_epochs``, else 1 without ``max_steps``, else none (``None``)."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return 1 if self.max_steps is None else None
 
 
 PRECISIONS = ("32", "bf16", "16")

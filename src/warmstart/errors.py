@@ -30,6 +30,14 @@ class OutDirBusyError(WarmstartError, RuntimeError):
     """Another live run holds the ``out_dir`` lock: two runs writing one folder would overwrite each other."""
 
 
+class RunExistsError(WarmstartError, FileExistsError):
+    """A fresh run was pointed at a folder holding an earlier run, which it would destroy.
+
+    Continue that run (``resume="last"``), write elsewhere, or ask for it explicitly (``overwrite=True``,
+    ``warmstart ... --overwrite``).
+    """
+
+
 def nearest(name: str, valid: Iterable[str]) -> str:
     """Return a ``did you mean`` hint for ``name`` among ``valid`` (or an empty string).
 

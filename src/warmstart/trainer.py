@@ -201,7 +201,7 @@ class Trainer:
                 cb.on_fit_start(self)
             step_callbacks = [cb for cb in self.callbacks if type(cb).on_train_step_end is not Callback.on_train_step_end]
 
-            while self.epoch < cfg.max_epochs and not self.should_stop:
+            while self.epoch < (cfg.epochs or math.inf) and not self.should_stop:
                 if not self._train_epoch(train_loader, step_callbacks):
                     self._save_checkpoint()  # stopped inside the epoch (max_steps): save where it stopped
                     break
@@ -233,7 +233,7 @@ class Trainer:
         else:
             state.rng_at_start = rng_state(self._generators)
         n_batches = _length(loader)
-        self.progress.start_epoch(self.epoch, cfg.max_epochs, None if n_batches is None else math.ceil(n_batches / cfg.accumulate),
+        self.progress.start_epoch(self.epoch, cfg.epochs, None if n_batches is None else math.ceil(n_batches / cfg.accumulate),
                                   initial=state.batches // cfg.accumulate)
         batches = iter(loader)
         if resuming:
@@ -581,7 +581,7 @@ class Trainer:
         self.epoch_state = EpochState.from_state_dict(checkpoint["epoch_state"], self.device)
         self._resume_rng = checkpoint["rng"]
         set_rng_state(checkpoint["rng"])  # the loader's own generators follow when its epoch starts
-        if self.epoch >= self.config.max_epochs or (self.config.max_steps or math.inf) <= self.global_step:
+        if self.epoch >= (self.config.epochs or math.inf) or (self.config.max_steps or math.inf) <= self.global_step:
             warnings.warn(f"'{path}' has already trained {self.epoch} epochs ({self.global_step} steps), which "
                           f"reaches max_epochs={self.config.max_epochs}, max_steps={self.config.max_steps}: nothing "
                           "to train. Raise max_epochs (or max_steps) to train further.", stacklevel=3)
@@ -641,7 +641,7 @@ class Trainer:
         if n_batches is None and self.config.max_steps is None and spec.name in ("cosine", "step"):
             raise ConfigError(f"the '{spec.name}' schedule needs the number of steps: use a loader with len() or set max_steps")
         steps_per_epoch = math.ceil((n_batches or 1) / self.config.accumulate)
-        total = self.config.max_steps or steps_per_epoch * self.config.max_epochs
+        total = self.config.max_steps or steps_per_epoch * self.config.epochs
         self._schedule = {**to_dict(spec), "total_steps": total, "steps_per_epoch": steps_per_epoch}
         return build_scheduler(self.optimizer, total_steps=total, steps_per_epoch=steps_per_epoch, **to_dict(spec))
 

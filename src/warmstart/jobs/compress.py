@@ -74,7 +74,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
             recover(net, transfer, teacher=teacher, method="distill", temperature=job.temperature, alpha=1.0,
                     **{**options, "epochs": epochs, **changes})
 
-        between = max(1, job.trainer.max_epochs // job.steps)
+        between = max(1, job.trainer.epochs // job.steps)
         pruned, report = prune(model, example[:2], ratio=job.ratio, importance=job.importance, steps=job.steps,
                                global_pruning=job.global_pruning, recover_fn=lambda net, step: distil(net, between))
         measure(f"pruned {report.achieved_ratio:.0%}, before recovery", copy.deepcopy(pruned))
@@ -107,7 +107,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
 
 def _recovery_options(job: CompressJob, progress: bool) -> dict[str, Any]:
     trainer = dataclasses.replace(job.trainer, progress=job.trainer.progress and progress)
-    return {"epochs": trainer.max_epochs, "optimizer": job.optimizer, "config": trainer, "scheduler": job.scheduler}
+    return {"epochs": trainer.epochs, "optimizer": job.optimizer, "config": trainer, "scheduler": job.scheduler}
 
 
 @torch.no_grad()
@@ -131,7 +131,7 @@ def _write(out: Path, job: CompressJob, results: dict[str, dict[str, Any]]) -> N
     rows = {k: v for k, v in results.items() if "accuracy" in v}
     lines = ["# warmstart compress report", "",
              f"`{job.model.name}` {job.model.args} from `{job.weights}`, pruned to {1 - job.ratio:.0%} of its "
-             f"parameters, recovered for {job.trainer.max_epochs} epochs, quantized ({job.quantize}). Accuracy on the "
+             f"parameters, recovered for {job.trainer.epochs} epochs, quantized ({job.quantize}). Accuracy on the "
              f"test split of `{job.data.name}`; latency: median ms per batch of {job.latency_batch} on the CPU.", "",
              "| model | test accuracy (%) | parameters | size (kB) | latency (ms) |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {100 * r['accuracy']:.1f} | {r['params']:,} | {r['bytes'] / 1e3:.1f} | {r['latency_ms']:.2f} |"

@@ -118,7 +118,7 @@ def _check_student_size(job: PipelineJob, target: DataBundle) -> None:
 def _pretrain(run: _Run, source: DataBundle, target: DataBundle) -> Path:
     job = run.job
     trainer, optimizer, scheduler = run.stage(job.pretrain, "pretrain")
-    run.heading(f"1/3 pretrain {job.model.name} on {job.source.name} ({trainer.max_epochs} epochs)")
+    run.heading(f"1/3 pretrain {job.model.name} on {job.source.name} ({trainer.epochs} epochs)")
     result = run_pretrain(PretrainJob(data=job.source, model=job.model, trainer=trainer, optimizer=optimizer,
                                       scheduler=scheduler), data=source)
     run.record("pretrain", result, dataset=job.source.name)
@@ -136,7 +136,7 @@ def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> S
     job, stage = run.job, run.job.finetune
     strategy, options, starts_pretrained = _METHOD_JOBS[method]
     trainer, optimizer, scheduler = run.stage(stage, f"finetune/{method}")
-    run.heading(f"2/3 fine-tune on {job.target.name}: {LABELS.get(method, method)} ({trainer.max_epochs} epochs)")
+    run.heading(f"2/3 fine-tune on {job.target.name}: {LABELS.get(method, method)} ({trainer.epochs} epochs)")
     result = run_finetune(FinetuneJob(
         data=job.target, model=job.model, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
         pretrained=str(pretrained) if starts_pretrained else None, strategy=strategy, strategy_args=options,

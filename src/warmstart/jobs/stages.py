@@ -187,7 +187,7 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
             print(report)
     if job.strategy == "recipe":
         smoothing = 0.1 if job.label_smoothing is None else job.label_smoothing
-        result = fine_tune(model, data.train, data.val, epochs=job.trainer.max_epochs, optimizer=job.optimizer,
+        result = fine_tune(model, data.train, data.val, epochs=job.trainer.epochs, optimizer=job.optimizer,
                            scheduler=job.scheduler, label_smoothing=smoothing, proximal=job.proximal,
                            out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
                            **job.strategy_args)
