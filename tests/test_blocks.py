@@ -1,4 +1,4 @@
-"""Repeated blocks are found (transformer layers, ResNet blocks, none in an MLP); activation checkpointing changes nothing."""
+"""Repeated blocks are found (transformer layers, ResNet blocks, none in an MLP); activation checkpointing changes nothing (outputs, gradients, buffers)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,58 @@ def test_the_trainer_option_checkpoints_the_blocks_and_trains_alike():
         assert torch.equal(value, weights[1][name]), name
     with pytest.warns(UserWarning, match="no repeated blocks to checkpoint"):
         ws.Trainer(nn.Linear(2, 2), activation_checkpointing=True, device="cpu")
+
+
+class ConvBlock(nn.Module):
+    """A residual conv block with BatchNorm (``momentum=None``: the cumulative average over ``num_batches_tracked``)."""
+
+    def __init__(self, channels: int, momentum: float | None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.norm(self.conv(x)))  # (B, C, H, W)
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), ConvBlock(4, 0.1), ConvBlock(4, None),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def test_recomputation_leaves_batchnorm_statistics_alone():
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(8, 3, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    assert [name for name, _ in find_blocks(small_cnn())] == ["1", "2"]  # the two ConvBlocks are checkpointed
+    runs = []
+    for checkpointing in (False, True):
+        model = small_cnn()
+        trainer = ws.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=2, device="cpu",
+                             activation_checkpointing=checkpointing, progress=False)
+        trainer.fit(batches)
+        runs.append((model.state_dict(), trainer.evaluate(batches)))
+    (plain, plain_metrics), (checkpointed, checkpointed_metrics) = runs
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:  # parameters, running_mean, running_var and num_batches_tracked of both blocks
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-6, atol=1e-7,
+                                   msg=lambda message, name=name: f"{name}: {message}")
+    assert int(checkpointed["2.norm.num_batches_tracked"]) == 6  # one update per step (2 epochs x 3), not two
+    assert checkpointed_metrics == plain_metrics
+
+
+def test_recomputation_restores_any_buffer_the_forward_changes():
+    class CountingBlock(nn.Module):  # a buffer updated in forward, as a running normalizer's would be
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return torch.tanh(self.fc(x))
+
+    model = nn.Sequential(CountingBlock(), CountingBlock())
+    checkpoint_activations(find_blocks(model))
+    model(torch.randn(3, 4, requires_grad=True)).sum().backward()
+    assert [int(block.calls) for block in model] == [1, 1]

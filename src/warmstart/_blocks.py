@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch.utils.checkpoint
@@ -80,14 +81,44 @@ class _CheckpointedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         forward = type(self.module).forward.__get__(self.module)
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        if torch.compiler.is_compiling():  # the compiled graph recomputes by itself, its buffer updates happen once
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False,
+                                                 context_fn=self._checkpoint_contexts, **kwargs)
+
+    def _checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        # (forward, recomputation): checkpoint enters the second around the forward it reruns in backward
+        return contextlib.nullcontext(), _restore_buffers_after(self.module)
+
+
+@contextlib.contextmanager
+def _restore_buffers_after(module: nn.Module) -> Iterator[None]:
+    """Put ``module``'s buffers back as they were once the block inside has run (also when it stops early).
+
+    The recomputation reruns the forward in train mode, so without this BatchNorm would update
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` a second time per step (with
+    ``momentum=None`` the cumulative average too). Its output is unchanged: in train mode it
+    normalizes by the batch statistics, which do not read the buffers. Every buffer is saved and
+    put back: version counters cannot tell which ones changed, as ``native_batch_norm`` updates
+    the statistics in place without bumping theirs.
+    """
+    buffers = list(module.buffers())
+    saved = [buffer.clone() for buffer in buffers]  # a block's buffers are small next to its activations
+    try:
+        yield
+    finally:  # checkpoint stops the recomputation by an exception once it has every saved tensor
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
 
 
 def checkpoint_activations(blocks: Sequence[tuple[str, nn.Module]]) -> None:
     """Recompute the activations of each block in the backward pass instead of storing them (in place).
 
-    Outputs and gradients are those of the plain model (the random state is replayed for dropout);
-    memory for activations drops to the blocks' inputs, at the cost of a second forward per block.
+    Outputs and gradients are those of the plain model (the random state is replayed for dropout),
+    and so are the buffers: the recomputation leaves BatchNorm's running statistics (any buffer its
+    forward changes) as the first forward left them. Memory for activations drops to the blocks'
+    inputs, at the cost of a second forward per block.
     """
     for _, module in blocks:
         if not isinstance(module.__dict__.get("forward"), _CheckpointedForward):
