@@ -44,7 +44,7 @@ def _probe_with_bad_labels():
     data = make_dataset(n=64)
     labels = data.tensors[1].clone()
     labels[60] = 5
-    FinetuneTrainer(make_mlp(), strategy="linear_probe", progress=False, log_every=100).fit(
+    FinetuneTrainer(make_mlp(), method="linear_probe", progress=False, log_every=100).fit(
         InMemoryLoader(data.tensors[0], labels, batch_size=8))
 
 
@@ -89,14 +89,14 @@ def _nan_evaluation():
 
 def _lora_target_typo():
     pytest.importorskip("peft")
-    FinetuneTrainer(make_mlp(), strategy="lora", lora={"targets": ["fc1"]})
+    FinetuneTrainer(make_mlp(), method="lora", lora={"targets": ["fc1"]})
 
 
 def _lora_without_peft():
     saved = sys.modules.get("peft")
     sys.modules["peft"] = None  # import peft now raises ImportError, as if it were not installed
     try:
-        FinetuneTrainer(make_mlp(), strategy="lora")
+        FinetuneTrainer(make_mlp(), method="lora")
     finally:
         if saved is None:
             del sys.modules["peft"]
@@ -107,7 +107,7 @@ def _lora_without_peft():
 def _adapter_on_another_base(tmp_path: Path):
     pytest.importorskip("peft")
     model = make_mlp()
-    FinetuneTrainer(model, strategy="lora", progress=False)
+    FinetuneTrainer(model, method="lora", progress=False)
     path = save_adapter(model, tmp_path / "adapter.safetensors")
     load_adapter(make_mlp(), path)  # freshly initialised: other base weights
 
@@ -158,7 +158,7 @@ LIBRARY = [
      "is a directory, not a YAML file"),
     ("LoRA target not in the model", lambda tmp: _lora_target_typo(), ConfigError,
      "LoRA target 'fc1' matches no Linear or Conv layer of Sequential; candidates (as suffixes): 0"),
-    ("strategy='lora' without peft", lambda tmp: _lora_without_peft(), ConfigError,
+    ("method='lora' without peft", lambda tmp: _lora_without_peft(), ConfigError,
      "which is not installed: pip install 'warmstart[text]'"),
     ("adapter onto another base model", _adapter_on_another_base, CheckpointError,
      "adapters only work on the weights they were trained with"),

@@ -64,7 +64,7 @@ def test_targets_by_suffix_and_named_errors():
 def test_only_adapters_and_head_train_and_the_base_is_untouched():
     model = make_mlp()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, strategy="lora", lora={"r": 2, "alpha": 4},
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, method="lora", lora={"r": 2, "alpha": 4},
                               max_epochs=2, progress=False, seed=0)
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["head", "head", "lora"]
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
@@ -89,7 +89,7 @@ def test_lora_fine_tunes_every_family(family):
     else:
         model, batches = tiny_bert(), text_batches(2)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, strategy="lora", lora={"r": 4}, max_epochs=1,
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, method="lora", lora={"r": 4}, max_epochs=1,
                               progress=False, seed=0)
     trainer.fit(batches)
     info = lora_info(model)
@@ -104,7 +104,7 @@ def test_adapter_files_hold_adapters_and_head_and_refuse_another_base(tmp_path):
     torch.manual_seed(0)
     pretrained = make_mlp()
     model = copy.deepcopy(pretrained)
-    FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, strategy="lora", lora={"r": 2}, max_epochs=1, progress=False,
+    FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, method="lora", lora={"r": 2}, max_epochs=1, progress=False,
                     seed=0, out_dir=str(tmp_path / "run")).fit(DataLoader(make_dataset(), batch_size=16))
     weights, metadata = ws.load_weights(tmp_path / "run" / "last.safetensors")
     assert sorted(weights) == ["0.lora_A.default.weight", "0.lora_B.default.weight", "3.bias", "3.weight"]
@@ -124,7 +124,7 @@ def test_adapter_files_hold_adapters_and_head_and_refuse_another_base(tmp_path):
 
 def test_merged_model_computes_what_the_adapted_one_did():
     model = tiny_bert()
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 5e-2}, strategy="lora", lora={"r": 4, "dropout": 0.1},
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 5e-2}, method="lora", lora={"r": 4, "dropout": 0.1},
                               max_epochs=2, progress=False, seed=0)
     trainer.fit(text_batches())
     batch = {k: v for k, v in text_batches(1, seed=1)[0].items() if k != "labels"}
@@ -141,7 +141,7 @@ def test_merged_model_computes_what_the_adapted_one_did():
 def _lora_run(out_dir: Path, callbacks=(), resume: str | None = None) -> nn.Module:
     torch.manual_seed(0)
     model = make_mlp(dropout=0.1)
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, strategy="lora", lora={"r": 2, "dropout": 0.2},
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, method="lora", lora={"r": 2, "dropout": 0.2},
                               proximal=2.0, scheduler={"name": "cosine"}, max_epochs=3, progress=False, seed=0,
                               save_every=2, out_dir=str(out_dir), callbacks=callbacks)
     trainer.fit(DataLoader(make_dataset(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1)),
@@ -163,7 +163,7 @@ def test_resume_of_a_lora_run_after_a_crash_mid_epoch_is_bit_exact(tmp_path):
 def test_a_lora_checkpoint_refuses_to_resume_on_another_base(tmp_path):
     _lora_run(tmp_path)
     torch.manual_seed(1)  # another base model: other weights under the same names
-    trainer = FinetuneTrainer(make_mlp(dropout=0.1), {"name": "adamw", "lr": 1e-2}, strategy="lora",
+    trainer = FinetuneTrainer(make_mlp(dropout=0.1), {"name": "adamw", "lr": 1e-2}, method="lora",
                               lora={"r": 2, "dropout": 0.2}, proximal=2.0, scheduler={"name": "cosine"},
                               max_epochs=4, progress=False, seed=0, out_dir=str(tmp_path))
     with pytest.raises(CheckpointError, match="the LoRA run this checkpoint continues was trained on .* sha256"):
@@ -172,7 +172,7 @@ def test_a_lora_checkpoint_refuses_to_resume_on_another_base(tmp_path):
 
 def test_lora_with_the_proximal_term_anchors_the_adapters_only():
     model = make_mlp()
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, strategy="lora", lora={"r": 2}, proximal=0.01,
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, method="lora", lora={"r": 2}, proximal=0.01,
                               max_epochs=1, progress=False, seed=0)
     trainer.fit(DataLoader(make_dataset(), batch_size=16))
     assert sorted(trainer.proximal.anchor.tensors) == ["0.lora_A.default.weight", "0.lora_B.default.weight"]
@@ -189,8 +189,8 @@ def test_fine_tune_with_lora_trains_adapters_only():
 
 
 def test_bad_lora_settings(monkeypatch):
-    with pytest.raises(ConfigError, match="gives LoRA options, but the strategy is 'full'"):
-        FinetuneTrainer(make_mlp(), strategy="full", lora={"r": 4})
+    with pytest.raises(ConfigError, match="gives LoRA options, but the method is 'full'"):
+        FinetuneTrainer(make_mlp(), method="full", lora={"r": 4})
     with pytest.raises(ConfigError, match="LoRA rank r must be an integer >= 1"):
         add_lora(make_mlp(), r=0)
     model = make_mlp()
@@ -199,7 +199,7 @@ def test_bad_lora_settings(monkeypatch):
         add_lora(model, r=2)
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     with pytest.raises(ConfigError, match=r"'peft' package, which is not installed: pip install 'warmstart\[text\]'"):
-        FinetuneTrainer(make_mlp(), strategy="lora")
+        FinetuneTrainer(make_mlp(), method="lora")
 
 
 def test_torchrun_two_processes_train_lora_like_one(tmp_path):

@@ -47,7 +47,7 @@ def test_minilm_loads_offline_as_a_bert_classifier(minilm):
 def test_lora_on_minilm_trains_under_2_percent_and_saves_under_2_percent(minilm, tmp_path):
     model = _model(minilm)
     words = vader_lexicon("polarity").train.subset(range(64))
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-3}, strategy="lora", lora={"r": 8, "alpha": 16},
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-3}, method="lora", lora={"r": 8, "alpha": 16},
                               max_epochs=1, progress=False, seed=0, out_dir=str(tmp_path / "lora"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == 332_546 and trainable / 22_713_986 < 0.02  # 36 layers x 8 x (in + out), and the head
@@ -72,7 +72,7 @@ def test_lora_on_minilm_trains_under_2_percent_and_saves_under_2_percent(minilm,
 
 def test_an_adapter_refuses_a_base_with_other_weights(minilm, tmp_path):
     model = _model(minilm)
-    FinetuneTrainer(model, strategy="lora", progress=False)
+    FinetuneTrainer(model, method="lora", progress=False)
     path = save_adapter(model, tmp_path / "adapter.safetensors")
     other = _model(minilm)
     with torch.no_grad():

@@ -1,4 +1,6 @@
-"""Fine-tuning: swap heads, load pretrained weights, freeze and unfreeze, every transfer strategy, and LoRA."""
+"""Fine-tuning: swap heads, load pretrained weights, freeze and unfreeze, every fine-tuning method, and LoRA."""
+
+import warnings
 
 from warmstart.finetune.freezing import (LayerGroup, freeze, freeze_batchnorm, freeze_to, frozen_state, layer_groups,
                                          unfreeze)
@@ -6,17 +8,16 @@ from warmstart.finetune.loading import LoadReport, load_pretrained, strip_prefix
 from warmstart.finetune.lora import (LoraInfo, adapter_state_dict, add_lora, base_identity, load_adapter, lora_candidates,
                                      lora_info, merge_lora, resolve_targets, save_adapter)
 from warmstart.finetune.lr_finder import LRFinderResult, lr_find
+from warmstart.finetune.methods import METHODS, Full, Gradual, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.recipes import Candidate, FineTuneResult, default_candidates, fine_tune
-from warmstart.finetune.strategies import (STRATEGIES, Full, Gradual, LinearProbe, LoRA, Partial, Strategy,
-                                           make_strategy)
 from warmstart.finetune.text_models import MINILM, load_text_classifier, load_tokenizer, minilm_path
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.finetune.transfer import transfer_layers
 from warmstart.heads import SwapInfo, find_head, init_head, swap_head
 
 __all__ = [
+    "METHODS",
     "MINILM",
-    "STRATEGIES",
     "Candidate",
     "FineTuneResult",
     "FinetuneTrainer",
@@ -28,12 +29,13 @@ __all__ = [
     "LoRA",
     "LoadReport",
     "LoraInfo",
+    "Method",
     "Partial",
-    "Strategy",
     "SwapInfo",
     "add_lora",
     "adapter_state_dict",
     "base_identity",
+    "build_method",
     "find_head",
     "default_candidates",
     "fine_tune",
@@ -50,7 +52,6 @@ __all__ = [
     "lora_candidates",
     "lora_info",
     "lr_find",
-    "make_strategy",
     "merge_lora",
     "minilm_path",
     "resolve_targets",
@@ -60,3 +61,16 @@ __all__ = [
     "transfer_layers",
     "unfreeze",
 ]
+
+# the names of the fine-tuning methods before they took the word "method" (``strategy`` is the Trainer's parallelism)
+_DEPRECATED = {"Strategy": "Method", "STRATEGIES": "METHODS", "make_strategy": "build_method"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(f"warmstart.finetune.{name} is deprecated: use warmstart.finetune.{new} (the fine-tuning "
+                      "'strategy' is now the 'method'; 'strategy' names the Trainer's parallelism)", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

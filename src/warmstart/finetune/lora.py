@@ -47,7 +47,7 @@ def require_peft() -> Any:
     try:
         import peft
     except ImportError:
-        raise ConfigError("strategy='lora' trains LoRA adapters through the 'peft' package, which is not installed: "
+        raise ConfigError("method='lora' trains LoRA adapters through the 'peft' package, which is not installed: "
                           "pip install 'warmstart[text]' (or pip install peft)") from None
     return peft
 
@@ -227,7 +227,7 @@ def adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | N
     info = lora_info(model)
     if info is None:
         raise ConfigError(f"{type(model).__name__} has no LoRA adapters; add them with warmstart.finetune.add_lora "
-                          "(or FinetuneTrainer(strategy='lora'))")
+                          "(or FinetuneTrainer(method='lora'))")
     state = model.state_dict() if state_dict is None else state_dict
     keep = set(info.head)
     return {name: tensor for name, tensor in state.items() if _is_adapter(name) or name in keep}

@@ -18,7 +18,7 @@ from warmstart import distributed
 from warmstart.config import OptimizerConfig
 from warmstart.data.loaders import split_loader
 from warmstart.errors import ConfigError
-from warmstart.finetune.strategies import Full, LinearProbe, LoRA, Partial, Strategy, make_strategy
+from warmstart.finetune.methods import Full, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.heads import find_head, swap_head
 
@@ -30,14 +30,14 @@ class Candidate:
     Attributes:
         name: its name in results and reports.
         warm_up: epochs of a linear probe (the head alone) before the main phase.
-        strategy: the main phase's strategy (which groups train, at which rates).
+        method: the main phase's fine-tuning method (which groups train, at which rates).
         pretrained: start from the model's weights; ``False`` re-initialises every layer (the
             control that says whether the pretrained weights help at all).
     """
 
     name: str
     warm_up: int
-    strategy: Strategy
+    method: Method
     pretrained: bool = True
 
 
@@ -156,7 +156,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
                             proximal=proximal, head=head, trainer_kwargs=trainer_kwargs)
     fixed = Candidate("recipe", freeze_epochs, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))
     if lora is not None:
-        candidates = [Candidate("lora", 0, make_strategy("lora", dict(lora)))]
+        candidates = [Candidate("lora", 0, build_method("lora", dict(lora)))]
     elif not select:
         history, trainer = run(model, fixed, train_loader, val_loader, epochs, out_dir)
         return FineTuneResult(model=model, history=history, trainer=trainer)
@@ -207,30 +207,30 @@ def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs:
 
     history: list[dict[str, Any]] = []
     if candidate.warm_up:
-        probe = FinetuneTrainer(model, optimizer, loss_fn, strategy=LinearProbe(), head=head,
+        probe = FinetuneTrainer(model, optimizer, loss_fn, method=LinearProbe(), head=head,
                                 max_epochs=candidate.warm_up, scheduler={"name": "cosine"}, out_dir=folder("probe"),
                                 **options)
         _announce(options, f"fine_tune phase 1/2: linear probe, the head alone on cached features "
                            f"({candidate.warm_up} epochs)")
         history += [{"phase": "linear_probe", **h} for h in probe.fit(train, val)]
-    anchored = proximal if candidate.pretrained and not isinstance(candidate.strategy, LinearProbe) else None
-    trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=anchored, strategy=candidate.strategy,
+    anchored = proximal if candidate.pretrained and not isinstance(candidate.method, LinearProbe) else None
+    trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=anchored, method=candidate.method,
                               max_epochs=epochs, scheduler=scheduler or {"name": "cosine", "warmup_epochs": 0.05 * epochs},
                               out_dir=folder("full"), **options)
     phase = f"{2 if candidate.warm_up else 1}/{2 if candidate.warm_up else 1}"
-    _announce(options, f"fine_tune phase {phase}: {candidate.name} ({_describe(candidate.strategy)}, {epochs} epochs)")
+    _announce(options, f"fine_tune phase {phase}: {candidate.name} ({_describe(candidate.method)}, {epochs} epochs)")
     history += [{"phase": "full", **h} for h in trainer.fit(train, val)]
     return history, trainer
 
 
-def _describe(strategy: Strategy) -> str:
-    if isinstance(strategy, LinearProbe):
+def _describe(method: Method) -> str:
+    if isinstance(method, LinearProbe):
         return "the head alone"
-    if isinstance(strategy, LoRA):
-        return f"LoRA adapters r={strategy.r}, alpha={strategy.alpha} on a frozen backbone, and the head"
-    frozen = f"first {strategy.k} layer group(s) frozen, " if isinstance(strategy, Partial) else ""
-    rates = (f"layer-wise lr decay {strategy.layer_decay}" if strategy.layer_decay is not None
-             else f"backbone lr x{strategy.backbone_lr_mult}")
+    if isinstance(method, LoRA):
+        return f"LoRA adapters r={method.r}, alpha={method.alpha} on a frozen backbone, and the head"
+    frozen = f"first {method.k} layer group(s) frozen, " if isinstance(method, Partial) else ""
+    rates = (f"layer-wise lr decay {method.layer_decay}" if method.layer_decay is not None
+             else f"backbone lr x{method.backbone_lr_mult}")
     return frozen + rates
 
 

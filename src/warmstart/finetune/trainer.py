@@ -1,8 +1,9 @@
-"""FinetuneTrainer: the Trainer with a transfer strategy (LoRA too), discriminative learning rates and cached features."""
+"""FinetuneTrainer: the Trainer with a fine-tuning method (LoRA too), discriminative learning rates and cached features."""
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,17 +16,17 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from warmstart import distributed
 from warmstart._batches import run_model
 from warmstart._runtime import move_to_device
-from warmstart.config import OptimizerConfig
+from warmstart.config import STRATEGIES, OptimizerConfig
 from warmstart.optim import param_groups_weight_decay
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, rebuild_loader
 from warmstart.distributed import ShardSampler
-from warmstart.errors import CheckpointError, ConfigError
+from warmstart.errors import CheckpointError, ConfigError, nearest
 from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
                                          restore_frozen_state, unfreeze_batchnorm)
 from warmstart.finetune.lora import (LoraInfo, adapter_parameter_names, adapter_state_dict, add_lora,
                                      check_same_base, lora_info, lora_metadata)
-from warmstart.finetune.strategies import LinearProbe, LoRA, Partial, Strategy, make_strategy
+from warmstart.finetune.methods import METHODS, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.heads import find_head, head_parameter_names
 from warmstart.proximal import Anchor, ProximalTerm, check_lam
 from warmstart.trainer import Trainer, split_batch
@@ -52,12 +53,12 @@ class FeatureBatches:
 
 
 class FinetuneTrainer(Trainer):
-    """Fine-tune a pretrained model with a transfer strategy.
+    """Fine-tune a pretrained model with a fine-tuning method.
 
     The backbone (everything but the head) is split into layer groups (see
-    :func:`warmstart.finetune.layer_groups`). The strategy decides which groups train in each
-    epoch (``"linear_probe"``, ``"partial"``, ``"full"``, ``"gradual"``, or a
-    :class:`Strategy` with options) and their learning rates relative to the head's ``lr``.
+    :func:`warmstart.finetune.layer_groups`). The method decides which groups train in each
+    epoch (``"linear_probe"``, ``"partial"``, ``"full"``, ``"gradual"``, ``"lora"``, or a
+    :class:`Method` with options) and their learning rates relative to the head's ``lr``.
     Frozen groups have ``requires_grad=False``, are left out of the optimizer (no momentum, no
     weight decay drift) and keep their BatchNorm layers in eval mode unless ``train_bn=True``.
     Gradual unfreezing adds optimizer groups as groups thaw, and the by-name schedules follow.
@@ -90,29 +91,33 @@ class FinetuneTrainer(Trainer):
         optimizer: an :class:`OptimizerConfig`/dict (the trainer builds the groups; ``lr`` is
             the head's) or an optimizer instance (its groups are used as they are).
         loss_fn: as for :class:`warmstart.Trainer`.
-        strategy: a strategy name, a dict ``{"name": ..., **options}`` or a :class:`Strategy`.
-        lora: the options of ``strategy="lora"``: ``r``, ``alpha``, ``targets``, ``dropout``.
+        method: a method name, a dict ``{"name": ..., **options}`` or a :class:`Method`
+            (``None``: ``"full"``).
+        lora: the options of ``method="lora"``: ``r``, ``alpha``, ``targets``, ``dropout``.
         head: module path of the head (found automatically when omitted).
         groups: explicit layer groups, each a pattern or list of patterns over module names.
         train_bn: keep BatchNorm layers training inside frozen groups.
         proximal: ``lam`` of the proximal term (``None``: off).
         proximal_mode: ``"penalty"`` or ``"prox"``.
         beta: ``beta/2 ||w||^2`` on the head (it has no anchor), with ``proximal``.
-        **kwargs: :class:`warmstart.Trainer` arguments.
+        **kwargs: :class:`warmstart.Trainer` arguments, ``strategy`` (the parallelism: ``"auto"``,
+            ``"ddp"``, ``"fsdp"``) included. A ``strategy`` that names a fine-tuning method (the
+            spelling before ``method``) is taken as ``method``, with a ``DeprecationWarning``.
 
     Example:
         >>> from warmstart.models import small_cnn
         >>> model = small_cnn(width=4)
-        >>> trainer = FinetuneTrainer(model, {"name": "adam", "lr": 1e-3}, strategy="gradual", progress=False)
+        >>> trainer = FinetuneTrainer(model, {"name": "adam", "lr": 1e-3}, method="gradual", progress=False)
         >>> [g["name"] for g in trainer.optimizer.param_groups]
         ['head', 'head']
     """
 
     def __init__(self, model: nn.Module, optimizer: Any = None, loss_fn: Any = None, *,
-                 strategy: str | Strategy | dict[str, Any] = "full", lora: Mapping[str, Any] | None = None,
+                 method: str | Method | dict[str, Any] | None = None, lora: Mapping[str, Any] | None = None,
                  head: str | None = None, groups: Sequence[str | Sequence[str]] | None = None, train_bn: bool = False,
                  proximal: float | None = None, proximal_mode: str = "penalty", beta: float = 0.0, **kwargs: Any):
-        self.strategy = make_strategy(strategy, None if lora is None else dict(lora))
+        method = _method_from_options(self, method, kwargs)
+        self.method = build_method(method, None if lora is None else dict(lora))
         self.head_info = find_head(model, head)
         self.head_names = head_parameter_names(model, head)
         self.lora = self._attach_lora(model, head)
@@ -124,9 +129,9 @@ class FinetuneTrainer(Trainer):
             check_lam(proximal)
         self._proximal_settings = None if proximal is None else (float(proximal), proximal_mode, beta)
         self.proximal: ProximalTerm | None = None
-        self.num_trainable = self.strategy.trainable(0, len(self.backbone))
+        self.num_trainable = self.method.trainable(0, len(self.backbone))
         self._apply_trainable(model, self.num_trainable)
-        if isinstance(self.strategy, Partial) and self.strategy.reinit_rest:
+        if isinstance(self.method, Partial) and self.method.reinit_rest:
             _reinitialise([g for g in self.backbone[len(self.backbone) - self.num_trainable:]])
         super().__init__(model, optimizer, loss_fn, **kwargs)
         self._custom_optimizer = isinstance(optimizer, torch.optim.Optimizer)
@@ -135,13 +140,13 @@ class FinetuneTrainer(Trainer):
     # ------------------------------------------------------------------ groups and freezing
 
     def _attach_lora(self, model: nn.Module, head: str | None) -> LoraInfo | None:
-        """LoRA adapters for the LoRA strategy: the model's own if it has them, else new ones."""
-        if not isinstance(self.strategy, LoRA):
+        """LoRA adapters for the LoRA method: the model's own if it has them, else new ones."""
+        if not isinstance(self.method, LoRA):
             return None
         existing = lora_info(model)
         if existing is not None:
             return existing
-        s = self.strategy
+        s = self.method
         return add_lora(model, r=s.r, alpha=s.alpha, targets=s.targets, dropout=s.dropout, head=head)
 
     def _apply_trainable(self, model: nn.Module, n: int) -> None:
@@ -175,7 +180,7 @@ class FinetuneTrainer(Trainer):
             adapters = [(n, p) for n, p in self.unwrapped_model.named_parameters() if n in self._adapters]
             anchored = self._adapters if self._proximal_settings is not None else set()
             groups += param_groups_weight_decay(adapters, config.weight_decay, no_decay=anchored, name="lora",
-                                                lr=config.lr * self.strategy.backbone_lr_mult)
+                                                lr=config.lr * self.method.backbone_lr_mult)
         for index in reversed(range(len(self.backbone) - self.num_trainable, len(self.backbone))):
             groups += self._group_for(index, config.lr, config.weight_decay)
         return groups
@@ -186,10 +191,10 @@ class FinetuneTrainer(Trainer):
         named = [(n, p) for n, p in self.unwrapped_model.named_parameters() if id(p) in ids]
         anchored = set() if self._proximal_settings is None else {n for n, _ in named}
         return param_groups_weight_decay(named, weight_decay, no_decay=anchored, name=group.name,
-                                         lr=lr * self.strategy.lr_mult(index, len(self.backbone)))
+                                         lr=lr * self.method.lr_mult(index, len(self.backbone)))
 
     def on_train_epoch_start(self, epoch: int) -> None:
-        wanted = self.strategy.trainable(epoch, len(self.backbone))
+        wanted = self.method.trainable(epoch, len(self.backbone))
         if wanted > self.num_trainable:
             self._thaw(wanted)
         if self._proximal_settings is not None:
@@ -257,7 +262,7 @@ class FinetuneTrainer(Trainer):
         return super().compute_loss(batch)
 
     def prepare_loader(self, loader: Iterable[Any] | None, stage: str) -> Iterable[Any] | None:
-        if loader is None or not (isinstance(self.strategy, LinearProbe) and self.strategy.cache_features):
+        if loader is None or not (isinstance(self.method, LinearProbe) and self.method.cache_features):
             return loader
         cached = self._cache_features(loader)
         if cached is None:
@@ -341,6 +346,42 @@ class FinetuneTrainer(Trainer):
         if state.get("anchor") is not None and self._proximal_settings is not None:
             anchor = Anchor(state["anchor"]).to(self.device)
             self.proximal = ProximalTerm(self.unwrapped_model, anchor, *self._proximal_settings)
+
+
+def _method_from_options(trainer: FinetuneTrainer, method: str | Method | dict[str, Any] | None,
+                         options: dict[str, Any]) -> Any:
+    """The fine-tuning method, also from ``strategy=`` (its deprecated spelling) in the Trainer ``options``.
+
+    A ``strategy`` that names a parallelism (``"auto"``, ``"ddp"``, ``"fsdp"``) stays in ``options``
+    for the Trainer; one that names a fine-tuning method (a name, a dict or a :class:`Method`) is
+    taken out and used as the method, with a ``DeprecationWarning`` pointing at the caller.
+    """
+    strategy = options.get("strategy")
+    names_method = isinstance(strategy, (dict, Method)) or (isinstance(strategy, str) and strategy in METHODS)
+    if isinstance(strategy, str) and not names_method and strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}{nearest(strategy, [*STRATEGIES, *METHODS])}: strategy is the "
+                          f"parallelism ({', '.join(STRATEGIES)}) and method the fine-tuning method "
+                          f"({', '.join(METHODS)})")
+    if not names_method:  # no strategy, or a parallelism for the Trainer (which checks it)
+        return "full" if method is None else method
+    if method is not None:
+        raise ConfigError(f"method={method!r} and strategy={strategy!r} both name the fine-tuning method; pass it once, "
+                          "as method= (strategy= is the parallelism: 'auto', 'ddp' or 'fsdp')")
+    warnings.warn(f"FinetuneTrainer(strategy={strategy!r}) is deprecated for the fine-tuning method: use "
+                  f"method={strategy!r} (strategy= is the Trainer's parallelism: 'auto', 'ddp' or 'fsdp')",
+                  DeprecationWarning, stacklevel=_caller_stacklevel(trainer))
+    return options.pop("strategy")
+
+
+def _caller_stacklevel(trainer: FinetuneTrainer) -> int:
+    """``warnings.warn``'s stacklevel, from :func:`_method_from_options`, of the code that builds ``trainer``.
+
+    Level 2 is ``FinetuneTrainer.__init__``; the ``__init__`` of subclasses calling it are passed over too.
+    """
+    level, frame = 3, sys._getframe(3)
+    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is trainer:
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _backbone_groups(model: nn.Module, groups: Sequence[Any] | None, head_names: set[str]) -> list[LayerGroup]:

@@ -1,4 +1,4 @@
-"""Transfer strategies: which layer groups train in each epoch, and at what learning rate."""
+"""Fine-tuning methods: which layer groups train in each epoch, and at what learning rate."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from warmstart.errors import ConfigError, nearest, unknown_name_error
 
 
 @dataclasses.dataclass
-class Strategy:
-    """Base of the strategies: a schedule of trainable backbone groups and a learning-rate policy.
+class Method:
+    """Base of the fine-tuning methods: a schedule of trainable backbone groups and a learning-rate policy.
 
     The backbone is split into layer groups (input to output); the head always trains. In each
     epoch the top :meth:`trainable` backbone groups train, the rest are frozen (their BatchNorm
@@ -45,7 +45,7 @@ class Strategy:
 
 
 @dataclasses.dataclass
-class LinearProbe(Strategy):
+class LinearProbe(Method):
     """Feature extraction: the backbone stays frozen and only the head trains.
 
     Attributes:
@@ -61,7 +61,7 @@ class LinearProbe(Strategy):
 
 
 @dataclasses.dataclass
-class Partial(Strategy):
+class Partial(Method):
     """Freeze the first ``k`` layer groups (transferred as they are) and train the rest.
 
     Attributes:
@@ -86,7 +86,7 @@ class Partial(Strategy):
 
 
 @dataclasses.dataclass
-class Full(Strategy):
+class Full(Method):
     """Everything trains, the backbone at a lower, discriminative learning rate."""
 
     backbone_lr_mult: float = 0.1
@@ -94,7 +94,7 @@ class Full(Strategy):
 
 
 @dataclasses.dataclass
-class Gradual(Strategy):
+class Gradual(Method):
     """Head first, then unfreeze backbone groups from the top (ULMFiT, Lightning's BackboneFinetuning).
 
     Attributes:
@@ -119,7 +119,7 @@ class Gradual(Strategy):
 
 
 @dataclasses.dataclass
-class LoRA(Strategy):
+class LoRA(Method):
     """Low-rank adapters (LoRA, through peft): the backbone stays frozen, adapters and the head train.
 
     Each target layer ``W`` computes ``W x + (alpha / r) * B A dropout(x)``; only ``A`` and ``B``
@@ -144,46 +144,46 @@ class LoRA(Strategy):
         return 0
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"linear_probe": LinearProbe, "partial": Partial, "full": Full,
-                                         "gradual": Gradual, "lora": LoRA}
+METHODS: dict[str, type[Method]] = {"linear_probe": LinearProbe, "partial": Partial, "full": Full, "gradual": Gradual,
+                                    "lora": LoRA}
 
 
-def make_strategy(spec: str | Strategy | dict[str, Any], lora: dict[str, Any] | None = None) -> Strategy:
-    """A strategy from its name (with default options), a dict ``{"name": ..., **options}`` or an instance.
+def build_method(spec: str | Method | dict[str, Any], lora: dict[str, Any] | None = None) -> Method:
+    """A fine-tuning method from its name (with default options), a dict ``{"name": ..., **options}`` or an instance.
 
     ``lora`` holds the options of ``"lora"`` (``r``, ``alpha``, ``targets``, ``dropout``) as a
     separate dict, the way :class:`FinetuneTrainer` and :func:`fine_tune` take them.
 
     Raises:
-        ConfigError: an unknown strategy or option, or ``lora`` options for another strategy.
+        ConfigError: an unknown method or option, or ``lora`` options for another method.
 
     Example:
-        >>> make_strategy({"name": "gradual", "unfreeze_every": 2})
+        >>> build_method({"name": "gradual", "unfreeze_every": 2})
         Gradual(backbone_lr_mult=0.1, layer_decay=None, head_epochs=1, unfreeze_every=2)
-        >>> make_strategy("lora", lora={"r": 4}).r
+        >>> build_method("lora", lora={"r": 4}).r
         4
     """
     if lora is not None:
         return _with_lora_options(spec, lora)
-    if isinstance(spec, Strategy):
+    if isinstance(spec, Method):
         return spec
     options: dict[str, Any] = {}
     if isinstance(spec, dict):
         options = {k: v for k, v in spec.items() if k != "name"}
         spec = spec.get("name", "")
-    if spec not in STRATEGIES:
-        raise unknown_name_error("fine-tuning strategy", str(spec), STRATEGIES)
-    cls = STRATEGIES[spec]
+    if spec not in METHODS:
+        raise unknown_name_error("fine-tuning method", str(spec), METHODS)
+    cls = METHODS[spec]
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in options:
         if key not in valid:
-            raise ConfigError(f"strategy '{spec}' has no option '{key}'{nearest(key, valid)}; options: {', '.join(valid)}")
+            raise ConfigError(f"method '{spec}' has no option '{key}'{nearest(key, valid)}; options: {', '.join(valid)}")
     return cls(**options)
 
 
-def _with_lora_options(spec: str | Strategy | dict[str, Any], lora: dict[str, Any]) -> Strategy:
-    name = spec.name if isinstance(spec, Strategy) else spec.get("name") if isinstance(spec, dict) else spec
-    if name != "lora" or isinstance(spec, Strategy):
-        raise ConfigError(f"lora={lora} gives LoRA options, but the strategy is {spec!r}: use strategy='lora' with "
-                          "lora={...}, or a LoRA(...) strategy without lora=")
-    return make_strategy({**(spec if isinstance(spec, dict) else {"name": "lora"}), **lora})
+def _with_lora_options(spec: str | Method | dict[str, Any], lora: dict[str, Any]) -> Method:
+    name = spec.name if isinstance(spec, Method) else spec.get("name") if isinstance(spec, dict) else spec
+    if name != "lora" or isinstance(spec, Method):
+        raise ConfigError(f"lora={lora} gives LoRA options, but the method is {spec!r}: use method='lora' with "
+                          "lora={...}, or a LoRA(...) method without lora=")
+    return build_method({**(spec if isinstance(spec, dict) else {"name": "lora"}), **lora})
