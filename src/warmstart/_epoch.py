@@ -1,14 +1,17 @@
-"""The epoch in progress: accumulation windows, loss rows kept on the device, and device-side checks."""
+"""The epoch in progress and its metric window: accumulation windows, loss rows and checks kept on the device."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from warmstart.errors import ConfigError
+from warmstart.distributed import all_reduce_max, all_reduce_sum
+from warmstart.errors import ConfigError, DataError, NonFiniteLossError
 
 
 def accumulation_windows(batches: Iterator[Any], accumulate: int, total: int | None,
@@ -54,10 +57,12 @@ class EpochState:
         sums: per-term sums of the rows already read.
         rows: number of rows in ``sums``.
         window_first_step: the global step the current log window started after.
+        epoch: the epoch (from 0) and ``accumulate``: micro-batches per step, to name a failing step.
         rng_at_start: the RNG snapshot before the epoch's loader was iterated.
     """
 
-    def __init__(self, window_first_step: int = 0):
+    def __init__(self, window_first_step: int = 0, epoch: int = 0, accumulate: int = 1):
+        self.epoch, self.accumulate = epoch, accumulate
         self.batches = self.samples = self.steps = self.skipped = self.rows = 0
         self.term_names: tuple[str, ...] = ()
         self.pending: list[tuple[torch.Tensor, ...]] = []
@@ -83,6 +88,17 @@ class EpochState:
         self.pending = []
         return window
 
+    def raise_nonfinite(self, window: torch.Tensor) -> None:
+        """Raise for the first non-finite row of a window just read (its step and terms named)."""
+        finite_rows = torch.isfinite(window).all(dim=1).tolist()
+        first = finite_rows.index(False) if False in finite_rows else 0
+        step = self.window_first_step + first // self.accumulate + 1
+        values = dict(zip(self.term_names, window[first].tolist()))
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (epoch {self.epoch + 1}): {shown}. Lower the learning rate, clip "
+            "gradients (grad_clip=1.0), prefer precision='bf16' to '16', or pass nonfinite='skip' to skip such steps.")
+
     def add_read(self, window_sums: torch.Tensor, rows: int) -> None:
         """Add the sums of ``rows`` rows that were just read."""
         self.sums = window_sums if self.sums is None else self.sums + window_sums
@@ -98,16 +114,18 @@ class EpochState:
                 "window_first_step": self.window_first_step, "rng_at_start": self.rng_at_start}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochState:
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device, epoch: int = 0,
+                        accumulate: int = 1) -> EpochState:
         """Rebuild the state saved by :meth:`state_dict`, its tensors on ``device``."""
-        epoch = cls(state["window_first_step"])
-        epoch.batches, epoch.samples, epoch.steps = state["batches"], state["samples"], state["steps"]
-        epoch.skipped, epoch.rows, epoch.term_names = state["skipped"], state["rows"], tuple(state["term_names"])
-        epoch.sums = None if state["sums"] is None else state["sums"].to(device)
+        restored = cls(state["window_first_step"], epoch, accumulate)
+        restored.batches, restored.samples, restored.steps = state["batches"], state["samples"], state["steps"]
+        restored.skipped, restored.rows = state["skipped"], state["rows"]
+        restored.term_names = tuple(state["term_names"])
+        restored.sums = None if state["sums"] is None else state["sums"].to(device)
         if state["pending"] is not None:
-            epoch.pending = [tuple(row.to(device).unbind()) for row in state["pending"]]
-        epoch.rng_at_start = state["rng_at_start"]
-        return epoch
+            restored.pending = [tuple(row.to(device).unbind()) for row in state["pending"]]
+        restored.rng_at_start = state["rng_at_start"]
+        return restored
 
 
 class DeviceChecks:
@@ -164,3 +182,88 @@ class DeviceChecks:
             if error is not None:
                 return error
         return None
+
+
+class MetricWindow:
+    """The current log window: loss rows and device checks, kept on the device and read in one host sync.
+
+    Every ``log_every`` steps (and at an epoch's end) :meth:`read` sums the pending loss rows and
+    reads every check together, over all ranks; :meth:`verify` reads the checks alone (before a
+    checkpoint is written, and after the first batch, so typical mistakes fail at step 1).
+
+    Attributes:
+        checks: the device-side checks (labels in range, and what subclasses add).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.checks = DeviceChecks()
+
+    def check_labels(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Keep the smallest and largest class index as checks; return the targets clamped into ``[0, C)``.
+
+        The clamp keeps a GPU kernel from asserting before the check is read; the read then raises.
+        """
+        classes = output.shape[-1]
+        too_high, too_low = _label_errors(classes)
+        low, high = torch.aminmax(target)
+        self.checks.update("label_max", high, error=too_high)
+        self.checks.update("label_min", low, error=too_low, lowest=True)
+        return target.clamp(0, classes - 1)
+
+    def read(self, state: EpochState) -> dict[str, float]:
+        """Read the pending loss rows and checks (one sync); return the window's mean of each loss term.
+
+        Raises:
+            DataError: a device check failed (e.g. a label out of range).
+            NonFiniteLossError: a NaN/inf loss in the window (its step is ``state``'s window start + 1).
+        """
+        window = state.take_pending()
+        names, checks = self.checks.take()
+        parts = []
+        if window is not None:
+            sums = window.sum(0)
+            parts += [all_reduce_sum(torch.cat([sums, sums.new_tensor([float(window.shape[0])])]))]
+        if checks is not None:
+            parts += [all_reduce_max(checks)]
+        if not parts:
+            return {}
+        values = torch.cat([p.to(self.device) for p in parts]).tolist()  # the one sync of the interval
+        failure = self.checks.failure(dict(zip(names, values[len(values) - len(names):])))
+        if failure is not None:
+            raise failure
+        if window is None:
+            return {}
+        state.add_read(sums, window.shape[0])
+        count = values[len(state.term_names)]
+        means = {name: total / count for name, total in zip(state.term_names, values)}
+        if not all(math.isfinite(v) for v in means.values()):
+            state.raise_nonfinite(window)
+        return means
+
+    def verify(self) -> None:
+        """Read the device checks alone (one sync) and raise the first failure."""
+        names, checks = self.checks.take()
+        if checks is not None:
+            failure = self.checks.failure(dict(zip(names, all_reduce_max(checks).tolist())))
+            if failure is not None:
+                raise failure
+
+
+@functools.lru_cache(maxsize=64)
+def _label_errors(classes: int) -> tuple[Callable[[float], DataError | None], Callable[[float], DataError | None]]:
+    """The checks of the largest and smallest label for a model with ``classes`` outputs (built once per count)."""
+
+    def too_high(value: float) -> DataError | None:
+        if value < classes:
+            return None
+        return DataError(f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has "
+                         f"label {value:g}. Give the model {int(value) + 1} outputs (e.g. warmstart.finetune."
+                         f"swap_head(model, num_classes={int(value) + 1})) or remap the labels.")
+
+    def too_low(value: float) -> DataError | None:
+        return None if value >= 0 else DataError(
+            f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has label "
+            f"{value:g}; class indices cannot be negative. Remap the labels to 0..{classes - 1}.")
+
+    return too_high, too_low

@@ -1,4 +1,9 @@
-"""Resume policy: load a checkpoint into a trainer and say what differs from the run that wrote it.
+"""Exact resume in one place: choose and read the checkpoint, restore the trainer, replay the RNG and the done batches.
+
+:class:`ExactResume` is what the Trainer calls: at fit start (:meth:`ExactResume.read`, then
+:meth:`ExactResume.start`) and at every epoch's start (:meth:`ExactResume.epoch_batches`). A resumed
+run continues as the uninterrupted run would have: parameters, buffers, optimizer moments, every
+rank's RNG streams, the data order of the epoch in progress and its loss sums.
 
 The policy, as users of a training library expect it (and as the README states it):
 
@@ -15,13 +20,17 @@ The policy, as users of a training library expect it (and as the README states i
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from warmstart import distributed
+from warmstart._epoch import EpochState
+from warmstart._runtime import batch_size_of, rng_state, seed_everything, set_rng_state
 from warmstart.errors import CheckpointError
 
 LambdaLR = torch.optim.lr_scheduler.LambdaLR
@@ -32,6 +41,173 @@ _SCHEDULER_COUNTERS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_
 
 class ResumeChangeWarning(UserWarning):
     """A resumed run's settings differ from the checkpoint's: the warning lists each change and what was done."""
+
+
+class ExactResume:
+    """The resume side of one fit: which checkpoint, restoring from it, and the RNG and batches of each epoch.
+
+    Args:
+        trainer: the :class:`warmstart.Trainer` being fit (its state is restored in place).
+    """
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self.checkpoint: dict[str, Any] | None = None
+        self.path: Path | None = None
+        self.generators: list[torch.Generator] = []  # the loader's own shuffling generators, this epoch
+        self._rng_now: dict[str, Any] | None = None  # the streams to continue with once the epoch's order is drawn
+
+    def read(self, resume: str | os.PathLike | None) -> bool:
+        """Choose and read the checkpoint ``resume`` names (``"last"``: the newest in ``out_dir``); True if one was.
+
+        Raises:
+            CheckpointError: an unreadable or incomplete checkpoint, ``resume="last"`` without an
+                ``out_dir``, or a checkpoint kind this strategy cannot resume.
+        """
+        trainer = self.trainer
+        if resume is None:
+            return False
+        if str(resume) == "last":
+            if trainer.out_dir is None:
+                raise CheckpointError("resume='last' continues the checkpoint in out_dir, but this trainer has "
+                                      "out_dir=None: pass the out_dir of the run to continue, or resume=PATH")
+            self.path = distributed.find_last_checkpoint(trainer.out_dir)
+            if self.path is None:
+                if trainer.config.progress and distributed.is_main_process():
+                    print(f"resume='last': no checkpoint in {trainer.out_dir}, starting a fresh run", flush=True)
+                return False
+        else:
+            self.path = Path(resume)
+        self.checkpoint = trainer.strategy.load_checkpoint(trainer.unwrapped_model, self.path)
+        if self.checkpoint.get("epoch_state") is None:
+            raise CheckpointError(f"'{self.path}' was written by an older warmstart without the epoch state; resume "
+                                  "is not exact: load its weights with warmstart.finetune.load_pretrained instead")
+        return True
+
+    def seed(self) -> int:
+        """The run's seed: the trainer's, else the checkpoint's, else a kept or newly drawn one (the same on every rank)."""
+        trainer = self.trainer
+        if trainer.config.seed is not None:
+            return trainer.config.seed
+        if self.checkpoint is not None:
+            return int(self.checkpoint["config"]["trainer"].get("seed") or 0)
+        if trainer.seed is not None:  # a later fit of the same trainer keeps its seed
+            return trainer.seed
+        drawn = torch.randint(0, 2**31 - 1, ())  # from the caller's RNG state: torch.manual_seed decides the run
+        return int(distributed.broadcast_from_main(drawn.to(trainer.device)).item())
+
+    def start(self) -> None:
+        """Seed a fresh run (each rank its own streams), or restore the trainer from the checkpoint read."""
+        trainer, cfg = self.trainer, self.trainer.config
+        if self.checkpoint is None:
+            seed_everything(distributed.rank_seed(trainer.seed, distributed.rank()))
+            trainer.epoch_state = EpochState(trainer.global_step, trainer.epoch, cfg.accumulate)
+            return
+        state, path = self.checkpoint, self.path
+        restore(trainer, state, path)
+        trainer.epoch_state = EpochState.from_state_dict(state["epoch_state"], trainer.device, trainer.epoch,
+                                                         cfg.accumulate)
+        self._rng_now, epoch_start, buffers = self._this_rank_state(state)
+        trainer.epoch_state.rng_at_start = epoch_start
+        if buffers:  # this rank's own statistics, as the uninterrupted run has them
+            own = dict(trainer.unwrapped_model.named_buffers())
+            with torch.no_grad():
+                for name, value in buffers.items():
+                    own[name].copy_(value)
+        set_rng_state(self._rng_now)  # the loader's own generators follow when its epoch starts
+        if trainer.epoch >= (cfg.epochs or math.inf) or (cfg.max_steps or math.inf) <= trainer.global_step:
+            warnings.warn(f"'{path}' has already trained {trainer.epoch} epochs ({trainer.global_step} steps), which "
+                          f"reaches max_epochs={cfg.max_epochs}, max_steps={cfg.max_steps}: nothing to train. Raise "
+                          "max_epochs (or max_steps) to train further.", stacklevel=4)
+        elif cfg.progress and distributed.is_main_process():
+            print(f"resumed from {path} at epoch {trainer.epoch + 1}, step {trainer.global_step}", flush=True)
+        self.checkpoint = None  # restored: free the tensors
+
+    def rank_states(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """What differs between ranks, for a checkpoint: each rank's random streams (now and at its epoch's start)
+        and, under ``torchrun``, its buffers (BatchNorm statistics differ between ranks inside an epoch).
+        Every rank must call it."""
+        buffers = None
+        if distributed.is_distributed():
+            buffers = {name: b.detach().cpu().clone() for name, b in model.named_buffers()}
+        mine = {"now": rng_state(self.generators), "epoch_start": self.trainer.epoch_state.rng_at_start,
+                "buffers": buffers}
+        return distributed.gather_objects(mine)
+
+    def epoch_batches(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """The loader's batches for the epoch starting now, from where it stands.
+
+        The RNG state before the loader draws its order fixes the epoch's data; it is kept in the
+        epoch state, so after a mid-epoch resume the order is drawn again from it, the batches
+        already trained are skipped (checked to hold as many samples), and the streams continue
+        from the checkpoint.
+        """
+        state = self.trainer.epoch_state
+        self.generators = _loader_generators(loader)
+        resuming = state.batches > 0
+        if self._rng_now is not None and not resuming:  # resumed at an epoch's end: continue its streams
+            self._restore_rng(self._rng_now)
+            self._rng_now = None
+        if resuming:
+            self._restore_rng(state.rng_at_start)
+        else:
+            state.rng_at_start = rng_state(self.generators)
+        batches = iter(loader)
+        if resuming:
+            _skip_done_batches(batches, state)
+            self._restore_rng(self._rng_now)
+            self._rng_now = None
+        return batches
+
+    def _this_rank_state(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+        """This rank's saved streams (now, and at the epoch's start) and buffers; fresh streams at another world size."""
+        saved = state["rng"]
+        if isinstance(saved, Mapping):  # written by one process before per-rank streams were kept
+            return dict(saved), state["epoch_state"].get("rng_at_start"), None
+        rank = distributed.rank()
+        if len(saved) != distributed.world_size():
+            if state["epoch_state"]["batches"] > 0:
+                raise CheckpointError(f"'{self.path}' was written in the middle of an epoch by {len(saved)} processes; "
+                                      f"resuming it with {distributed.world_size()} would split that epoch's remaining "
+                                      "batches differently. Resume with the same number of processes, or from a "
+                                      "checkpoint written at an epoch's end.")
+            # another number of processes: each rank continues a stream of its own, drawn from the run's seed
+            seed_everything(distributed.rank_seed(self.trainer.seed + state["global_step"], rank))
+            return rng_state(), None, None
+        return saved[rank]["now"], saved[rank]["epoch_start"], saved[rank].get("buffers")
+
+    def _restore_rng(self, state: dict[str, Any] | None) -> None:
+        if state is not None and not set_rng_state(state, self.generators):
+            warnings.warn(f"the checkpoint's data loader had {len(state.get('generators', []))} random generators, this "
+                          f"one has {len(self.generators)}: the resumed run cannot replay the data order exactly. "
+                          "Resume with the same loader (same shuffle and generator).", stacklevel=4)
+
+
+def _skip_done_batches(batches: Iterator[Any], state: EpochState) -> None:
+    """Skip the micro-batches a mid-epoch checkpoint had trained, checking they hold the same samples."""
+    samples = 0
+    for done in range(state.batches):
+        batch = next(batches, None)
+        if batch is None:
+            raise CheckpointError(f"the checkpoint was written after {state.batches} batches of this epoch, but "
+                                  f"the loader now has only {done}: resume with the data it was trained on")
+        samples += batch_size_of(batch)
+    if samples != state.samples:
+        raise CheckpointError(f"the checkpoint was written after {state.batches} batches ({state.samples} "
+                              f"samples) of this epoch, but those batches now hold {samples} samples: the batch "
+                              "size (or data) changed, so skipping them would re-train or skip samples. Resume "
+                              "with the same batch size, or from a checkpoint written at an epoch's end.")
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The private generators a loader shuffles with (``DataLoader(generator=...)``), which the global RNG does not cover."""
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for part in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        generator = getattr(part, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -151,7 +327,7 @@ def _restore_schedule(trainer: Any, state: dict[str, Any], current: list[dict[st
             changes.append(f"no schedule now (the checkpoint had {_describe(saved_schedule)}): constant learning "
                            "rate from here on")
     elif isinstance(scheduler, LambdaLR) and now.get("name") is not None:
-        _position(scheduler, trainer.optimizer, new_bases, step)
+        position_schedule(scheduler, trainer.optimizer, new_bases, step)
         if saved_schedule != now:
             changes.append(f"schedule {_describe(now)} replaces {_describe(saved_schedule)}, positioned at step "
                            f"{step}: lr now {trainer.current_lr():.4g}")
@@ -169,7 +345,7 @@ def _restore_schedule(trainer: Any, state: dict[str, Any], current: list[dict[st
     return changes
 
 
-def _position(scheduler: LambdaLR, optimizer: torch.optim.Optimizer, bases: list[float], step: int) -> None:
+def position_schedule(scheduler: LambdaLR, optimizer: torch.optim.Optimizer, bases: list[float], step: int) -> None:
     """Put a multiplier schedule at ``step`` with these base rates: ``lr = base * factor(step)`` for each group."""
     scheduler.base_lrs = list(bases)
     scheduler.last_epoch = step

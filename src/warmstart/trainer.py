@@ -7,8 +7,7 @@ import functools
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmstart import _fsdp, distributed
+from warmstart import distributed
 from warmstart._batches import Batch, classification_sums, is_classification, run_model, split_batch, target_of
-from warmstart._epoch import DeviceChecks, EpochState, accumulation_windows
+from warmstart._epoch import EpochState, MetricWindow, accumulation_windows
 from warmstart._progress import ProgressReporter
-from warmstart._resume import restore
+from warmstart._resume import ExactResume, position_schedule
 from warmstart._run_dir import check_out_dir, run_lock
-from warmstart._runtime import (autocast_context, batch_size_of, check_precision, move_to_device, rng_state,
-                                seed_everything, select_device, set_rng_state)
-from warmstart._sharded_checkpoint import (find_sharded_checkpoint, is_sharded_checkpoint, load_sharded_checkpoint,
-                                           save_sharded_checkpoint)
+from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
-from warmstart.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from warmstart.checkpoint import save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
-from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, nearest
+from warmstart.errors import ConfigError, DataError, NonFiniteLossError, nearest
+from warmstart.evaluation import average_metrics
 from warmstart.heads import describe_head
 from warmstart.optim import build_optimizer, build_scheduler, param_groups_weight_decay
 
@@ -73,7 +70,7 @@ class Trainer:
     is the user's module.
 
     Under ``torchrun`` each process holds a full replica (DDP), or, with ``strategy="fsdp"``, a
-    shard of every parameter, gradient and optimizer state (:mod:`warmstart._fsdp`): the model is
+    shard of every parameter, gradient and optimizer state (:class:`warmstart.distributed.FSDPStrategy`): the model is
     sharded in place when the Trainer is built (block by block), checkpoints are sharded folders
     (``last.dcp``) that resume at any number of processes, and ``last.safetensors`` is gathered.
 
@@ -127,18 +124,17 @@ class Trainer:
         self.out_dir = None if cfg.out_dir is None else check_out_dir(cfg.out_dir)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(f"{type(model).__name__} has no trainable parameters (all have requires_grad=False); "
-                              "unfreeze some (warmstart.finetune.unfreeze) or use Trainer.evaluate to only evaluate")
+                              "unfreeze some (warmstart.finetune.unfreeze), or measure it with warmstart.evaluate("
+                              "model, loader), which needs no optimizer")
 
         self.unwrapped_model = model.to(self.device)
         if cfg.channels_last:
             self.unwrapped_model.to(memory_format=torch.channels_last)
         self._head = describe_head(model)  # before sharding: finding the head may trace the model's forward
-        # strategy="fsdp" shards the model in place here, before the optimizer is built on its (sharded) parameters
-        self._sharded = cfg.strategy == "fsdp"
-        if self._sharded or cfg.activation_checkpointing:
-            _fsdp.prepare_blocks(self.unwrapped_model, cfg, self.precision, self.device, optimizer)
+        self.strategy = distributed.build_strategy(cfg.strategy, self.device)
+        # FSDP shards the model in place here, before the optimizer is built on its (sharded) parameters
+        self.strategy.prepare(self.unwrapped_model, cfg, self.precision, optimizer)
         self.model: nn.Module = self.unwrapped_model  # DDP / compiled wrapper once fit starts
-        self._ddp: nn.parallel.DistributedDataParallel | None = None
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self.optimizer = self._make_optimizer(optimizer)
         self._scheduler_spec = scheduler
@@ -158,54 +154,59 @@ class Trainer:
         self.should_stop = False
         self.validated_state: dict[str, torch.Tensor] | None = None  # weights the last validation measured, if not the live ones
         self.progress = ProgressReporter(enabled=False)
-        self.checks = DeviceChecks()
+        self.metrics = MetricWindow(self.device)
+        self.checks = self.metrics.checks  # subclasses add their own device-side checks here
         self.epoch_state = EpochState()
+        self.resumer = ExactResume(self)
         self._loss_scale = 1.0
-        self._skip_window = False  # nonfinite="skip" met a NaN/inf loss in this accumulation window
-        self._resume_rng: dict[str, Any] | None = None
-        self._generators: list[torch.Generator] = []
+        self._skip_window = False  # nonfinite="skip": a micro-batch of this window had a NaN/inf loss
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None = None, *,
             resume: str | os.PathLike | None = None) -> list[dict[str, float]]:
-        """Train for ``max_epochs`` epochs, validating and checkpointing after each.
+        """Train until ``max_epochs`` or ``max_steps``, validating and checkpointing after each epoch.
 
         Args:
             train_loader: any iterable of batches (a ``DataLoader``, a list, ...).
             val_loader: evaluated after every epoch (metrics prefixed ``val_``).
-            resume: ``"last"`` continues from ``out_dir/last.pt`` when it exists, or a checkpoint path.
+            resume: ``"last"`` continues the newest checkpoint in ``out_dir`` (``last.pt`` or
+                ``last.dcp``) when there is one, or a checkpoint path.
 
         Returns:
-            The history: one dict of metrics per epoch (``train_loss``, ``val_loss``, ``val_accuracy``, ``lr``, ...).
+            The history: one dict of metrics per epoch (``train_loss``, ``val_loss``, ``val_accuracy``, ``lr``, ...);
+            a run stopped inside an epoch (``max_steps``) ends with a row for that part of it.
 
         Raises:
             DataError: empty loader or labels outside the model's outputs.
             NonFiniteLossError: a NaN/inf loss (unless ``nonfinite="skip"``), or every step of an epoch skipped.
             CheckpointError: ``resume`` names an unreadable checkpoint, one of another model, or a
                 change of settings that cannot be honoured.
+            RunExistsError: a fresh run into an ``out_dir`` that holds an earlier run (``overwrite=False``).
             OutDirBusyError: another live run holds ``out_dir``.
         """
         cfg = self.config
         distributed.init_distributed(self.device)
         with run_lock(self.out_dir, self.device):
-            checkpoint, path = self._read_resume(resume)
-            self.seed = self._resolve_seed(checkpoint)
+            self.resumer = ExactResume(self)
+            resumed = self.resumer.read(resume)
+            if not resumed and self.global_step == 0 and self.out_dir is not None and distributed.is_main_process():
+                from warmstart import _run_dir  # TEMP until the helper lands check_fresh_run
+
+                if hasattr(_run_dir, "check_fresh_run"):
+                    _run_dir.check_fresh_run(self.out_dir, cfg.overwrite)  # never destroy an earlier run without being asked
+            self.seed = self.resumer.seed()
             train_loader, val_loader = self._setup_fit(train_loader, val_loader)
-            if checkpoint is None:
-                seed_everything(self.seed)
-                self.epoch_state = EpochState(self.global_step)
-            else:
-                self._resume(checkpoint, path)
+            self.resumer.start()
             for cb in self.callbacks:
                 cb.on_fit_start(self)
             step_callbacks = [cb for cb in self.callbacks if type(cb).on_train_step_end is not Callback.on_train_step_end]
 
             while self.epoch < (cfg.epochs or math.inf) and not self.should_stop:
-                if not self._train_epoch(train_loader, step_callbacks):
-                    self._save_checkpoint()  # stopped inside the epoch (max_steps): save where it stopped
+                finished = self._train_epoch(train_loader, step_callbacks)
+                self._end_epoch(val_loader, finished)  # also when max_steps stopped it inside: a row, validation, weights
+                if not finished:
                     break
-                self._end_epoch(val_loader)
 
             self.progress.close()
             for cb in self.callbacks:
@@ -215,43 +216,28 @@ class Trainer:
     def _train_epoch(self, loader: Iterable[Batch], step_callbacks: Sequence[Callback]) -> bool:
         """Train one epoch (or the rest of one, after a mid-epoch resume); False when it stopped inside the epoch."""
         cfg, state = self.config, self.epoch_state
-        self._generators = _loader_generators(loader)
-        if self._resume_rng is not None and not state.batches:  # resumed at an epoch's end: continue its streams
-            self._restore_rng(self._resume_rng)
-            self._resume_rng = None
         _set_epoch(loader, self.epoch)
         self.model.train()
         self.on_train_epoch_start(self.epoch)
         for cb in self.callbacks:
             cb.on_train_epoch_start(self)
         self._epoch_started = time.perf_counter()
-        resuming = state.batches > 0
-        # the RNG state before the loader's iterator draws its order fixes this epoch's data; a
-        # mid-epoch checkpoint stores it, so a resume replays the order, then skips what was done
-        if resuming:
-            self._restore_rng(state.rng_at_start)
-        else:
-            state.rng_at_start = rng_state(self._generators)
         n_batches = _length(loader)
         self.progress.start_epoch(self.epoch, cfg.epochs, None if n_batches is None else math.ceil(n_batches / cfg.accumulate),
                                   initial=state.batches // cfg.accumulate)
-        batches = iter(loader)
-        if resuming:
-            self._skip_done_batches(batches, state)
-            self._restore_rng(self._resume_rng)
-            self._resume_rng = None
+        batches = self.resumer.epoch_batches(loader)  # after a mid-epoch resume: the same order, done batches skipped
 
         for batch, ends_window, window in accumulation_windows(batches, cfg.accumulate, n_batches, state.batches):
             batch = move_to_device(batch, self.device, cfg.channels_last)
             self._loss_scale = 1.0 / window  # a short last window is the mean over its own micro-batches
-            with self._no_sync(enabled=not ends_window):
+            with self.strategy.no_sync(self.unwrapped_model, enabled=not ends_window):
                 terms = self.training_step(batch)
             if terms is not None:
                 state.record(terms)
             samples = batch_size_of(batch)
             state.batches, state.samples, self._samples = state.batches + 1, state.samples + samples, self._samples + samples
             if self.global_step == 0 and state.batches == 1:
-                self._verify_checks()  # the first batch is checked at once (one sync), so typical mistakes fail at step 1
+                self.metrics.verify()  # the first batch is checked at once (one sync), so typical mistakes fail at step 1
             if ends_window:
                 self._step(step_callbacks)
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
@@ -288,7 +274,7 @@ class Trainer:
         self.on_before_optimizer_step()
         if self.config.grad_clip is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+            self.strategy.clip_grad_norm(params, self.config.grad_clip)
         stepped = True
         if self.scaler is not None:
             # GradScaler skips the step when it finds inf/NaN gradients and then lowers its scale;
@@ -305,6 +291,103 @@ class Trainer:
             if self.scheduler is not None and not isinstance(self.scheduler, Plateau):
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _end_epoch(self, val_loader: Iterable[Batch] | None, finished: bool = True) -> None:
+        """Close an epoch (or, ``finished=False``, the part of one that ``max_steps`` let run): history row,
+        validation, callbacks, checkpoint.
+
+        Every rank's BatchNorm statistics are averaged first, so the validation and the saved weights are one model.
+        """
+        state = self.epoch_state
+        self.metrics.read(state)
+        if finished and state.skipped and not state.steps:
+            raise NonFiniteLossError(f"every one of the {state.skipped} steps of epoch {self.epoch + 1} had a NaN/inf "
+                                     "loss and was skipped (nonfinite='skip'): nothing was trained. Lower the learning "
+                                     "rate, clip gradients, or check the data for NaN/inf.")
+        self.strategy.sync_buffers(self.unwrapped_model)
+        metrics: dict[str, float] = {"epoch": self.epoch + 1}
+        if not finished:
+            metrics["step"] = self.global_step  # a partial epoch: where max_steps stopped it
+        if state.sums is not None and state.rows:
+            sums = distributed.all_reduce_sum(state.sums.clone()).tolist()
+            rows = state.rows * distributed.world_size()
+            metrics.update({f"train_{name}": total / rows for name, total in zip(state.term_names, sums)})
+        metrics.update(self.on_train_epoch_end(self.epoch))
+        if val_loader is not None:
+            self.validated_state = None
+            for cb in self.callbacks:
+                cb.on_validation_start(self)
+            metrics.update({f"val_{k}": v for k, v in self._evaluate(val_loader).items()})
+            for cb in self.callbacks:
+                cb.on_validation_end(self)
+        metrics["lr"] = self.current_lr()
+        metrics["seconds"] = time.perf_counter() - self._epoch_started
+        if isinstance(self.scheduler, Plateau) and finished:
+            monitor = getattr(self.scheduler, "monitor", "val_loss")
+            if monitor not in metrics:
+                raise ConfigError(f"the plateau schedule monitors '{monitor}', not among {', '.join(metrics)}")
+            self.scheduler.step(metrics[monitor])
+        if finished and self.history and self.history[-1]["epoch"] == metrics["epoch"] and "step" in self.history[-1]:
+            self.history.pop()  # resumed after max_steps stopped inside this epoch: the whole epoch's row replaces it
+        self.history.append(metrics)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)
+        self.progress.end_epoch(self.epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+        if finished:
+            self.epoch += 1
+            self.epoch_state = EpochState(self.global_step, self.epoch, self.config.accumulate)
+        self._save_checkpoint(weights=True)
+
+    def _evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
+        # evaluation needs no gradient sync: run the bare module so no DDP collective can hang
+        wrapped, self.model = self.model, self.unwrapped_model
+        try:
+            return average_metrics(self.unwrapped_model, loader, self.validation_step, self.strategy,
+                                   verify=self.metrics.verify, channels_last=self.config.channels_last)
+        finally:
+            self.model = wrapped
+
+    def _log_window(self) -> None:
+        means = self.metrics.read(self.epoch_state)
+        now = time.perf_counter()
+        rate = self._samples * distributed.world_size() / max(now - self._last_log_time, 1e-9)
+        metrics = {**means, "lr": self.current_lr(), "samples_per_s": rate}
+        if self.skipped_steps:
+            metrics["skipped_steps"] = self.skipped_steps
+        self._samples, self._last_log_time = 0, now
+        self.epoch_state.window_first_step = self.global_step
+        self.progress.log(self.epoch, self.global_step, metrics)
+        for cb in self.callbacks:
+            cb.on_log(self, metrics)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "model": self.checkpoint_model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": rank_states,
+            "epoch_state": self.epoch_state.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
+            "history": self.history,
+            "callbacks": {key: cb.state_dict() for key, cb in self.callbacks_by_key().items()},
+            "trainer": self.extra_state(),
+            "config": self.resolved_config(),
+            "metadata": _plain(self.weights_metadata()),
+        }
+
+    def _save_checkpoint(self, weights: bool = False) -> None:
+        """Write the resume checkpoint (and with ``weights``, ``last.safetensors``) once the device checks have passed."""
+        if self.out_dir is None or not self.config.checkpoint:
+            return
+        self.metrics.verify()  # never checkpoint weights trained on a batch that failed a check
+        self.save_checkpoint(self.out_dir / self.strategy.checkpoint_name)
+        if weights:
+            self.save_weights(self.out_dir / "last.safetensors")
 
     # ------------------------------------------------------------------ overridable methods
 
@@ -423,17 +506,13 @@ class Trainer:
         """
         if not is_classification(output, target):
             return target
-        classes = output.shape[-1]
-        too_high, too_low = _label_errors(classes)
-        low, high = torch.aminmax(target)
-        self.checks.update("label_max", high, error=too_high)
-        self.checks.update("label_min", low, error=too_low, lowest=True)
-        return target.clamp(0, classes - 1)
+        return self.metrics.check_labels(output, target)
 
     def evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
         """Average the validation metrics over ``loader`` (``{"loss": ..., "accuracy": ...}`` for classifiers).
 
-        Under ``torchrun`` each rank evaluates its share (every sample once) and the sums are combined.
+        This is :func:`warmstart.evaluate` with this trainer's ``validation_step``. Under ``torchrun``
+        each rank evaluates its share (every sample once) and the sums are combined.
 
         Raises:
             DataError: an empty loader or labels out of range.
@@ -446,33 +525,33 @@ class Trainer:
                      extra: Mapping[str, Any] | None = None) -> Path:
         """Write the model's weights (or ``state_dict``) and :meth:`weights_metadata` as ``.safetensors``.
 
-        Only rank 0 writes. Under ``strategy="fsdp"`` every rank must call it: the shards (of the
-        model, or the ``DTensor`` s of ``state_dict``) are gathered into one file.
+        Only rank 0 writes, and every rank must call it: under ``strategy="fsdp"`` the shards (of
+        the model, or the ``DTensor`` s of ``state_dict``) are gathered into one file.
         """
-        if self._sharded:
-            state_dict = _fsdp.gather_state_dict(self.unwrapped_model, state_dict)
+        weights = self.strategy.full_state_dict(self.unwrapped_model, state_dict)
         if not distributed.is_main_process():
             return Path(path)
-        weights = self.unwrapped_model.state_dict() if state_dict is None else state_dict
         return save_weights(path, weights, {**self.weights_metadata(), **(extra or {})})
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write the full training state to ``path`` (what ``fit(resume=path)`` continues from).
+        """Write the full training state to ``path`` (what ``fit(resume=path)`` continues from); every rank must call it.
 
-        Under ``strategy="fsdp"`` ``path`` is a folder that every rank writes its shards into
-        (:mod:`torch.distributed.checkpoint`), and every rank must call this.
+        The strategy chooses the kind: one file written by rank 0, or (``strategy="fsdp"``) a folder
+        that every rank writes its shards into (:mod:`torch.distributed.checkpoint`).
         """
-        if self._sharded:
-            _fsdp.reshard(self.unwrapped_model)  # the state dict must hold the shards
-            return save_sharded_checkpoint(path, self._state())
-        return save_checkpoint(path, self._state())
+        self.strategy.reshard(self.unwrapped_model)  # the state dict must hold what the optimizer holds
+        state = self._state(self.resumer.rank_states(self.unwrapped_model))
+        if not self.strategy.writes_checkpoint():
+            return Path(path)
+        return self.strategy.save_checkpoint(self.unwrapped_model, Path(path), state)
 
     def resolved_config(self) -> dict[str, Any]:
         """The configuration this run uses, as saved in checkpoints and ``config.yaml``."""
         resolved: dict[str, Any] = {"trainer": {**to_dict(self.config), "seed": self.seed},
                                     "optimizer": {"class": type(self.optimizer).__name__,
                                                   "defaults": _plain(self.optimizer.defaults)},
-                                    "scheduler": self.schedule_description()}
+                                    "scheduler": self.schedule_description(),
+                                    "loss_fn": describe_callable(self.loss_fn)}
         if self.job_config is not None:
             resolved["job"] = self.job_config
         return resolved
@@ -489,8 +568,8 @@ class Trainer:
 
     def refresh_trainable(self) -> None:
         """Call after changing ``requires_grad`` during fit, so DDP syncs the new set of parameters."""
-        if self._ddp is not None:
-            self._wrap_model()
+        if self.model is not self.unwrapped_model:
+            self.model = self._compiled(self.strategy.rewrap(self.unwrapped_model, self.model))
 
     def callbacks_by_key(self) -> dict[str, Callback]:
         """Callbacks named ``ClassName`` or ``ClassName#2``, so checkpoints match them by class, not position."""
@@ -504,7 +583,7 @@ class Trainer:
             keys[key] = cb
         return keys
 
-    # ------------------------------------------------------------------ set-up and resume
+    # ------------------------------------------------------------------ set-up
 
     def _make_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
         if isinstance(optimizer, torch.optim.Optimizer):
@@ -519,100 +598,16 @@ class Trainer:
         return build_optimizer(self.configure_param_groups(optimizer), optimizer.name, optimizer.lr,
                                optimizer.weight_decay, **options)
 
-    def _wrap_model(self) -> None:
-        module = self.unwrapped_model
-        if distributed.is_distributed() and not self._sharded:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
-            module = self._ddp
+    def _compiled(self, module: nn.Module) -> nn.Module:
         backend = self.config.compile
         if backend is True:
-            module = torch.compile(module)
-        elif backend:
-            module = torch.compile(module, backend=backend)
-        self.model = module
-
-    def _read_resume(self, resume: str | os.PathLike | None) -> tuple[dict[str, Any] | None, Path | None]:
-        """The checkpoint to resume from (``None`` for a fresh run), read and checked."""
-        path, name = None, self._checkpoint_name()
-        if resume is not None and str(resume) == "last":
-            candidate = None if self.out_dir is None else self._last_checkpoint()
-            if candidate is not None:
-                path = candidate
-            elif self.config.progress and distributed.is_main_process():
-                print(f"resume='last': no checkpoint in {self.out_dir}, starting a fresh run", flush=True)
-        elif resume is not None:
-            path = Path(resume)
-        if path is None:
-            if self.out_dir is not None and (self.out_dir / name).exists() and self.global_step == 0:
-                warnings.warn(f"{self.out_dir} holds a checkpoint ({name}) that this fresh run will overwrite; pass "
-                              "fit(..., resume='last') to continue it instead", stacklevel=3)
-            return None, None
-        if is_sharded_checkpoint(path):  # a folder written by every rank (FSDP), resharded to this run
-            return load_sharded_checkpoint(path, self.unwrapped_model, self.device), path
-        if self._sharded and path.is_file():
-            raise CheckpointError(f"'{path}' is a whole-model checkpoint, which strategy='fsdp' cannot resume (it "
-                                  "continues sharded folders such as last.dcp); resume it without FSDP, or start a "
-                                  "new run from its weights (warmstart.finetune.load_pretrained before the Trainer)")
-        return load_checkpoint(path, map_location=self.device), path
-
-    def _last_checkpoint(self) -> Path | None:
-        """``out_dir``'s latest checkpoint of this strategy: ``last.pt``, or the sharded ``last.dcp`` under FSDP."""
-        path = self.out_dir / self._checkpoint_name()
-        if self._sharded:
-            return find_sharded_checkpoint(path)
-        return path if path.exists() else None
-
-    def _resolve_seed(self, checkpoint: dict[str, Any] | None) -> int:
-        if self.config.seed is not None:
-            return self.config.seed
-        if checkpoint is not None:
-            return int(checkpoint["config"]["trainer"].get("seed") or 0)
-        if self.seed is not None:  # a later fit of the same trainer keeps its seed
-            return self.seed
-        drawn = torch.randint(0, 2**31 - 1, ())  # from the caller's RNG state: torch.manual_seed decides the run
-        return int(distributed.broadcast_from_main(drawn.to(self.device)).item())
-
-    def _resume(self, checkpoint: dict[str, Any], path: Path) -> None:
-        if checkpoint.get("epoch_state") is None:
-            raise CheckpointError(f"'{path}' was written by an older warmstart without the epoch state; resume is "
-                                  "not exact: load its weights with warmstart.finetune.load_pretrained instead")
-        restore(self, checkpoint, path)
-        self.epoch_state = EpochState.from_state_dict(checkpoint["epoch_state"], self.device)
-        self._resume_rng = checkpoint["rng"]
-        set_rng_state(checkpoint["rng"])  # the loader's own generators follow when its epoch starts
-        if self.epoch >= (self.config.epochs or math.inf) or (self.config.max_steps or math.inf) <= self.global_step:
-            warnings.warn(f"'{path}' has already trained {self.epoch} epochs ({self.global_step} steps), which "
-                          f"reaches max_epochs={self.config.max_epochs}, max_steps={self.config.max_steps}: nothing "
-                          "to train. Raise max_epochs (or max_steps) to train further.", stacklevel=3)
-        elif self.config.progress and distributed.is_main_process():
-            print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.global_step}", flush=True)
-
-    def _restore_rng(self, state: dict[str, Any]) -> None:
-        if not set_rng_state(state, self._generators):
-            warnings.warn(f"the checkpoint's data loader had {len(state.get('generators', []))} random generators, this "
-                          f"one has {len(self._generators)}: the resumed run cannot replay the data order exactly. "
-                          "Resume with the same loader (same shuffle and generator).", stacklevel=4)
-
-    def _skip_done_batches(self, batches: Iterator[Batch], state: EpochState) -> None:
-        """Skip the micro-batches a mid-epoch checkpoint had trained, checking they hold the same samples."""
-        samples = 0
-        for done in range(state.batches):
-            batch = next(batches, None)
-            if batch is None:
-                raise CheckpointError(f"the checkpoint was written after {state.batches} batches of this epoch, but "
-                                      f"the loader now has only {done}: resume with the data it was trained on")
-            samples += batch_size_of(batch)
-        if samples != state.samples:
-            raise CheckpointError(f"the checkpoint was written after {state.batches} batches ({state.samples} "
-                                  f"samples) of this epoch, but those batches now hold {samples} samples: the batch "
-                                  "size (or data) changed, so skipping them would re-train or skip samples. Resume "
-                                  "with the same batch size, or from a checkpoint written at an epoch's end.")
+            return torch.compile(module)
+        return torch.compile(module, backend=backend) if backend else module
 
     def _setup_fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None) -> tuple[Any, Any]:
         cfg = self.config
-        if self.model is self.unwrapped_model or distributed.is_distributed() and self._ddp is None:
-            self._wrap_model()
+        if self.model is self.unwrapped_model:
+            self.model = self._compiled(self.strategy.wrap(self.unwrapped_model))
         train_loader = self.prepare_loader(distributed.shard_loader(train_loader, self.seed, train=True), "train")
         if val_loader is not None:
             val_loader = self.prepare_loader(distributed.shard_loader(val_loader, self.seed, train=False), "val")
@@ -620,10 +615,10 @@ class Trainer:
             raise DataError("train_loader is empty (len() == 0): the dataset has no samples, or fewer than "
                             "batch_size with drop_last=True")
         self._check_optimizer_covers_model()
-        if self.scheduler is None and self._scheduler_spec is not None:
-            self.scheduler = self._make_scheduler(train_loader)
         for group in self.optimizer.param_groups:  # the configured rate, kept beside the scheduled one
             group.setdefault("initial_lr", group["lr"])
+        if self._scheduler_spec is not None and not _is_scheduler(self._scheduler_spec):
+            self.scheduler = self._make_scheduler(train_loader)  # planned anew each fit, over the steps it will run
         self.progress = ProgressReporter(enabled=cfg.progress and distributed.is_main_process())
         self.should_stop = False
         self._samples, self._last_log_time = 0, time.perf_counter()
@@ -632,20 +627,29 @@ class Trainer:
         return train_loader, val_loader
 
     def _make_scheduler(self, train_loader: Iterable[Batch]) -> Any:
-        spec = self._scheduler_spec
+        """The by-name schedule over the optimizer steps this fit will run, positioned at the step reached."""
+        spec, cfg = self._scheduler_spec, self.config
         if isinstance(spec, Mapping):
             spec = from_dict(SchedulerConfig, spec, prefix="scheduler")
         if not isinstance(spec, SchedulerConfig):
             raise ConfigError(f"scheduler must be an LR scheduler, a SchedulerConfig or a dict, got {type(spec).__name__}")
         n_batches = _length(train_loader)
-        if n_batches is None and self.config.max_steps is None and spec.name in ("cosine", "step"):
+        if n_batches is None and cfg.max_steps is None and spec.name in ("cosine", "step"):
             raise ConfigError(f"the '{spec.name}' schedule needs the number of steps: use a loader with len() or set max_steps")
-        steps_per_epoch = math.ceil((n_batches or 1) / self.config.accumulate)
-        total = self.config.max_steps or steps_per_epoch * self.config.epochs
+        steps_per_epoch = math.ceil((n_batches or 1) / cfg.accumulate)
+        by_epochs = math.inf if cfg.epochs is None or n_batches is None else steps_per_epoch * cfg.epochs
+        total = int(min(cfg.max_steps or math.inf, by_epochs))  # whichever limit stops training first
         self._schedule = {**to_dict(spec), "total_steps": total, "steps_per_epoch": steps_per_epoch}
-        return build_scheduler(self.optimizer, total_steps=total, steps_per_epoch=steps_per_epoch, **to_dict(spec))
+        bases = [group["initial_lr"] for group in self.optimizer.param_groups]
+        for group, base in zip(self.optimizer.param_groups, bases):
+            group["lr"] = base  # a schedule built afresh starts from the configured rates
+        scheduler = build_scheduler(self.optimizer, total_steps=total, steps_per_epoch=steps_per_epoch, **to_dict(spec))
+        if self.global_step and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            position_schedule(scheduler, self.optimizer, bases, self.global_step)  # a later fit continues the plan
+        return scheduler
 
     def _check_optimizer_covers_model(self) -> None:
+        self.strategy.reshard(self.unwrapped_model)  # a forward before fit (a feature cache) leaves FSDP's gathered
         in_optimizer = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         missing = [name for name, p in self.unwrapped_model.named_parameters() if p.requires_grad and id(p) not in in_optimizer]
         if missing:
@@ -653,217 +657,12 @@ class Trainer:
             raise ConfigError(f"{len(missing)} trainable parameters are not in the optimizer: {shown}. Build the optimizer "
                               "after changing the model (e.g. after swap_head), or freeze them with requires_grad_(False).")
 
-    # ------------------------------------------------------------------ logging, checks and metrics
-
-    def _read_window(self) -> dict[str, float]:
-        """Read the loss rows and device checks kept since the last read: the host sync of a log interval.
-
-        Raises:
-            DataError: a device check failed (e.g. a label out of range).
-            NonFiniteLossError: a NaN/inf loss in the window.
-        """
-        state = self.epoch_state
-        window = state.take_pending()
-        names, checks = self.checks.take()
-        parts = []
-        if window is not None:
-            sums = window.sum(0)
-            parts += [distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([float(window.shape[0])])]))]
-        if checks is not None:
-            parts += [distributed.all_reduce_max(checks)]
-        if not parts:
-            return {}
-        values = torch.cat([p.to(self.device) for p in parts]).tolist()  # the one sync of the interval
-        failure = self.checks.failure(dict(zip(names, values[len(values) - len(names):])))
-        if failure is not None:
-            raise failure
-        if window is None:
-            return {}
-        state.add_read(sums, window.shape[0])
-        count = values[len(state.term_names)]
-        means = {name: total / count for name, total in zip(state.term_names, values)}
-        if not all(math.isfinite(v) for v in means.values()):
-            self._raise_nonfinite(window)
-        return means
-
-    def _verify_checks(self) -> None:
-        """Read the device checks alone (one sync), e.g. before a checkpoint is written."""
-        names, checks = self.checks.take()
-        if checks is not None:
-            failure = self.checks.failure(dict(zip(names, distributed.all_reduce_max(checks).tolist())))
-            if failure is not None:
-                raise failure
-
-    def _raise_nonfinite(self, window: torch.Tensor) -> None:
-        finite_rows = torch.isfinite(window).all(dim=1).tolist()
-        first = finite_rows.index(False) if False in finite_rows else 0
-        step = self.epoch_state.window_first_step + first // self.config.accumulate + 1
-        values = dict(zip(self.epoch_state.term_names, window[first].tolist()))
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} (epoch {self.epoch + 1}): {shown}. Lower the learning rate, clip "
-            "gradients (grad_clip=1.0), prefer precision='bf16' to '16', or pass nonfinite='skip' to skip such steps.")
-
-    def _log_window(self) -> None:
-        means = self._read_window()
-        now = time.perf_counter()
-        rate = self._samples * distributed.world_size() / max(now - self._last_log_time, 1e-9)
-        metrics = {**means, "lr": self.current_lr(), "samples_per_s": rate}
-        if self.skipped_steps:
-            metrics["skipped_steps"] = self.skipped_steps
-        self._samples, self._last_log_time = 0, now
-        self.epoch_state.window_first_step = self.global_step
-        self.progress.log(self.epoch, self.global_step, metrics)
-        for cb in self.callbacks:
-            cb.on_log(self, metrics)
-
-    def _end_epoch(self, val_loader: Iterable[Batch] | None) -> None:
-        state = self.epoch_state
-        self._read_window()
-        if state.skipped and not state.steps:
-            raise NonFiniteLossError(f"every one of the {state.skipped} steps of epoch {self.epoch + 1} had a NaN/inf "
-                                     "loss and was skipped (nonfinite='skip'): nothing was trained. Lower the learning "
-                                     "rate, clip gradients, or check the data for NaN/inf.")
-        metrics: dict[str, float] = {"epoch": self.epoch + 1}
-        if state.sums is not None and state.rows:
-            sums = distributed.all_reduce_sum(state.sums.clone()).tolist()
-            rows = state.rows * distributed.world_size()
-            metrics.update({f"train_{name}": total / rows for name, total in zip(state.term_names, sums)})
-        metrics.update(self.on_train_epoch_end(self.epoch))
-        if val_loader is not None:
-            self.validated_state = None
-            for cb in self.callbacks:
-                cb.on_validation_start(self)
-            metrics.update({f"val_{k}": v for k, v in self._evaluate(val_loader).items()})
-            for cb in self.callbacks:
-                cb.on_validation_end(self)
-        metrics["lr"] = self.current_lr()
-        metrics["seconds"] = time.perf_counter() - self._epoch_started
-        if isinstance(self.scheduler, Plateau):
-            monitor = getattr(self.scheduler, "monitor", "val_loss")
-            if monitor not in metrics:
-                raise ConfigError(f"the plateau schedule monitors '{monitor}', not among {', '.join(metrics)}")
-            self.scheduler.step(metrics[monitor])
-        self.history.append(metrics)
-        for cb in self.callbacks:
-            cb.on_epoch_end(self, metrics)
-        self.progress.end_epoch(self.epoch, {k: v for k, v in metrics.items() if k != "epoch"})
-        self.epoch += 1
-        self.epoch_state = EpochState(self.global_step)
-        self._save_checkpoint()
-
-    @torch.no_grad()
-    def _evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
-        was_training = self.unwrapped_model.training
-        self.unwrapped_model.eval()
-        # evaluation needs no gradient sync: run the bare module so no DDP collective can hang
-        wrapped, self.model = self.model, self.unwrapped_model
-        totals: dict[str, torch.Tensor] = {}
-        # under FSDP every forward gathers parameters from all ranks: they run as many, extra ones not counted
-        batches = _fsdp.lockstep(loader, self.device) if self._sharded else ((batch, True) for batch in loader)
-        try:
-            for batch, counted in batches:
-                sums = self.validation_step(move_to_device(batch, self.device, self.config.channels_last))
-                for name, value in sums.items():
-                    if counted:
-                        totals[name] = totals[name] + value if name in totals else value
-        finally:
-            self.model = wrapped
-            self.unwrapped_model.train(was_training)
-            if self._sharded:  # a forward without backward leaves the root's parameters gathered
-                _fsdp.reshard(self.unwrapped_model)
-        self._verify_checks()
-        if not totals:
-            raise DataError("the evaluation loader produced no batches; check that its dataset is not empty")
-        names = list(totals)
-        values = distributed.all_reduce_sum(torch.stack([totals[n].float() for n in names])).tolist()
-        result = dict(zip(names, values))
-        count, nonfinite = result.pop("count"), result.pop("nonfinite", 0.0)
-        if nonfinite or not all(math.isfinite(v) for v in result.values()):
-            raise NonFiniteLossError(f"evaluation: the model's outputs or loss are NaN/inf ({nonfinite:.0f} of {count:.0f} "
-                                     "samples with non-finite outputs), so loss and accuracy would mean nothing. Check "
-                                     "the inputs for NaN/inf and the weights for divergence.")
-        return {name: value / count for name, value in result.items()}
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.checkpoint_model_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "rng": rng_state(self._generators),
-            "epoch_state": self.epoch_state.state_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "skipped_steps": self.skipped_steps,
-            "history": self.history,
-            "callbacks": {key: cb.state_dict() for key, cb in self.callbacks_by_key().items()},
-            "trainer": self.extra_state(),
-            "config": self.resolved_config(),
-            "metadata": _plain(self.weights_metadata()),
-        }
-
-    def _save_checkpoint(self) -> None:
-        """Write ``last.pt`` (and, at an epoch's end, ``last.safetensors``) once the device checks have passed.
-
-        Under FSDP every rank writes its shards of ``last.dcp`` and ``last.safetensors`` is gathered to rank 0.
-        """
-        if self.out_dir is None or not self.config.checkpoint:
-            return
-        self._verify_checks()  # never checkpoint weights trained on a batch that failed a check
-        if not self._sharded and not distributed.is_main_process():
-            return
-        self.save_checkpoint(self.out_dir / self._checkpoint_name())
-        if self.epoch_state.batches == 0:
-            self.save_weights(self.out_dir / "last.safetensors")
-
-    def _checkpoint_name(self) -> str:
-        return "last.dcp" if self._sharded else "last.pt"
-
-    def _no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
-        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on micro-batches that do not end a window."""
-        if self._sharded:
-            return _fsdp.no_gradient_sync(self.unwrapped_model, enabled)
-        return self._ddp.no_sync() if enabled and self._ddp is not None else contextlib.nullcontext()
-
-
-@functools.lru_cache(maxsize=64)
-def _label_errors(classes: int) -> tuple[Callable[[float], DataError | None], Callable[[float], DataError | None]]:
-    """The checks of the largest and smallest label for a model with ``classes`` outputs (built once per count)."""
-
-    def too_high(value: float) -> DataError | None:
-        if value < classes:
-            return None
-        return DataError(f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has "
-                         f"label {value:g}. Give the model {int(value) + 1} outputs (e.g. warmstart.finetune."
-                         f"swap_head(model, num_classes={int(value) + 1})) or remap the labels.")
-
-    def too_low(value: float) -> DataError | None:
-        return None if value >= 0 else DataError(
-            f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has label "
-            f"{value:g}; class indices cannot be negative. Remap the labels to 0..{classes - 1}.")
-
-    return too_high, too_low
-
 
 def _set_epoch(loader: Any, epoch: int) -> None:
     """Tell a loader, its sampler (DistributedSampler) and its data set (AugmentedViews) which epoch starts."""
     for part in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The private generators a loader shuffles with (``DataLoader(generator=...)``), which the global RNG does not cover."""
-    found: list[torch.Generator] = []
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for part in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
-        generator = getattr(part, "generator", None)
-        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
-            found.append(generator)
-    return found
 
 
 def _length(loader: Any) -> int | None:
@@ -886,6 +685,27 @@ def _loss_terms(out: torch.Tensor | Mapping[str, Any]) -> dict[str, torch.Tensor
     terms = {"loss": out["loss"]}
     terms.update({k: v for k, v in out.items() if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.dim() == 0})
     return terms
+
+
+def describe_callable(fn: Any) -> str:
+    """A loss function as the saved config names it, settings included, so a changed one shows at resume.
+
+    Example:
+        >>> describe_callable(F.cross_entropy)
+        'torch.nn.functional.cross_entropy'
+        >>> describe_callable(nn.CrossEntropyLoss(label_smoothing=0.1))
+        "torch.nn.modules.loss.CrossEntropyLoss(ignore_index=-100, label_smoothing=0.1, reduction='mean')"
+    """
+    if isinstance(fn, functools.partial):
+        args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        return f"{describe_callable(fn.func)}({', '.join(args)})"
+    kind = fn if isinstance(fn, type) or callable(fn) and hasattr(fn, "__qualname__") else type(fn)
+    name = f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', type(fn).__name__)}"
+    if isinstance(fn, nn.Module):  # its plain settings (label_smoothing, reduction, ...)
+        settings = {k: v for k, v in vars(fn).items() if not k.startswith("_") and k != "training"
+                    and isinstance(v, (bool, int, float, str, type(None)))}
+        return name + "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(settings.items())) + ")"
+    return name
 
 
 def _tensorboard_installed() -> bool:

@@ -1,4 +1,4 @@
-"""FSDP2 for the Trainer: shard a model block by block, move its optimizer over, gather it to save, evaluate in lockstep."""
+"""FSDP2 helpers of the FSDP strategy: shard a model block by block, move its optimizer over, gather it, evaluate in lockstep."""
 
 from __future__ import annotations
 
@@ -10,42 +10,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart import distributed
 from warmstart._blocks import checkpoint_activations, find_blocks
 from warmstart.config import TrainerConfig
+from warmstart.distributed import _process_group as distributed
 from warmstart.errors import ConfigError, DataError
 
 _DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 
 
-def prepare_blocks(model: nn.Module, config: TrainerConfig, precision: str, device: torch.device,
-                   optimizer: Any = None) -> list[str]:
-    """Checkpoint the activations of ``model``'s blocks and/or shard it with FSDP2, as ``config`` asks (in place).
+def checkpoint_blocks(model: nn.Module, config: TrainerConfig) -> list[str]:
+    """Recompute the activations of ``model``'s blocks in the backward pass (in place); their dotted names.
 
-    Under ``strategy="fsdp"`` each block gets ``fully_shard``, then the root does (parameters
-    become ``DTensor`` s sharded on dim 0 over the processes); an ``optimizer`` built before is
-    moved onto the sharded parameters. Without ``torchrun`` the model is one shard (a warning
-    says how to launch). Activation checkpointing wraps the same blocks.
+    The blocks are ``config.fsdp.blocks``, or found automatically (:func:`warmstart._blocks.find_blocks`).
+    """
+    blocks = find_blocks(model, config.fsdp.blocks)
+    if not blocks:
+        warnings.warn(f"activation_checkpointing: {type(model).__name__} has no repeated blocks to checkpoint; "
+                      "name them with fsdp={'blocks': [...]} (module classes or dotted names)", stacklevel=5)
+    checkpoint_activations(blocks)
+    return [name for name, _ in blocks]
 
-    Returns:
-        The dotted names of the blocks.
+
+def shard(model: nn.Module, config: TrainerConfig, precision: str, device: torch.device, optimizer: Any = None) -> None:
+    """Shard ``model`` with FSDP2 in place: each block gets ``fully_shard``, then the root does.
+
+    Parameters become ``DTensor`` s sharded on dim 0 over the processes; an ``optimizer`` built
+    before is moved onto the sharded parameters. Without ``torchrun`` the model is one shard (a
+    warning says how to launch).
 
     Raises:
         ConfigError: ``fsdp.blocks`` names no module, or the optimizer has already stepped.
     """
-    blocks = find_blocks(model, config.fsdp.blocks)
-    if config.activation_checkpointing:
-        if not blocks:
-            warnings.warn(f"activation_checkpointing: {type(model).__name__} has no repeated blocks to checkpoint; "
-                          "name them with fsdp={'blocks': [...]} (module classes or dotted names)", stacklevel=4)
-        checkpoint_activations(blocks)
-    if config.strategy == "fsdp":
-        _shard(model, blocks, config, precision, device, optimizer)
-    return [name for name, _ in blocks]
-
-
-def _shard(model: nn.Module, blocks: list[tuple[str, nn.Module]], config: TrainerConfig, precision: str,
-           device: torch.device, optimizer: Any) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import (
         CPUOffloadPolicy,
@@ -54,6 +49,7 @@ def _shard(model: nn.Module, blocks: list[tuple[str, nn.Module]], config: Traine
         fully_shard,
     )
 
+    blocks = find_blocks(model, config.fsdp.blocks)
     if isinstance(optimizer, torch.optim.Optimizer) and optimizer.state:
         raise ConfigError("strategy='fsdp' replaces the model's parameters by sharded ones: pass an optimizer that has "
                           "not stepped yet (or an optimizer config), so that its state is built on the shards")
@@ -78,6 +74,27 @@ def _shard(model: nn.Module, blocks: list[tuple[str, nn.Module]], config: Traine
     fully_shard(model, **options)  # the root: what no block holds (embeddings, head), gathered for the whole step
     if isinstance(optimizer, torch.optim.Optimizer):
         _move_optimizer(optimizer, names_before, model)
+
+
+def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> None:
+    """Clip the gradients of sharded (``DTensor``) and plain parameters together to a total norm of ``max_norm``.
+
+    The sharded gradients' norm is reduced over the ranks; plain parameters (a hint adapter beside
+    the sharded model) hold the same gradient on every rank and count once.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    sharded = [g for g in grads if hasattr(g, "full_tensor")]
+    plain = [g for g in grads if not hasattr(g, "full_tensor")]
+    squares = torch.zeros((), device=grads[0].device if grads else "cpu")
+    if sharded:
+        norm = torch.nn.utils.get_total_norm(sharded, foreach=True)
+        squares = squares + (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).float() ** 2
+    if plain:
+        squares = squares + torch.nn.utils.get_total_norm(plain, foreach=True).float().to(squares.device) ** 2
+    total = squares.sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:  # the same factor as clip_grad_norm_: max_norm / (norm + 1e-6), never above 1
+        (g.to_local() if hasattr(g, "to_local") else g).mul_(scale.to(g.dtype))
 
 
 def _move_optimizer(optimizer: torch.optim.Optimizer, names_before: dict[int, str], model: nn.Module) -> None:

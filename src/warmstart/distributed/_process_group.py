@@ -1,4 +1,4 @@
-"""Plumbing for ``torchrun``: process-group setup (DDP and FSDP), rank queries, sharded loaders and reductions."""
+"""Process groups under ``torchrun`` (DDP and FSDP), rank queries, sharded loaders and reductions."""
 
 from __future__ import annotations
 
@@ -98,6 +98,32 @@ def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=0)
     return tensor
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` when not distributed); every rank must call it."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of ``rank``'s random streams in a run seeded ``seed``: ``seed`` itself on rank 0, distinct on the others.
+
+    Dropout and augmentation then differ between ranks (as they would between the halves of one
+    larger batch) while the run stays reproducible from its seed.
+
+    Example:
+        >>> rank_seed(7, 0), rank_seed(7, 1) != rank_seed(8, 0)
+        (7, True)
+    """
+    if rank == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]) % (2**31 - 1)
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:

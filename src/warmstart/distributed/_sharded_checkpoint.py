@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart import distributed
+from warmstart.distributed import _process_group as distributed
 from warmstart.checkpoint import _fsync_dir, load_checkpoint, save_checkpoint
 from warmstart.errors import CheckpointError
 
