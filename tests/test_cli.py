@@ -40,7 +40,7 @@ def test_unknown_keys_and_wrong_types_are_named(tmp_path, capsys):
     bad.write_text("trainer:\n  max_epoch: 3\n")
     assert main(["pretrain", str(bad)]) == 2
     assert "unknown config key 'trainer.max_epoch' (did you mean 'max_epochs'?)" in capsys.readouterr().err
-    assert main(["finetune", "strategy=ful"]) == 2
+    assert main(["finetune", "method=ful"]) == 2
     assert "must be 'linear_probe' or 'partial' or 'full'" in capsys.readouterr().err
     assert main(["distill", "temperature=hot"]) == 2
     assert "config key 'temperature' must be float, got str 'hot'" in capsys.readouterr().err
@@ -67,7 +67,7 @@ def test_pretrain_finetune_distill_chain_on_fake_data(tmp_path, capsys):
     assert (pre / "pretrained.safetensors").is_file() and (pre / "last.pt").is_file()
     fine = tmp_path / "fine"
     assert main(["finetune", str(CONFIGS / "finetune.yaml"), f"pretrained={pre}/pretrained.safetensors",
-                 f"trainer.out_dir={fine}", "strategy=gradual", "data.shots=null", *data]) == 0
+                 f"trainer.out_dir={fine}", "method=gradual", "data.shots=null", *data]) == 0
     assert (fine / "finetuned.safetensors").is_file()
     kd = tmp_path / "kd"
     assert main(["distill", str(CONFIGS / "distill.yaml"), f"teacher_weights={pre}/pretrained.safetensors",
@@ -75,6 +75,37 @@ def test_pretrain_finetune_distill_chain_on_fake_data(tmp_path, capsys):
     assert (kd / "student.safetensors").is_file() and (kd / "teacher_logits.npy").is_file()
     out = capsys.readouterr().out
     assert "[warmstart distill] test_loss=" in out and "test_accuracy=" in out and "teacher_accuracy=" in out
+
+
+@pytest.mark.parametrize("key", ["method", "strategy"])
+def test_finetune_method_from_the_command_line_and_its_deprecated_spelling(key, tmp_path, recwarn):
+    out = tmp_path / key
+    assert main(["finetune", f"{key}=gradual", f"{key}_args={{unfreeze_every: 2}}", "data.name=fake", "data.fake_size=16",
+                 "trainer.max_epochs=2", f"trainer.out_dir={out}", "data.shots=null", "--quiet"]) == 0
+    saved = read_yaml(out / "job.yaml")
+    assert saved["method"] == "gradual" and saved["method_args"] == {"unfreeze_every": 2} and "strategy" not in saved
+    assert (out / "finetuned.safetensors").is_file()
+    deprecated = [str(w.message) for w in recwarn if w.category is DeprecationWarning and "strategy" in str(w.message)]
+    if key == "method":
+        assert not deprecated
+    else:
+        assert len(deprecated) == 2 and "use 'method' (method: gradual)" in deprecated[0]
+        assert "use 'method_args'" in deprecated[1]
+
+
+def test_a_finetune_file_with_the_deprecated_strategy_key_warns_and_reads_as_method(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("strategy: gradual\nstrategy_args: {head_epochs: 2}\ntrainer: {strategy: ddp}\n")
+    with pytest.warns(DeprecationWarning, match="finetune job key 'strategy(_args)?' \\(in the file\\) is deprecated: use 'method"):
+        assert main(["finetune", str(old), "--print-config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["method"] == "gradual" and resolved["method_args"] == {"head_epochs": 2}
+    assert resolved["trainer"]["strategy"] == "ddp"  # the parallelism keeps its word
+    with pytest.warns(DeprecationWarning):  # the command line's method wins over the file's, as for any key
+        assert main(["finetune", str(old), "method=partial", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["method"] == "partial"
+    assert main(["finetune", "method=full", "strategy=gradual"]) == 2
+    assert "sets both 'method' and its deprecated spelling 'strategy'" in capsys.readouterr().err
 
 
 def test_autoencoder_pretraining_writes_the_encoder(tmp_path):
@@ -92,13 +123,13 @@ def test_missing_pretrained_file_is_a_clear_error(tmp_path, capsys):
 
 def test_finetune_recipe_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "fine"
-    assert main(["finetune", "strategy=recipe", "strategy_args={select: false, freeze_epochs: 1}", "data.name=fake",
+    assert main(["finetune", "method=recipe", "method_args={select: false, freeze_epochs: 1}", "data.name=fake",
                  "data.fake_size=16", "trainer.max_epochs=1", "trainer.seed=0", f"trainer.out_dir={out}",
                  "data.shots=null", "--quiet"]) == 0
     assert (out / "probe" / "last.pt").is_file() and (out / "full" / "last.pt").is_file()
     assert (out / "finetuned.safetensors").is_file()
     chosen = tmp_path / "chosen"  # the default recipe chooses on validation and says what it chose
-    assert main(["finetune", "strategy=recipe", "data.name=fake", "data.fake_size=32", "data.val_per_class=1",
+    assert main(["finetune", "method=recipe", "data.name=fake", "data.fake_size=32", "data.val_per_class=1",
                  "trainer.max_epochs=2", "trainer.seed=0", f"trainer.out_dir={chosen}", "data.shots=null",
                  "--quiet"]) == 0
     assert "choice=" in capsys.readouterr().out and (chosen / "full" / "last.pt").is_file()

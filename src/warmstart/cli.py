@@ -11,7 +11,7 @@ from warmstart.errors import WarmstartError
 
 COMMANDS = {
     "pretrain": "pretrain a model on a source data set (supervised, proximal or autoencoder)",
-    "finetune": "fine-tune pretrained weights on a new task with a transfer strategy",
+    "finetune": "fine-tune pretrained weights on a new task with a fine-tuning method",
     "distill": "distil a trained teacher into a smaller student",
     "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report (task: text in the "
            "config: fine-tune a pretrained transformer, with LoRA, and distil it)",
@@ -20,7 +20,7 @@ COMMANDS = {
 
 EXAMPLES = {
     "pretrain": "configs/pretrain.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits",
-    "finetune": "configs/finetune.yaml strategy=gradual proximal=1.0 data.shots=5",
+    "finetune": "configs/finetune.yaml method=gradual proximal=1.0 data.shots=5",
     "distill": "configs/distill.yaml temperature=2 alpha=0.5 trainer.max_epochs=5",
     "run": "configs/digits_transfer.yaml trainer.max_epochs=2 finetune.methods=[scratch,recipe] trainer.device=cuda\n"
            "  warmstart run configs/text_sentiment.yaml lora.r=4 methods=[majority,lora] trainer.seed=1",

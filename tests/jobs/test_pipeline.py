@@ -42,7 +42,7 @@ def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
 def test_each_stage_is_a_job_of_its_own_with_the_shared_trainer_settings(tmp_path):
     run_pipeline(_job(tmp_path, "finetune.methods=[full]", "finetune.trainer.max_epochs=2"), progress=False)
     stage = yaml.safe_load((tmp_path / "finetune" / "full" / "job.yaml").read_text())
-    assert stage["strategy"] == "full" and stage["pretrained"].endswith("pretrain/pretrained.safetensors")
+    assert stage["method"] == "full" and stage["pretrained"].endswith("pretrain/pretrained.safetensors")
     assert stage["trainer"]["max_epochs"] == 2 and stage["trainer"]["device"] == "cpu"  # stage wins, shared fills in
     pretrain = yaml.safe_load((tmp_path / "pretrain" / "job.yaml").read_text())
     assert pretrain["trainer"]["max_epochs"] == 1 and pretrain["trainer"]["seed"] == stage["trainer"]["seed"]

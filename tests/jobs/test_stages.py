@@ -20,8 +20,8 @@ def test_the_recipe_stage_uses_the_configured_label_smoothing_and_optimizer(monk
 
     real = stages.fine_tune
     monkeypatch.setattr(stages, "fine_tune", spy)
-    job = FinetuneJob(data=DATA, model=ModelConfig(args={"width": 4}), strategy="recipe",
-                      strategy_args={"select": False}, label_smoothing=smoothing,
+    job = FinetuneJob(data=DATA, model=ModelConfig(args={"width": 4}), method="recipe",
+                      method_args={"select": False}, label_smoothing=smoothing,
                       optimizer=OptimizerConfig(name="sgd", lr=0.05, weight_decay=0.0),
                       trainer=TrainerConfig(max_epochs=1, seed=0, progress=False, out_dir=None))
     stages.run_finetune(job)

@@ -23,7 +23,7 @@ from warmstart.jobs.stages import (StageResult, build_job_model, count_parameter
                                    run_finetune, run_pretrain)
 from warmstart.trainer import Trainer
 
-# how each fine-tuning method is run as a finetune job: strategy, its options, and whether it starts pretrained
+# how each method of finetune.methods runs as a finetune job: its method, the options, whether it starts pretrained
 _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "scratch": ("full", {"backbone_lr_mult": 1.0}, False),
     "linear_probe": ("linear_probe", {}, True),
@@ -134,12 +134,12 @@ def _pretrain(run: _Run, source: DataBundle, target: DataBundle) -> Path:
 
 def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> StageResult:
     job, stage = run.job, run.job.finetune
-    strategy, options, starts_pretrained = _METHOD_JOBS[method]
+    job_method, options, starts_pretrained = _METHOD_JOBS[method]
     trainer, optimizer, scheduler = run.stage(stage, f"finetune/{method}")
     run.heading(f"2/3 fine-tune on {job.target.name}: {LABELS.get(method, method)} ({trainer.epochs} epochs)")
     result = run_finetune(FinetuneJob(
         data=job.target, model=job.model, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
-        pretrained=str(pretrained) if starts_pretrained else None, strategy=strategy, strategy_args=options,
+        pretrained=str(pretrained) if starts_pretrained else None, method=job_method, method_args=options,
         proximal=stage.proximal if method == "proximal" else None, label_smoothing=stage.label_smoothing,
         keep_head=stage.keep_head), data=target)
     run.record(method, result, **{k: result.extra[k] for k in ("choice", "scores") if k in result.extra})
@@ -155,7 +155,7 @@ def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -
     trainer, optimizer, scheduler = run.stage(stage, "distill/student_scratch")
     run.heading(f"3/3 distil: the student on the {job.target.shots or 'all'}-per-class labels alone")
     scratch = run_finetune(FinetuneJob(data=job.target, model=stage.student, trainer=trainer, optimizer=optimizer,
-                                       scheduler=scheduler, strategy="full", strategy_args={"backbone_lr_mult": 1.0}),
+                                       scheduler=scheduler, method="full", method_args={"backbone_lr_mult": 1.0}),
                            data=target)
     run.record("student_scratch", scratch)
     trainer, optimizer, scheduler = run.stage(stage, "distill/student_distilled")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -120,13 +121,16 @@ class FinetuneJob:
     Attributes:
         pretrained: the pretrained weights (``.safetensors``, ``.pt`` or a warmstart checkpoint);
             ``None`` trains from scratch.
-        strategy: ``linear_probe``, ``partial``, ``full``, ``gradual``, or ``recipe`` (the one-call
-            :func:`warmstart.finetune.fine_tune`, which chooses among freeze depths, backbone rates,
-            a linear-probe warm-up and no pretraining by validation accuracy, then trains the winner).
-        strategy_args: options of the strategy (e.g. ``{k: 2}`` for ``partial``,
-            ``{layer_decay: 0.8}`` for ``full``, ``{select: false}`` for the fixed ``recipe``).
+        method: the fine-tuning method: ``linear_probe``, ``partial``, ``full``, ``gradual``, or
+            ``recipe`` (the one-call :func:`warmstart.finetune.fine_tune`, which chooses among
+            freeze depths, backbone rates, a linear-probe warm-up and no pretraining by validation
+            accuracy, then trains the winner). ``strategy`` is its deprecated spelling (read with a
+            warning); ``trainer.strategy`` is the parallelism.
+        method_args: options of the method (e.g. ``{k: 2}`` for ``partial``,
+            ``{layer_decay: 0.8}`` for ``full``, ``{select: false}`` for the fixed ``recipe``);
+            ``strategy_args`` is its deprecated spelling.
         proximal: ``lam`` of the proximal term toward the pretrained weights (``None``: off).
-        label_smoothing: label smoothing of the cross-entropy (``None``: the strategy's default,
+        label_smoothing: label smoothing of the cross-entropy (``None``: the method's default,
             0.1 for ``recipe`` and 0 otherwise; a value given is the value used).
         keep_head: keep the pretrained head (only when the new task has the *same* classes, e.g.
             digits 0-9 in both); by default the model gets a new head, as a new task needs.
@@ -138,8 +142,8 @@ class FinetuneJob:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
     pretrained: str | None = None
-    strategy: Literal["linear_probe", "partial", "full", "gradual", "recipe"] = "full"
-    strategy_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method: Literal["linear_probe", "partial", "full", "gradual", "recipe"] = "full"
+    method_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     proximal: float | None = None
     label_smoothing: float | None = None
     keep_head: bool = False
@@ -510,6 +514,8 @@ def load_job(kind: str, path: str | Path | None, overrides: Sequence[str] = ()) 
         raise ConfigError(f"unknown job '{kind}'; valid: {', '.join(JOBS)}")
     data = read_yaml(path) if path is not None else {}
     changes = parse_overrides(overrides)
+    if kind == "finetune":
+        data, changes = _renamed_finetune_keys(data, "the file"), _renamed_finetune_keys(changes, "the command line")
     merged = deep_merge(data, changes)
     schema = JOBS[kind]
     if kind == "run":
@@ -524,6 +530,27 @@ def load_job(kind: str, path: str | Path | None, overrides: Sequence[str] = ()) 
                     trainer = deep_merge(trainer, layer)
                 merged[stage]["trainer"] = {k: v for k, v in trainer.items() if k != "out_dir"}
     return from_dict(schema, merged)
+
+
+# a finetune job's keys before the fine-tuning method took the word ``method`` (``strategy`` is the parallelism)
+RENAMED_FINETUNE_KEYS = {"strategy": "method", "strategy_args": "method_args"}
+
+
+def _renamed_finetune_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with the deprecated top-level ``strategy``/``strategy_args`` keys read as ``method``/``method_args``."""
+    if not isinstance(values, dict) or not any(old in values for old in RENAMED_FINETUNE_KEYS):
+        return values
+    values = dict(values)
+    for old, new in RENAMED_FINETUNE_KEYS.items():
+        if old not in values:
+            continue
+        if new in values:
+            raise ConfigError(f"the finetune job sets both '{new}' and its deprecated spelling '{old}' in {where}; "
+                              f"keep '{new}' ('trainer.strategy' is the parallelism)")
+        warnings.warn(f"the finetune job key '{old}' (in {where}) is deprecated: use '{new}' ({new}: {values[old]}); "
+                      "'trainer.strategy' is the parallelism", DeprecationWarning, stacklevel=3)
+        values[new] = values.pop(old)
+    return values
 
 
 def _run_schema(merged: dict[str, Any]) -> type:

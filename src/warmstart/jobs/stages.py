@@ -174,7 +174,7 @@ def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResul
 
 
 def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResult:
-    """Fine-tune ``job.pretrained`` on ``job.data`` with ``job.strategy``; write ``finetuned.safetensors``."""
+    """Fine-tune ``job.pretrained`` on ``job.data`` with ``job.method``; write ``finetuned.safetensors``."""
     started, seed, out = _start(job)
     data = data or build_data(job.data, seed)
     model = build_job_model(job.model, data, seed)
@@ -185,18 +185,18 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
             swap_head(model, data.num_classes)
         if job.trainer.progress:
             print(report)
-    if job.strategy == "recipe":
+    if job.method == "recipe":
         smoothing = 0.1 if job.label_smoothing is None else job.label_smoothing
         result = fine_tune(model, data.train, data.val, epochs=job.trainer.epochs, optimizer=job.optimizer,
                            scheduler=job.scheduler, label_smoothing=smoothing, proximal=job.proximal,
                            out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
-                           **job.strategy_args)
+                           **job.method_args)
         trainer, history = result.trainer, result.history
         extra = {"choice": result.choice, "scores": result.scores} if result.scores else {}
     else:
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=job.label_smoothing or 0.0)
         trainer = build_trainer(FinetuneTrainer, model, job, loss_fn, proximal=job.proximal,
-                                strategy={"name": job.strategy, **job.strategy_args})
+                                method={"name": job.method, **job.method_args})
         history, extra = trainer.fit(data.train, data.val), {}
     weights = None
     if out is not None:

@@ -220,13 +220,13 @@ def _in_dataset_order(rows: torch.Tensor, loader: Any) -> torch.Tensor:
 
 def _full(run: _TextRun) -> None:
     run.heading(f"full fine-tune of {run.job.model} ({run.job.finetune.trainer.epochs} epochs)")
-    _fine_tune(run, "full", run.job.finetune, {"strategy": {"name": "full", "backbone_lr_mult": 1.0}})
+    _fine_tune(run, "full", run.job.finetune, {"method": {"name": "full", "backbone_lr_mult": 1.0}})
 
 
 def _scratch(run: _TextRun) -> None:
     run.heading(f"the same full fine-tune from random weights, the control ({run.job.finetune.trainer.epochs} "
                 "epochs)")
-    _fine_tune(run, "scratch", run.job.finetune, {"strategy": {"name": "full", "backbone_lr_mult": 1.0}},
+    _fine_tune(run, "scratch", run.job.finetune, {"method": {"name": "full", "backbone_lr_mult": 1.0}},
                pretrained=False)
 
 
@@ -234,8 +234,8 @@ def _lora(run: _TextRun, proximal: bool = False) -> None:
     stage = run.job.lora
     name = "lora_proximal" if proximal else "lora"
     run.heading(f"{LABELS[name]} ({stage.trainer.epochs} epochs)")
-    options = {"strategy": "lora", "lora": {"r": stage.r, "alpha": stage.alpha, "targets": stage.targets,
-                                             "dropout": stage.dropout}}
+    options = {"method": "lora", "lora": {"r": stage.r, "alpha": stage.alpha, "targets": stage.targets,
+                                           "dropout": stage.dropout}}
     _fine_tune(run, name, stage, {**options, **({"proximal": stage.proximal} if proximal else {})})
 
 
