@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -117,3 +118,36 @@ def test_the_fingerprint_sees_a_change_far_below_the_data_scale():
     moved = x.clone()
     moved[3, 1, 5, 5] += 1e-4
     assert fingerprint.mismatch(fingerprint(moved), stored) > 0
+
+
+def _jitter(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.rand_like(x)  # module level, so it pickles (a lambda does not)
+
+
+def _views_by_epoch(views: AugmentedViews, epochs: int, **loader_options) -> list[torch.Tensor]:
+    """The rows and views a loader yields in each epoch, with ``set_epoch`` called the way the Trainer does."""
+    loader = DataLoader(views, batch_size=4, **loader_options)
+    seen = []
+    for epoch in range(epochs):
+        views.set_epoch(epoch)  # in the main process, before the epoch's iterator, as Trainer._set_epoch does
+        seen.append(torch.cat([torch.cat([x, row[:, None].float()], 1) for x, row in loader]))
+    return seen
+
+
+def test_augmented_views_rotate_in_persistent_workers():
+    views = AugmentedViews(TensorDataset(torch.zeros(8, 3)), _jitter, views=2, seed=3)
+    persistent = _views_by_epoch(views, 2, num_workers=2, persistent_workers=True)
+    in_process = _views_by_epoch(AugmentedViews(TensorDataset(torch.zeros(8, 3)), _jitter, views=2, seed=3), 2)
+    assert not torch.equal(persistent[0], persistent[1])  # epoch 1 shows the other view of every sample
+    for epoch in range(2):
+        torch.testing.assert_close(persistent[epoch], in_process[epoch], rtol=0, atol=0)
+
+
+def test_augmented_views_keep_their_epoch_through_pickle_and_copies():
+    views = AugmentedViews(TensorDataset(torch.zeros(4, 3)), _jitter, views=3)
+    views.set_epoch(2)
+    for twin in (pickle.loads(pickle.dumps(views)), copy.deepcopy(views)):
+        assert twin.epoch == 2 and torch.equal(twin[1][0], views[1][0])
+        seen = _views_by_epoch(twin, 2, num_workers=1, persistent_workers=True)
+        assert [epoch[:, -1].tolist() for epoch in seen] == [[0, 4, 8, 9], [1, 5, 6, 10]]  # i * 3 + (i + e) % 3
+        assert views.epoch == 2  # a copy's epoch is its own

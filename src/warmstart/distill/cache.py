@@ -215,11 +215,25 @@ class AugmentedViews(Dataset):
         if views < 1:
             raise DataError(f"views must be >= 1, got {views}")
         self.dataset, self.transform, self.views, self.seed = dataset, transform, views, seed
-        self.epoch = 0
+        # the Trainer sets the epoch in the main process; a shared-memory scalar carries it to
+        # DataLoader workers, whose copy of this object (persistent ones keep it) is made only once
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a spawned worker receives the shared scalar itself; a pickle or deepcopy gets a private
+        # copy, which must be shared again before a fork so that its own workers see its epochs
+        self.__dict__.update(state)
+        if not self._epoch.is_shared():
+            self._epoch.share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose views ``__getitem__`` returns, in this process and in every loader worker."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Pick the views of ``epoch`` (the Trainer calls this through the loader's ``set_epoch``)."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
