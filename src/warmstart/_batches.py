@@ -112,3 +112,29 @@ def classification_sums(output: Any, target: Any, terms: Mapping[str, torch.Tens
         sums["nonfinite"] = (~torch.isfinite(output.detach())).any(dim=-1).sum().float()
     sums["count"] = torch.tensor(float(n), device=device)
     return sums
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Tell a loader, its sampler (DistributedSampler) and its data set (AugmentedViews) which epoch starts."""
+    for part in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
+def loader_length(loader: Any) -> int | None:
+    """``len(loader)``, or ``None`` for an iterable without a length."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def loss_terms(out: torch.Tensor | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Normalise ``compute_loss``'s result to a dict of scalar tensors with ``"loss"`` first."""
+    if isinstance(out, torch.Tensor):
+        return {"loss": out}
+    if not isinstance(out, Mapping) or "loss" not in out:
+        raise ConfigError("compute_loss must return a loss tensor or a dict with a 'loss' entry")
+    terms = {"loss": out["loss"]}
+    terms.update({k: v for k, v in out.items() if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.dim() == 0})
+    return terms

@@ -146,3 +146,37 @@ def batch_size_of(batch: Any) -> int:
         if isinstance(item, torch.Tensor) and item.dim():
             return item.shape[0]
     return 1
+
+
+def describe_callable(fn: Any) -> str:
+    """A loss function as the saved config names it, settings included, so a changed one shows at resume.
+
+    Example:
+        >>> describe_callable(torch.nn.functional.cross_entropy)
+        'torch.nn.functional.cross_entropy'
+        >>> describe_callable(torch.nn.CrossEntropyLoss(label_smoothing=0.1))
+        "torch.nn.modules.loss.CrossEntropyLoss(ignore_index=-100, label_smoothing=0.1, reduction='mean')"
+    """
+    import functools
+
+    if isinstance(fn, functools.partial):
+        args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        return f"{describe_callable(fn.func)}({', '.join(args)})"
+    kind = fn if isinstance(fn, type) or callable(fn) and hasattr(fn, "__qualname__") else type(fn)
+    name = f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', type(fn).__name__)}"
+    if isinstance(fn, torch.nn.Module):  # its plain settings (label_smoothing, reduction, ...)
+        settings = {k: v for k, v in vars(fn).items() if not k.startswith("_") and k != "training"
+                    and isinstance(v, (bool, int, float, str, type(None)))}
+        return name + "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(settings.items())) + ")"
+    return name
+
+
+def plain_values(obj: Any) -> Any:
+    """Keep only what ``torch.load(weights_only=True)`` and JSON can hold."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_values(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -16,12 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart import distributed
-from warmstart._batches import Batch, classification_sums, is_classification, run_model, split_batch, target_of
+from warmstart._batches import (Batch, classification_sums, is_classification, loader_length, loss_terms, run_model,
+                                set_loader_epoch, split_batch, target_of)
 from warmstart._epoch import EpochState, MetricWindow, accumulation_windows
 from warmstart._progress import ProgressReporter
 from warmstart._resume import ExactResume, position_schedule
 from warmstart._run_dir import check_out_dir, run_lock
-from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
+from warmstart._runtime import (autocast_context, batch_size_of, check_precision, describe_callable, move_to_device,
+                                plain_values, select_device)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
 from warmstart.checkpoint import save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
@@ -216,13 +217,13 @@ class Trainer:
     def _train_epoch(self, loader: Iterable[Batch], step_callbacks: Sequence[Callback]) -> bool:
         """Train one epoch (or the rest of one, after a mid-epoch resume); False when it stopped inside the epoch."""
         cfg, state = self.config, self.epoch_state
-        _set_epoch(loader, self.epoch)
+        set_loader_epoch(loader, self.epoch)
         self.model.train()
         self.on_train_epoch_start(self.epoch)
         for cb in self.callbacks:
             cb.on_train_epoch_start(self)
         self._epoch_started = time.perf_counter()
-        n_batches = _length(loader)
+        n_batches = loader_length(loader)
         self.progress.start_epoch(self.epoch, cfg.epochs, None if n_batches is None else math.ceil(n_batches / cfg.accumulate),
                                   initial=state.batches // cfg.accumulate)
         batches = self.resumer.epoch_batches(loader)  # after a mid-epoch resume: the same order, done batches skipped
@@ -377,7 +378,7 @@ class Trainer:
             "callbacks": {key: cb.state_dict() for key, cb in self.callbacks_by_key().items()},
             "trainer": self.extra_state(),
             "config": self.resolved_config(),
-            "metadata": _plain(self.weights_metadata()),
+            "metadata": plain_values(self.weights_metadata()),
         }
 
     def _save_checkpoint(self, weights: bool = False) -> None:
@@ -412,7 +413,7 @@ class Trainer:
         """
         with self.autocast():
             out = self.compute_loss(batch)
-        terms = _loss_terms(out)
+        terms = loss_terms(out)
         if not self.backward(terms["loss"]):
             return None
         return {name: value.detach() for name, value in terms.items()}
@@ -425,7 +426,7 @@ class Trainer:
         with self.autocast():
             out = self.compute_loss(batch)
         output = out.get("output") if isinstance(out, Mapping) else None
-        return classification_sums(output, target_of(batch), _loss_terms(out), self.device, batch_size_of(batch))
+        return classification_sums(output, target_of(batch), loss_terms(out), self.device, batch_size_of(batch))
 
     def on_before_optimizer_step(self) -> None:
         """Edit gradients before the optimizer step (after unscaling, before clipping)."""
@@ -549,7 +550,7 @@ class Trainer:
         """The configuration this run uses, as saved in checkpoints and ``config.yaml``."""
         resolved: dict[str, Any] = {"trainer": {**to_dict(self.config), "seed": self.seed},
                                     "optimizer": {"class": type(self.optimizer).__name__,
-                                                  "defaults": _plain(self.optimizer.defaults)},
+                                                  "defaults": plain_values(self.optimizer.defaults)},
                                     "scheduler": self.schedule_description(),
                                     "loss_fn": describe_callable(self.loss_fn)}
         if self.job_config is not None:
@@ -611,7 +612,7 @@ class Trainer:
         train_loader = self.prepare_loader(distributed.shard_loader(train_loader, self.seed, train=True), "train")
         if val_loader is not None:
             val_loader = self.prepare_loader(distributed.shard_loader(val_loader, self.seed, train=False), "val")
-        if _length(train_loader) == 0:
+        if loader_length(train_loader) == 0:
             raise DataError("train_loader is empty (len() == 0): the dataset has no samples, or fewer than "
                             "batch_size with drop_last=True")
         self._check_optimizer_covers_model()
@@ -633,7 +634,7 @@ class Trainer:
             spec = from_dict(SchedulerConfig, spec, prefix="scheduler")
         if not isinstance(spec, SchedulerConfig):
             raise ConfigError(f"scheduler must be an LR scheduler, a SchedulerConfig or a dict, got {type(spec).__name__}")
-        n_batches = _length(train_loader)
+        n_batches = loader_length(train_loader)
         if n_batches is None and cfg.max_steps is None and spec.name in ("cosine", "step"):
             raise ConfigError(f"the '{spec.name}' schedule needs the number of steps: use a loader with len() or set max_steps")
         steps_per_epoch = math.ceil((n_batches or 1) / cfg.accumulate)
@@ -658,68 +659,11 @@ class Trainer:
                               "after changing the model (e.g. after swap_head), or freeze them with requires_grad_(False).")
 
 
-def _set_epoch(loader: Any, epoch: int) -> None:
-    """Tell a loader, its sampler (DistributedSampler) and its data set (AugmentedViews) which epoch starts."""
-    for part in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
-        if hasattr(part, "set_epoch"):
-            part.set_epoch(epoch)
-
-
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
 def _is_scheduler(obj: Any) -> bool:
     return isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, Plateau))
-
-
-def _loss_terms(out: torch.Tensor | Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Normalise ``compute_loss``'s result to a dict of scalar tensors with ``"loss"`` first."""
-    if isinstance(out, torch.Tensor):
-        return {"loss": out}
-    if not isinstance(out, Mapping) or "loss" not in out:
-        raise ConfigError("compute_loss must return a loss tensor or a dict with a 'loss' entry")
-    terms = {"loss": out["loss"]}
-    terms.update({k: v for k, v in out.items() if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.dim() == 0})
-    return terms
-
-
-def describe_callable(fn: Any) -> str:
-    """A loss function as the saved config names it, settings included, so a changed one shows at resume.
-
-    Example:
-        >>> describe_callable(F.cross_entropy)
-        'torch.nn.functional.cross_entropy'
-        >>> describe_callable(nn.CrossEntropyLoss(label_smoothing=0.1))
-        "torch.nn.modules.loss.CrossEntropyLoss(ignore_index=-100, label_smoothing=0.1, reduction='mean')"
-    """
-    if isinstance(fn, functools.partial):
-        args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
-        return f"{describe_callable(fn.func)}({', '.join(args)})"
-    kind = fn if isinstance(fn, type) or callable(fn) and hasattr(fn, "__qualname__") else type(fn)
-    name = f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', type(fn).__name__)}"
-    if isinstance(fn, nn.Module):  # its plain settings (label_smoothing, reduction, ...)
-        settings = {k: v for k, v in vars(fn).items() if not k.startswith("_") and k != "training"
-                    and isinstance(v, (bool, int, float, str, type(None)))}
-        return name + "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(settings.items())) + ")"
-    return name
 
 
 def _tensorboard_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None
-
-
-def _plain(obj: Any) -> Any:
-    """Keep only what ``torch.load(weights_only=True)`` and JSON can hold."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
