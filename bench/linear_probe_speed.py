@@ -24,7 +24,7 @@ def run(cache: bool, loader: InMemoryLoader, epochs: int, device: str) -> tuple[
     """Return (seconds of the first fit call's set-up and epochs, median steady-state epoch seconds)."""
     torch.manual_seed(0)
     model = resnet18(num_classes=10)
-    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-3}, strategy=LinearProbe(cache_features=cache),
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-3}, method=LinearProbe(cache_features=cache),
                               max_epochs=epochs, device=device, progress=False)
     start = time.perf_counter()
     trainer.fit(loader)

@@ -7,7 +7,7 @@ MNIST -> UCI digits). For each pair and seed, the model is pretrained on the who
 rest of the target set is the test set) every method trains for the same epochs with the same
 augmentation, loss (cross-entropy, label smoothing 0.1) and optimizer (AdamW 3e-3, weight decay 0.01,
 cosine). Every model gets a new head. The controls train the same way from random weights:
-"from scratch" for the single-strategy rows, "recipe, no pretraining" for the recipe rows. The
+"from scratch" for the single-method rows, "recipe, no pretraining" for the recipe rows. The
 validated fine_tune() holds a fifth of the k labels out for its choice (no extra labels).
 
     python bench/transfer_suite.py               # about 30 minutes on 2 CPU cores (2 processes)
@@ -80,9 +80,9 @@ def _pretrain(pair: str, seed: int) -> dict[str, torch.Tensor]:
 def _train(method: str, model: torch.nn.Module, loader: InMemoryLoader, epochs: int, seed: int) -> Any:
     options = {"max_epochs": epochs, "progress": False, "seed": seed, "scheduler": {"name": "cosine"}}
     if method in ("from scratch (control)", "full (backbone lr x0.1)", "linear probe"):
-        strategy = {"from scratch (control)": {"name": "full", "backbone_lr_mult": 1.0},
-                    "full (backbone lr x0.1)": "full", "linear probe": "linear_probe"}[method]
-        trainer = FinetuneTrainer(model, OPTIMIZER, LOSS, strategy=strategy, **options)
+        spec = {"from scratch (control)": {"name": "full", "backbone_lr_mult": 1.0},
+                "full (backbone lr x0.1)": "full", "linear probe": "linear_probe"}[method]
+        trainer = FinetuneTrainer(model, OPTIMIZER, LOSS, method=spec, **options)
         trainer.fit(loader)
         return trainer, None
     result = fine_tune(model, loader, epochs=epochs, optimizer=OPTIMIZER, select=method == "fine_tune() validated",

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 encoder.load_state_dict(ws.load_weights(encoder_path)[0])
             model = ws.pretrain.encoder_classifier(encoder, args.latent, num_classes=data.num_classes)
             if method == "linear probe":  # frozen encoder: how linearly useful its code is
-                trainer = ws.finetune.FinetuneTrainer(model, {"name": "adamw", "lr": 3e-3}, strategy="linear_probe",
+                trainer = ws.finetune.FinetuneTrainer(model, {"name": "adamw", "lr": 3e-3}, method="linear_probe",
                                                       max_epochs=args.finetune_epochs, seed=args.seed, progress=False)
                 trainer.fit(train)
             else:  # everything trains, as fine_tune chooses on held-out labels (random weights: its fixed recipe)

@@ -4,10 +4,10 @@ Pretrain ``small_cnn`` on ``mnist5k``, then for each ``n`` in ``--layers`` build
 the UCI digits (10 labels per class), copy the pretrained weights of its first ``n`` layer groups
 (:func:`warmstart.finetune.transfer_layers`), freeze them with :func:`warmstart.finetune.freeze_to`
 (BatchNorm statistics included) and train everything above from its random initialisation. ``n = 0``
-is training from scratch. The same thing in one argument is the ``Partial`` strategy::
+is training from scratch. The same thing in one argument is the ``Partial`` fine-tuning method::
 
     ws.finetune.load_pretrained(model, weights)
-    ws.finetune.FinetuneTrainer(model, strategy=ws.finetune.Partial(k=n, reinit_rest=True), ...)
+    ws.finetune.FinetuneTrainer(model, method=ws.finetune.Partial(k=n, reinit_rest=True), ...)
 
 Run::
 

@@ -8,8 +8,8 @@ gives it a new 2-class head, so nothing is downloaded. The data is the VADER sen
 - :func:`warmstart.data.text_loader` tokenizes the words once and pads each batch to its longest
   word; the plain :class:`warmstart.finetune.FinetuneTrainer` takes these dict batches and the model's
   output object without a custom ``compute_loss``;
-- ``--strategy lora`` (the default) trains peft's LoRA adapters (1.5% of the parameters) and the head,
-  ``--strategy full`` every weight;
+- ``--method lora`` (the default) trains peft's LoRA adapters (1.5% of the parameters) and the head,
+  ``--method full`` every weight;
 - the LoRA run's weights file holds only the adapters and the head (1.3 MB instead of 87 MB), and
   :func:`warmstart.finetune.merge_lora` folds the adapters in for deployment.
 
@@ -20,7 +20,7 @@ With internet access, any checkpoint of the Hugging Face Hub works the same way:
 Run::
 
     python examples/05_hf_sequence_classification.py            # LoRA, 3 epochs: minutes on 2 CPU cores
-    python examples/05_hf_sequence_classification.py --strategy full --lr 5e-5
+    python examples/05_hf_sequence_classification.py --method full --lr 5e-5
     python examples/05_hf_sequence_classification.py --dry-run  # 64 words, one epoch
 """
 
@@ -42,7 +42,7 @@ NEEDS = {"transformers": "transformers", "peft": "peft", "vaderSentiment": "vade
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="the bundled model, a checkpoint folder or a Hub name")
-    parser.add_argument("--strategy", choices=["lora", "full"], default="lora")
+    parser.add_argument("--method", choices=["lora", "full"], default="lora", help="how to fine-tune")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3, help="1e-3 suits LoRA; full fine-tuning wants about 5e-5")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,20 +81,20 @@ def run(args: argparse.Namespace, out_dir: Path, limit: int | None = None) -> in
     total = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {type(model).__name__}, {total:,} parameters, new head {model.classifier}")
 
-    options = {"strategy": "lora", "lora": {"r": 8, "alpha": 16}} if args.strategy == "lora" else {
-        "strategy": {"name": "full", "backbone_lr_mult": 1.0}}
+    options = {"method": "lora", "lora": {"r": 8, "alpha": 16}} if args.method == "lora" else {
+        "method": {"name": "full", "backbone_lr_mult": 1.0}}
     trainer = FinetuneTrainer(model, {"name": "adamw", "lr": args.lr, "weight_decay": 0.01}, **options,
                               scheduler={"name": "cosine", "warmup_epochs": 0.1}, max_epochs=epochs, seed=args.seed,
-                              out_dir=str(out_dir / args.strategy))
+                              out_dir=str(out_dir / args.method))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"{args.strategy}: {trainable:,} trainable parameters ({100 * trainable / total:.2f}% of the model's)")
+    print(f"{args.method}: {trainable:,} trainable parameters ({100 * trainable / total:.2f}% of the model's)")
     trainer.fit(text_loader(train, tokenizer, batch_size=32, shuffle=True, seed=args.seed),
                 text_loader(val, tokenizer, batch_size=256))
     test_loader = text_loader(test, tokenizer, batch_size=256)
     accuracy = trainer.evaluate(test_loader)["accuracy"]
-    weights = out_dir / args.strategy / "last.safetensors"
+    weights = out_dir / args.method / "last.safetensors"
     print(f"test accuracy {accuracy:.1%} on {len(test)} words; weights file {weights.stat().st_size / 2**20:.2f} MiB")
-    if args.strategy == "lora":
+    if args.method == "lora":
         merge_lora(model)  # a plain BertForSequenceClassification again, computing the same
         merged = ws.Trainer(model, progress=False).evaluate(test_loader)["accuracy"]
         print(f"merged the adapters into the weights: test accuracy {merged:.1%}")
