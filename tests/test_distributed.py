@@ -82,7 +82,7 @@ def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
     _close(ranks[0]["stream"]["weights"], net.state_dict())
 
     net = scenarios.model()  # FinetuneTrainer: gradual unfreezing re-wraps DDP; the proximal term is added after the all-reduce
-    FinetuneTrainer(net, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, strategy={"name": "gradual"}, groups=["0", "2"],
+    FinetuneTrainer(net, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, method={"name": "gradual"}, groups=["0", "2"],
                     proximal=2.0, max_epochs=3, device="cpu", progress=False, seed=0).fit(
         DataLoader(scenarios.data(), batch_size=4, shuffle=False))
     _close(ranks[0]["finetune"]["weights"], net.state_dict())
@@ -100,3 +100,20 @@ def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
     for rank in ranks:
         assert rank["evaluate"]["metrics"]["loss"] == pytest.approx(expected["loss"], rel=1e-6)
         assert rank["evaluate"]["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+
+    # each rank draws its own stream (dropout, augmentation), rank 0 the run's seed as one process does
+    draws = ws.Callback()
+    draws.on_fit_start = lambda trainer: setattr(draws, "draws", torch.rand(4))
+    ws.Trainer(scenarios.model(), max_steps=1, device="cpu", progress=False, seed=11, callbacks=[draws]).fit(
+        DataLoader(scenarios.data(), batch_size=4))
+    assert torch.equal(ranks[0]["streams"]["draws"], draws.draws)
+    assert not torch.equal(ranks[0]["streams"]["draws"], ranks[1]["streams"]["draws"])
+
+    # BatchNorm: both ranks end with the same statistics, and the reported validation is the saved weights'
+    _close(ranks[0]["batchnorm"]["buffers"], ranks[1]["batchnorm"]["buffers"], atol=0)
+    saved = scenarios.batchnorm_model()
+    saved.load_state_dict(ws.load_weights(tmp_path / "batchnorm" / "last.safetensors")[0])
+    measured = ws.evaluate(saved, DataLoader(scenarios.data(), batch_size=8))
+    reported = ranks[0]["batchnorm"]["history"][-1]
+    assert measured["loss"] == pytest.approx(reported["val_loss"], rel=1e-6)
+    assert measured["accuracy"] == pytest.approx(reported["val_accuracy"])

@@ -5,7 +5,9 @@ Scenarios (each a function below, its reference in tests/test_distributed.py):
 - stream: a loader without len(), accumulation 4 over 10 micro-batches (a short last window);
 - finetune: FinetuneTrainer, gradual unfreezing with the proximal term, batches of 2 per rank;
 - distill: DistillTrainer with the teacher's logits cached once by rank 0 into the shared out_dir;
-- evaluate: an InMemoryLoader of 5 samples evaluated on 2 ranks (each sample counted once).
+- evaluate: an InMemoryLoader of 5 samples evaluated on 2 ranks (each sample counted once);
+- streams: the random numbers each rank draws after the fit's seeding (each rank its own stream);
+- batchnorm: a BatchNorm model with validation and checkpoints (its statistics synchronised before both).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def stream(out: Path, rank: int) -> dict:
 
 def finetune(out: Path, rank: int) -> dict:
     net = model()
-    trainer = FinetuneTrainer(net, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, strategy={"name": "gradual"},
+    trainer = FinetuneTrainer(net, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, method={"name": "gradual"},
                               groups=["0", "2"], proximal=2.0, max_epochs=3, device="cpu", progress=False, seed=0,
                               out_dir=str(out / "finetune"))
     trainer.fit(DataLoader(data(), batch_size=2, shuffle=False))
@@ -79,12 +81,38 @@ def evaluate(out: Path, rank: int) -> dict:
     return {"metrics": ws.Trainer(net, device="cpu", progress=False).evaluate(InMemoryLoader(five, batch_size=2))}
 
 
+class _Draws(ws.Callback):
+    def on_fit_start(self, trainer):
+        self.draws = torch.rand(4)
+
+
+def streams(out: Path, rank: int) -> dict:
+    draws = _Draws()
+    ws.Trainer(model(), max_steps=1, device="cpu", progress=False, seed=11, callbacks=[draws]).fit(
+        DataLoader(data(), batch_size=4))
+    return {"draws": draws.draws}
+
+
+def batchnorm_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def batchnorm(out: Path, rank: int) -> dict:
+    net = batchnorm_model()
+    trainer = ws.Trainer(net, {"name": "sgd", "lr": 0.1}, max_epochs=2, device="cpu", progress=False, seed=0,
+                         out_dir=str(out / "batchnorm"))
+    trainer.fit(DataLoader(data(), batch_size=4, shuffle=True), DataLoader(data(), batch_size=8))
+    return {"buffers": {n: b.clone() for n, b in net.named_buffers()}, "history": trainer.history}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {name: scenario(out, rank) for name, scenario in
-               (("stream", stream), ("finetune", finetune), ("distill", distill), ("evaluate", evaluate))}
+               (("stream", stream), ("finetune", finetune), ("distill", distill), ("evaluate", evaluate),
+                ("streams", streams), ("batchnorm", batchnorm))}
     torch.save(results, out / f"rank{rank}.pt")
     if rank == 0:
         (out / "done.json").write_text(json.dumps({"world_size": dist.get_world_size()}))
