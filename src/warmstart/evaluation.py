@@ -12,7 +12,7 @@ from torch import nn
 
 from warmstart._batches import Batch, classification_sums, is_classification, run_model, split_batch, target_of
 from warmstart._epoch import MetricWindow
-from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device
+from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
 from warmstart.config import normalize_precision
 from warmstart.distributed import FSDPStrategy, Strategy, all_reduce_sum, shard_loader
 from warmstart.distributed._fsdp import is_sharded
@@ -34,7 +34,8 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
         model: the network.
         loader: batches as :class:`warmstart.Trainer` takes them (``(inputs, target)``, dicts, text).
         loss_fn: ``loss_fn(output, target)`` (default: cross-entropy).
-        device: where to run (default: where the model's parameters are, else the CPU).
+        device: where to run, ``"auto"`` or a torch device (the model is moved there, as the Trainer
+            does); default: where the model's parameters are, else the CPU.
         precision: ``"32"`` (default), ``"bf16"`` or ``"16"`` autocast.
 
     Returns:
@@ -51,7 +52,11 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
         >>> sorted(evaluate(model, data))
         ['accuracy', 'loss']
     """
-    device = torch.device(device) if device is not None else _device_of(model)
+    if device is not None:
+        device = select_device(device)
+        model.to(device)
+    else:
+        device = _device_of(model)
     precision = check_precision(normalize_precision(precision or "32"), device)
     loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
     window = MetricWindow(device)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from warmstart._run_dir import check_out_dir, run_lock
@@ -16,6 +15,7 @@ from warmstart.checkpoint import atomic_path
 from warmstart.config import save_config
 from warmstart.data import InMemoryLoader
 from warmstart.errors import ConfigError
+from warmstart.evaluation import evaluate
 from warmstart.finetune import load_pretrained
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.schema import CompressJob
@@ -110,15 +110,9 @@ def _recovery_options(job: CompressJob, progress: bool) -> dict[str, Any]:
     return {"epochs": trainer.epochs, "optimizer": job.optimizer, "config": trainer, "scheduler": job.scheduler}
 
 
-@torch.no_grad()
 def _accuracy(model: nn.Module, data: DataBundle) -> float:
     """Test accuracy in eval mode (also of a compiled int8 graph, which a Trainer cannot hold)."""
-    model.eval()
-    correct = total = 0
-    for x, y in data.test:
-        correct += int((model(x).argmax(-1) == y).sum())
-        total += len(y)
-    return correct / total
+    return evaluate(model, data.test)["accuracy"]
 
 
 def _write(out: Path, job: CompressJob, results: dict[str, dict[str, Any]]) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 from warmstart._run_dir import check_out_dir, run_lock
 from warmstart.config import save_config
 from warmstart.errors import ConfigError
+from warmstart.evaluation import evaluate
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.report import LABELS, print_table, write_report
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
 from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, resolve_seed, run_distill,
                                    run_finetune, run_pretrain)
-from warmstart.trainer import Trainer
 
 # how each method of finetune.methods runs as a finetune job: its method, the options, whether it starts pretrained
 _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -124,8 +124,8 @@ def _pretrain(run: _Run, source: DataBundle, target: DataBundle) -> Path:
     run.record("pretrain", result, dataset=job.source.name)
     if job.finetune.keep_head:  # the target has the source's classes: the pretrained model can answer as it is
         started = time.perf_counter()
-        evaluator = Trainer(result.model, progress=False, device=trainer.device)
-        zero_shot = StageResult(test=evaluator.evaluate(target.test), val=evaluator.evaluate(target.val), params=result.params,
+        zero_shot = StageResult(test=evaluate(result.model, target.test, device=trainer.device),
+                                val=evaluate(result.model, target.val, device=trainer.device), params=result.params,
                                 seconds=time.perf_counter() - started, history=[], model=result.model, weights=None)
         run.record("zero_shot", zero_shot)
     assert result.weights is not None  # the stage has an out_dir

@@ -22,6 +22,7 @@ from warmstart.config import save_config, to_dict
 from warmstart.data import InMemoryLoader
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.errors import ConfigError
+from warmstart.evaluation import evaluate
 from warmstart.finetune import FinetuneTrainer, LoadReport, fine_tune, load_pretrained, swap_head
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.schema import DistillJob, FinetuneJob, ModelConfig, PretrainJob
@@ -213,7 +214,7 @@ def run_distill(job: DistillJob, data: DataBundle | None = None) -> StageResult:
     data = data or build_data(job.data, seed)
     teacher = build_job_model(job.teacher, data, seed)
     load_pretrained(teacher, job.teacher_weights)
-    teacher_test = Trainer(teacher, progress=False, device=job.trainer.device).evaluate(data.test)
+    teacher_test = evaluate(teacher, data.test, device=job.trainer.device)
     student = build_job_model(job.student, data, seed)
     trainer = build_trainer(DistillTrainer, student, job, teacher=teacher, temperature=job.temperature,
                             alpha=job.alpha, cache_teacher=job.cache_teacher)
