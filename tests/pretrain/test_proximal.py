@@ -206,7 +206,7 @@ def test_optimizers_by_name_give_anchored_weights_no_decay():
         assert group["weight_decay"] == 0 or not anchored & {id(p) for p in group["params"]}
     finetuned = ws.models.small_cnn(num_classes=4, width=4)
     trainer = FinetuneTrainer(finetuned, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}, proximal=1.0,
-                              strategy="full", progress=False)
+                              method="full", progress=False)
     decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
     anchored = {id(p) for name, p in finetuned.named_parameters() if not name.startswith("head.")}
     assert anchored and all(decay[i] == 0 for i in anchored)  # the pretrained weights: the term's w0

@@ -1,4 +1,4 @@
-"""One rank of the LoRA torchrun test: FinetuneTrainer(strategy="lora") under DDP, its weights saved per rank.
+"""One rank of the LoRA torchrun test: FinetuneTrainer(method="lora") under DDP, its weights saved per rank.
 
 Usage: torchrun --nproc_per_node=2 ddp_lora.py OUT_DIR (the reference, one process, is ``train`` with batch 8).
 """
@@ -26,7 +26,7 @@ def train(out: Path, batch_size: int) -> dict[str, torch.Tensor]:
     """LoRA (no dropout: the ranks would draw other masks than one process) on a small MLP, 3 epochs of SGD."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    trainer = FinetuneTrainer(model, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, strategy="lora",
+    trainer = FinetuneTrainer(model, {"name": "sgd", "lr": 0.2, "momentum": 0.9}, method="lora",
                               lora={"r": 4, "dropout": 0.0}, max_epochs=3, device="cpu", progress=False, seed=0,
                               out_dir=str(out))
     trainer.fit(DataLoader(data(), batch_size=batch_size, shuffle=False))

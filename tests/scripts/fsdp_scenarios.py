@@ -142,7 +142,7 @@ def scenarios(out: Path) -> dict:
     results["from_one"] = gathered(fit(trainer(out / "one", strategy="fsdp"), 2, resume="last"))
     results["proximal"] = proximal(out)
     results["finetune"] = finetune()
-    results["gradual"] = gathered(fit(gradual_trainer(model(), config=ws.TrainerConfig(strategy="fsdp")), 2))
+    results["gradual"] = gathered(fit(gradual_trainer(model(), strategy="fsdp"), 2))
     results["distill"] = distill()
     results["bf16"] = fit(trainer(None, strategy="fsdp", precision="bf16", max_epochs=1), 2).history
     fit(trainer(out / "callbacks", callbacks(), strategy="fsdp", max_epochs=1), 2)
@@ -174,22 +174,21 @@ def proximal(out: Path) -> dict:
 
 
 def finetune_trainer(net: nn.Module, **options) -> FinetuneTrainer:
-    """Two of four backbone groups frozen, the others at their own rates (``strategy`` here is the transfer one,
-    so the Trainer's ``strategy="fsdp"`` goes in through ``config``)."""
-    return FinetuneTrainer(net, {"name": "sgd", "lr": 0.1, "momentum": 0.9}, strategy={"name": "partial", "k": 2, "layer_decay": 0.5},
+    """Two of four backbone groups frozen, the others at their own rates (the fine-tuning ``method``)."""
+    return FinetuneTrainer(net, {"name": "sgd", "lr": 0.1, "momentum": 0.9}, method={"name": "partial", "k": 2, "layer_decay": 0.5},
                            groups=["embed", "layers.0", "layers.1", "layers.2"], head="head", max_epochs=1,
                            device="cpu", progress=False, seed=0, accumulate=2, **options)
 
 
 def gradual_trainer(net: nn.Module, **options) -> FinetuneTrainer:
     """Gradual unfreezing: the head for an epoch, then one more backbone group per epoch (optimizer groups added)."""
-    return FinetuneTrainer(net, {"name": "adam", "lr": 0.01}, strategy={"name": "gradual"},
+    return FinetuneTrainer(net, {"name": "adam", "lr": 0.01}, method={"name": "gradual"},
                            groups=["embed", "layers.0", "layers.1", "layers.2"], head="head", max_epochs=2,
                            device="cpu", progress=False, seed=0, accumulate=2, **options)
 
 
 def finetune() -> dict:
-    run = fit(finetune_trainer(model(), config=ws.TrainerConfig(strategy="fsdp")), 2)
+    run = fit(finetune_trainer(model(), strategy="fsdp"), 2)
     return {"weights": gathered(run), "groups": [g.get("name") for g in run.optimizer.param_groups]}
 
 
