@@ -105,9 +105,9 @@ class ExactResume:
             return
         state, path = self.checkpoint, self.path
         restore(trainer, state, path)
-        trainer.epoch_state = EpochState.from_state_dict(state["epoch_state"], trainer.device, trainer.epoch,
-                                                         cfg.accumulate)
-        self._rng_now, epoch_start, buffers = self._this_rank_state(state)
+        self._rng_now, epoch_start, buffers, epoch_state = self._this_rank_state(state)
+        trainer.epoch_state = EpochState.from_state_dict(epoch_state or state["epoch_state"], trainer.device,
+                                                         trainer.epoch, cfg.accumulate)
         trainer.epoch_state.rng_at_start = epoch_start
         if buffers:  # this rank's own statistics, as the uninterrupted run has them
             own = dict(trainer.unwrapped_model.named_buffers())
@@ -125,13 +125,16 @@ class ExactResume:
 
     def rank_states(self, model: torch.nn.Module) -> list[dict[str, Any]]:
         """What differs between ranks, for a checkpoint: each rank's random streams (now and at its epoch's start)
-        and, under ``torchrun``, its buffers (BatchNorm statistics differ between ranks inside an epoch).
+        and, under ``torchrun``, its buffers (BatchNorm statistics differ between ranks inside an epoch) and its
+        epoch state (the sums of its own losses, which the epoch's ``train_*`` means reduce over the ranks).
         Every rank must call it."""
-        buffers = None
+        buffers = epoch_state = None
         if distributed.is_distributed():
             buffers = {name: b.detach().cpu().clone() for name, b in model.named_buffers()}
+            epoch_state = self.trainer.epoch_state.state_dict()
+            epoch_state = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_state.items()}
         mine = {"now": rng_state(self.generators), "epoch_start": self.trainer.epoch_state.rng_at_start,
-                "buffers": buffers}
+                "buffers": buffers, "epoch_state": epoch_state}
         return distributed.gather_objects(mine)
 
     def epoch_batches(self, loader: Iterable[Any]) -> Iterator[Any]:
@@ -159,11 +162,12 @@ class ExactResume:
             self._rng_now = None
         return batches
 
-    def _this_rank_state(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
-        """This rank's saved streams (now, and at the epoch's start) and buffers; fresh streams at another world size."""
+    def _this_rank_state(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, Any, Any]:
+        """This rank's saved streams (now, and at the epoch's start), buffers and epoch state (``None``: the
+        checkpoint's); fresh streams at another world size."""
         saved = state["rng"]
         if isinstance(saved, Mapping):  # written by one process before per-rank streams were kept
-            return dict(saved), state["epoch_state"].get("rng_at_start"), None
+            return dict(saved), state["epoch_state"].get("rng_at_start"), None, None
         rank = distributed.rank()
         if len(saved) != distributed.world_size():
             if state["epoch_state"]["batches"] > 0:
@@ -173,8 +177,9 @@ class ExactResume:
                                       "checkpoint written at an epoch's end.")
             # another number of processes: each rank continues a stream of its own, drawn from the run's seed
             seed_everything(distributed.rank_seed(self.trainer.seed + state["global_step"], rank))
-            return rng_state(), None, None
-        return saved[rank]["now"], saved[rank]["epoch_start"], saved[rank].get("buffers")
+            return rng_state(), None, None, None
+        mine = saved[rank]
+        return mine["now"], mine["epoch_start"], mine.get("buffers"), mine.get("epoch_state")
 
     def _restore_rng(self, state: dict[str, Any] | None) -> None:
         if state is not None and not set_rng_state(state, self.generators):
