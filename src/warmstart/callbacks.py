@@ -276,7 +276,8 @@ class EMA(Callback):
     """Keep an exponential moving average of the weights: ``ema = decay * ema + (1 - decay) * w``.
 
     Updated after every optimizer step with one ``torch._foreach_lerp_`` over the parameters (no
-    host sync); floating-point buffers (BatchNorm statistics) are copied, not averaged. With
+    host sync); floating-point buffers (BatchNorm statistics) are copied, not averaged: after every step, and
+    at the epoch's end once the strategy has averaged them over the ranks (before validation). With
     ``evaluate=True`` validation runs on the averaged weights; ``out_dir/ema.safetensors`` is
     written every epoch. Call :meth:`copy_to` to put the averaged weights into a model.
 
@@ -319,8 +320,7 @@ class EMA(Callback):
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_([self.shadow[k] for k in self._param_names],
                              [self._live[k].detach() for k in self._param_names], 1.0 - decay)
-        for k in self._buffer_names:
-            self.shadow[k].copy_(self._live[k])
+        self._copy_buffers()
 
     @torch.no_grad()
     def _swap(self) -> None:
@@ -330,7 +330,13 @@ class EMA(Callback):
             live.copy_(avg)
             avg.copy_(tmp)
 
+    @torch.no_grad()
+    def _copy_buffers(self) -> None:
+        for k in self._buffer_names:
+            self.shadow[k].copy_(self._live[k])
+
     def on_validation_start(self, trainer: Trainer) -> None:
+        self._copy_buffers()  # the statistics as the strategy has just averaged them over the ranks
         if self.evaluate and self.shadow:
             self._swap()
 
@@ -344,6 +350,7 @@ class EMA(Callback):
         return {name: self.shadow.get(name, value) for name, value in model.state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._copy_buffers()  # averaged over the ranks at the epoch's end (also when there was no validation)
         if trainer.out_dir is not None:  # every rank: under FSDP the averaged shards are gathered; rank 0 writes
             trainer.save_weights(trainer.out_dir / "ema.safetensors", state_dict=self.shadow,
                                  extra={"ema_decay": self.decay})
