@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import warnings
@@ -41,6 +42,12 @@ class FeatureBatches:
         self.loader = InMemoryLoader(features, targets, batch_size=batch_size, shuffle=shuffle, seed=seed,
                                      device=features.device)
 
+    def shard(self, rank: int, world_size: int, pad: bool = True) -> FeatureBatches:
+        """This rank's share of every epoch, as :meth:`InMemoryLoader.shard` takes it."""
+        share = copy.copy(self)
+        share.loader = self.loader.shard(rank, world_size, pad)
+        return share
+
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
 
@@ -64,7 +71,9 @@ class FinetuneTrainer(Trainer):
     Gradual unfreezing adds optimizer groups as groups thaw, and the by-name schedules follow.
 
     With ``"linear_probe"`` (and ``cache_features``), the frozen backbone runs once over each
-    loader, without augmentation, and the head trains on the cached features.
+    loader, without augmentation, and the head trains on the cached features (under ``torchrun``
+    every rank caches the whole data set and trains on its share of the batches; ``strategy="fsdp"``
+    is refused, as the sharded head cannot run alone).
 
     With ``"lora"`` (options in ``lora={"r": 8, "alpha": 16, "targets": "auto", "dropout": 0.05}``)
     peft's LoRA adapters are injected into the model in place (:func:`warmstart.finetune.add_lora`;
@@ -118,6 +127,7 @@ class FinetuneTrainer(Trainer):
                  proximal: float | None = None, proximal_mode: str = "penalty", beta: float = 0.0, **kwargs: Any):
         method = _method_from_options(self, method, kwargs)
         self.method = build_method(method, None if lora is None else dict(lora))
+        _check_parallelism(self.method, kwargs)
         self.head_info = find_head(model, head)
         self.head_names = head_parameter_names(model, head)
         self.lora = self._attach_lora(model, head)
@@ -262,16 +272,24 @@ class FinetuneTrainer(Trainer):
         return super().compute_loss(batch)
 
     def prepare_loader(self, loader: Iterable[Any] | None, stage: str) -> Iterable[Any] | None:
+        """The linear probe's cached features in place of ``loader``.
+
+        A loader that the Trainer shards under ``torchrun`` (a ``DataLoader``, an :class:`InMemoryLoader`)
+        has the features of the whole data set cached on every rank, and each rank takes its share of
+        the feature batches as the loader took it: the global batches are then those of one process.
+        """
         if loader is None or not (isinstance(self.method, LinearProbe) and self.method.cache_features):
             return loader
-        cached = self._cache_features(loader)
+        whole = isinstance(loader, (DataLoader, InMemoryLoader))
+        cached = self._cache_features(_all_samples(loader) if whole else loader)
         if cached is None:
             return loader
         features, targets, batch_size = cached
         if distributed.is_distributed() and stage == "train" and not isinstance(self._head_forward, nn.parallel.DistributedDataParallel):
             self._head_forward = nn.parallel.DistributedDataParallel(self.head_info.module)
-        return FeatureBatches(features, targets, batch_size, shuffle=stage == "train" and _shuffles(loader),
-                              seed=self.seed)
+        batches = FeatureBatches(features, targets, batch_size, shuffle=stage == "train" and _shuffles(loader),
+                                 seed=self.seed)
+        return distributed.shard_loader(batches, self.seed, train=stage == "train") if whole else batches
 
     @torch.no_grad()
     def _cache_features(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
@@ -373,6 +391,22 @@ def _method_from_options(trainer: FinetuneTrainer, method: str | Method | dict[s
     return options.pop("strategy")
 
 
+def _check_parallelism(method: Method, options: dict[str, Any]) -> None:
+    """Refuse the linear probe's feature cache under FSDP, before the Trainer shards the model.
+
+    Raises:
+        ConfigError: ``method="linear_probe"`` (caching features) with ``strategy="fsdp"``.
+    """
+    config = options.get("config")
+    strategy = options.get("strategy", getattr(config, "strategy", "auto"))
+    if isinstance(method, LinearProbe) and method.cache_features and strategy == "fsdp":
+        raise ConfigError("method='linear_probe' trains the head alone on cached backbone features, which "
+                          "strategy='fsdp' cannot run: FSDP shards the head with the model and gathers it only in the "
+                          "whole model's forward. Use strategy='ddp' (a linear probe trains too little to need "
+                          "sharding), or method=LinearProbe(cache_features=False) to run the frozen backbone every "
+                          "step under FSDP.")
+
+
 def _caller_stacklevel(trainer: FinetuneTrainer) -> int:
     """``warnings.warn``'s stacklevel, from :func:`_method_from_options`, of the code that builds ``trainer``.
 
@@ -418,6 +452,13 @@ def _shuffles(loader: Any) -> bool:
     if isinstance(loader, DataLoader):
         return isinstance(loader.sampler, RandomSampler) or getattr(loader.sampler, "shuffle", False)
     return bool(getattr(loader, "shuffle", False))
+
+
+def _all_samples(loader: DataLoader | InMemoryLoader) -> DataLoader | InMemoryLoader:
+    """The loader over its whole data set in order (not this rank's share), one process's batch size."""
+    if isinstance(loader, InMemoryLoader):
+        return loader.shard(0, 1, pad=False)
+    return rebuild_loader(loader, sampler=None, drop_last=False)
 
 
 def _without_augmentation(loader: Iterable[Any]) -> Iterable[Any]:
