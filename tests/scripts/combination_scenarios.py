@@ -1,0 +1,186 @@
+"""Every combination of model and training feature, run whole and interrupted then resumed (tests/test_combinations.py).
+
+Usage: torchrun --nproc_per_node=2 combination_scenarios.py OUT_DIR
+Every combination runs under DDP, then under FSDP, in this one launch (starting processes and importing
+torch and peft costs more than the runs); rank 0 writes OUT_DIR/results.pt, ``{"ddp": ..., "fsdp": ...}``.
+The pytest process calls :func:`run_all` itself for the one-process runs.
+
+Each combination (:func:`run_combination`) trains a tiny model for 2 epochs of 4 optimizer steps on a
+global batch of 8 (one process: 8 per batch; two processes: 4 each):
+
+- ``whole``: the uninterrupted run, in ``OUT_DIR/<model>-<feature>/whole``, checkpointing at epoch ends;
+- ``resumed``: the same run checkpointing every 3 steps too, stopped by an exception after step 7 (its
+  newest checkpoint is step 6's, in the middle of epoch 2), then continued by a fresh trainer with
+  ``fit(..., resume="last")``. Its mid-epoch checkpoints must change nothing either.
+
+The results hold every rank's parameters and buffers (sharded parameters gathered) of both, and the
+whole run's history; a combination the library refuses holds the refusal (``"refused"``), and one that
+fails otherwise its traceback (``"error"``), so that the matrix names every combination that fails.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import warmstart as ws
+from warmstart import distributed
+from warmstart.data import InMemoryLoader
+from warmstart.distill import DistillTrainer, FeatureHint
+from warmstart.errors import ConfigError
+from warmstart.finetune import FinetuneTrainer
+from warmstart.pretrain import ProximalTrainer
+
+MODELS = ("mlp", "cnn")
+FEATURES = ("accumulate", "clip", "ema_best", "activation_checkpointing", "proximal", "lora", "linear_probe", "hints")
+GLOBAL_BATCH, TRAIN_SAMPLES, VAL_SAMPLES = 8, 32, 13  # 4 steps per epoch; 13 validation samples: unequal shards
+SAVE_EVERY, INTERRUPT_AT = 3, 7  # checkpoints at steps 3, 4 (epoch end), 6; stopped after 7: resumed mid-epoch 2
+BLOCKS = {"mlp": ["0"], "cnn": ["ConvBlock"]}  # for FSDP's units and activation checkpointing
+HINT_LAYER = {"mlp": "0", "cnn": "blocks.0"}
+
+
+class ConvBlock(nn.Module):
+    """Conv, BatchNorm, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class CNN(nn.Module):
+    """Two conv + BatchNorm blocks on 1x8x8 images, average pooling, a linear head over 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(ConvBlock(1, 4), ConvBlock(4, 8, stride=2))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x).mean(dim=(2, 3)))  # (B, 8, 4, 4) -> (B, 8) -> (B, 3)
+
+
+def build_model(kind: str, seed: int = 0) -> nn.Module:
+    """``"mlp"``: 8 -> 16 -> 3 without dropout; ``"cnn"``: :class:`CNN`."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)) if kind == "mlp" else CNN()
+
+
+def dataset(kind: str, n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mlp":
+        x = torch.randn(n, 8, generator=g)
+        return TensorDataset(x, (x @ torch.randn(8, 3, generator=g)).argmax(1))
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    return TensorDataset(x, (x.mean(dim=(1, 2, 3)) > 0).long() + (x[:, 0, 4, 4] > 0.5).long())
+
+
+def loaders(kind: str, feature: str, world: int) -> tuple[InMemoryLoader, InMemoryLoader]:
+    """Shuffled batches of ``GLOBAL_BATCH`` over all ranks (halved, accumulated twice, for ``accumulate``), validation."""
+    micro_batch = GLOBAL_BATCH // world // (2 if feature == "accumulate" else 1)
+    return (InMemoryLoader(dataset(kind, TRAIN_SAMPLES, 1), batch_size=micro_batch, shuffle=True, seed=3),
+            InMemoryLoader(dataset(kind, VAL_SAMPLES, 2), batch_size=5))
+
+
+def build_trainer(kind: str, feature: str, strategy: str, out_dir: Path, callbacks: list[ws.Callback],
+                  save_every: int | None) -> ws.Trainer:
+    """The trainer of one combination: the library's trainer for the feature, with the shared settings."""
+    options: dict[str, Any] = {"max_epochs": 2, "device": "cpu", "progress": False, "seed": 0, "out_dir": str(out_dir),
+                               "save_every": save_every, "strategy": strategy, "fsdp": {"blocks": BLOCKS[kind]}}
+    optimizer = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+    net = build_model(kind)
+    if feature == "accumulate":
+        options["accumulate"] = 2
+    elif feature == "clip":
+        options["grad_clip"] = 0.05  # small enough that every step is clipped
+    elif feature == "ema_best":
+        callbacks = [*callbacks, ws.EMA(decay=0.8), ws.BestCheckpoint()]
+    elif feature == "activation_checkpointing":
+        options["activation_checkpointing"] = True
+    elif feature == "proximal":
+        return ProximalTrainer(net, optimizer, lam=2.0, callbacks=callbacks, **options)
+    elif feature == "lora":
+        return FinetuneTrainer(net, optimizer, method="lora", lora={"r": 2, "dropout": 0.0}, callbacks=callbacks,
+                               **options)
+    elif feature == "linear_probe":
+        return FinetuneTrainer(net, optimizer, method="linear_probe", callbacks=callbacks, **options)
+    elif feature == "hints":
+        hint = FeatureHint(HINT_LAYER[kind], HINT_LAYER[kind])
+        return DistillTrainer(net, build_model(kind, seed=5), optimizer, temperature=2.0, alpha=0.5, hints=[hint],
+                              callbacks=callbacks, **options)
+    return ws.Trainer(net, optimizer, callbacks=callbacks, **options)
+
+
+class Interrupt(Exception):
+    """What :class:`InterruptAt` raises: a run that dies mid-epoch."""
+
+
+class InterruptAt(ws.Callback):
+    """Raise :class:`Interrupt` after optimizer step ``step`` (on every rank, as a crash of the job would stop them)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_step_end(self, trainer: ws.Trainer) -> None:
+        if trainer.global_step == self.step:
+            raise Interrupt
+
+
+def weights(trainer: ws.Trainer) -> list[dict[str, torch.Tensor]]:
+    """Every rank's parameters and buffers (sharded parameters gathered; hint adapters too); every rank must call it."""
+    state = dict(trainer.unwrapped_model.state_dict())
+    state.update({f"hint_adapters.{k}": v for k, v in getattr(trainer, "adapters", nn.Module()).state_dict().items()})
+    full = {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone()
+            for name, t in state.items()}
+    return distributed.gather_objects(full)
+
+
+def run_combination(kind: str, feature: str, strategy: str, world: int, out: Path) -> dict[str, Any]:
+    """Train the combination whole, and interrupted then resumed: every rank's weights of both and the history."""
+    folder = out / f"{kind}-{feature}"
+    train, val = loaders(kind, feature, world)
+    try:
+        whole = build_trainer(kind, feature, strategy, folder / "whole", [], save_every=None)
+        whole.fit(train, val)
+        cut = build_trainer(kind, feature, strategy, folder / "cut", [InterruptAt(INTERRUPT_AT)], SAVE_EVERY)
+        try:
+            cut.fit(train, val)
+        except Interrupt:
+            pass
+        resumed = build_trainer(kind, feature, strategy, folder / "cut", [], SAVE_EVERY)
+        resumed.fit(train, val, resume="last")
+    except ConfigError as err:
+        return {"refused": err}
+    except Exception:  # noqa: BLE001  (every rank fails alike: the next combination can still run)
+        return {"error": traceback.format_exc()}
+    return {"whole": weights(whole), "resumed": weights(resumed), "history": whole.history,
+            "resumed_history": resumed.history, "out_dir": folder / "whole", "resumed_dir": folder / "cut"}
+
+
+def run_all(strategy: str, world: int, out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """:func:`run_combination` for every model and feature."""
+    return {(kind, feature): run_combination(kind, feature, strategy, world, out)
+            for kind in MODELS for feature in FEATURES}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    results = {strategy: run_all(strategy, dist.get_world_size(), out / strategy) for strategy in ("ddp", "fsdp")}
+    if dist.get_rank() == 0:
+        torch.save(results, out / "results.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
