@@ -37,8 +37,8 @@ def test_unknown_keys_name_the_nearest_valid_key():
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"trainer": {"max_epochs": "ten"}}, "'trainer.max_epochs' must be int, got str 'ten'"),
-    ({"trainer": {"max_epochs": 2.5}}, "'trainer.max_epochs' must be int, got float"),
+    ({"trainer": {"max_epochs": "ten"}}, "'trainer.max_epochs' must be int or null, got str 'ten'"),
+    ({"trainer": {"max_epochs": 2.5}}, "'trainer.max_epochs' must be int or null, got float"),
     ({"trainer": {"progress": "yes"}}, "'trainer.progress' must be bool"),
     ({"trainer": {"nonfinite": "ignore"}}, "'trainer.nonfinite' must be 'error' or 'skip'"),
     ({"optimizer": {"lr": "fast"}}, "'optimizer.lr' must be float"),
