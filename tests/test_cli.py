@@ -1,5 +1,8 @@
 """The ``warmstart`` command: help, config errors, overrides and the three jobs end to end on tiny data."""
 
+import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from warmstart._run_dir import LOCK_NAME
 from warmstart.cli import main
 from warmstart.config import read_yaml
 
@@ -141,3 +145,60 @@ def test_help_and_import_load_neither_torch_nor_torchvision():
             "assert 'torch' not in sys.modules, 'torch'\n"
             "warmstart.Trainer\nassert 'torchvision' not in sys.modules, 'torchvision'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+# the cheapest training job: 16 fake images, one epoch
+TINY = ["pretrain", "data.name=fake", "data.fake_size=16", "data.batch_size=16", "trainer.max_epochs=1"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_into_a_finished_runs_folder_is_refused_and_overwrite_replaces_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, f"trainer.out_dir={out}", "trainer.seed=1", "--quiet"]) == 0
+    first = _files(out)
+    assert {"job.yaml", "last.pt", "metrics.csv", "pretrained.safetensors"} <= set(first)
+    capsys.readouterr()
+    assert main([*TINY, f"trainer.out_dir={out}", "trainer.seed=2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"warmstart pretrain: error: out_dir '{out}' holds an earlier run trained to epoch 1, step 1 ")
+    assert "last.pt" in err and "job.yaml" in err and "another folder (trainer.out_dir=PATH)" in err
+    assert "pass --overwrite" in err and err.count("\n") == 1  # one line, no traceback
+    assert _files(out) == first  # every file of the first run as it was, job.yaml included
+    (out / "notes.txt").write_text("mine")
+    assert main([*TINY, f"trainer.out_dir={out}", "trainer.seed=2", "--overwrite", "--quiet"]) == 0
+    saved = read_yaml(out / "job.yaml")
+    assert saved["trainer"]["seed"] == 2  # the new run's
+    assert saved["trainer"]["overwrite"] is False  # recorded without the permission: a rerun of it is refused again
+    assert (out / "last.pt").read_bytes() != first["last.pt"] and (out / "notes.txt").read_text() == "mine"
+    assert read_yaml(out / "config.yaml")["job"] == saved
+    assert main(["pretrain", str(out / "job.yaml"), "--quiet"]) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+
+
+def test_a_run_refused_by_a_live_runs_lock_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "job.yaml").write_text("the live run's settings\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": 0}))
+        for extra in ([], ["--overwrite"]):  # overwrite replaces a finished run, never a live one
+            assert main([*TINY, f"trainer.out_dir={out}", *extra, "--quiet"]) == 2
+            assert f"in use by another run: process {holder.pid}" in capsys.readouterr().err
+            assert sorted(os.listdir(out)) == [LOCK_NAME, "job.yaml"]
+            assert (out / "job.yaml").read_text() == "the live run's settings\n"
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "distill", "run", "compress"])
+def test_every_command_takes_overwrite(command, capsys):
+    assert main([command, "--overwrite", "--print-config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["trainer"]["overwrite"] is True
+    if command == "run":  # and every stage of a pipeline, whose folders hold the earlier run's stages
+        assert all(resolved[stage]["trainer"]["overwrite"] for stage in ("pretrain", "finetune", "distill"))

@@ -38,7 +38,7 @@ RUN_FILES = (
 SETTINGS_FILES = ("config.yaml", "job.yaml")  # written when a run starts: alone, they are no run's results
 RUN_FOLDERS = ("last.dcp", ".last.dcp.old")  # the sharded checkpoint, and the previous one a crash left aside
 BEST_FILES = "best*.safetensors"  # BestCheckpoint's
-TENSORBOARD, EVENT_FILES = "tensorboard", "events.out.tfevents.*"  # TensorBoardLogger's folder: only its events are ours
+TENSORBOARD, EVENT_FILES = "tensorboard", "events.out.tfevents.*"  # TensorBoardLogger's: only its events are ours
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -220,8 +220,8 @@ def run_lock(out_dir: Path | None, device: torch.device | str = "cpu") -> Iterat
 
 
 @contextlib.contextmanager
-def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (), keep: Iterable[str | os.PathLike] = (),
-             out_key: str = "out_dir") -> Iterator[None]:
+def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (),
+             keep: Iterable[str | os.PathLike] = (), out_key: str = "out_dir") -> Iterator[None]:
     """Hold ``out_dir`` for a job: claimed before the job writes anything (``job.yaml`` too), and checked for an
     earlier run (:func:`check_fresh_run`, with the command line's ways round).
 
@@ -250,8 +250,8 @@ def holds(out_dir: Path) -> bool:
     return _key(out_dir) in _claims
 
 
-def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (), keep: Iterable[str | os.PathLike] = (),
-                    out_key: str | None = None) -> None:
+def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (),
+                    keep: Iterable[str | os.PathLike] = (), out_key: str | None = None) -> None:
     """Refuse a fresh run into a folder that holds an earlier run; with ``overwrite``, delete that run's files instead.
 
     The run's files are warmstart's own (``RUN_FILES``, ``RUN_FOLDERS``, ``best*.safetensors``, the
@@ -275,7 +275,7 @@ def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (
 
     Example:
         >>> check_fresh_run(Path("runs/mnist"), overwrite=False)  # doctest: +SKIP
-        RunExistsError: out_dir 'runs/mnist' holds an earlier run trained to epoch 3, step 120 (config.yaml, last.pt, ...
+        RunExistsError: out_dir 'runs/mnist' holds an earlier run trained to epoch 3, step 120 (config.yaml, ...
     """
     claim = _claims.get(_key(out_dir))
     if claim is not None and claim.checked:
@@ -292,7 +292,8 @@ def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-        for folder in (TENSORBOARD, *stages):
+        for folder in ("", *stages):
+            _remove_empty(out_dir / folder / TENSORBOARD, out_dir)
             _remove_empty(out_dir / folder, out_dir)
     if claim is not None:
         claim.checked = True

@@ -33,6 +33,8 @@ Overrides use dotted keys and YAML values, e.g.
 Unknown keys and wrong types are errors that name the key and the nearest valid one.
 The resolved config is written into the run folder (job.yaml: run it again with
   warmstart {cmd} RUN_FOLDER/job.yaml) and into every checkpoint (and config.yaml).
+A run folder that holds an earlier run is refused (the earlier run is never replaced unasked):
+choose another folder, or pass --overwrite to replace that run's files.
 Top-level keys: {keys}"""
 
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         cmd.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
+        cmd.add_argument("--overwrite", action="store_true",
+                         help="replace an earlier run in the run folder (its checkpoints, logs and results; the "
+                              "folder's other files stay); without it such a run is refused")
     return parser
 
 
@@ -70,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is not None and "=" in config:  # no file, only overrides
         config, overrides = None, [config, *overrides]
     try:
+        if args.overwrite:  # the jobs pass it on to every trainer they build (a pipeline's stages too)
+            overrides.append("trainer.overwrite=true")
         return _run(args.command, config, overrides, args.print_config, args.quiet)
     except WarmstartError as err:
         print(f"warmstart {args.command}: error: {err}", file=sys.stderr)

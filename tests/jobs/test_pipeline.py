@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from warmstart.errors import ConfigError
+from warmstart.errors import ConfigError, RunExistsError
 from warmstart.jobs import METHODS, load_job, run_pipeline
 from warmstart.jobs.pipeline import CONTROLS
 
@@ -57,3 +57,18 @@ def test_bad_pipeline_settings_are_refused(tmp_path):
         run_pipeline(_job(tmp_path, "target.val_per_class=null"), progress=False)
     with pytest.raises(ConfigError, match=r"unknown config key 'finetune.epochs' \(did you mean 'finetune.trainer.max_epochs'"):
         _job(tmp_path, "finetune.epochs=3")
+
+
+def test_a_run_into_an_earlier_runs_folder_is_refused_and_overwrite_replaces_every_stage(tmp_path):
+    run_pipeline(_job(tmp_path, "finetune.methods=[full]"), progress=False)
+    first = (tmp_path / "finetune" / "full" / "last.pt").read_bytes()
+    with pytest.raises(RunExistsError, match=r"another folder \(out_dir=PATH\); to replace it, pass --overwrite"):
+        run_pipeline(_job(tmp_path, "finetune.methods=[partial]"), progress=False)
+    assert (tmp_path / "finetune" / "full" / "last.pt").read_bytes() == first
+    assert not (tmp_path / "finetune" / "partial").exists()
+    job = _job(tmp_path, "finetune.methods=[partial]")
+    job.trainer.overwrite = True  # the job's permission reaches every stage's trainer
+    run_pipeline(job, progress=False)
+    assert not (tmp_path / "finetune" / "full").exists()  # no stage of the earlier run is left beside the new ones
+    assert (tmp_path / "finetune" / "partial" / "last.pt").is_file() and (tmp_path / "pretrain" / "last.pt").is_file()
+    assert yaml.safe_load((tmp_path / "job.yaml").read_text())["trainer"]["overwrite"] is False

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from warmstart._run_dir import check_out_dir, run_lock
+from warmstart._run_dir import check_out_dir, job_lock
 from warmstart.checkpoint import atomic_path
 from warmstart.config import save_config
 from warmstart.data import InMemoryLoader
@@ -19,7 +19,7 @@ from warmstart.evaluation import evaluate
 from warmstart.finetune import load_pretrained
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.schema import CompressJob
-from warmstart.jobs.stages import build_job_model, resolve_seed
+from warmstart.jobs.stages import build_job_model, recorded_job, resolve_seed
 
 @dataclasses.dataclass
 class _Row:
@@ -36,6 +36,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
 
     Raises:
         ConfigError: a weights file that does not exist yet (it names the command that writes it).
+        RunExistsError: ``out_dir`` holds an earlier run and ``trainer.overwrite`` is False (``--overwrite``).
     """
     from warmstart.compress import convert_qat, count_parameters, measure_latency, prepare_qat, prune, quantize, \
         recover, save_compressed, tensor_bytes  # the compress extra: torch-pruning and torchao load on first use
@@ -45,8 +46,9 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
             raise ConfigError(f"'{path}' does not exist: train it first (warmstart run configs/digits_transfer.yaml "
                               "writes the fine-tuned model and the student), or point the config to your weights")
     seed, out = resolve_seed(job), check_out_dir(job.out_dir)
-    with run_lock(out):
-        save_config(job, out / "job.yaml")
+    reads = [path for path in (job.weights, job.student_weights) if path is not None]
+    with job_lock(out, job.trainer.overwrite, keep=reads):
+        save_config(recorded_job(job), out / "job.yaml")
         data = build_data(job.data, seed)
         example = next(iter(data.test))[0][: job.latency_batch]
         model = build_job_model(job.model, data, seed)

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart._run_dir import check_out_dir, run_lock
+from warmstart._run_dir import check_out_dir, job_lock
 from warmstart.config import save_config
 from warmstart.errors import ConfigError
 from warmstart.evaluation import evaluate
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.report import LABELS, print_table, write_report
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
-from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, resolve_seed, run_distill,
-                                   run_finetune, run_pretrain)
+from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, recorded_job, resolve_seed,
+                                   run_distill, run_finetune, run_pretrain)
 
 # how each method of finetune.methods runs as a finetune job: its method, the options, whether it starts pretrained
 _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -38,20 +38,27 @@ _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
 
 CONTROLS = ("scratch", "recipe_scratch")  # no pretrained weights: what each transfer gain is measured against
 
+# every sub-folder a run may write (a recipe's phases have their own): an earlier run's are refused or cleared together
+STAGE_FOLDERS = ("pretrain", *(f"finetune/{method}{phase}" for method, (how, _, _) in _METHOD_JOBS.items()
+                               for phase in ("", *(("/probe", "/full") if how == "recipe" else ()))),
+                 "distill/student_scratch", "distill/student_distilled")
+
 
 class _Run:
     """One pipeline run: its folder, the data, and what each stage scored."""
 
     def __init__(self, job: PipelineJob, progress: bool):
-        self.job, self.out, self.progress = job, Path(job.out_dir), progress
+        self.job, self.out, self.progress = job, Path(job.out_dir).expanduser(), progress
         self.results: dict[str, dict[str, Any]] = {}
         self.curves: dict[str, list[dict[str, Any]]] = {}
 
     def stage(self, stage: StageConfig, folder: str) -> tuple[Any, Any, Any]:
-        """A stage's trainer, optimizer and schedule settings, writing into ``out_dir/folder``."""
+        """A stage's trainer, optimizer and schedule settings, writing into ``out_dir/folder`` (replacing the
+        earlier run's stage there when the job may overwrite)."""
         seed = self.job.trainer.seed if stage.trainer.seed is None else stage.trainer.seed
         trainer = dataclasses.replace(stage.trainer, out_dir=str(self.out / folder), seed=seed,
-                                      progress=stage.trainer.progress and self.progress)
+                                      progress=stage.trainer.progress and self.progress,
+                                      overwrite=stage.trainer.overwrite or self.job.trainer.overwrite)
         return trainer, copy.deepcopy(stage.optimizer), copy.deepcopy(stage.scheduler)
 
     def heading(self, text: str) -> None:
@@ -85,14 +92,16 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
     Raises:
         ConfigError: no validation split on the target, or a student that is not 10x smaller.
         OutDirBusyError: another run holds ``out_dir``.
+        RunExistsError: ``out_dir`` holds an earlier run (its files, or its stages' folders) and
+            ``trainer.overwrite`` is False (``--overwrite``).
     """
     if job.target.val_per_class is None:
         raise ConfigError("warmstart run picks the teacher by validation accuracy, never by test accuracy: set "
                           "target.val_per_class (labelled images per class held out of the target's training split)")
     seed = resolve_seed(job)
     out = check_out_dir(job.out_dir)
-    with run_lock(out):
-        save_config(job, out / "job.yaml")
+    with job_lock(out, job.trainer.overwrite, stages=STAGE_FOLDERS):
+        save_config(recorded_job(job), out / "job.yaml")
         source, target = build_data(job.source, seed), build_data(job.target, seed)
         _check_student_size(job, target)
         run = _Run(job, progress)

@@ -8,6 +8,7 @@ import inspect
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from warmstart._run_dir import check_out_dir
+from warmstart._run_dir import check_out_dir, holds, job_lock
 from warmstart.checkpoint import save_weights
 from warmstart.config import save_config, to_dict
 from warmstart.data import InMemoryLoader
@@ -128,16 +129,44 @@ def build_trainer(cls: type[Trainer], model: nn.Module, job: Any, loss_fn: Any =
     if loss_fn is not None:
         kwargs["loss_fn"] = loss_fn
     trainer = cls(model, optimizer=job.optimizer, config=job.trainer, scheduler=job.scheduler, **kwargs)
-    trainer.job_config = to_dict(job)
+    trainer.job_config = recorded_job(job)
     return trainer
 
 
+def recorded_job(job: Any) -> dict[str, Any]:
+    """``job`` as ``job.yaml`` and the checkpoints record it: without the permission to overwrite.
+
+    ``trainer.overwrite`` (the stages' too) belongs to the command that gave it (``--overwrite``):
+    running the recorded file again into the same folder is refused, like any later command.
+    """
+    recorded = to_dict(job)
+    for section in (recorded, *(value for value in recorded.values() if isinstance(value, dict))):
+        if isinstance(section.get("trainer"), dict):
+            section["trainer"]["overwrite"] = False
+    return recorded
+
+
+def _holding_out_dir(runner: Callable[..., StageResult]) -> Callable[..., StageResult]:
+    """Run a stage holding its folder (:func:`warmstart._run_dir.job_lock`): claimed before anything is written there,
+    ``job.yaml`` included, and refused when it holds an earlier run unless ``trainer.overwrite`` (``--overwrite``)."""
+
+    @functools.wraps(runner)
+    def run(job: Any, data: DataBundle | None = None) -> StageResult:
+        out = None if job.trainer.out_dir is None else check_out_dir(job.trainer.out_dir)
+        phases = ("probe", "full") if isinstance(job, FinetuneJob) and job.method == "recipe" else ()  # fine_tune's
+        reads = [getattr(job, key) for key in ("init", "pretrained", "teacher_weights") if getattr(job, key, None)]
+        with job_lock(out, job.trainer.overwrite, stages=phases, keep=reads, out_key="trainer.out_dir"):
+            return runner(job, data)
+
+    return run
+
+
 def _start(job: Any) -> tuple[float, int, Path | None]:
-    """The stage's start time and seed; the resolved job written into its folder."""
+    """The stage's start time and seed; the resolved job written into its folder (by the process holding it)."""
     started, seed = time.perf_counter(), resolve_seed(job)
     out = None if job.trainer.out_dir is None else check_out_dir(job.trainer.out_dir)
-    if out is not None:
-        save_config(job, out / "job.yaml")
+    if out is not None and holds(out):
+        save_config(recorded_job(job), out / "job.yaml")
     return started, seed, out
 
 
@@ -149,6 +178,7 @@ def _finish(trainer: Trainer, data: DataBundle, started: float, weights: Path | 
                        weights=weights, extra=extra)
 
 
+@_holding_out_dir
 def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResult:
     """Pretrain on ``job.data``; write ``pretrained.safetensors`` (or ``encoder.safetensors``) to the run folder."""
     started, seed, out = _start(job)
@@ -174,6 +204,7 @@ def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResul
     return _finish(trainer, data, started, weights, trainer.history)
 
 
+@_holding_out_dir
 def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResult:
     """Fine-tune ``job.pretrained`` on ``job.data`` with ``job.method``; write ``finetuned.safetensors``."""
     started, seed, out = _start(job)
@@ -206,6 +237,7 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
                    **({} if report is None else {"loaded": len(report.loaded)}))
 
 
+@_holding_out_dir
 def run_distill(job: DistillJob, data: DataBundle | None = None) -> StageResult:
     """Distil ``job.teacher_weights`` into ``job.student`` on ``job.data``; write ``student.safetensors``."""
     if job.teacher_weights is None:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from warmstart._run_dir import check_out_dir, run_lock
-from warmstart.config import save_config, to_dict
+from warmstart._run_dir import check_out_dir, job_lock
+from warmstart.config import save_config
 from warmstart.data import (CharNgramTokenizer, InMemoryLoader, TextSet, TextSplits, labelled_split, text_loader,
                             vader_lexicon)
 from warmstart.distill import SoftLabelTrainer, ngram_classifier
@@ -30,11 +30,12 @@ from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer, load_adapter, load_pretrained, load_text_classifier, load_tokenizer
 from warmstart.jobs._memory import measured
 from warmstart.jobs.schema import StageConfig, TextPipelineJob
-from warmstart.jobs.stages import resolve_seed
+from warmstart.jobs.stages import recorded_job, resolve_seed
 from warmstart.jobs.text_report import LABELS, print_text_table, write_text_report
 from warmstart.trainer import Trainer
 
 TEACHERS = ("full", "lora", "lora_proximal")
+STUDENTS = ("student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_all_labels")
 
 
 @dataclasses.dataclass
@@ -58,20 +59,22 @@ class _TextRun:
     """One text pipeline run: its folder, data and results."""
 
     def __init__(self, job: TextPipelineJob, progress: bool):
-        self.job, self.out, self.progress = job, Path(job.out_dir), progress
+        self.job, self.out, self.progress = job, Path(job.out_dir).expanduser(), progress
         self.seed: int = job.trainer.seed  # type: ignore[assignment]  (resolved before the run starts)
         self.results: dict[str, dict[str, Any]] = {}
         self.curves: dict[str, list[dict[str, Any]]] = {}
         self.data: TextData | None = None
 
     def trainer(self, cls: type[Trainer], model: nn.Module, stage: StageConfig, folder: str, **options: Any) -> Trainer:
-        """A trainer with the stage's settings writing into ``out_dir/folder``, the whole job recorded in checkpoints."""
+        """A trainer with the stage's settings writing into ``out_dir/folder`` (replacing the earlier run's there when
+        the job may overwrite), the whole job recorded in checkpoints."""
         seed = self.seed if stage.trainer.seed is None else stage.trainer.seed
         config = dataclasses.replace(stage.trainer, out_dir=str(self.out / folder), seed=seed,
-                                     progress=stage.trainer.progress and self.progress)
+                                     progress=stage.trainer.progress and self.progress,
+                                     overwrite=stage.trainer.overwrite or self.job.trainer.overwrite)
         trainer = cls(model, copy.deepcopy(stage.optimizer), config=config, scheduler=copy.deepcopy(stage.scheduler),
                       **options)
-        trainer.job_config = to_dict(self.job)
+        trainer.job_config = recorded_job(self.job)
         return trainer
 
     def pretrained(self, pretrained: bool = True) -> tuple[nn.Module, Any]:
@@ -107,11 +110,14 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
     Raises:
         ConfigError: bad settings (e.g. a LoRA target the model does not have).
         OutDirBusyError: another run holds ``out_dir``.
+        RunExistsError: ``out_dir`` holds an earlier run (its files, or its methods' folders) and
+            ``trainer.overwrite`` is False (``--overwrite``).
     """
     resolve_seed(job)
     out = check_out_dir(job.out_dir)
-    with run_lock(out):
-        save_config(job, out / "job.yaml")
+    stages = (*(method for method in METHODS if method != "majority"), *(f"distill/{name}" for name in STUDENTS))
+    with job_lock(out, job.trainer.overwrite, stages=stages):
+        save_config(recorded_job(job), out / "job.yaml")
         run = _TextRun(job, progress)
         started = time.perf_counter()
         run.data = _text_data(job, run.seed)
