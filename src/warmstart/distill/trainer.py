@@ -187,6 +187,8 @@ class DistillTrainer(Trainer):
             except ValueError as err:
                 raise ConfigError(f"hint {hint.student!r} -> {hint.teacher!r}: {err}") from None
             self.adapters.append(adapter.to(self.device))
+        for param in self.adapters.parameters():  # rank 0's draw on every rank (they live outside DDP and FSDP)
+            distributed.broadcast_from_main(param.detach())
         if self._pending_adapter_state is not None:
             self.adapters.load_state_dict(self._pending_adapter_state)
         lr = self.optimizer.param_groups[0]["lr"]
