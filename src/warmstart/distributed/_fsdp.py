@@ -34,8 +34,9 @@ def checkpoint_blocks(model: nn.Module, config: TrainerConfig) -> list[str]:
 def shard(model: nn.Module, config: TrainerConfig, precision: str, device: torch.device, optimizer: Any = None) -> None:
     """Shard ``model`` with FSDP2 in place: each block gets ``fully_shard``, then the root does.
 
-    Parameters become ``DTensor`` s sharded on dim 0 over the processes; an ``optimizer`` built
-    before is moved onto the sharded parameters. Without ``torchrun`` the model is one shard (a
+    Parameters become ``DTensor`` s sharded on dim 0 over the processes, cut from rank 0's weights
+    (broadcast first, so ranks that initialised differently agree); an ``optimizer`` built before is
+    moved onto the sharded parameters. Without ``torchrun`` the model is one shard (a
     warning says how to launch).
 
     Raises:
@@ -69,6 +70,8 @@ def shard(model: nn.Module, config: TrainerConfig, precision: str, device: torch
     options = {"mesh": init_device_mesh(device.type, (torch.distributed.get_world_size(),)), "mp_policy": policy,
                "offload_policy": CPUOffloadPolicy() if fsdp.cpu_offload else OffloadPolicy()}
     names_before = {id(p): name for name, p in model.named_parameters()}
+    for tensor in [*model.parameters(), *model.buffers()]:  # every rank shards rank 0's weights, as DDP replicates them
+        distributed.broadcast_from_main(tensor.detach())
     for _, block in blocks:
         fully_shard(block, reshard_after_forward=fsdp.reshard_after_forward, **options)
     fully_shard(model, **options)  # the root: what no block holds (embeddings, head), gathered for the whole step
