@@ -98,7 +98,10 @@ def build_trainer(kind: str, feature: str, strategy: str, out_dir: Path, callbac
     options: dict[str, Any] = {"max_epochs": 2, "device": "cpu", "progress": False, "seed": 0, "out_dir": str(out_dir),
                                "save_every": save_every, "strategy": strategy, "fsdp": {"blocks": BLOCKS[kind]}}
     optimizer = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
-    net = build_model(kind)
+    net, teacher = build_model(kind), build_model(kind, seed=5)
+    # from here each process draws from its own stream, as in a script that seeds every process differently: what
+    # the trainers initialise (LoRA's A, the hint adapters) must be rank 0's draw on every rank, as DDP's weights are
+    torch.manual_seed(100 + distributed.rank())
     if feature == "accumulate":
         options["accumulate"] = 2
     elif feature == "clip":
@@ -116,8 +119,8 @@ def build_trainer(kind: str, feature: str, strategy: str, out_dir: Path, callbac
         return FinetuneTrainer(net, optimizer, method="linear_probe", callbacks=callbacks, **options)
     elif feature == "hints":
         hint = FeatureHint(HINT_LAYER[kind], HINT_LAYER[kind])
-        return DistillTrainer(net, build_model(kind, seed=5), optimizer, temperature=2.0, alpha=0.5, hints=[hint],
-                              callbacks=callbacks, **options)
+        return DistillTrainer(net, teacher, optimizer, temperature=2.0, alpha=0.5, hints=[hint], callbacks=callbacks,
+                              **options)
     return ws.Trainer(net, optimizer, callbacks=callbacks, **options)
 
 
