@@ -55,9 +55,9 @@ def test_cached_logits_run_the_teacher_once_and_are_reused(tmp_path):
         expected = teacher(_images().tensors[0]).numpy()
     np.testing.assert_allclose(logits[:, 0], expected, rtol=1e-2, atol=1e-2)
 
-    calls.clear()
+    calls.clear()  # another run reuses the cache through cache_path (a fresh run into out_dir would replace it)
     again = DistillTrainer(_student(), teacher, temperature=2.0, cache_teacher=True, max_epochs=1,
-                           out_dir=str(tmp_path), progress=False)
+                           cache_path=str(tmp_path / "teacher_logits.npy"), progress=False)
     again.fit(loader)
     assert sum(calls) == 1  # the file is reused: only the class-count probe runs
     online = DistillTrainer(_student(), teacher, temperature=2.0, max_epochs=3, progress=False)
