@@ -5,12 +5,12 @@ Every combination runs under DDP, then under FSDP, in this one launch (starting 
 torch and peft costs more than the runs); rank 0 writes OUT_DIR/results.pt, ``{"ddp": ..., "fsdp": ...}``.
 The pytest process calls :func:`run_all` itself for the one-process runs.
 
-Each combination (:func:`run_combination`) trains a tiny model for 2 epochs of 4 optimizer steps on a
+Each combination (:func:`run_combination`) trains a tiny model for 2 epochs of 3 optimizer steps on a
 global batch of 8 (one process: 8 per batch; two processes: 4 each):
 
 - ``whole``: the uninterrupted run, in ``OUT_DIR/<model>-<feature>/whole``, checkpointing at epoch ends;
-- ``resumed``: the same run checkpointing every 3 steps too, stopped by an exception after step 7 (its
-  newest checkpoint is step 6's, in the middle of epoch 2), then continued by a fresh trainer with
+- ``resumed``: the same run checkpointing every 5 steps too, stopped by an exception after step 6 (its
+  newest checkpoint is step 5's, in the middle of epoch 2), then continued by a fresh trainer with
   ``fit(..., resume="last")``. Its mid-epoch checkpoints must change nothing either.
 
 The results hold every rank's parameters and buffers (sharded parameters gathered) of both, and the
@@ -40,8 +40,8 @@ from warmstart.pretrain import ProximalTrainer
 
 MODELS = ("mlp", "cnn")
 FEATURES = ("accumulate", "clip", "ema_best", "activation_checkpointing", "proximal", "lora", "linear_probe", "hints")
-GLOBAL_BATCH, TRAIN_SAMPLES, VAL_SAMPLES = 8, 32, 13  # 4 steps per epoch; 13 validation samples: unequal shards
-SAVE_EVERY, INTERRUPT_AT = 3, 7  # checkpoints at steps 3, 4 (epoch end), 6; stopped after 7: resumed mid-epoch 2
+GLOBAL_BATCH, TRAIN_SAMPLES, VAL_SAMPLES = 8, 24, 13  # 3 steps per epoch; 13 validation samples: unequal shards
+SAVE_EVERY, INTERRUPT_AT = 5, 6  # checkpoints at steps 3 (epoch end) and 5; stopped after 6: resumed mid-epoch 2
 BLOCKS = {"mlp": ["0"], "cnn": ["ConvBlock"]}  # for FSDP's units and activation checkpointing
 HINT_LAYER = {"mlp": "0", "cnn": "blocks.0"}
 
