@@ -71,7 +71,8 @@ class CNN(nn.Module):
 
 
 def build_model(kind: str, seed: int = 0) -> nn.Module:
-    """``"mlp"``: 8 -> 16 -> 3 without dropout; ``"cnn"``: :class:`CNN`."""
+    """``"mlp"``: 8 -> 16 -> 3; ``"cnn"``: :class:`CNN`. No dropout: each rank draws its own masks, so two
+    processes would not compute what one does."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)) if kind == "mlp" else CNN()
 
