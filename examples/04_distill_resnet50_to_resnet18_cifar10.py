@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="32", help='"32", "bf16" or "16" (GPU)')
     parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
     parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/04_distill; a dry run: a temporary folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder (refused otherwise)")
     parser.add_argument("--dry-run", action="store_true", help="2 steps on fake 32x32 images, to check the script runs")
     return parser.parse_args(argv)
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     trainer = ws.distill.DistillTrainer(student, teacher, optimizer, temperature=args.temperature, alpha=args.alpha,
                                         scheduler={"name": "cosine"}, max_epochs=args.epochs, precision=args.precision,
-                                        out_dir=str(out_dir))
+                                        out_dir=str(out_dir), overwrite=args.overwrite)
     trainer.fit(train, test)
     metrics = trainer.evaluate(test)
     print(f"student (ResNet-18, {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters): "

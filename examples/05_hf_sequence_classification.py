@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="checkpoints (default: runs/05_hf_sequence_classification)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder (refused otherwise)")
     parser.add_argument("--dry-run", action="store_true", help="64 words, one epoch, into a temporary folder")
     return parser.parse_args(argv)
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, out_dir: Path, limit: int | None = None) -> in
         "method": {"name": "full", "backbone_lr_mult": 1.0}}
     trainer = FinetuneTrainer(model, {"name": "adamw", "lr": args.lr, "weight_decay": 0.01}, **options,
                               scheduler={"name": "cosine", "warmup_epochs": 0.1}, max_epochs=epochs, seed=args.seed,
-                              out_dir=str(out_dir / args.method))
+                              out_dir=str(out_dir / args.method), overwrite=args.overwrite)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{args.method}: {trainable:,} trainable parameters ({100 * trainable / total:.2f}% of the model's)")
     trainer.fit(text_loader(train, tokenizer, batch_size=32, shuffle=True, seed=args.seed),

@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=None, help="checkpoints and logs (default: runs/07_torchrun_ddp; a dry run: a temporary folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder (refused otherwise)")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on fake data, to check the script runs")
     return parser.parse_args(argv)
 
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     ws.seed_everything(args.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
     model = ws.models.small_cnn(width=16)
     trainer = ws.Trainer(model, {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01}, scheduler={"name": "cosine"},
-                         max_epochs=args.epochs, seed=args.seed, out_dir=str(out_dir), log_every=10)
+                         max_epochs=args.epochs, seed=args.seed, out_dir=str(out_dir), log_every=10,
+                         overwrite=args.overwrite)
     trainer.fit(InMemoryLoader(data.train, batch_size=args.batch_size, shuffle=True, seed=args.seed),
                 InMemoryLoader(data.test, batch_size=250))
     metrics = trainer.evaluate(InMemoryLoader(data.test, batch_size=250))  # every rank scores its share

@@ -117,3 +117,4 @@ def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
     reported = ranks[0]["batchnorm"]["history"][-1]
     assert measured["loss"] == pytest.approx(reported["val_loss"], rel=1e-6)
     assert measured["accuracy"] == pytest.approx(reported["val_accuracy"])
+    assert all("holds an earlier run" in (rank["refused"]["refused"] or "") for rank in ranks)

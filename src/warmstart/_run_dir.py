@@ -250,6 +250,20 @@ def holds(out_dir: Path) -> bool:
     return _key(out_dir) in _claims
 
 
+def check_fresh_run_on_every_rank(out_dir: Path, overwrite: bool, device: torch.device | str = "cpu") -> None:
+    """:func:`check_fresh_run` on rank 0, its refusal raised on every rank (so no rank trains on alone and hangs)."""
+    error = None
+    if distributed.is_main_process():
+        try:
+            check_fresh_run(out_dir, overwrite)
+        except RunExistsError as err:
+            error = err
+    if distributed.any_rank(error is not None, device):
+        raise error or RunExistsError(f"out_dir '{out_dir}' holds an earlier run (rank 0 refused to replace it): "
+                                      "continue it with fit(..., resume='last'), choose another out_dir, or pass "
+                                      "overwrite=True")
+
+
 def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (),
                     keep: Iterable[str | os.PathLike] = (), out_key: str | None = None) -> None:
     """Refuse a fresh run into a folder that holds an earlier run; with ``overwrite``, delete that run's files instead.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 from collections.abc import Sequence
 
 from warmstart.errors import WarmstartError
@@ -71,6 +72,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``warmstart`` console script and ``python -m warmstart``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # a deprecated spelling in a config file warns from warmstart's own modules, which Python hides by default
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"warmstart(\.|$)")
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # no file, only overrides
         config, overrides = None, [config, *overrides]

@@ -20,7 +20,7 @@ from warmstart._batches import (Batch, classification_sums, is_classification, l
 from warmstart._epoch import EpochState, MetricWindow, accumulation_windows
 from warmstart._progress import ProgressReporter
 from warmstart._resume import ExactResume, position_schedule
-from warmstart._run_dir import check_out_dir, run_lock
+from warmstart._run_dir import check_fresh_run_on_every_rank, check_out_dir, run_lock
 from warmstart._runtime import (autocast_context, batch_size_of, check_precision, describe_callable, move_to_device,
                                 plain_values, select_device)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
@@ -191,11 +191,8 @@ class Trainer:
         with run_lock(self.out_dir, self.device):
             self.resumer = ExactResume(self)
             resumed = self.resumer.read(resume)
-            if not resumed and self.global_step == 0 and self.out_dir is not None and distributed.is_main_process():
-                from warmstart import _run_dir  # TEMP until the helper lands check_fresh_run
-
-                if hasattr(_run_dir, "check_fresh_run"):
-                    _run_dir.check_fresh_run(self.out_dir, cfg.overwrite)  # never destroy an earlier run without being asked
+            if not resumed and self.global_step == 0 and self.out_dir is not None:
+                check_fresh_run_on_every_rank(self.out_dir, cfg.overwrite, self.device)  # never replace a run unasked
             self.seed = self.resumer.seed()
             train_loader, val_loader = self._setup_fit(train_loader, val_loader)
             self.resumer.start()

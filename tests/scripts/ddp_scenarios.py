@@ -7,7 +7,8 @@ Scenarios (each a function below, its reference in tests/test_distributed.py):
 - distill: DistillTrainer with the teacher's logits cached once by rank 0 into the shared out_dir;
 - evaluate: an InMemoryLoader of 5 samples evaluated on 2 ranks (each sample counted once);
 - streams: the random numbers each rank draws after the fit's seeding (each rank its own stream);
-- batchnorm: a BatchNorm model with validation and checkpoints (its statistics synchronised before both).
+- batchnorm: a BatchNorm model with validation and checkpoints (its statistics synchronised before both);
+- refused: a fresh run into the batchnorm run's folder (refused on every rank).
 """
 
 from __future__ import annotations
@@ -106,13 +107,23 @@ def batchnorm(out: Path, rank: int) -> dict:
     return {"buffers": {n: b.clone() for n, b in net.named_buffers()}, "history": trainer.history}
 
 
+def refused(out: Path, rank: int) -> dict:
+    """A fresh run into the batchnorm run's folder: refused on every rank, so no rank trains on alone and hangs."""
+    try:
+        ws.Trainer(model(), device="cpu", progress=False, out_dir=str(out / "batchnorm")).fit(
+            DataLoader(data(), batch_size=4))
+    except ws.RunExistsError as err:
+        return {"refused": str(err)}
+    return {"refused": None}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {name: scenario(out, rank) for name, scenario in
                (("stream", stream), ("finetune", finetune), ("distill", distill), ("evaluate", evaluate),
-                ("streams", streams), ("batchnorm", batchnorm))}
+                ("streams", streams), ("batchnorm", batchnorm), ("refused", refused))}
     torch.save(results, out / f"rank{rank}.pt")
     if rank == 0:
         (out / "done.json").write_text(json.dumps({"world_size": dist.get_world_size()}))
