@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from warmstart.errors import DataError
+from warmstart.errors import ConfigError, DataError
 
 Batch = Any
 

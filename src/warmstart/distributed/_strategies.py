@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart._blocks import checkpoint_activations, find_blocks
 from warmstart.checkpoint import load_checkpoint, save_checkpoint
 from warmstart.config import TrainerConfig
 from warmstart.distributed import _fsdp

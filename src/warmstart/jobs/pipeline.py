@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from warmstart.evaluation import evaluate
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.report import LABELS, print_table, write_report
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
-from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, recorded_job, resolve_seed,
-                                   run_distill, run_finetune, run_pretrain)
+from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, recorded_job, rerun_command,
+                                   resolve_seed, run_distill, run_finetune, run_pretrain)
 
 # how each method of finetune.methods runs as a finetune job: its method, the options, whether it starts pretrained
 _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -110,7 +109,7 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
         finetuned = {method: _finetune(run, method, target, pretrained) for method in job.finetune.methods}
         _distill(run, target, finetuned)
         run.results["total"] = {"seconds": round(time.perf_counter() - started, 2)}
-        write_report(out, job, run.results, run.curves, command=_rerun_command(out))
+        write_report(out, job, run.results, run.curves, command=rerun_command(out))
     print_table(run.results)
     print(f"[warmstart run] wrote {out / 'results.json'}, {out / 'report.md'} and plots")
     return run.results
@@ -176,7 +175,3 @@ def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -
         unlabelled=stage.unlabelled), data=target)
     run.record("student_distilled", distilled, teacher=best)
 
-
-def _rerun_command(out: Path) -> str:
-    """The command that runs this job again, from the folder it was started in."""
-    return f"cd {os.getcwd()} && warmstart run {out / 'job.yaml'}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import functools
 import inspect
 import math
@@ -272,3 +273,9 @@ def _transfer_set(job: DistillJob, data: DataBundle, seed: int) -> Any:
     views = AugmentedViews(TensorDataset(*tensors), lambda x: train.transform(x.unsqueeze(0)).squeeze(0),
                            views=job.views, seed=seed)
     return DataLoader(views, batch_size=job.data.batch_size, shuffle=True)
+
+
+def rerun_command(out: Path) -> str:
+    """The command that runs this job again from the folder it was started in, into a new folder beside this run's
+    (a finished run is never replaced unasked; ``--overwrite`` would replace it)."""
+    return f"cd {os.getcwd()} && warmstart run {out / 'job.yaml'} out_dir={out}-rerun"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer, load_adapter, load_pretrained, load_text_classifier, load_tokenizer
 from warmstart.jobs._memory import measured
 from warmstart.jobs.schema import StageConfig, TextPipelineJob
-from warmstart.jobs.stages import recorded_job, resolve_seed
+from warmstart.jobs.stages import recorded_job, rerun_command, resolve_seed
 from warmstart.jobs.text_report import LABELS, print_text_table, write_text_report
 from warmstart.trainer import Trainer
 
@@ -126,7 +125,7 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
             METHODS[method](run)
         _distill(run)
         run.results["total"] = {"seconds": round(time.perf_counter() - started, 2)}
-        write_text_report(out, job, run.results, run.curves, command=f"cd {os.getcwd()} && warmstart run {out / 'job.yaml'}")
+        write_text_report(out, job, run.results, run.curves, command=rerun_command(out))
     print_text_table(run.results)
     print(f"[warmstart run] wrote {out / 'results.json'}, {out / 'report.md'} and plots")
     return run.results
