@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 import warmstart as ws
+from warmstart.distributed import close_process_group
 
 
 class Block(nn.Module):
@@ -86,7 +87,7 @@ def main() -> None:
     dist.all_gather_object(per_rank, rows)
     if rank == 0:
         report(per_rank, args, world)
-    dist.destroy_process_group()
+    close_process_group()  # wait for every rank, then leave (see its docstring)
 
 
 def report(per_rank: list[dict[str, dict[str, int]]], args: argparse.Namespace, world: int) -> None:

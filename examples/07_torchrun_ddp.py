@@ -20,12 +20,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch.distributed as dist
-
 import warmstart as ws
 from warmstart import distributed
 from warmstart.data import InMemoryLoader, fake_splits
-
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if distributed.is_main_process():
         print(f"{distributed.world_size()} process(es), global batch {args.batch_size * distributed.world_size()}: "
               f"test accuracy {metrics['accuracy']:.1%}; weights in {out_dir / 'last.safetensors'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    distributed.close_process_group()
     return 0
 
 

@@ -34,6 +34,7 @@ import warmstart as ws
 from warmstart import distributed
 from warmstart.data import InMemoryLoader
 from warmstart.distill import DistillTrainer, FeatureHint
+from warmstart.distributed import close_process_group
 from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer
 from warmstart.pretrain import ProximalTrainer
@@ -183,7 +184,7 @@ def main() -> None:
     results = {strategy: run_all(strategy, dist.get_world_size(), out / strategy) for strategy in ("ddp", "fsdp")}
     if dist.get_rank() == 0:
         torch.save(results, out / "results.pt")
-    dist.destroy_process_group()
+    close_process_group()  # wait for every rank, then leave (see its docstring)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from warmstart.distributed import close_process_group
 from warmstart.finetune import FinetuneTrainer
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     weights = train(out / "ddp", batch_size=4)  # 2 ranks x 4 = the global batch of 8
     torch.save(weights, out / f"rank{dist.get_rank()}.pt")
-    dist.destroy_process_group()
+    close_process_group()  # wait for every rank, then leave (see its docstring)
 
 
 if __name__ == "__main__":

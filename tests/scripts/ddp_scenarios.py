@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 import warmstart as ws
 from warmstart.data import InMemoryLoader
 from warmstart.distill import DistillTrainer
+from warmstart.distributed import close_process_group
 from warmstart.finetune import FinetuneTrainer
 
 
@@ -127,7 +128,7 @@ def main() -> None:
     torch.save(results, out / f"rank{rank}.pt")
     if rank == 0:
         (out / "done.json").write_text(json.dumps({"world_size": dist.get_world_size()}))
-    dist.destroy_process_group()
+    close_process_group()  # wait for every rank, then leave (see its docstring)
 
 
 if __name__ == "__main__":

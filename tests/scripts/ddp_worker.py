@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import warmstart as ws
+from warmstart.distributed import close_process_group
 
 
 def build() -> tuple[nn.Module, TensorDataset]:
@@ -38,7 +39,7 @@ def main() -> None:
         torch.save(model.state_dict(), out_dir / "ddp_weights.pt")
         (out_dir / "ddp_metrics.json").write_text(json.dumps({"history": history, "evaluate": metrics,
                                                                "world_size": dist.get_world_size()}))
-    dist.destroy_process_group()
+    close_process_group()  # wait for every rank, then leave (see its docstring)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import warmstart as ws
 from warmstart.distill import DistillTrainer
+from warmstart.distributed import close_process_group
 from warmstart.finetune import FinetuneTrainer
 from warmstart.pretrain import ProximalTrainer
 from warmstart.proximal import Anchor, proximal_penalty
@@ -212,7 +213,7 @@ def main() -> None:
         results = scenarios(out)
         if dist.get_rank() == 0:
             torch.save(results, out / "results.pt")
-    dist.destroy_process_group()
+    close_process_group()  # wait for every rank, then leave (see its docstring)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from warmstart.data.loaders import rebuild_loader
 from warmstart.errors import ConfigError
+
+# Gloo's worker thread drops its reference to a collective's tensors just after the caller's wait() returns. If
+# Python has let go of the tensor first, that drop takes the GIL, and a process already finalizing then aborts
+# ("terminate called without an active exception", exit -6). Keeping the last few tensors here makes Python's
+# reference the last one, dropped by the main thread.
+_RECENT: collections.deque[torch.Tensor] = collections.deque(maxlen=16)
 
 
 def launched_by_torchrun() -> bool:
@@ -53,6 +66,18 @@ def init_process_group_for_sharding(device: torch.device) -> bool:
     return not under_torchrun and dist.get_world_size() == 1
 
 
+def close_process_group() -> None:
+    """Leave the process group at the end of a ``torchrun`` script: wait for every rank, then destroy the group.
+
+    Waiting first lets Gloo's worker threads finish with the last collective's tensors before the
+    interpreter shuts down (otherwise a rank can abort at exit with "terminate called without an
+    active exception", though its work was done). A no-op without a process group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -77,6 +102,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all processes in place (a no-op when not distributed); every rank must call it."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _RECENT.append(tensor)
     return tensor
 
 
@@ -90,6 +116,7 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Take the element-wise maximum of ``tensor`` over all processes, in place (a no-op when not distributed)."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        _RECENT.append(tensor)
     return tensor
 
 
@@ -97,6 +124,7 @@ def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
     """Give every rank rank 0's ``tensor`` (in place; a no-op when not distributed)."""
     if is_distributed():
         dist.broadcast(tensor, src=0)
+        _RECENT.append(tensor)
     return tensor
 
 
