@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import warmstart as ws
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one test process per core: one intra-op thread each (and in the processes a test starts),
+    # so the workers do not wait on each other's threads
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
