@@ -51,3 +51,20 @@ def test_settings_that_cannot_work_are_refused():
         distill(mlp(8, [4], 3), mlp(8, [4], 3), labelled, unlabelled=x, settings=[KDSetting("u", 0.5, unlabelled=True)])
     with pytest.raises(ConfigError, match="labelled InMemoryLoader"):
         distill(mlp(8, [4], 3), mlp(8, [4], 3), [(x, y)])
+
+
+def test_a_deterministic_transform_is_cached_and_a_random_one_trained_online(monkeypatch):
+    """Issue 23 (11): distill() used to refuse any InMemoryLoader transform (the cache's check fired)."""
+    from warmstart.distill import trainer as distill_trainer
+
+    x, y = _task(40, seed=2)
+    built = []
+    real_build = distill_trainer.TeacherCache.build
+    monkeypatch.setattr(distill_trainer.TeacherCache, "build",
+                        lambda *args, **kwargs: built.append(1) or real_build(*args, **kwargs))
+    settings = [KDSetting("kd", 0.9)]
+    for transform, cached in ((lambda b: (b - 0.1) / 2.0, True), (lambda b: b + 0.1 * torch.randn_like(b), False)):
+        built.clear()
+        result = distill(mlp(8, [4], 3), mlp(8, [16], 3), InMemoryLoader(x, y, batch_size=8, transform=transform),
+                         settings=settings, epochs=2, progress=False, seed=0)
+        assert len(result.history) == 2 and bool(built) is cached

@@ -48,7 +48,7 @@ def test_cached_logits_run_the_teacher_once_and_are_reused(tmp_path):
     cached = DistillTrainer(_student(), teacher, temperature=2.0, cache_teacher=True, max_epochs=3,
                             out_dir=str(tmp_path), progress=False)
     cached.fit(loader)
-    assert sum(calls) == 40 + 1  # one pass over the 40 samples, and one probe for the class count
+    assert sum(calls) == 40 + 16  # one pass over the 40 samples, and the 16 probe samples stored with the cache
     logits = np.load(tmp_path / "teacher_logits.npy", mmap_mode="r")
     assert logits.dtype == np.float16 and logits.shape == (40, 1, 4)
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_cached_logits_run_the_teacher_once_and_are_reused(tmp_path):
     again = DistillTrainer(_student(), teacher, temperature=2.0, cache_teacher=True, max_epochs=1,
                            cache_path=str(tmp_path / "teacher_logits.npy"), progress=False)
     again.fit(loader)
-    assert sum(calls) == 1  # the file is reused: only the class-count probe runs
+    assert sum(calls) == 16  # the file is reused: only the probe samples run (checked against the stored outputs)
     online = DistillTrainer(_student(), teacher, temperature=2.0, max_epochs=3, progress=False)
     online.fit(loader)
     for a, b in zip(cached.unwrapped_model.parameters(), online.unwrapped_model.parameters()):
@@ -80,6 +80,55 @@ def test_a_cache_for_another_teacher_or_data_set_is_refused(tmp_path):
     with pytest.raises(DataError, match="another data set \\(its sample hash\\)"):
         DistillTrainer(_student(), _teacher(), cache_teacher=True, cache_path=path, progress=False).fit(
             InMemoryLoader(_images(seed=5), batch_size=8))
+
+
+def test_a_teacher_changed_outside_its_tensors_is_refused(tmp_path):
+    """Issue 23 (8): the weights hash cannot see an attribute read in forward; the probe outputs do."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.scale = _teacher(), 1.0
+
+        def forward(self, x):
+            return self.net(x) * self.scale
+
+    teacher, path = Scaled(), str(tmp_path / "logits.npy")
+    DistillTrainer(_student(), teacher, cache_teacher=True, cache_path=path, max_epochs=1, progress=False).fit(
+        InMemoryLoader(_images(), batch_size=8))
+    DistillTrainer(_student(), teacher, cache_teacher=True, cache_path=path, max_epochs=1, progress=False).fit(
+        InMemoryLoader(_images(), batch_size=8))  # the same teacher: the cache is reused
+    teacher.scale = 1.5
+    with pytest.raises(DataError, match="is stale: the teacher's outputs on 16 probe samples differ.*though its "
+                                        "weights hash matches.*delete .*to rebuild"):
+        DistillTrainer(_student(), teacher, cache_teacher=True, cache_path=path, progress=False).fit(
+            InMemoryLoader(_images(), batch_size=8))
+
+
+def test_a_deterministic_transform_is_cached_through_and_a_random_one_refused(tmp_path):
+    """Issue 23 (11): a normalisation is cached (the teacher's logits of the normalised inputs); noise is not."""
+    teacher, images = _teacher(), _images().tensors[0]
+    mean, std = images.mean(), images.std()
+
+    def normalise(x):
+        return (x - mean) / std
+
+    loader = InMemoryLoader(*_images().tensors, batch_size=8, shuffle=True, seed=0, transform=normalise)
+    cached = DistillTrainer(_student(), teacher, temperature=2.0, cache_teacher=True, max_epochs=2,
+                            out_dir=str(tmp_path), progress=False, seed=0)
+    cached.fit(loader)
+    with torch.no_grad():
+        expected = teacher(normalise(images)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "teacher_logits.npy")[:, 0], expected, rtol=1e-2, atol=1e-2)
+    online = DistillTrainer(_student(), teacher, temperature=2.0, max_epochs=2, progress=False, seed=0)
+    online.fit(loader)
+    for a, b in zip(cached.unwrapped_model.parameters(), online.unwrapped_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)  # the same training up to fp16 logits
+    for transform in (lambda x: x + 0.1 * torch.randn_like(x), lambda x: x - x.mean(0)):  # noise; per-batch centring
+        with pytest.raises(DataError, match="cached teacher logits would be stale.*gives other outputs for the same "
+                                            "inputs"):
+            DistillTrainer(_student(), teacher, cache_teacher=True, progress=False).fit(
+                InMemoryLoader(_images(), batch_size=8, transform=transform))
 
 
 def test_random_augmentation_is_refused_unless_views_are_cached(tmp_path):

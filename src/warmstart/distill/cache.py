@@ -17,11 +17,14 @@ from torch.utils.data import Dataset
 from warmstart.checkpoint import atomic_path
 from warmstart.errors import CheckpointError, DataError
 
-CACHE_FORMAT = "warmstart-teacher-logits-2"
+CACHE_FORMAT = "warmstart-teacher-logits-3"  # 3: the teachers' outputs on the probe samples are stored
 _FINGERPRINT_SEED = 20_240_917
 # a changed sample moves its fingerprint by far more than this share of its L1 norm; float64
 # summation-order noise between the build and a training batch stays many orders below it
 FINGERPRINT_RTOL = 1e-9
+# a teacher changed outside its tensors (an output-scale attribute, a patched forward) moves its probe outputs by far
+# more than this share of their largest magnitude; the same teacher on another device (TF32 matmuls) stays below it
+PROBE_RTOL = 1e-2
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -47,6 +50,32 @@ def dataset_fingerprint(samples: Iterable[tuple[torch.Tensor, Any]], length: int
 def probe_indices(length: int, count: int = 16) -> list[int]:
     """Indices of the samples :func:`dataset_fingerprint` hashes."""
     return sorted({int(i) for i in np.linspace(0, max(length - 1, 0), num=min(count, length))})
+
+
+def is_deterministic(transform: Callable[[torch.Tensor], torch.Tensor] | None, inputs: torch.Tensor) -> bool:
+    """Whether a batched transform gives each sample the same output every time, whatever batch it is in.
+
+    Run on a probe batch: twice under different random seeds, on the batch reversed, and on its
+    first half. Only such a transform may have its outputs' teacher logits cached; a random
+    augmentation, or one that depends on the rest of the batch (per-batch normalisation), may not.
+
+    Example:
+        >>> x = torch.rand(8, 3)
+        >>> is_deterministic(lambda b: (b - 0.5) / 0.2, x), is_deterministic(lambda b: b + torch.rand_like(b), x)
+        (True, False)
+    """
+    if transform is None:
+        return True
+
+    def run(batch: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return transform(batch)
+
+    first = run(inputs, 1)
+    half = max(1, len(inputs) // 2)
+    again = (run(inputs, 2), run(inputs.flip(0), 3).flip(0), torch.cat([run(inputs[:half], 4), first[half:]]))
+    return all(out.shape == first.shape and torch.allclose(out, first, rtol=1e-5, atol=1e-6) for out in again)
 
 
 class SampleFingerprint:
@@ -176,6 +205,8 @@ class TeacherCache:
             if key in expect and meta.get(key) != expect[key]:
                 raise DataError(f"teacher cache '{path}' was built for another {what}: {meta.get(key)!r} there, "
                                 f"{expect[key]!r} now. Pass another cache_path, or {rebuild}.")
+        if "teacher_outputs" in expect:
+            _check_teacher_outputs(path, meta.get("teacher_outputs"), expect["teacher_outputs"], rebuild)
         rows = meta["length"] * meta["views"]
         if logits.shape[0] != rows or prints.shape != (rows, 2):
             raise CheckpointError(f"teacher cache '{path}' holds {logits.shape[0]} rows, its sidecar says {rows}: {rebuild}")
@@ -187,6 +218,23 @@ class TeacherCache:
         logits = torch.from_numpy(np.ascontiguousarray(self.logits[picked]))
         prints = torch.from_numpy(self.fingerprints[picked])
         return logits.to(device, non_blocking=True).float(), prints.to(device, non_blocking=True)
+
+
+def _check_teacher_outputs(path: Path, stored: Any, now: list[Any], rebuild: str) -> None:
+    """Refuse a cache whose teachers now answer the probe samples differently (a change outside their tensors)."""
+    now_t = torch.tensor(now, dtype=torch.float64)
+    stored_t = torch.tensor(stored if stored is not None else [], dtype=torch.float64)
+    if stored_t.shape != now_t.shape:
+        raise DataError(f"teacher cache '{path}' holds the teachers' outputs of shape {tuple(stored_t.shape)} on its "
+                        f"probe samples, {tuple(now_t.shape)} now. Pass another cache_path, or {rebuild}.")
+    if not now_t.numel():
+        return
+    change, scale = float((now_t - stored_t).abs().max()), float(stored_t.abs().max())
+    if change > PROBE_RTOL * scale + 1e-4:
+        raise DataError(f"teacher cache '{path}' is stale: the teacher's outputs on {len(now)} probe samples differ "
+                        f"from those stored with the cache by up to {change:.3g}, though its weights hash matches (it "
+                        "was changed outside its tensors, e.g. an attribute read in forward, or a patched forward). "
+                        f"Pass another cache_path, or {rebuild}.")
 
 
 class AugmentedViews(Dataset):

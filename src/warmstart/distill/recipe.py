@@ -16,6 +16,7 @@ from torch import nn
 from warmstart import distributed
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, split_loader
+from warmstart.distill.cache import is_deterministic
 from warmstart.distill.trainer import DistillTrainer
 from warmstart.errors import ConfigError
 from warmstart.trainer import Trainer
@@ -78,7 +79,9 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
     out for the choice); the winner trains ``epochs`` epochs on everything. Hard labels alone are
     among the settings, so the choice can only lose to them by validation noise. With
     ``unlabelled`` images the teacher labels them together with the labelled ones (its logits
-    cached once when the data is not randomly augmented): the setting that helps most in our
+    cached once when the data is not randomly augmented: a deterministic ``transform`` of
+    ``labelled``, such as a normalisation, is cached through it; a random one gets the teacher's
+    logits of each epoch's inputs): the setting that helps most in our
     measurements (``bench/distill_mnist.py``). Cost: five half-length runs and one full run.
 
     Args:
@@ -145,7 +148,9 @@ def _train(student: nn.Module, teacher: nn.Module, setting: KDSetting, labelled:
         inputs = torch.cat([labelled.inputs, extra.to(labelled.inputs.device)])
         train = InMemoryLoader(inputs, None, batch_size=labelled.batch_size, shuffle=labelled.shuffle,
                                seed=labelled.seed, transform=labelled.transform)
-    offline = not is_random(labelled.transform) and not distributed.is_distributed()
+    # cache the teacher's logits only where they stay right: a random transform gets per-epoch (online) logits
+    offline = (not is_random(train.transform) and is_deterministic(train.transform, train.inputs[:train.batch_size])
+               and not distributed.is_distributed())
     trainer = DistillTrainer(student, teacher, temperature=setting.temperature, alpha=setting.alpha,
                              cache_teacher=offline, cache_path=str(cache) if offline else None, max_epochs=epochs,
                              **options)

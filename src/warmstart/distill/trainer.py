@@ -17,7 +17,7 @@ from warmstart._runtime import move_to_device
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, WithIndex, rebuild_loader
 from warmstart.distill.cache import (AugmentedViews, SampleFingerprint, TeacherCache, dataset_fingerprint,
-                                     model_fingerprint, probe_indices)
+                                     is_deterministic, model_fingerprint, probe_indices)
 from warmstart.distill.hints import FeatureHint, FeatureTaps, make_adapter
 from warmstart.distill._validation import hard_label_sums
 from warmstart.distill.losses import COMBINE, check_kd_options, check_logits, kd_terms
@@ -41,9 +41,12 @@ class DistillTrainer(Trainer):
     indices automatically (``InMemoryLoader(with_index=True)`` or :class:`warmstart.data.WithIndex`),
     labelled or not. Stale logits are impossible to miss: every training batch is compared on the
     device with a per-sample fingerprint stored in the cache (read at the log interval), so
-    changed, moved or randomly varying samples raise a :class:`DataError`. Random augmentation is
-    therefore refused; wrap the data in :class:`warmstart.distill.AugmentedViews` to cache a fixed
-    number of augmented views per sample instead. Unlabelled batches ``(x,)`` (a transfer set that
+    changed, moved or randomly varying samples raise a :class:`DataError`; so does a teacher that
+    answers the cache's probe samples differently than when it was built (changed outside its
+    tensors, e.g. an output-scale attribute). Random augmentation is therefore refused (a
+    deterministic ``InMemoryLoader`` transform, such as a normalisation, is cached through it);
+    wrap the data in :class:`warmstart.distill.AugmentedViews` to cache a fixed number of
+    augmented views per sample instead. Unlabelled batches ``(x,)`` (a transfer set that
     the teacher labels, e.g. ``InMemoryLoader(images, None)``) need ``alpha=1``. Text batches
     (dicts of ``input_ids``, ``attention_mask``, ``labels``) work when student and teacher share
     the tokenizer; for a student with its own tokenizer, give it the teacher's probabilities as
@@ -195,14 +198,21 @@ class DistillTrainer(Trainer):
         self.optimizer.add_param_group({"params": list(self.adapters.parameters()), "lr": lr, "name": "hint_adapters"})
 
     def _indexed(self, loader: Iterable[Any]) -> Iterable[Any]:
-        """The same loader, yielding the sample indices last; refuse random augmentation (stale logits)."""
+        """The same loader, yielding the sample indices last; refuse random augmentation (stale logits).
+
+        An :class:`InMemoryLoader` transform is cached when it is deterministic (a normalisation):
+        :func:`warmstart.distill.cache.is_deterministic` checks it on the first batch's inputs.
+        """
         stale = ("cached teacher logits would be stale: the training data is randomly augmented ({what}), so the "
                  "student would see inputs the teacher never did. Wrap the data set in "
                  "warmstart.distill.AugmentedViews(dataset, transform, views=4) to cache 4 views per sample, or "
                  "use cache_teacher=False.")
         if isinstance(loader, InMemoryLoader):
-            if loader.transform is not None:
-                raise DataError(stale.format(what="InMemoryLoader(transform=...)"))
+            if is_random(loader.transform):
+                raise DataError(stale.format(what=f"InMemoryLoader(transform={type(loader.transform).__name__})"))
+            if not is_deterministic(loader.transform, loader.inputs[:loader.batch_size]):
+                raise DataError(stale.format(what="InMemoryLoader(transform=...) gives other outputs for the same "
+                                                  "inputs, at another call or in another batch"))
             return loader.clone(with_index=True)
         if isinstance(loader, DataLoader):
             dataset = loader.dataset
@@ -218,9 +228,12 @@ class DistillTrainer(Trainer):
         """Rank 0 builds the cache if it is missing; then every rank opens it (no rank reads a half-written cache)."""
         dataset, views, length, rows_of = _cache_source(loader)
         probes = [_sample(dataset, i) for i in probe_indices(length)]
-        num_classes = self._num_classes(probes[0][0])
+        outputs = self._probe_outputs(torch.stack([torch.as_tensor(x) for x, _ in probes]))
+        num_classes = int(outputs.shape[-1])
+        # the teachers' outputs on the probes catch a teacher changed outside its tensors (the hash cannot)
         expect = {"length": length, "views": views, "num_classes": num_classes,
-                  "dataset": dataset_fingerprint(probes, length), "teacher": [t["sha256"] for t in self.teacher_ids]}
+                  "dataset": dataset_fingerprint(probes, length), "teacher": [t["sha256"] for t in self.teacher_ids],
+                  "teacher_outputs": outputs.tolist()}
         path = self._cache_file()
         error: BaseException | None = None
         if distributed.is_main_process() and not path.exists():
@@ -253,10 +266,10 @@ class DistillTrainer(Trainer):
             self._cache_tmp = tempfile.TemporaryDirectory(prefix="warmstart-cache-")
         return Path(self._cache_tmp.name) / "teacher_logits.npy"
 
-    def _num_classes(self, example: torch.Tensor) -> int:
-        with torch.no_grad(), self.autocast():
-            example = move_to_device(torch.as_tensor(example).unsqueeze(0), self.device)
-            return int(self.teacher_logits(example)[0].shape[-1])
+    def _probe_outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(P, teachers, C)`` float64 CPU: every teacher's logits on the probe samples, in full precision."""
+        logits = self.teacher_logits(move_to_device(inputs, self.device))
+        return torch.stack([t.detach().double().cpu() for t in logits], dim=1)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -305,8 +318,10 @@ def _find_transform(dataset: Dataset) -> Any:
 
 
 def _sample(dataset: Any, index: int) -> tuple[torch.Tensor, Any]:
-    if isinstance(dataset, InMemoryLoader):
-        return dataset.inputs[index].cpu(), None if dataset.targets is None else dataset.targets[index].cpu()
+    if isinstance(dataset, InMemoryLoader):  # the sample as training sees it: through its (deterministic) transform
+        x = dataset.inputs[index:index + 1]
+        x = x if dataset.transform is None else dataset.transform(x)
+        return x[0].cpu(), None if dataset.targets is None else dataset.targets[index].cpu()
     sample = dataset.view(index, 0) if isinstance(dataset, AugmentedViews) else dataset[index]
     if not isinstance(sample, (tuple, list)):
         return torch.as_tensor(sample), None
@@ -321,7 +336,8 @@ def _cache_source(loader: Iterable[Any]) -> tuple[Any, int, int, Any]:
         def in_memory():
             for start in range(0, loader.dataset_size, size):
                 rows = torch.arange(start, min(start + size, loader.dataset_size))
-                yield loader.inputs[rows.to(loader.inputs.device)], rows
+                inputs = loader.inputs[rows.to(loader.inputs.device)]
+                yield (inputs if loader.transform is None else loader.transform(inputs)), rows
         return loader, 1, loader.dataset_size, in_memory
     if isinstance(loader, DataLoader):
         dataset = loader.dataset
