@@ -72,7 +72,7 @@ def _close(a: dict, b: dict, atol: float = 1e-6) -> None:
 def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
     _torchrun("ddp_scenarios.py", tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    for name in ("stream", "finetune", "distill"):  # the replicas stay identical
+    for name in ("stream", "finetune", "distill", "batches"):  # the replicas stay identical
         _close(ranks[0][name]["weights"], ranks[1][name]["weights"], atol=0)
 
     # a loader without len(): the short last window all-reduces and is divided by its own length
@@ -118,3 +118,25 @@ def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
     assert measured["loss"] == pytest.approx(reported["val_loss"], rel=1e-6)
     assert measured["accuracy"] == pytest.approx(reported["val_accuracy"])
     assert all("holds an earlier run" in (rank["refused"]["refused"] or "") for rank in ranks)
+
+    # issue 23 (13): a plain list of batches is sharded (batch i on rank i % 2), not trained whole on every rank:
+    # 2 ranks x batches of 4 give one process's batches of 8
+    net = scenarios.model()
+    ws.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.3), max_epochs=2, device="cpu", progress=False,
+               seed=0).fit(DataLoader(scenarios.data(), batch_size=8))
+    _close(ranks[0]["batches"]["weights"], net.state_dict())
+    assert [rank["batches"]["steps"] for rank in ranks] == [10, 10]  # 5 of the 10 batches per rank and epoch
+    assert [rank["batches"]["uneven_steps"] for rank in ranks] == [3, 3]  # 5 batches: the short share wraps round
+    assert len(ranks[0]["batches"]["warnings"]) == 1 and "1 batch(es) train twice" in ranks[0]["batches"]["warnings"][0]
+    assert ranks[1]["batches"]["warnings"] == []
+
+
+def test_shard_batches_deals_batch_i_to_rank_i_mod_world_size():
+    from warmstart.distributed._process_group import shard_batches
+
+    batches = list(range(7))
+    with pytest.warns(UserWarning, match="7 batches does not divide among 3 ranks.*2 batch\\(es\\) train twice"):
+        shares = [shard_batches(batches, r, 3, train=True) for r in range(3)]
+    assert shares == [[0, 3, 6], [1, 4, 0], [2, 5, 1]]
+    assert [shard_batches(batches, r, 3, train=False) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert shard_batches([0], 1, 2, train=False) == [0]  # too few to share: whole on every rank (the means agree)

@@ -8,13 +8,15 @@ Scenarios (each a function below, its reference in tests/test_distributed.py):
 - evaluate: an InMemoryLoader of 5 samples evaluated on 2 ranks (each sample counted once);
 - streams: the random numbers each rank draws after the fit's seeding (each rank its own stream);
 - batchnorm: a BatchNorm model with validation and checkpoints (its statistics synchronised before both);
-- refused: a fresh run into the batchnorm run's folder (refused on every rank).
+- refused: a fresh run into the batchnorm run's folder (refused on every rank);
+- batches: a plain list of 10 batches (batch i on rank i % 2), and one of 5 (padded, with a warning).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -118,13 +120,29 @@ def refused(out: Path, rank: int) -> dict:
     return {"refused": None}
 
 
+def batches(out: Path, rank: int) -> dict:
+    """A plain list of batches is dealt out like a loader: each rank trains on its share, not on every batch."""
+    x, y = data().tensors
+    ten = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 40, 4)]
+    net = model()
+    trainer = ws.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.3), max_epochs=2, device="cpu", progress=False,
+                         seed=0)
+    trainer.fit(ten)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        uneven = ws.Trainer(model(), max_epochs=1, device="cpu", progress=False, seed=0)
+        uneven.fit(ten[:5])
+    return {"weights": net.state_dict(), "steps": trainer.global_step, "uneven_steps": uneven.global_step,
+            "warnings": [str(w.message) for w in caught if "does not divide" in str(w.message)]}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {name: scenario(out, rank) for name, scenario in
                (("stream", stream), ("finetune", finetune), ("distill", distill), ("evaluate", evaluate),
-                ("streams", streams), ("batchnorm", batchnorm), ("refused", refused))}
+                ("streams", streams), ("batchnorm", batchnorm), ("refused", refused), ("batches", batches))}
     torch.save(results, out / f"rank{rank}.pt")
     if rank == 0:
         (out / "done.json").write_text(json.dumps({"world_size": dist.get_world_size()}))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import math
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,13 +186,16 @@ def shard_loader(loader: Any, seed: int, train: bool) -> Any:
     the original loader shuffled, padded so that every rank takes as many steps; evaluation
     loaders get a :class:`ShardSampler`, so each sample is counted exactly once. Loaders with a
     ``shard(rank, world_size, pad)`` method (:class:`warmstart.data.InMemoryLoader`) shard
-    themselves; other iterables are returned as they are.
+    themselves; plain lists (and tuples) of batches are dealt out by :func:`shard_batches`; other
+    iterables are returned as they are (they must yield each rank's own batches).
 
     Raises:
         ConfigError: a ``DataLoader`` with a custom sampler (give it a ``DistributedSampler`` yourself).
     """
     if not is_distributed():
         return loader
+    if isinstance(loader, (list, tuple)):
+        return shard_batches(loader, rank(), world_size(), train)
     if hasattr(loader, "shard"):
         return loader.shard(rank(), world_size(), pad=train)
     if not isinstance(loader, DataLoader) or isinstance(loader.sampler, (DistributedSampler, ShardSampler)):
@@ -204,3 +209,27 @@ def shard_loader(loader: Any, seed: int, train: bool) -> Any:
     else:
         sampler = ShardSampler(len(loader.dataset), rank(), world_size())
     return rebuild_loader(loader, sampler=sampler)
+
+
+def shard_batches(batches: list[Any] | tuple[Any, ...], rank: int, world_size: int, train: bool) -> list[Any]:
+    """Rank ``rank``'s share of a list of ready-made batches: batch ``i`` goes to rank ``i % world_size``.
+
+    For training, every rank takes ``ceil(len / world_size)`` batches, the shares that fall short
+    wrapping round to the first batches (as ``DistributedSampler`` pads), with a warning naming
+    how many batches then train twice per epoch. For evaluation each batch is counted once; a list
+    shorter than the world is evaluated whole on every rank (the reduced means are the same).
+
+    Example:
+        >>> shard_batches(["b0", "b1", "b2", "b3"], rank=1, world_size=2, train=True)
+        ['b1', 'b3']
+    """
+    batches, count = list(batches), len(batches)
+    if not train:
+        return batches[rank::world_size] if count >= world_size else batches
+    per_rank = math.ceil(count / world_size)
+    repeated = per_rank * world_size - count
+    if repeated and rank == 0:
+        warnings.warn(f"the training list of {count} batches does not divide among {world_size} ranks: each rank takes "
+                      f"{per_rank} (batch i on rank i % {world_size}), so {repeated} batch(es) train twice per epoch. "
+                      f"Give a multiple of {world_size} batches, or a DataLoader (sharded by sample).", stacklevel=3)
+    return [batches[(rank + world_size * i) % count] for i in range(per_rank)] if count else []
