@@ -114,3 +114,40 @@ def test_tied_weights_are_saved_apart(tmp_path):
     save_weights(tmp_path / "tied.safetensors", sd)
     tensors, _ = load_weights(tmp_path / "tied.safetensors")
     assert torch.equal(tensors["a"], tensors["b"])
+
+
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Issue 23: a full disk raised torch's '[enforce fail at inline_container.cc]' from inside the Trainer."""
+    import errno
+    import shutil
+    import types
+
+    real_save, writes = torch.save, []
+
+    def full_after_the_first(obj, f, *args, **kwargs):
+        writes.append(f)
+        if len(writes) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a zip file")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 6336 vs 6224")
+
+    monkeypatch.setattr(torch, "save", full_after_the_first)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(total=2**30, used=2**30, free=0))
+    model = make_mlp()
+    trainer = ws.Trainer(model, max_epochs=2, out_dir=str(tmp_path), progress=False)
+    with pytest.raises(CheckpointError, match="could not write '.*last.pt': the disk is full \\(RuntimeError: "
+                                              "\\[enforce fail.*0.0 MiB free\\).*the previous 'last.pt' there is "
+                                              "intact.*temporary file was removed"):
+        trainer.fit(DataLoader(make_dataset(), batch_size=8))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] >= 0  # the first epoch's checkpoint, readable
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    def no_space(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(CheckpointError, match="could not write .*the disk is full.*no earlier file was there"):
+        save_checkpoint(tmp_path / "other.pt", {"w": torch.ones(2)})
+    assert sorted(p.name for p in tmp_path.glob("other*")) == []

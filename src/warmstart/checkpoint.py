@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -30,7 +32,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     A crash or exception before the rename leaves any previous file at ``path`` untouched and
-    removes the temporary file.
+    removes the temporary file. A write that fails for want of space (``OSError(ENOSPC)``, or
+    ``torch.save``'s ``[enforce fail at inline_container.cc]``) or another I/O error is a
+    :class:`CheckpointError` that says so, and that the previous file is intact.
 
     Example:
         >>> with atomic_path("/tmp/example.txt") as tmp:
@@ -47,9 +51,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
+        failure = _write_failure(path, err)  # before the unlink, which frees the space the partial file took
         tmp.unlink(missing_ok=True)
+        if failure is not None:
+            raise failure from err
         raise
+
+
+# errors of a write that did not reach the disk: a full disk or quota, a read-only or failing file system
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+# what torch.save (its zip writer, inline_container.cc) and safetensors say when a write fails
+_WRITER_MESSAGES = ("inline_container", "PytorchStreamWriter failed", "file write failed", "No space left",
+                    "os error 28", "StorageFull")
+
+
+def _write_failure(path: Path, err: BaseException) -> CheckpointError | None:
+    """A clear error for a failed write of ``path`` (``None`` when ``err`` is not a write failure)."""
+    text = str(err)
+    failed = (isinstance(err, OSError) and err.errno in _WRITE_ERRNOS) or (
+        isinstance(err, (RuntimeError, SafetensorError)) and any(hint in text for hint in _WRITER_MESSAGES))
+    if not failed:
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    # torch.save's writer does not say why a write failed: a nearly empty disk does
+    full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+        hint in text for hint in ("No space left", "os error 28", "StorageFull")) or (free is not None and free < 2**24)
+    space = "" if free is None else f", {free / 2**20:.1f} MiB free"
+    why = ("the disk is full" if full else "the write failed") + f" ({type(err).__name__}: {_first_line(err)}{space})"
+    before = (f"the previous '{path.name}' there is intact" if path.exists() else "no earlier file was there")
+    return CheckpointError(f"could not write '{path}': {why}. Nothing was replaced: {before}, and the partial "
+                           f"temporary file was removed. Free some space in {path.parent} (or choose another folder) "
+                           "and run again; a resume continues from the last complete checkpoint.")
 
 
 def _fsync_dir(directory: Path) -> None:
