@@ -123,6 +123,11 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.precision = check_precision(cfg.precision, self.device)
         self.out_dir = None if cfg.out_dir is None else check_out_dir(cfg.out_dir)
+        # an int8 model's weights take no gradients: only its biases would train (issue 23); refuse and say what works
+        from warmstart.compress._layers import refuse_quantized  # here: warmstart.compress imports this module
+        refuse_quantized(model, "train", "Fine-tune the float model and quantize it afterwards, or train with "
+                         "quantization in the loop: qat = warmstart.compress.prepare_qat(float_model, example_input), "
+                         "train qat (Trainer or recover), then warmstart.compress.convert_qat(qat)")
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(f"{type(model).__name__} has no trainable parameters (all have requires_grad=False); "
                               "unfreeze some (warmstart.finetune.unfreeze), or measure it with warmstart.evaluate("

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from warmstart.checkpoint import COMPRESSION_ATTRIBUTE
+from warmstart.compress._pt2e import CompiledInt8Model
 from warmstart.errors import CheckpointError, ConfigError
 
 # the record compressing functions leave on the modules they return; save_compressed reads it
@@ -68,6 +69,39 @@ def module_names(model: nn.Module, items: Sequence[str | nn.Module] | str | nn.M
 def compression_record(model: nn.Module) -> dict[str, Any]:
     """What warmstart.compress did to ``model`` (``{}`` for a model it did not produce)."""
     return dict(getattr(model, RECORD_ATTRIBUTE, None) or {})
+
+
+def quantized_mode(model: nn.Module) -> str | None:
+    """The int8 mode ``model`` was quantized with (``"int8-weight"``, ...), or ``None`` for a float model.
+
+    Read from the compression record, or from the model itself when it has none: torchao int8
+    tensors (``"int8 (torchao)"``), PyTorch's eager quantized modules (``"int8 (torch.ao)"``), or
+    a compiled int8 graph.
+    """
+    mode = compression_record(model).get("quantized", {}).get("mode")
+    if mode is not None:
+        return str(mode)
+    if any(type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__") for t in model.state_dict().values()):
+        return "int8 (torchao)"
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        return "int8 (torch.ao)"
+    if isinstance(model, CompiledInt8Model):
+        return "int8-static"
+    return None
+
+
+def refuse_quantized(model: nn.Module, action: str, way_round: str) -> None:
+    """Raise a ConfigError when ``model`` is an int8 model, which ``action`` (e.g. ``"prune"``) cannot work on.
+
+    Args:
+        model: the model given.
+        action: what was asked, as the message names it.
+        way_round: what to do instead (a sentence).
+    """
+    mode = quantized_mode(model)
+    if mode is not None:
+        raise ConfigError(f"cannot {action} an int8 model ({type(model).__name__} quantized '{mode}'): its weights are "
+                          f"int8 data with scales, not float tensors. {way_round}")
 
 
 def add_to_record(model: nn.Module, step: str, facts: Mapping[str, Any]) -> None:

@@ -14,6 +14,8 @@ from torch import nn
 
 from warmstart.compress._deps import import_torch_pruning
 from warmstart.compress._layers import add_to_record, count_parameters, layer_widths, module_names
+from warmstart.compress._prune_checks import (as_tensors, check_depthwise, check_layers, check_model, keep_ties,
+                                              prunable_layers, tied_parameters, unfreeze)
 from warmstart.errors import ConfigError
 from warmstart.heads import find_head
 
@@ -101,6 +103,7 @@ class _Plan:
     round_to: int | None
     gradient_batch: tuple[Any, Any] | None
     loss_fn: Callable[..., torch.Tensor]
+    ties: list[list[str]] = dataclasses.field(default_factory=list)  # names of parameters that are one tensor
 
     def pruner(self, model: nn.Module, channel_ratio: float) -> Any:
         """A torch-pruning pruner over ``model``; tracing it is where untraceable models fail."""
@@ -109,10 +112,13 @@ class _Plan:
             pruner = tp.pruner.BasePruner(
                 model, self.example_input, importance=_importance(tp, self.importance), pruning_ratio=channel_ratio,
                 global_pruning=self.global_pruning, round_to=self.round_to,
-                ignored_layers=[model.get_submodule(name) for name in self.ignored])
+                ignored_layers=[model.get_submodule(name) for name in self.ignored],
+                # attention narrows each head alike, so embed_dim stays a multiple of num_heads
+                num_heads={m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)})
         except Exception as err:  # torch-pruning raises whatever the traced forward raised
             raise _trace_error(model, self.example_input, f"{type(err).__name__}: {err}") from err
         _check_traced(model, pruner, self)
+        check_depthwise(model, pruner.DG, self.ignored)
         return pruner
 
     def step(self, pruner: Any, model: nn.Module) -> None:
@@ -121,6 +127,7 @@ class _Plan:
             _loss_gradients(model, self.gradient_batch, self.loss_fn)
         pruner.step()
         model.zero_grad(set_to_none=True)
+        keep_ties(model, self.ties, pruner)
 
 
 def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, importance: str = "magnitude",
@@ -169,13 +176,18 @@ def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, impor
         >>> round(report.achieved_ratio, 1)
         0.5
     """
-    _check_options(ratio, importance, steps, gradient_batch)
+    _check_options(ratio, importance, steps, gradient_batch, round_to)
+    check_model(model)
     plan = _Plan(example_input, importance, _ignored_names(model, ignore), global_pruning, round_to,
-                 gradient_batch, loss_fn)
+                 gradient_batch, loss_fn, tied_parameters(model))
     output_shapes = _output_shapes(model, example_input)
+    check_layers(model, example_input, plan)
     pruned = copy.deepcopy(model)
+    frozen = unfreeze(pruned)
     widths, params_before, macs_before = layer_widths(pruned), count_parameters(pruned), _macs(pruned, example_input)
     channel_ratios, params_per_step = _prune_in_steps(pruned, plan, ratio, steps, recover_fn)
+    for name in frozen & {name for name, _ in pruned.named_parameters()}:
+        pruned.get_parameter(name).requires_grad_(False)
     pruned.train(model.training)  # torch-pruning traces in eval mode and leaves the model there
     if _output_shapes(pruned, example_input) != output_shapes:  # a last layer find_head did not recognise lost outputs
         raise ConfigError(f"pruning changed the output shape from {output_shapes} to "
@@ -187,8 +199,8 @@ def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, impor
                          [LayerChange(name, widths[name], after[name]) for name in widths if name in after],
                          params_per_step)
     add_to_record(pruned, "pruned", {"params_before": params_before, "params_after": report.params_after,
-                                     "example_input_shapes": [list(t.shape) for t in _tensors(example_input)],
-                                     "example_input_dtypes": [str(t.dtype) for t in _tensors(example_input)]})
+                                     "example_input_shapes": [list(t.shape) for t in as_tensors(example_input)],
+                                     "example_input_dtypes": [str(t.dtype) for t in as_tensors(example_input)]})
     return pruned, report
 
 
@@ -208,7 +220,18 @@ def _prune_in_steps(model: nn.Module, plan: _Plan, ratio: float, steps: int,
     return channel_ratios, params_per_step
 
 
-def _check_options(ratio: float, importance: str, steps: int, gradient_batch: Any) -> None:
+def _check_options(ratio: float, importance: str, steps: int, gradient_batch: Any, round_to: int | None) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise ConfigError(f"ratio is the share of parameters to remove, a number in (0, 1); got {ratio!r} (a "
+                          f"{type(ratio).__name__}), e.g. ratio=0.5")
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ConfigError(f"steps is how many pruning steps to take, a whole number >= 1; got {steps!r}")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ConfigError(f"round_to keeps channel counts multiples of a whole number >= 1 (8 or 16 suits vectorised "
+                          f"kernels), or None; got {round_to!r}")
+    if not isinstance(importance, str):
+        raise ConfigError(f"importance is the name of a channel score, one of {', '.join(IMPORTANCES)}; got "
+                          f"{importance!r}")
     if not 0 < ratio < 1:
         raise ConfigError(f"ratio is the share of parameters to remove and must be in (0, 1), got {ratio}; "
                           f"e.g. ratio=0.5 removes half of them")
@@ -266,9 +289,11 @@ def _find_channel_ratio(model: nn.Module, plan: _Plan, ratio: float) -> float:
     else:
         most = max(tried.values())
         if most < ratio - _REACH_TOLERANCE:
+            rounding = f"; round_to={plan.round_to} removes channels {plan.round_to} at a time" if plan.round_to else ""
             raise ConfigError(f"this model can lose at most {most:.1%} of its parameters by channel pruning (the "
-                              f"head, the ignored layers and one channel per layer stay); ask for ratio <= "
-                              f"{most:.2f}{' or use global_pruning=False' if plan.global_pruning else ''}")
+                              f"head, the ignored layers and one channel per layer stay{rounding}); ask for ratio <= "
+                              f"{most:.2f}"
+                              f"{' or use global_pruning=False' if plan.global_pruning else ''}")
     high = channel_ratio
     low = max([c for c in tried if c < high], default=0.0)
     for _ in range(_BISECTIONS):
@@ -281,10 +306,12 @@ def _find_channel_ratio(model: nn.Module, plan: _Plan, ratio: float) -> float:
 def _check_traced(model: nn.Module, pruner: Any, plan: _Plan) -> None:
     """Every Linear and conv must be on the traced path from input to output, or pruning would break it."""
     traced = pruner.DG.module2node
-    layers = [(name, module) for name, module in model.named_modules()
-              if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
-              and not any(name == kept or name.startswith(f"{kept}.") for kept in plan.ignored)]
-    unseen = [name for name, module in layers if module not in traced]
+    layers = prunable_layers(model, plan.ignored)
+    # torch-pruning prunes nn.MultiheadAttention as one unit: its out_proj weight is used directly, never called
+    units = [name for name, module in model.named_modules()
+             if isinstance(module, nn.MultiheadAttention) and module in traced]
+    unseen = [name for name, module in layers
+              if module not in traced and not any(name.startswith(f"{unit}.") for unit in units)]
     if unseen:
         raise _trace_error(model, plan.example_input, f"layers {', '.join(unseen[:6])} are not on the autograd path "
                            f"from the input to the output (run under no_grad, detached, or unused for this input)")
@@ -294,7 +321,7 @@ def _check_traced(model: nn.Module, pruner: Any, plan: _Plan) -> None:
 
 
 def _trace_error(model: nn.Module, example: Example, problem: str) -> ConfigError:
-    shapes = ", ".join(str(tuple(t.shape)) for t in _tensors(example))
+    shapes = ", ".join(str(tuple(t.shape)) for t in as_tensors(example))
     return ConfigError(f"torch-pruning cannot trace {type(model).__name__} with an example input of shape {shapes}: "
                        f"{problem}. The forward pass must run on example_input with autograd on and return tensors; "
                        f"fix the example input, or prune a traceable submodule and pass the rest in ignore=")
@@ -309,14 +336,10 @@ def _loss_gradients(model: nn.Module, batch: tuple[Any, Any] | None, loss_fn: Ca
     model.train(was_training)
 
 
-def _tensors(example: Example) -> tuple[torch.Tensor, ...]:
-    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
-
-
 def _macs(model: nn.Module, example: Example) -> int:
     """Multiply-accumulates of one sample (torch-pruning's counter runs on a copy)."""
     tp = import_torch_pruning()
-    one_sample = tuple(t[:1] for t in _tensors(example))
+    one_sample = tuple(t[:1] for t in as_tensors(example))
     macs, _ = tp.utils.count_ops_and_params(model, one_sample if len(one_sample) > 1 else one_sample[0])
     return int(macs)
 
@@ -326,7 +349,7 @@ def _output_shapes(model: nn.Module, example: Example) -> Any:
     was_training = model.training
     try:
         with torch.no_grad():
-            output = model.eval()(*_tensors(example))
+            output = model.eval()(*as_tensors(example))
     except Exception as err:  # whatever the forward raises on this input
         raise _trace_error(model, example, f"the forward pass fails ({type(err).__name__}: {err})") from err
     finally:

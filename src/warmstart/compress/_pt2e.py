@@ -19,6 +19,8 @@ class CompiledInt8Model(nn.Module):
 
     Calls run under ``no_grad``. The graph was exported in eval mode, so ``train()`` and
     ``eval()`` only set the flag. The first call with a new input shape compiles (seconds).
+    The model holds only what the graph reads (int8 weights, scales, zero points, float biases),
+    none of it trainable: the float weights the conversion leaves behind are dropped.
 
     Attributes:
         graph: the converted ``torch.fx.GraphModule`` (quantize/dequantize ops around int8 weights).
@@ -26,6 +28,7 @@ class CompiledInt8Model(nn.Module):
 
     def __init__(self, graph: nn.Module):
         super().__init__()
+        _drop_unread_tensors(graph)
         self.graph = graph
         # kept out of the module tree: the compiled wrapper would register the same graph a second time
         object.__setattr__(self, "_compiled", torch.compile(graph, dynamic=False))
@@ -45,6 +48,22 @@ class CompiledInt8Model(nn.Module):
         names = {node.target for node in self.graph.graph.nodes if node.op == "get_attr"}
         state = self.graph.state_dict()
         return sum(state[name].numel() * state[name].element_size() for name in names if name in state)
+
+
+def _drop_unread_tensors(graph: torch.fx.GraphModule) -> None:
+    """Delete the tensors the graph never reads and freeze the rest, in place.
+
+    convert_pt2e leaves the float weights in the module tree beside their int8 copies (the graph
+    reads only the copies): they would make the model 5x the int8 size and show up as trainable
+    parameters of a model that cannot train.
+    """
+    read = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in read:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner), attr)
+    graph.delete_all_unused_submodules()
+    graph.requires_grad_(False)
 
 
 def check_static_request(model: nn.Module, example: Inputs, purpose: str = "int8-static") -> None:
@@ -80,7 +99,9 @@ def quantize_static(model: nn.Module, example: Inputs, calibration: Iterable[Any
             prepared(*_inputs_of(batch))
             batches += 1
     if not batches:
-        raise ConfigError("calibration yielded no batches: static int8 needs a few batches to set activation ranges")
+        raise ConfigError("calibration yielded no batches (an empty or already consumed iterable): static int8 sets "
+                          "its activation ranges from these batches; pass a few hundred training samples, or "
+                          "calibration=None to calibrate on example_input alone")
     return compiled_now(CompiledInt8Model(convert_pt2e(prepared)), example)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from warmstart.compress._deps import import_torchao_quantization
 from warmstart.compress._latency import _device_of, measure_latency
-from warmstart.compress._layers import add_to_record, compression_record
+from warmstart.compress._layers import add_to_record, compression_record, refuse_quantized
 from warmstart.compress._pt2e import CompiledInt8Model, check_static_request, quantize_static
 from warmstart.errors import ConfigError
 
@@ -118,7 +118,8 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
         example_input: a typical batch (the batch size you will run); needed by ``"auto"`` and
             ``"int8-static"``, used by the others to measure latency and error.
         calibration: batches (``x`` or ``(x, y)``) for ``"int8-static"``'s activation ranges
-            (default: the example input alone; pass a few hundred samples for accuracy).
+            (``None``: the example input alone; pass a few hundred samples for accuracy). An empty
+            one is refused.
         candidates: modes ``"auto"`` tries (default: ``int8-weight``, ``int8-dynamic`` and, on
             CPUs, ``int8-dynamic-eager`` and (x86) ``int8-static``).
         min_speedup: how much faster than float a mode must measure for ``"auto"`` to take it.
@@ -129,7 +130,8 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
 
     Raises:
         ConfigError: an unknown mode, a missing example input (or, for ``"int8-static"``, a batch
-            of one), a model with no layer the mode quantizes, or int8-static off x86 CPUs.
+            of one), empty calibration data, a model that is already int8, a model with no layer the
+            mode quantizes, or int8-static off x86 CPUs.
 
     Example:
         >>> from warmstart.models import mlp
@@ -138,6 +140,9 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
         ['fc1.0', 'head']
     """
     _check_request(mode, example_input, candidates)
+    _check_calibration(calibration)
+    refuse_quantized(model, "quantize", "Quantize the float model it was made from (quantize returns a copy and "
+                     "leaves the float model as it was).")
     if "fake-quantized" in compression_record(model):
         raise ConfigError("this is a QATModel (prepare_qat's fake-quantized copy): convert it with "
                           "warmstart.compress.convert_qat(model), which keeps the ranges it learned")
@@ -153,7 +158,12 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
 
 
 def _check_request(mode: str, example_input: Example | None, candidates: Sequence[str] | None) -> None:
+    if isinstance(candidates, str):
+        raise ConfigError(f"candidates is a list of modes, got the string '{candidates}'; e.g. "
+                          f"candidates=['{candidates}']")
     for name, valid in [(mode, MODES), *((candidate, MODES[1:]) for candidate in candidates or [])]:
+        if not isinstance(name, str):
+            raise ConfigError(f"the quantization mode must be a string, one of {', '.join(valid)}; got {name!r}")
         if name not in valid:
             match = difflib.get_close_matches(name, valid, n=1)
             hint = f" (did you mean '{match[0]}'?)" if match else ""
@@ -163,6 +173,16 @@ def _check_request(mode: str, example_input: Example | None, candidates: Sequenc
                           f"({'to time each mode on this device' if mode == 'auto' else 'to export the graph'})")
 
 
+def _check_calibration(calibration: Iterable[Any] | None) -> None:
+    """Refuse calibration data that holds no batch (an empty DataLoader), rather than calibrate on something else."""
+    if calibration is None or not hasattr(calibration, "__len__"):
+        return  # an iterator's length shows only when it is read: quantize_static refuses it empty then
+    if len(calibration) == 0:  # type: ignore[arg-type]
+        raise ConfigError(f"calibration is empty (a {type(calibration).__name__} of no batches): static int8 sets its "
+                          "activation ranges from these batches; pass a few hundred training samples, or leave "
+                          "calibration=None to calibrate on example_input alone")
+
+
 def _apply(model: nn.Module, mode: str, example_input: Example | None,
            calibration: Iterable[Any] | None) -> tuple[nn.Module, list[str], list[str]]:
     """Quantize ``model`` (a copy, changed in place) by ``mode``: ``(model, quantized layers, skipped layers)``."""
@@ -170,7 +190,8 @@ def _apply(model: nn.Module, mode: str, example_input: Example | None,
         example = as_tuple(example_input)
         check_static_request(model, example)
         layers = layers_of(model, WEIGHT_LAYERS, mode)
-        quantized = quantize_static(model, example, calibration or [example], reduce_range_for(model))
+        quantized = quantize_static(model, example, [example] if calibration is None else calibration,
+                                     reduce_range_for(model))
         return quantized, layers, []
     layers = layers_of(model, (nn.Linear,), mode)
     skipped = [f"{name} ({type(m).__name__}: {mode} quantizes nn.Linear only; 'int8-static' covers convolutions)"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from warmstart.compress._layers import add_to_record, module_names
+from warmstart.compress._layers import add_to_record, module_names, refuse_quantized
 from warmstart.errors import ConfigError
 
 _SPARSE_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -79,8 +79,12 @@ def sparsify(model: nn.Module, amount: float = 0.5, *, ignore: Sequence[str | nn
         >>> round(report.sparsity, 2)
         0.8
     """
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise ConfigError(f"amount is the share of weights to zero, a number in (0, 1); got {amount!r} (a "
+                          f"{type(amount).__name__}), e.g. amount=0.5")
     if not 0 < amount < 1:
         raise ConfigError(f"amount is the share of weights to zero and must be in (0, 1), got {amount}")
+    refuse_quantized(model, "sparsify", "Sparsify the float model, then quantize the sparse model.")
     ignored = module_names(model, ignore, "ignore")
     sparse = copy.deepcopy(model)
     layers = {name: m for name, m in sparse.named_modules()

@@ -56,7 +56,8 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         rows: list[_Row] = []
 
         def measure(name: str, net: nn.Module, params: int | None = None) -> _Row:
-            # an int8 graph holds its weights as constants, not parameters: it is given its float model's count
+            # an int8 graph holds its weights as int8 buffers (only its float biases are parameters, frozen):
+            # it is given its float model's count
             row = _Row(name, net, _accuracy(net, data), params or count_parameters(net), tensor_bytes(net),
                        1e3 * measure_latency(net, example))  # seconds -> ms
             rows.append(row)
