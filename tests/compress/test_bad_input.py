@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import warmstart as ws
-from warmstart.compress import count_parameters, prune, quantize, recover, sparsify, tensor_bytes
 from warmstart._resume import ResumeChangeWarning
-from warmstart.errors import ConfigError, RunExistsError
+from warmstart.compress import (count_parameters, load_compressed, prune, quantize, recover, save_compressed, sparsify,
+                                tensor_bytes)
+from warmstart.errors import CheckpointError, ConfigError, RunExistsError
 from warmstart.models import mlp
-
-import pytest
 
 pytest.importorskip("torch_pruning")
 pytest.importorskip("torchao")
@@ -200,3 +200,17 @@ def test_frozen_layers_and_attention_are_pruned():
 def test_option_types_are_checked(call, message):
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+# --- 6: a damaged compressed file is noticed ---
+
+def test_flipped_bytes_in_a_compressed_file_are_refused(tmp_path):
+    torch.manual_seed(0)
+    pruned, _ = prune(mlp(16, [32], 3), X, 0.5)
+    path = save_compressed(quantize(pruned, "int8-weight", X)[0], tmp_path / "model.safetensors")
+    assert load_compressed(path, mlp(16, [32], 3)) is not None  # intact: loads
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # the last bytes are tensor data (the header comes first)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors' is damaged: its tensor data does not match the sha256"):
+        load_compressed(path, mlp(16, [32], 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +31,8 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     Every tensor's shape is recorded, so :func:`load_compressed` rebuilds a pruned architecture
     from the original builder. int8 weights are stored as their int8 data and scales (about 4x
     smaller than float32); a tensor with many zeros as a bit mask plus its non-zero values, when
-    that is smaller. No Python object is pickled.
+    that is smaller. No Python object is pickled. The sha256 of the stored tensors is kept in the
+    metadata, so :func:`load_compressed` notices a file changed or damaged after it was written.
 
     Args:
         model: a model returned by :func:`prune`, :func:`sparsify`, :func:`quantize` (modes
@@ -59,7 +61,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
         encodings[key] = _encode(key, value, tensors)
     record = compression_record(model)
     info = {"format": FORMAT, "record": record, "shapes": tensor_shapes(model), "encodings": encodings,
-            "model_class": type(model).__name__, "parameters": count_parameters(model)}
+            "model_class": type(model).__name__, "parameters": count_parameters(model), "sha256": _checksum(tensors)}
     return save_weights(path, tensors, {**dict(metadata or {}), "compressed": info})
 
 
@@ -76,7 +78,8 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         The compressed model, outputs identical to the one saved.
 
     Raises:
-        CheckpointError: a file that is not a compressed checkpoint, or was saved from another
+        CheckpointError: a file that is not a compressed checkpoint, one whose tensor data no longer
+            matches the sha256 stored at save (damaged or changed), or one saved from another
             architecture.
         ConfigError: ``model`` is already quantized.
 
@@ -93,6 +96,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' holds plain weights, not a model saved by save_compressed; load it with "
                               f"warmstart.finetune.load_pretrained(model, path) or model.load_state_dict")
+    _check_intact(tensors, info, path)
     _check_float_template(model)
     rebuilt = copy.deepcopy(model)
     resize_to(rebuilt, info["shapes"])
@@ -103,6 +107,25 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     _fill(rebuilt, tensors, info["encodings"], path)
     setattr(rebuilt, RECORD_ATTRIBUTE, info["record"])
     return rebuilt
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the stored tensors: each name, dtype, shape and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_intact(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], path: Any) -> None:
+    """Refuse a file whose tensors are not those written (files saved before checksums were stored pass)."""
+    stored = info.get("sha256")
+    if stored is not None and _checksum(tensors) != stored:
+        raise CheckpointError(f"'{path}' is damaged: its tensor data does not match the sha256 stored when it was saved "
+                              f"({stored[:12]}...), so some bytes changed after it was written (a bad copy or disk). "
+                              "Copy it again from its source, or save the model again with save_compressed")
 
 
 def _check_savable(model: nn.Module) -> None:
