@@ -71,9 +71,53 @@ def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
     from warmstart.cli import main
 
     weights, student = _trained(tmp_path, 8, "model.safetensors"), _trained(tmp_path, 2, "student.safetensors")
-    assert main(["compress", f"out_dir={tmp_path / 'run'}", "data={name: fake, fake_size: 64, fake_classes: 4, "
-                 "batch_size: 16, val_per_class: 2}", "model.args={width: 8}", f"weights={weights}",
-                 "student.args={width: 2}", f"student_weights={student}", "quantize=int8-weight", "latency_batch=8",
-                 "steps=2", "global_pruning=true",
-                 "trainer.max_epochs=1", "--quiet"]) == 0
-    assert "[warmstart compress] wrote" in capsys.readouterr().out and (tmp_path / "run" / "report.md").is_file()
+    run = tmp_path / "run"
+    run.mkdir()
+    earlier = {"results.json": b'{"earlier": 1}', "report.md": b"# earlier", "tradeoff.png": b"\x89PNG earlier",
+               "pruned_distilled.safetensors": b"earlier weights", "job.yaml": b"ratio: 0.3\n"}
+    for name, content in earlier.items():  # a finished run's files, as an earlier warmstart compress left them
+        (run / name).write_bytes(content)
+    command = ["compress", f"out_dir={run}", "data={name: fake, fake_size: 64, fake_classes: 4, "
+               "batch_size: 16, val_per_class: 2}", "model.args={width: 8}", f"weights={weights}",
+               "student.args={width: 2}", f"student_weights={student}", "quantize=int8-weight", "latency_batch=8",
+               "steps=2", "global_pruning=true", "trainer.max_epochs=1", "--quiet"]
+    assert main(command) == 2  # a run into a finished folder is refused before it writes anything
+    refusal = capsys.readouterr().err
+    assert "holds an earlier run" in refusal and "--overwrite" in refusal
+    assert {name: (run / name).read_bytes() for name in earlier} == earlier
+    assert main([*command, "--overwrite"]) == 0
+    assert "[warmstart compress] wrote" in capsys.readouterr().out and (run / "report.md").read_bytes() != b"# earlier"
+    assert "trained model" in json.loads((run / "results.json").read_text())
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("latency_batch=0", "latency_batch is the batch size latency is measured at, >= 1; got 0"),
+    ("importance=magnitud", "unknown importance 'magnitud' \\(did you mean 'magnitude'\\?\\)"),
+    ("quantize=int8-wieght", "did you mean 'int8-weight'"),
+    ("steps=2.5", "'steps' must be int"),
+    ("quantize=null", "'quantize' must be str"),
+    ("temperature=0", "temperature must be > 0"),
+], ids=["latency_batch", "importance", "quantize", "steps", "quantize-null", "temperature"])
+def test_the_compress_settings_are_checked_when_read(override, message):
+    from warmstart.jobs.schema import load_job
+
+    with pytest.raises(ConfigError, match=message):
+        load_job("compress", None, [override])
+
+
+def test_model_names_and_arguments_are_checked_before_any_work(tmp_path):
+    weights = tmp_path / "missing.safetensors"  # never read: the model is refused first
+    cases = [(ModelConfig(name="resnet18_smal"), "model.name: unknown model 'resnet18_smal' \\(did you mean "
+                                                 "'resnet18_small'\\?\\); warmstart's models are small_cnn"),
+             (ModelConfig(args={"widht": 8}), "model.args: .* no argument 'widht' \\(did you mean 'width'\\?\\)")]
+    for model, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            run_compress(CompressJob(out_dir=str(tmp_path / "run"), model=model, weights=str(weights)))
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_model_section_is_not_merged_with_the_default_width():
+    from warmstart.jobs.schema import load_job
+
+    assert load_job("compress", None, ["model.name=mlp"]).model == ModelConfig(name="mlp", args={})
+    assert load_job("compress", None, []).model == ModelConfig(name="small_cnn", args={"width": 16})

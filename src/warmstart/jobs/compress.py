@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ from warmstart._run_dir import check_out_dir, job_lock
 from warmstart.checkpoint import atomic_path
 from warmstart.config import save_config
 from warmstart.data import InMemoryLoader
-from warmstart.errors import ConfigError
+from warmstart.errors import ConfigError, nearest
 from warmstart.evaluation import evaluate
 from warmstart.finetune import load_pretrained
 from warmstart.jobs.data import DataBundle, build_data
-from warmstart.jobs.schema import CompressJob
+from warmstart.jobs.schema import CompressJob, ModelConfig
 from warmstart.jobs.stages import build_job_model, recorded_job, resolve_seed
+
 
 @dataclasses.dataclass
 class _Row:
@@ -34,13 +36,21 @@ class _Row:
 def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Prune, recover (by distillation, and by fine-tuning for comparison), quantize; write the comparison.
 
+    The whole job is checked before anything is written or trained: the model names and their
+    arguments here, the other settings by :class:`CompressJob` itself.
+
     Raises:
-        ConfigError: a weights file that does not exist yet (it names the command that writes it).
+        ConfigError: an unknown model name (the nearest of warmstart's and torchvision's models is
+            named), an argument its builder does not take, or a weights file that does not exist yet
+            (it names the command that writes it).
         RunExistsError: ``out_dir`` holds an earlier run and ``trainer.overwrite`` is False (``--overwrite``).
     """
     from warmstart.compress import convert_qat, count_parameters, measure_latency, prepare_qat, prune, quantize, \
         recover, save_compressed, tensor_bytes  # the compress extra: torch-pruning and torchao load on first use
 
+    for key, model_config in (("model", job.model), ("student", job.student)):
+        if model_config is not None:
+            _check_model_config(model_config, key)
     for path in (job.weights, job.student_weights if job.student is not None else None):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"'{path}' does not exist: train it first (warmstart run configs/digits_transfer.yaml "
@@ -106,6 +116,28 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
                             "pruned_ratio": round(report.achieved_ratio, 4)}
         _write(out, job, results)
     return results
+
+
+def _check_model_config(config: ModelConfig, key: str) -> None:
+    """Refuse an unknown model name (warmstart's models suggested as well as torchvision's) or argument, up front."""
+    from warmstart.models import MODELS
+
+    builder = MODELS.get(config.name)
+    if builder is None:
+        from torchvision.models import list_models
+
+        if config.name not in list_models():
+            known = [*MODELS, *sorted(list_models())]
+            raise ConfigError(f"{key}.name: unknown model '{config.name}'{nearest(config.name, known)}; warmstart's "
+                              f"models are {', '.join(MODELS)}, and any torchvision model name works "
+                              "(torchvision.models.list_models())")
+        return
+    accepted = inspect.signature(builder).parameters
+    unknown = [name for name in config.args if name not in accepted]
+    if unknown:
+        raise ConfigError(f"{key}.args: model '{config.name}' takes no argument "
+                          f"{', '.join(repr(name) + nearest(name, accepted) for name in unknown)}; its arguments are: "
+                          f"{', '.join(accepted)}")
 
 
 def _recovery_options(job: CompressJob, progress: bool) -> dict[str, Any]:

@@ -425,6 +425,7 @@ class TextPipelineJob:
 
 
 QUANTIZE_MODES = ("auto", "int8-weight", "int8-dynamic", "int8-static", "int8-dynamic-eager")
+DEFAULT_COMPRESS_MODEL = ModelConfig(args={"width": 16})  # what configs/digits_transfer.yaml fine-tunes
 
 
 @dataclasses.dataclass
@@ -436,7 +437,9 @@ class CompressJob:
         trainer: trainer settings of the recovery training (``max_epochs``, ``seed``, ``device``, ...).
         data: the data the model was trained on; recovery distils on its whole training split
             without labels (the unpruned model labels it) and on its labels for the comparison.
-        model: the trained model's architecture; ``weights`` its trained weights.
+        model: the trained model's architecture; ``weights`` its trained weights. Not given:
+            ``small_cnn`` with ``width: 16`` (what ``configs/digits_transfer.yaml`` fine-tunes); a
+            section given is taken as written, over the builder's own defaults (no width is added).
         weights: e.g. ``runs/digits_transfer/finetune/recipe/finetuned.safetensors``.
         student: a distilled student to compare with (``None`` to leave it out); ``student_weights``
             its weights (``runs/digits_transfer/distill/student_distilled/student.safetensors``).
@@ -461,7 +464,7 @@ class CompressJob:
     trainer: TrainerConfig = dataclasses.field(default_factory=lambda: TrainerConfig(max_epochs=15, seed=0))
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(name="digits", shots=10, val_per_class=10,
                                                                            batch_size=32, augment="digits"))
-    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 16}))
+    model: ModelConfig | None = None  # None: DEFAULT_COMPRESS_MODEL (a partial section is not merged into it)
     weights: str = "runs/digits_transfer/finetune/recipe/finetuned.safetensors"
     student: ModelConfig | None = dataclasses.field(default_factory=lambda: ModelConfig(args={"width": 4}))
     student_weights: str | None = "runs/digits_transfer/distill/student_distilled/student.safetensors"
@@ -478,12 +481,24 @@ class CompressJob:
     latency_batch: int = 64
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = dataclasses.replace(DEFAULT_COMPRESS_MODEL, args=dict(DEFAULT_COMPRESS_MODEL.args))
+        from warmstart.compress._pruning import IMPORTANCES  # here: the compress package loads torch's models
+
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"unknown importance '{self.importance}'{nearest(self.importance, IMPORTANCES)}; valid: "
+                              f"{', '.join(IMPORTANCES)}")
+        if self.latency_batch < 1:
+            raise ConfigError(f"latency_batch is the batch size latency is measured at, >= 1; got {self.latency_batch}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0 (the distillation temperature); got {self.temperature}")
         if not 0 < self.ratio < 1:
             raise ConfigError(f"ratio is the share of parameters pruning removes, in (0, 1); got {self.ratio}")
         if self.steps < 1:
             raise ConfigError(f"steps is how many shares pruning removes the ratio in, >= 1; got {self.steps}")
         if self.quantize not in QUANTIZE_MODES:
-            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'")
+            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'"
+                              f"{nearest(str(self.quantize), QUANTIZE_MODES)}")
         if self.qat_epochs < 0 or self.qat_lr <= 0:
             raise ConfigError(f"qat_epochs must be >= 0 (0: no quantization-aware training) and qat_lr > 0; got "
                               f"{self.qat_epochs} and {self.qat_lr}")
