@@ -226,6 +226,20 @@ COMMAND_LINE = [
     ("unknown text method", ["run", "task=text", "methods=[majority, lorra]"],
      "unknown text method 'lorra' in 'methods' (did you mean 'lora'?)"),
     ("empty out_dir", ["pretrain", "data.name=fake", "trainer.out_dir=''"], "out_dir '' is empty; pass out_dir='.'"),
+    ("negative model width", ["pretrain", "data.name=fake", "model.args.width=-4", "trainer.out_dir=null"],
+     "model.args.width=-4: a size of model 'small_cnn' cannot be negative"),
+    # issue 23: options that only a later stage (or the first step) used to check, refused before anything runs
+    ("a later stage's optimizer", ["run", "target.val_per_class=2", "finetune.optimizer.name=adamx"],
+     "finetune.optimizer: unknown optimizer 'adamx' (did you mean 'adam'?)"),
+    ("a later stage's schedule", ["run", "target.val_per_class=2", "distill.scheduler.name=cosin"],
+     "distill.scheduler: unknown scheduler 'cosin'"),
+    ("a pipeline's distillation temperature", ["run", "distill.temperature=0"],
+     "distill.temperature must be a positive number, got 0.0"),
+    ("distillation alpha", ["distill", "alpha=2", "teacher_weights=t.pt"], "alpha (the weight of the distillation term) "
+     "must be in [0, 1], got 2.0"),
+    ("missing pretrained weights", ["finetune", "pretrained=missing.pt"], "pretrained: no weight file at 'missing.pt'"),
+    ("missing teacher weights", ["distill", "teacher_weights=missing.pt"], "teacher_weights: no weight file at"),
+    ("label smoothing above 1", ["finetune", "label_smoothing=2"], "label_smoothing must be in [0, 1], got 2.0"),
 ]
 
 

@@ -72,3 +72,20 @@ def test_a_run_into_an_earlier_runs_folder_is_refused_and_overwrite_replaces_eve
     assert not (tmp_path / "finetune" / "full").exists()  # no stage of the earlier run is left beside the new ones
     assert (tmp_path / "finetune" / "partial" / "last.pt").is_file() and (tmp_path / "pretrain" / "last.pt").is_file()
     assert yaml.safe_load((tmp_path / "job.yaml").read_text())["trainer"]["overwrite"] is False
+
+
+def test_every_stage_is_checked_before_the_first_trains(tmp_path, monkeypatch):
+    """Issue 23: a later stage's optimizer, schedule, precision or temperature failed only after the earlier stages."""
+    from warmstart.jobs import pipeline
+
+    monkeypatch.setattr(pipeline, "run_pretrain", lambda *args, **kwargs: pytest.fail("the pretraining started"))
+    for override, message in [("finetune.optimizer.name=adamx", "finetune.optimizer: unknown optimizer 'adamx'"),
+                              ("distill.scheduler.name=cosin", "distill.scheduler: unknown scheduler 'cosin'"),
+                              ("distill.trainer.precision=16", "distill.trainer: precision='16' .* needs a GPU"),
+                              ("distill.temperature=-1", "distill.temperature must be a positive number"),
+                              ("finetune.label_smoothing=1.5", "finetune.label_smoothing must be in \\[0, 1\\]"),
+                              ("distill.student.args.width=-2", "distill.student.args.width=-2: a size of model")]:
+        with pytest.raises(ConfigError, match=message):
+            run_pipeline(_job(tmp_path / "run", override, "source.name=fake", "target.name=fake", "target.shots=null"),
+                         progress=False)
+        assert not (tmp_path / "run" / "pretrain").exists()

@@ -28,3 +28,25 @@ def test_the_recipe_stage_uses_the_configured_label_smoothing_and_optimizer(monk
     (trainer,) = seen
     assert trainer.loss_fn.keywords["label_smoothing"] == expected  # 0.0 stays 0.0 (it once became 0.1)
     assert isinstance(trainer.optimizer, torch.optim.SGD)  # the configured name, not a rebuilt AdamW
+
+
+def test_a_distill_job_is_checked_before_its_teacher_is_built(tmp_path, monkeypatch):
+    """Issue 23: the student's arguments and the transfer set were checked after the teacher was loaded and measured."""
+    from warmstart.checkpoint import save_weights
+    from warmstart.errors import ConfigError
+    from warmstart.jobs.schema import DistillJob
+
+    data = stages.build_data(DATA, 0)
+    weights = save_weights(tmp_path / "teacher.safetensors",
+                           stages.build_job_model(ModelConfig(args={"width": 4}), data).state_dict())
+    monkeypatch.setattr(stages, "evaluate", lambda *args, **kwargs: pytest.fail("the teacher was measured"))
+    trainer = TrainerConfig(max_epochs=1, progress=False, out_dir=None)
+    with pytest.raises(ConfigError, match="student.args.width=-4: a size of model 'small_cnn' cannot be negative"):
+        stages.run_distill(DistillJob(teacher=ModelConfig(args={"width": 4}), teacher_weights=str(weights), data=DATA,
+                                      student=ModelConfig(args={"width": -4}), trainer=trainer))
+    with pytest.raises(ConfigError, match="'views' caches augmented views: it needs .* data.augment"):
+        stages.run_distill(DistillJob(teacher=ModelConfig(args={"width": 4}), teacher_weights=str(weights), data=DATA,
+                                      trainer=trainer, cache_teacher=True, views=2))
+    with pytest.raises(ConfigError, match="optimizer: unknown optimizer 'adamx'"):
+        stages.run_distill(DistillJob(teacher=ModelConfig(args={"width": 4}), teacher_weights=str(weights), data=DATA,
+                                      trainer=trainer, optimizer=OptimizerConfig(name="adamx")))

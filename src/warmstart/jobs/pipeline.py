@@ -19,8 +19,8 @@ from warmstart.evaluation import evaluate
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.report import LABELS, print_table, write_report
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
-from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, recorded_job, rerun_command,
-                                   resolve_seed, run_distill, run_finetune, run_pretrain)
+from warmstart.jobs.stages import (StageResult, build_job_model, check_settings, count_parameters, recorded_job,
+                                   rerun_command, resolve_seed, run_distill, run_finetune, run_pretrain)
 
 # how each method of finetune.methods runs as a finetune job: its method, the options, whether it starts pretrained
 _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -97,12 +97,15 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
     if job.target.val_per_class is None:
         raise ConfigError("warmstart run picks the teacher by validation accuracy, never by test accuracy: set "
                           "target.val_per_class (labelled images per class held out of the target's training split)")
+    for name in ("pretrain", "finetune", "distill"):  # every stage's settings, before the first stage trains
+        stage = getattr(job, name)
+        check_settings(stage.trainer, stage.optimizer, stage.scheduler, where=name)
     seed = resolve_seed(job)
     out = check_out_dir(job.out_dir)
     with job_lock(out, job.trainer.overwrite, stages=STAGE_FOLDERS):
         save_config(recorded_job(job), out / "job.yaml")
         source, target = build_data(job.source, seed), build_data(job.target, seed)
-        _check_student_size(job, target)
+        _check_models(job, target)
         run = _Run(job, progress)
         started = time.perf_counter()
         pretrained = _pretrain(run, source, target)
@@ -115,12 +118,17 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
     return run.results
 
 
-def _check_student_size(job: PipelineJob, target: DataBundle) -> None:
+def _check_models(job: PipelineJob, target: DataBundle) -> None:
+    """The model and the student build for the target, the student is 10x smaller, and the distillation has its data."""
     model_params = count_parameters(build_job_model(job.model, target))
-    student_params = count_parameters(build_job_model(job.distill.student, target))
+    student_params = count_parameters(build_job_model(job.distill.student, target, key="distill.student"))
     if student_params * 10 > model_params:
         raise ConfigError(f"the student has {student_params} parameters, more than 1/10 of the model's "
                           f"{model_params}: make it smaller (e.g. distill.student.args.width)")
+    if job.distill.unlabelled and target.pool is None:
+        raise ConfigError(f"distill.unlabelled distils on the target's training images without labels, which needs a "
+                          f"bundled target (mnist5k, digits, fake), not '{job.target.name}'; set distill.unlabelled: "
+                          "false to distil on the labelled images")
 
 
 def _pretrain(run: _Run, source: DataBundle, target: DataBundle) -> Path:

@@ -148,6 +148,25 @@ class FinetuneJob:
     label_smoothing: float | None = None
     keep_head: bool = False
 
+    def __post_init__(self) -> None:
+        check_finetune_options(self.proximal, self.label_smoothing)
+
+
+def check_finetune_options(proximal: float | None, label_smoothing: float | None, where: str = "") -> None:
+    """Refuse a negative ``proximal`` or a ``label_smoothing`` outside [0, 1] when the config is read."""
+    if proximal is not None and not proximal >= 0:
+        raise ConfigError(f"{where}proximal (the lam of the proximal term) must be >= 0, got {proximal}")
+    if label_smoothing is not None and not 0 <= label_smoothing <= 1:
+        raise ConfigError(f"{where}label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
+def check_distillation_options(temperature: float, alpha: float, where: str = "") -> None:
+    """Refuse a temperature that is not positive or an alpha outside [0, 1] when the config is read."""
+    if not temperature > 0:
+        raise ConfigError(f"{where}temperature must be a positive number, got {temperature} (Hinton et al. use 2 to 20)")
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"{where}alpha (the weight of the distillation term) must be in [0, 1], got {alpha}")
+
 
 @dataclasses.dataclass
 class DistillJob:
@@ -179,6 +198,9 @@ class DistillJob:
     unlabelled: bool = False
 
     def __post_init__(self) -> None:
+        check_distillation_options(self.temperature, self.alpha)
+        if self.views is not None and self.views < 1:
+            raise ConfigError(f"views (augmented views cached per sample) must be >= 1, got {self.views}")
         if self.unlabelled and self.alpha != 1.0:
             raise ConfigError(f"unlabelled: true distils on images without their labels, so alpha must be 1 (got "
                               f"{self.alpha}); set alpha: 1.0, or unlabelled: false to distil on the labelled data")
@@ -229,6 +251,7 @@ class FinetuneStage(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_finetune_options(self.proximal, self.label_smoothing, "finetune.")
         for method in self.methods:
             if method not in METHODS:
                 raise ConfigError(f"unknown fine-tuning method '{method}' in 'finetune.methods'{nearest(method, METHODS)}; "
@@ -254,6 +277,7 @@ class DistillStage(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_distillation_options(self.temperature, self.alpha, "distill.")
         if self.unlabelled and self.alpha != 1.0:
             raise ConfigError(f"distill.unlabelled distils on images without their labels, so distill.alpha must be 1 "
                               f"(got {self.alpha}); set alpha: 1.0, or unlabelled: false to distil on the labelled shots")

@@ -19,8 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from warmstart._run_dir import check_out_dir, holds, job_lock
+from warmstart._runtime import check_precision, select_device
 from warmstart.checkpoint import save_weights
-from warmstart.config import save_config, to_dict
+from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, save_config, to_dict
 from warmstart.data import InMemoryLoader
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.errors import ConfigError
@@ -29,6 +30,7 @@ from warmstart.finetune import FinetuneTrainer, LoadReport, fine_tune, load_pret
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.schema import DistillJob, FinetuneJob, ModelConfig, PretrainJob
 from warmstart.models import MODELS, build_model
+from warmstart.optim import build_optimizer, build_scheduler
 from warmstart.pretrain import AutoencoderTrainer, ProximalTrainer, conv_autoencoder, save_pretrained
 from warmstart.trainer import Trainer
 
@@ -77,16 +79,23 @@ def resolve_seed(job: Any) -> int:
     return job.trainer.seed
 
 
-def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None) -> nn.Module:
+def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None, *, key: str = "model") -> nn.Module:
     """Build ``cfg``'s model, filling ``num_classes``, ``in_channels`` / ``in_features`` from the data.
 
     With ``seed``, the initial weights are drawn from ``torch.manual_seed(seed)`` (reproducible runs).
     The model is run once on a batch of the data, so that a model that cannot take these inputs is
     a clear error here rather than a traceback in the first step.
 
+    Args:
+        cfg: the model's name and arguments.
+        data: the data it will train on.
+        seed: the seed of its initial weights.
+        key: where ``cfg`` sits in the config (``model``, ``student``, ``distill.student``), for errors.
+
     Raises:
         ConfigError: an unknown model name, an argument the builder does not take (the valid ones
-            are listed), or a model that cannot take the data's inputs.
+            are listed), arguments it cannot be built with (a negative width: the key is named), or
+            a model that cannot take the data's inputs.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -96,18 +105,30 @@ def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None)
     accepted = inspect.signature(builder).parameters if builder is not None else {"num_classes": None}
     unknown = [k for k in cfg.args if builder is not None and k not in accepted]
     if unknown:
-        raise ConfigError(f"model '{cfg.name}' takes no argument {', '.join(repr(k) for k in unknown)}; its "
-                          f"arguments are: {', '.join(accepted)}")
+        raise ConfigError(f"{key}.args: model '{cfg.name}' takes no argument {', '.join(repr(k) for k in unknown)}; "
+                          f"its arguments are: {', '.join(accepted)}")
+    _check_sizes(cfg, key)
     args = {**{k: v for k, v in implied.items() if k in accepted}, **cfg.args}
     try:
         model = build_model(cfg.name, **args)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"cannot build model '{cfg.name}' with {args}: {err}") from None
-    _check_inputs_fit(model, cfg, data)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"cannot build model '{cfg.name}' from {key}.args {cfg.args} (with {args}): "
+                          f"{str(err).splitlines()[0][:200]}") from None
+    _check_inputs_fit(model, cfg, data, key)
     return model
 
 
-def _check_inputs_fit(model: nn.Module, cfg: ModelConfig, data: DataBundle) -> None:
+def _check_sizes(cfg: ModelConfig, key: str) -> None:
+    """Refuse a negative whole number among the model's arguments (a width, depth or hidden size is never negative)."""
+    for name, value in cfg.args.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v < 0]
+        if bad:
+            raise ConfigError(f"{key}.args.{name}={value}: a size of model '{cfg.name}' cannot be negative "
+                              f"(got {bad[0]})")
+
+
+def _check_inputs_fit(model: nn.Module, cfg: ModelConfig, data: DataBundle, key: str) -> None:
     example = torch.zeros(2, *data.image_shape)
     was_training = model.training
     try:
@@ -115,7 +136,7 @@ def _check_inputs_fit(model: nn.Module, cfg: ModelConfig, data: DataBundle) -> N
             model.eval()
             output = model(example)
     except RuntimeError as err:
-        raise ConfigError(f"model '{cfg.name}' {cfg.args} cannot take this data's inputs of shape "
+        raise ConfigError(f"model '{cfg.name}' ({key}.args {cfg.args}) cannot take this data's inputs of shape "
                           f"{tuple(data.image_shape)} ({str(err).splitlines()[0][:160]}); change the model's arguments "
                           "or the data's size") from None
     finally:
@@ -147,12 +168,67 @@ def recorded_job(job: Any) -> dict[str, Any]:
     return recorded
 
 
+def check_settings(trainer: TrainerConfig, optimizer: OptimizerConfig, scheduler: SchedulerConfig | None,
+                   where: str = "") -> None:
+    """Check a job's (or a pipeline stage's) trainer, optimizer and schedule settings before anything runs.
+
+    The device and precision are resolved, and the optimizer and schedule are built on a
+    one-parameter stand-in, so a name or option that only the first training step would have
+    tried is an error before the data is built or an earlier stage trains.
+
+    Args:
+        trainer: the ``trainer`` section.
+        optimizer: the ``optimizer`` section.
+        scheduler: the ``scheduler`` section (``None``: none).
+        where: the section's place in the config (``finetune``), named in errors.
+
+    Raises:
+        ConfigError: what the Trainer would refuse, with the section named.
+
+    Example:
+        >>> check_settings(TrainerConfig(device="cpu"), OptimizerConfig(name="adamx"), None, where="finetune")
+        Traceback (most recent call last):
+        ...
+        warmstart.errors.ConfigError: finetune.optimizer: unknown optimizer 'adamx' (did you mean 'adam'?); ...
+    """
+    prefix = f"{where}." if where else ""
+    stand_in = nn.Parameter(torch.zeros(1))
+    options = {k: v for k, v in to_dict(optimizer).items() if k not in ("name", "lr", "weight_decay")}
+    section = "trainer"
+    try:
+        check_precision(trainer.precision, select_device(trainer.device))
+        section = "optimizer"
+        built = build_optimizer([stand_in], optimizer.name, optimizer.lr, optimizer.weight_decay, **options)
+        section = "scheduler"
+        if scheduler is not None:
+            build_scheduler(built, total_steps=1, steps_per_epoch=1, **to_dict(scheduler))
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{section}: {err}") from None
+
+
+def check_weight_files(job: Any) -> None:
+    """Refuse a job whose weight files (``init``, ``pretrained``, ``teacher_weights``) are missing, before it starts."""
+    for key in ("init", "pretrained", "teacher_weights"):
+        path = getattr(job, key, None)
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{key}: no weight file at '{path}'; check the path (a .safetensors or .pt file)")
+
+
+def _check_job(job: Any) -> None:
+    """Everything about a single job that can be checked before its data is built: what the first step would find."""
+    if isinstance(job, DistillJob) and job.teacher_weights is None:
+        raise ConfigError("distill needs teacher_weights: the trained teacher's weights (a .safetensors or .pt file)")
+    check_weight_files(job)
+    check_settings(job.trainer, job.optimizer, job.scheduler)
+
+
 def _holding_out_dir(runner: Callable[..., StageResult]) -> Callable[..., StageResult]:
     """Run a stage holding its folder (:func:`warmstart._run_dir.job_lock`): claimed before anything is written there,
     ``job.yaml`` included, and refused when it holds an earlier run unless ``trainer.overwrite`` (``--overwrite``)."""
 
     @functools.wraps(runner)
     def run(job: Any, data: DataBundle | None = None) -> StageResult:
+        _check_job(job)
         out = None if job.trainer.out_dir is None else check_out_dir(job.trainer.out_dir)
         phases = ("probe", "full") if isinstance(job, FinetuneJob) and job.method == "recipe" else ()  # fine_tune's
         reads = [getattr(job, key) for key in ("init", "pretrained", "teacher_weights") if getattr(job, key, None)]
@@ -241,17 +317,16 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
 @_holding_out_dir
 def run_distill(job: DistillJob, data: DataBundle | None = None) -> StageResult:
     """Distil ``job.teacher_weights`` into ``job.student`` on ``job.data``; write ``student.safetensors``."""
-    if job.teacher_weights is None:
-        raise ConfigError("distill needs teacher_weights: the trained teacher's weights (a .safetensors or .pt file)")
     started, seed, out = _start(job)
     data = data or build_data(job.data, seed)
-    teacher = build_job_model(job.teacher, data, seed)
+    transfer = _transfer_set(job, data, seed)  # its errors before the teacher is built and measured
+    teacher = build_job_model(job.teacher, data, seed, key="teacher")
+    student = build_job_model(job.student, data, seed, key="student")
     load_pretrained(teacher, job.teacher_weights)
-    teacher_test = evaluate(teacher, data.test, device=job.trainer.device)
-    student = build_job_model(job.student, data, seed)
     trainer = build_trainer(DistillTrainer, student, job, teacher=teacher, temperature=job.temperature,
                             alpha=job.alpha, cache_teacher=job.cache_teacher)
-    trainer.fit(_transfer_set(job, data, seed), data.val)
+    teacher_test = evaluate(teacher, data.test, device=job.trainer.device)
+    trainer.fit(transfer, data.val)
     weights = None if out is None else trainer.save_weights(out / "student.safetensors")
     return _finish(trainer, data, started, weights, trainer.history, teacher_accuracy=teacher_test["accuracy"],
                    teacher_params=count_parameters(teacher))
