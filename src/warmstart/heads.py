@@ -70,8 +70,13 @@ def find_head(model: nn.Module, head: str | None = None, example_input: Any = No
     Returns:
         A :class:`HeadInfo`.
 
+    An explicit ``head`` must be the output layer (or hold it as its last Linear): when the traced
+    model shows which layers feed its output, a module that is not one of them (the backbone, a
+    hidden layer) is refused, since replacing it would break the model.
+
     Raises:
-        ConfigError: ``head`` does not exist, no output layer is found, or several candidates
+        ConfigError: ``head`` does not exist or is not the output layer, the model is itself a
+            single output layer (no backbone), no output layer is found, or several candidates
             fit (the message lists them; pass ``head=`` to choose).
 
     Example:
@@ -79,17 +84,20 @@ def find_head(model: nn.Module, head: str | None = None, example_input: Any = No
         >>> find_head(net).name, find_head(net).num_classes
         ('3', 10)
     """
+    if not head and _is_output_layer(model):
+        raise ConfigError(f"the model is itself one output layer ({_describe(model)}), with no backbone: it is all head, "
+                          "so there is no head to find or replace in it. Save its weights with "
+                          "warmstart.save_weights(path, model.state_dict()); to fine-tune, give it a backbone, e.g. "
+                          "nn.Sequential(backbone, layer)")
     if head is not None:
-        module = get_module(model, head)
-        found = _last_output_layer(module, head)
-        if found is None:
-            raise ConfigError(f"module '{head}' ({type(module).__name__}) contains no Linear or 1x1 Conv2d output layer")
-        return _info(model, *found)
+        info = _named_head(model, head)
+        _check_feeds_output(model, info.name, head)
+        return info
     if hasattr(model, "get_classifier") and hasattr(model, "reset_classifier"):  # timm
         names = _timm_heads(model)
         if names:
-            info = find_head(model, names[0])
-            info.extra = [find_head(model, name).name for name in names[1:]]
+            info = _named_head(model, names[0])
+            info.extra = [_named_head(model, name).name for name in names[1:]]
             return info
     if type(model).__module__.startswith(FAMILIES):
         return _info(model, *_from_attributes(model))
@@ -103,6 +111,32 @@ def find_head(model: nn.Module, head: str | None = None, example_input: Any = No
                           f"forward and no example input was given. Candidates: {', '.join(_linears(model)) or 'none'}; "
                           "pass head='<name>' (or example_input= a batch, to find it by running the model)")
     return _info(model, *_one(model, candidates))
+
+
+def _named_head(model: nn.Module, head: str) -> HeadInfo:
+    """The output layer at (or last inside) the module ``head``."""
+    module = get_module(model, head)
+    found = _last_output_layer(module, head)
+    if found is None:
+        raise ConfigError(f"module '{head}' ({type(module).__name__}) contains no Linear or 1x1 Conv2d output layer")
+    return _info(model, *found)
+
+
+def _check_feeds_output(model: nn.Module, name: str, head: str) -> None:
+    """Refuse an explicit ``head`` whose layer ``name`` does not feed the model's output, when tracing shows which do.
+
+    An untraceable model, or one whose output layers the trace cannot tell (a norm after the last
+    Linear), is taken at its word: there ``head=`` is how the user names the head.
+    """
+    outputs = _heads_from_graph(model)
+    if not outputs or name in outputs:
+        return
+    module = model.get_submodule(head)
+    inside = "" if name == head else f" (its last Linear/1x1 Conv2d is '{name}')"
+    raise ConfigError(f"head='{head}' names a {type(module).__name__}{inside} that is not the output layer of "
+                      f"{type(model).__name__}: its output does not reach the model's output, so replacing it would "
+                      f"break the model. The output layer is {' or '.join(repr(o) for o in outputs)}: pass "
+                      f"head={outputs[-1]!r}, or leave head out to have it found")
 
 
 def _is_output_layer(module: nn.Module) -> bool:

@@ -5,8 +5,8 @@ import warnings
 from warmstart.finetune.freezing import (LayerGroup, freeze, freeze_batchnorm, freeze_to, frozen_state, layer_groups,
                                          unfreeze)
 from warmstart.finetune.loading import LoadReport, load_pretrained, strip_prefixes
-from warmstart.finetune.lora import (LoraInfo, adapter_state_dict, add_lora, base_identity, load_adapter, lora_candidates,
-                                     lora_info, merge_lora, resolve_targets, save_adapter)
+from warmstart.finetune.lora import (LoraInfo, adapter_state_dict, add_lora, base_identity, check_lora_options,
+                                     load_adapter, lora_candidates, lora_info, merge_lora, resolve_targets, save_adapter)
 from warmstart.finetune.lr_finder import LRFinderResult, lr_find
 from warmstart.finetune.methods import METHODS, Full, Gradual, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.recipes import Candidate, FineTuneResult, default_candidates, fine_tune
@@ -36,6 +36,7 @@ __all__ = [
     "adapter_state_dict",
     "base_identity",
     "build_method",
+    "check_lora_options",
     "find_head",
     "default_candidates",
     "fine_tune",

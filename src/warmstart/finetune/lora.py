@@ -95,6 +95,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto", hea
         >>> resolve_targets(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), ["0"])
         ['0']
     """
+    check_targets_option(targets)
     candidates = lora_candidates(model, head)
     if targets == "auto":
         return _auto_targets(model, candidates)
@@ -202,6 +203,29 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | Seq
             param.requires_grad_(True)
     setattr(model, ATTRIBUTE, info)
     return info
+
+
+def check_lora_options(r: Any, alpha: Any, dropout: Any, targets: Any = "auto") -> None:
+    """Refuse LoRA options no model could take: before any model is built or any step trained.
+
+    Raises:
+        ConfigError: ``r`` not an integer >= 1, ``alpha`` not positive, ``dropout`` outside [0, 1),
+            or ``targets`` neither ``"auto"`` nor a non-empty list of module names.
+
+    Example:
+        >>> check_lora_options(8, 16, 0.05, ["query", "value"])
+    """
+    _check_options(r, alpha, dropout)
+    check_targets_option(targets)
+
+
+def check_targets_option(targets: Any) -> None:
+    """Refuse a ``targets`` option that names no layer at all (empty, or not names)."""
+    names = [targets] if isinstance(targets, str) else targets
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"LoRA targets must be 'auto' or a non-empty list of module names (or dotted suffixes such "
+                          f"as ['query', 'value']), got {targets!r}: with no target there is no adapter to train. Use "
+                          "targets='auto' to let warmstart choose, or method='linear_probe' to train the head alone")
 
 
 def _check_options(r: Any, alpha: Any, dropout: Any) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from warmstart import distributed
 from warmstart.config import OptimizerConfig
 from warmstart.data.loaders import split_loader
-from warmstart.errors import ConfigError
+from warmstart.errors import ConfigError, DataError
 from warmstart.finetune.methods import Full, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.heads import find_head, swap_head
@@ -140,7 +140,8 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     Raises:
         ConfigError: ``optimizer`` together with ``lr``/``weight_decay``, ``keep_head`` with a head
             of another class count, or no candidates.
-        DataError: ``select`` without a ``val_loader`` on a loader that cannot be split.
+        DataError: ``select`` without a ``val_loader`` on a loader that cannot be split, or with too
+            few labelled samples to hold a validation split out.
 
     Example:
         >>> from warmstart.models import small_cnn
@@ -168,8 +169,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
             _reinitialise(model)
         history, trainer = run(model, choices[0], train_loader, val_loader, epochs, out_dir)
         return FineTuneResult(model=model, history=history, trainer=trainer, choice=choices[0].name)
-    fit_on, score_on = (train_loader, val_loader) if val_loader is not None else split_loader(
-        train_loader, val_fraction, seed=0)
+    fit_on, score_on = (train_loader, val_loader) if val_loader is not None else _held_out(train_loader, val_fraction)
     scores = {c.name: _score(run, model, c, fit_on, score_on, max(1, epochs // 2)) for c in choices}
     best = next(c for c in choices if c.name == max(scores, key=lambda n: (scores[n], -_index(choices, n))))
     _announce(trainer_kwargs, f"fine_tune chose '{best.name}' by validation accuracy: "
@@ -180,6 +180,28 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         _reinitialise(model)
     history, trainer = run(model, best, train_loader, val_loader, epochs, out_dir)
     return FineTuneResult(model=model, history=history, trainer=trainer, choice=best.name, scores=scores)
+
+
+def _held_out(loader: Any, fraction: float) -> tuple[Any, Any]:
+    """Split ``loader`` for the choice; refuse a split that leaves nothing to train on or to score on.
+
+    Raises:
+        DataError: too few labelled samples to hold a validation split out (the message says what to do).
+    """
+    fit_on, score_on = split_loader(loader, fraction, seed=0)
+    sizes = [_samples(part) for part in (fit_on, score_on)]
+    if 0 in sizes:
+        raise DataError(f"fine_tune chooses how to fine-tune by validation accuracy, but without a val_loader it holds "
+                        f"out val_fraction={fraction} of each class with two or more samples, and these "
+                        f"{sum(sizes)} labelled samples leave {sizes[1]} for validation and {sizes[0]} for training: too "
+                        "few to choose on. Pass a val_loader, label more samples, or fine_tune(..., select=False) to run "
+                        "the fixed recipe without a choice.")
+    return fit_on, score_on
+
+
+def _samples(loader: Any) -> int:
+    size = getattr(loader, "dataset_size", None)
+    return int(size) if size is not None else len(loader.dataset)
 
 
 def _index(choices: list[Candidate], name: str) -> int:

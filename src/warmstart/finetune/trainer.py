@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 import warnings
@@ -15,14 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from warmstart import distributed
-from warmstart._batches import run_model
-from warmstart._runtime import move_to_device
+from warmstart._batches import is_text_batch, run_model
+from warmstart._runtime import move_to_device, plain_values
 from warmstart.config import STRATEGIES, OptimizerConfig
 from warmstart.optim import param_groups_weight_decay
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, rebuild_loader
 from warmstart.distributed import ShardSampler
-from warmstart.errors import CheckpointError, ConfigError, nearest
+from warmstart.errors import CheckpointError, ConfigError, DataError, nearest
 from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
                                          restore_frozen_state, unfreeze_batchnorm)
 from warmstart.finetune.lora import (LoraInfo, adapter_parameter_names, adapter_state_dict, add_lora,
@@ -76,12 +77,19 @@ class FinetuneTrainer(Trainer):
     is refused, as the sharded head cannot run alone).
 
     With ``"lora"`` (options in ``lora={"r": 8, "alpha": 16, "targets": "auto", "dropout": 0.05}``)
-    peft's LoRA adapters are injected into the model in place (:func:`warmstart.finetune.add_lora`;
-    a model that has adapters already, e.g. from :func:`load_adapter`, trains those): the backbone
-    stays frozen, the adapters train at ``lr * backbone_lr_mult`` and the head in full at ``lr``.
+    peft's LoRA adapters are injected into the model in place (:func:`warmstart.finetune.add_lora`):
+    the backbone stays frozen, the adapters train at ``lr * backbone_lr_mult`` and the head in full
+    at ``lr``. A model that has adapters already (e.g. from :func:`load_adapter`) trains those, as
+    a peft ``PeftModel`` trains the adapters it holds; LoRA options that differ from theirs
+    (``lora={"r": 2}`` on r=8 adapters) are refused, since they could not be honoured: merge the
+    adapters (:func:`merge_lora`) to train new ones. ``fit`` refuses a model whose adapters were
+    merged or replaced after the trainer was built (it would train the head alone).
     ``last.safetensors`` (and :meth:`save_weights`) then hold only the adapters and the head, with
     the base model's identity (:func:`warmstart.finetune.load_adapter` refuses another base);
-    ``last.pt`` holds the full training state, so ``fit(resume="last")`` is exact as for any run.
+    ``last.pt`` holds the full training state, so ``fit(resume="last")`` is exact as for any run;
+    resuming with another ``alpha`` is refused (it rescales the trained update, so the resumed
+    model would compute something else), another ``dropout`` is applied and listed in the
+    ``ResumeChangeWarning`` with the method's other settings (see :meth:`resolved_config`).
     :func:`warmstart.finetune.merge_lora` folds the adapters in for deployment.
 
     ``proximal=lam`` adds the proximal term toward the pretrained weights (the model as training
@@ -130,7 +138,7 @@ class FinetuneTrainer(Trainer):
         _check_parallelism(self.method, kwargs)
         self.head_info = find_head(model, head)
         self.head_names = head_parameter_names(model, head)
-        self.lora = self._attach_lora(model, head)
+        self.lora = self._attach_lora(model, head, _requested_lora_options(method, lora, self.method))
         self._adapters = set() if self.lora is None else set(adapter_parameter_names(model))
         self.train_bn = train_bn
         self._bn_params = {id(p) for m in model.modules() if isinstance(m, _BATCHNORM) for p in m.parameters(recurse=False)}
@@ -146,15 +154,46 @@ class FinetuneTrainer(Trainer):
         super().__init__(model, optimizer, loss_fn, **kwargs)
         self._custom_optimizer = isinstance(optimizer, torch.optim.Optimizer)
         self._head_forward: nn.Module = self.head_info.module
+        self._max_tokens = _position_limit(model)  # a Hugging Face encoder's positions; None: no limit known
+
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None, *,
+            resume: str | os.PathLike | None = None) -> list[dict[str, float]]:
+        """:meth:`warmstart.Trainer.fit`, once the LoRA adapters this trainer was built for are checked to be on the model.
+
+        Raises:
+            ConfigError: under LoRA, the model's adapters were merged (:func:`merge_lora`) or
+                replaced since the trainer was built: it would train the head alone.
+        """
+        if self.lora is not None and lora_info(self.unwrapped_model) is not self.lora:
+            now = lora_info(self.unwrapped_model)
+            what = ("were merged into its weights (merge_lora) or removed" if now is None else
+                    f"were replaced by others (r={now.r}) that this trainer's optimizer does not hold")
+            raise ConfigError(f"this FinetuneTrainer was built to train the LoRA adapters of {type(self.unwrapped_model).__name__} "
+                              f"(r={self.lora.r} on {len(self.lora.targets)} layers), which {what} since: fit would train "
+                              "the head alone. Build a new FinetuneTrainer(model, method='lora') to train new adapters, "
+                              "or method='full' to train every weight of the merged model.")
+        return super().fit(train_loader, val_loader, resume=resume)
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The Trainer's resolved config and ``method``: the fine-tuning method's name and options.
+
+        Under LoRA the options are those of the adapters the model trains (``r``, ``alpha``,
+        ``dropout``, ``targets``), so a resume with other settings lists them in its warning.
+        """
+        method = {"name": self.method.name, **plain_values(dataclasses.asdict(self.method))}
+        if self.lora is not None:
+            method.update(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=list(self.lora.targets))
+        return {**super().resolved_config(), "method": method}
 
     # ------------------------------------------------------------------ groups and freezing
 
-    def _attach_lora(self, model: nn.Module, head: str | None) -> LoraInfo | None:
-        """LoRA adapters for the LoRA method: the model's own if it has them, else new ones."""
+    def _attach_lora(self, model: nn.Module, head: str | None, requested: dict[str, Any]) -> LoraInfo | None:
+        """LoRA adapters for the LoRA method: the model's own if it has them (and ``requested`` agrees), else new ones."""
         if not isinstance(self.method, LoRA):
             return None
         existing = lora_info(model)
         if existing is not None:
+            _check_same_adapters(model, existing, requested)
             return existing
         s = self.method
         return add_lora(model, r=s.r, alpha=s.alpha, targets=s.targets, dropout=s.dropout, head=head)
@@ -269,7 +308,18 @@ class FinetuneTrainer(Trainer):
         if isinstance(batch, dict) and "features" in batch:  # cached backbone features: only the head runs
             output = self._head_forward(batch["features"])
             return {"loss": self.loss_fn(output, self.check_targets(output, batch["target"])), "output": output}
+        if self._max_tokens is not None and is_text_batch(batch):
+            _check_text_length(batch["input_ids"], self._max_tokens, type(self.unwrapped_model).__name__)
         return super().compute_loss(batch)
+
+    def check_targets(self, output: Any, target: Any) -> Any:
+        """The Trainer's label checks, after refusing labels that cannot be class indices of ``(B, C)`` scores.
+
+        Raises:
+            DataError: ``(B, 1)`` labels, or float ``(B,)`` labels, for a classifier's ``(B, C)`` outputs.
+        """
+        _check_class_targets(output, target)
+        return super().check_targets(output, target)
 
     def prepare_loader(self, loader: Iterable[Any] | None, stage: str) -> Iterable[Any] | None:
         """The linear probe's cached features in place of ``loader``.
@@ -351,6 +401,7 @@ class FinetuneTrainer(Trainer):
             raise CheckpointError("this checkpoint of a LoRA run does not record its base model; resume it with the "
                                   "warmstart version that wrote it, or start a new run")
         check_same_base(saved, self.lora.base, "the LoRA run this checkpoint continues")
+        _check_same_scaling(metadata["lora"], self.lora)
         self.unwrapped_model.load_state_dict(state, strict=False)  # the frozen base stays as it was loaded
 
     def extra_state(self) -> dict[str, Any]:
@@ -416,6 +467,100 @@ def _caller_stacklevel(trainer: FinetuneTrainer) -> int:
     while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is trainer:
         level, frame = level + 1, frame.f_back
     return level
+
+
+_ADAPTER_OPTIONS = ("r", "alpha", "dropout", "targets")
+
+
+def _requested_lora_options(spec: Any, lora: Mapping[str, Any] | None, method: Method) -> dict[str, Any]:
+    """The adapter options the caller asked for: given in ``lora``/the method dict, or differing from LoRA's defaults."""
+    if not isinstance(method, LoRA):
+        return {}
+    given = set(lora or {}) | (set(spec) if isinstance(spec, dict) else set())
+    defaults = LoRA()
+    given |= {key for key in _ADAPTER_OPTIONS if getattr(method, key) != getattr(defaults, key)}
+    return {key: getattr(method, key) for key in _ADAPTER_OPTIONS if key in given}
+
+
+def _check_same_adapters(model: nn.Module, existing: LoraInfo, requested: dict[str, Any]) -> None:
+    """Refuse LoRA options that differ from those of the adapters the model already has (they would be ignored).
+
+    Raises:
+        ConfigError: naming each requested option beside the adapters' own.
+    """
+    differing = [f"{key}={requested[key]!r} (its adapters have {getattr(existing, key)!r})"
+                 for key in ("r", "alpha", "dropout") if key in requested and requested[key] != getattr(existing, key)]
+    targets = requested.get("targets", "auto")
+    if targets != "auto" and not _same_targets(existing.targets, [targets] if isinstance(targets, str) else targets):
+        differing.append(f"targets={targets!r} (its adapters are on {existing.targets[:4]}"
+                         f"{' ...' if len(existing.targets) > 4 else ''})")
+    if differing:
+        raise ConfigError(f"{type(model).__name__} already has LoRA adapters (r={existing.r}, alpha={existing.alpha}, "
+                          f"dropout={existing.dropout}, on {len(existing.targets)} layers), but this trainer asks for "
+                          f"{', '.join(differing)}: those adapters would train, not the ones asked for. Train them as "
+                          "they are (method='lora' without lora options), or merge_lora(model) first (or start from "
+                          "the model without adapters) to train new ones with these options.")
+
+
+def _same_targets(existing: list[str], requested: Sequence[str]) -> bool:
+    def matches(name: str, target: str) -> bool:
+        return name == target or name.endswith("." + target)
+
+    return (all(any(matches(name, t) for t in requested) for name in existing)
+            and all(any(matches(name, t) for name in existing) for t in requested))
+
+
+def _check_same_scaling(saved: Mapping[str, Any], current: LoraInfo) -> None:
+    """Refuse to resume LoRA adapters under another ``alpha``: it rescales the trained update ``(alpha / r) B A``.
+
+    Raises:
+        CheckpointError: naming both values and what to do.
+    """
+    old = saved.get("alpha")
+    if old is not None and float(old) != current.alpha:
+        raise CheckpointError(
+            f"the LoRA run this checkpoint continues trained its adapters with alpha={float(old)} (update scaled by "
+            f"alpha / r = {float(old) / current.r:g}); this trainer has alpha={current.alpha} (scale "
+            f"{current.alpha / current.r:g}), which would rescale the trained update and change what the resumed model "
+            f"computes. Resume with lora={{'alpha': {float(old)}}}, or start a new run (another out_dir, or "
+            "overwrite=True) to train with the new alpha.")
+
+
+def _position_limit(model: nn.Module) -> int | None:
+    """How many tokens a text model reads: its learned position embeddings' rows (less RoBERTa's padding offset)."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, nn.Embedding):
+            offset = 0 if module.padding_idx is None else module.padding_idx + 1
+            return module.num_embeddings - offset
+    return None
+
+
+def _check_text_length(input_ids: torch.Tensor, limit: int, model_name: str) -> None:
+    """Refuse texts longer than the model's positions (the embedding lookup would fail deep inside the model)."""
+    if input_ids.shape[-1] > limit:
+        raise DataError(f"a text batch holds texts of {input_ids.shape[-1]} tokens, but {model_name} reads at most "
+                        f"{limit} (its position embeddings): truncate them, e.g. warmstart.data.text_loader(..., "
+                        f"max_length={limit}) (max_length=None never truncates), or tokenizer(texts, truncation=True, "
+                        f"max_length={limit})")
+
+
+def _check_class_targets(output: Any, target: Any) -> None:
+    """Refuse labels that cannot index a classifier's ``(B, C)`` scores: a ``(B, 1)`` column, or float class numbers."""
+    if not (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor) and output.dim() == 2
+            and output.is_floating_point() and output.shape[1] >= 2):
+        return
+    fix = "labels.long()" if target.is_floating_point() else ""
+    if target.dim() == 2 and target.shape[1] == 1:
+        fix = "labels.squeeze(-1)" + (".long()" if target.is_floating_point() else "")
+        problem = f"shape {tuple(target.shape)}"
+    elif target.dim() == 1 and target.is_floating_point():
+        problem = f"dtype {target.dtype}"
+    else:
+        return
+    raise DataError(f"the labels have {problem}, but the model's outputs are {tuple(output.shape)} class scores, which "
+                    f"take one integer class index per sample, shape ({output.shape[0]},) in [0, {output.shape[1]}): "
+                    f"pass {fix}. (Probabilities per class are (B, {output.shape[1]}) float soft labels; a regression "
+                    "needs a model with one output and a loss_fn such as torch.nn.functional.mse_loss.)")
 
 
 def _backbone_groups(model: nn.Module, groups: Sequence[Any] | None, head_names: set[str]) -> list[LayerGroup]:
