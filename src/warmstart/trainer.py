@@ -99,7 +99,9 @@ class Trainer:
             options), ``activation_checkpointing``.
 
     Raises:
-        ConfigError: an unknown option, a model without trainable parameters, an unwritable ``out_dir``, ...
+        ConfigError: an unknown option, a model without trainable parameters, an int8 model (from
+            ``warmstart.compress.quantize``: train the float model or its ``prepare_qat`` copy), an
+            unwritable ``out_dir``, ...
 
     Example:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))

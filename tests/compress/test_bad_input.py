@@ -214,3 +214,8 @@ def test_flipped_bytes_in_a_compressed_file_are_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="model.safetensors' is damaged: its tensor data does not match the sha256"):
         load_compressed(path, mlp(16, [32], 3))
+
+
+def test_an_example_input_without_samples_is_named():
+    with pytest.raises(ConfigError, match=r"example_input must hold at least one sample.*\(0, 16\)"):
+        prune(mlp(16, [32], 3), X[:0], 0.5)  # was a ZeroDivisionError inside torch-pruning's MAC counter

@@ -66,8 +66,12 @@ def layers_feeding(graph: Any, model: nn.Module, names: list[str]) -> list[str]:
     return found
 
 
-def check_model(model: nn.Module) -> None:
-    """Refuse models whose weights are not plain float tensors: int8, or with sparsity masks attached."""
+def check_model(model: nn.Module, example: Example) -> None:
+    """Refuse an example input without samples, and models whose weights are not plain float tensors (int8, masked)."""
+    empty = [tuple(t.shape) for t in as_tensors(example) if t.dim() == 0 or t.shape[0] == 0]
+    if empty:
+        raise ConfigError(f"example_input must hold at least one sample, got a tensor of shape {empty[0]}; pass a "
+                          "batch the model takes (one sample is enough)")
     refuse_quantized(model, "prune", "Prune the float model, then quantize the pruned one.")
     if has_masks(model):
         raise ConfigError("the model has torch pruning masks attached (weight_orig, weight_mask, from sparsify(..., "

@@ -177,7 +177,7 @@ def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, impor
         0.5
     """
     _check_options(ratio, importance, steps, gradient_batch, round_to)
-    check_model(model)
+    check_model(model, example_input)
     plan = _Plan(example_input, importance, _ignored_names(model, ignore), global_pruning, round_to,
                  gradient_batch, loss_fn, tied_parameters(model))
     output_shapes = _output_shapes(model, example_input)

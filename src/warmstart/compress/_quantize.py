@@ -126,7 +126,9 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
         repeats: timed calls per measurement.
 
     Returns:
-        ``(quantized model in eval mode, QuantizeReport)``.
+        ``(quantized model in eval mode, QuantizeReport)``. int8 models are for inference:
+        ``Trainer`` and :func:`recover` refuse them (their int8 weights take no gradients); train
+        the float model first, or train through :func:`warmstart.compress.prepare_qat`.
 
     Raises:
         ConfigError: an unknown mode, a missing example input (or, for ``"int8-static"``, a batch
