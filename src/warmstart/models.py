@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmstart.efficientnet import (ImageInput, efficientnet_lite, efficientnet_lite0, efficientnet_lite1,  # noqa: F401
+                                    efficientnet_lite2, efficientnet_lite_input)
 from warmstart.errors import unknown_name_error
 
 
@@ -154,6 +156,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "small_resnet": small_resnet,
     "resnet18_small": resnet18_small,
+    "efficientnet_lite0": efficientnet_lite0,  # ImageNet weights from a package (the [vision] extra)
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
 }
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from warmstart._lazy import lazy_namespace
 
 _EXPORTS = {
+    **{name: "warmstart.data.animals" for name in ("ANIMAL_CLASSES", "animal_shapes")},
     **{name: "warmstart.data.augment" for name in ("PRESETS", "AugmentConfig", "BatchAugment", "build_augmentation",
                                                    "is_random")},
     **{name: "warmstart.data.bundled" for name in ("MNIST_MEAN", "MNIST_STD", "Splits", "class_subset", "digits",
@@ -27,6 +28,7 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from warmstart.data.animals import ANIMAL_CLASSES, animal_shapes
     from warmstart.data.augment import PRESETS, AugmentConfig, BatchAugment, build_augmentation, is_random
     from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, class_subset, digits, fake_splits,
                                         few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
