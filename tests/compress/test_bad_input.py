@@ -219,3 +219,9 @@ def test_flipped_bytes_in_a_compressed_file_are_refused(tmp_path):
 def test_an_example_input_without_samples_is_named():
     with pytest.raises(ConfigError, match=r"example_input must hold at least one sample.*\(0, 16\)"):
         prune(mlp(16, [32], 3), X[:0], 0.5)  # was a ZeroDivisionError inside torch-pruning's MAC counter
+
+
+def test_tied_weights_are_sized_once():
+    model = _TiedModel(residual=True)
+    once = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() lists a shared one once
+    assert tensor_bytes(model) == once < sum(t.numel() * t.element_size() for t in model.state_dict().values())

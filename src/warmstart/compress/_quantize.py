@@ -282,10 +282,21 @@ def _report(mode: str, float_model: nn.Module, quantized: nn.Module, layers: lis
 
 
 def tensor_bytes(model: nn.Module) -> int:
-    """Bytes of a model's weights and buffers as stored: int8 data and scales for quantized weights."""
+    """Bytes of a model's weights and buffers as stored: int8 data and scales for quantized weights.
+
+    A tensor that several layers share (tied weights) is counted once.
+    """
     if isinstance(model, CompiledInt8Model):
         return model.int8_bytes()
-    return sum(_stored_bytes(t) for t in model.state_dict().values())
+    tensors = {_identity(t): t for t in model.state_dict().values()}
+    return sum(_stored_bytes(t) for t in tensors.values())
+
+
+def _identity(tensor: Any) -> Any:
+    """What makes two state-dict entries one stored tensor: the same memory, shape and dtype (tied weights)."""
+    if type(tensor) is torch.Tensor:
+        return tensor.data_ptr(), tuple(tensor.shape), tensor.dtype
+    return id(tensor)
 
 
 def _stored_bytes(tensor: Any) -> int:
