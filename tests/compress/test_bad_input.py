@@ -225,3 +225,10 @@ def test_tied_weights_are_sized_once():
     model = _TiedModel(residual=True)
     once = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() lists a shared one once
     assert tensor_bytes(model) == once < sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def test_a_pruned_tied_model_loads_back_tied(tmp_path):
+    torch.manual_seed(0)
+    pruned, _ = prune(_TiedModel(residual=True), TOKENS, 0.3, ignore=["out"])
+    loaded = load_compressed(save_compressed(pruned, tmp_path / "tied.safetensors"), _TiedModel(residual=True))
+    assert loaded.out.weight is loaded.embed.weight and torch.equal(loaded(TOKENS), pruned(TOKENS))

@@ -35,9 +35,7 @@ def keep_ties(model: nn.Module, ties: list[list[str]], pruner: Any) -> None:
         if all(p is params[0] for p in params):
             continue
         if all(p.shape == params[0].shape and torch.equal(p, params[0]) for p in params):
-            for name in names[1:]:
-                owner, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(owner), attr, params[0])
+            tie_parameters(model, [names])
             continue
         shapes = ", ".join(f"{name} {tuple(p.shape)}" for name, p in zip(names, params))
         feeding = layers_feeding(pruner.DG, model, [name.rpartition(".")[0] for name in names])
@@ -45,6 +43,15 @@ def keep_ties(model: nn.Module, ties: list[list[str]], pruner: Any) -> None:
                           f"weights): it narrows them differently ({shapes}). Keep the tie by passing in ignore= the "
                           f"layers whose outputs feed the tied dimension ({', '.join(feeding) or 'see the model'}), or "
                           f"untie them yourself before pruning if two tensors are what you want")
+
+
+def tie_parameters(model: nn.Module, ties: list[list[str]]) -> None:
+    """Make each group of parameter names one tensor again, in place: the first name's."""
+    for names in ties:
+        shared = model.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
 
 
 def layers_feeding(graph: Any, model: nn.Module, names: list[str]) -> list[str]:

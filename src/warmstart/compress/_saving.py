@@ -16,6 +16,7 @@ from torch import nn
 from warmstart.checkpoint import load_weights, save_weights
 from warmstart.compress._layers import (RECORD_ATTRIBUTE, compression_record, count_parameters, resize_to,
                                         tensor_shapes)
+from warmstart.compress._prune_checks import tie_parameters, tied_parameters
 from warmstart.compress._pt2e import CompiledInt8Model
 from warmstart.compress._quantize import EAGER_MODE, TORCHAO_MODES, _apply
 from warmstart.compress._sparsity import has_masks
@@ -100,6 +101,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     _check_float_template(model)
     rebuilt = copy.deepcopy(model)
     resize_to(rebuilt, info["shapes"])
+    tie_parameters(rebuilt, tied_parameters(model))  # resizing gives each layer its own tensor
     _check_runs(rebuilt, info["record"], path)
     mode = info["record"].get("quantized", {}).get("mode")
     if mode is not None:
