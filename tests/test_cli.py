@@ -202,3 +202,19 @@ def test_every_command_takes_overwrite(command, capsys):
     assert resolved["trainer"]["overwrite"] is True
     if command == "run":  # and every stage of a pipeline, whose folders hold the earlier run's stages
         assert all(resolved[stage]["trainer"]["overwrite"] for stage in ("pretrain", "finetune", "distill"))
+
+
+def test_one_table_gives_every_command_its_help_schema_and_runner(capsys):
+    """Issue 23: the commands' help, examples, schemas and runners were parallel tables in cli.py and schema.py."""
+    from warmstart.jobs.schema import COMMANDS, command_of, load_job
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command.name, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+        assert " ".join(command.help.split()) in shown and f"warmstart {command.name} {command.example}" in shown
+        job = load_job(command.name, None, [] if command.task is None else [f"task={command.task}"])
+        assert command_of(job) is command and callable(command.load_runner())
+    with pytest.raises(SystemExit) as refused:
+        main(["plot"])
+    assert refused.value.code == 2

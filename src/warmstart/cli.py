@@ -10,24 +10,6 @@ from collections.abc import Sequence
 
 from warmstart.errors import WarmstartError
 
-COMMANDS = {
-    "pretrain": "pretrain a model on a source data set (supervised, proximal or autoencoder)",
-    "finetune": "fine-tune pretrained weights on a new task with a fine-tuning method",
-    "distill": "distil a trained teacher into a smaller student",
-    "run": "the whole story: pretrain, fine-tune with every method, distil, and write a report (task: text in the "
-           "config: fine-tune a pretrained transformer, with LoRA, and distil it)",
-    "compress": "prune a trained model, recover it by distillation, quantize it to int8, and compare size and speed",
-}
-
-EXAMPLES = {
-    "pretrain": "configs/pretrain.yaml trainer.max_epochs=3 optimizer.lr=1e-3 data.augment=digits",
-    "finetune": "configs/finetune.yaml method=gradual proximal=1.0 data.shots=5",
-    "distill": "configs/distill.yaml temperature=2 alpha=0.5 trainer.max_epochs=5",
-    "run": "configs/digits_transfer.yaml trainer.max_epochs=2 finetune.methods=[scratch,recipe] trainer.device=cuda\n"
-           "  warmstart run configs/text_sentiment.yaml lora.r=4 methods=[majority,lora] trainer.seed=1",
-    "compress": "configs/digits_compress.yaml ratio=0.7 quantize=int8-weight trainer.max_epochs=5",
-}
-
 EPILOG = """\
 Overrides use dotted keys and YAML values, e.g.
   warmstart {cmd} {example}
@@ -40,18 +22,22 @@ Top-level keys: {keys}"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, one sub-command per job."""
-    from warmstart.jobs.schema import JOBS, TextPipelineJob
+    """The argument parser: one sub-command per name in :data:`warmstart.jobs.schema.COMMANDS`."""
+    from warmstart.jobs.schema import COMMANDS
 
+    names = list(dict.fromkeys(command.name for command in COMMANDS))
     parser = argparse.ArgumentParser(prog="warmstart", description="Pretrain, fine-tune and distil PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{pretrain,finetune,distill,run,compress}", required=True)
-    for name, help_text in COMMANDS.items():
-        keys = ", ".join(f.name for f in dataclasses.fields(JOBS[name]))
-        if name == "run":
-            keys += "; with task: text, " + ", ".join(f.name for f in dataclasses.fields(TextPipelineJob))
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(names) + "}", required=True)
+    for name in names:
+        entries = [command for command in COMMANDS if command.name == name]  # run: one per task
+        help_text = entries[0].help + "".join(f" ({entry.help})" for entry in entries[1:])
+        keys = "; ".join((f"with task: {entry.task}, " if i else "")
+                         + ", ".join(field.name for field in dataclasses.fields(entry.schema))
+                         for i, entry in enumerate(entries))
+        example = f"\n  warmstart {name} ".join(entry.example for entry in entries)
         cmd = sub.add_parser(name, help=help_text, description=help_text,
-                             epilog=EPILOG.format(cmd=name, example=EXAMPLES[name], keys=keys),
+                             epilog=EPILOG.format(cmd=name, example=example, keys=keys),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_argument("config", nargs="?", help="YAML config file (omit to use the defaults)")
         cmd.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -90,30 +76,20 @@ def _run(command: str, config: str | None, overrides: list[str], print_config: b
     import yaml
 
     from warmstart.config import to_dict
-    from warmstart.jobs import TextPipelineJob, load_job, run_distill, run_finetune, run_pipeline, run_pretrain
-    from warmstart.jobs import run_text_pipeline
+    from warmstart.jobs.schema import command_of, load_job
 
     job = load_job(command, config, overrides)
     if print_config:
         print(yaml.safe_dump(to_dict(job), sort_keys=False), end="")
         return 0
-    if command == "run":
-        (run_text_pipeline if isinstance(job, TextPipelineJob) else run_pipeline)(job, progress=not quiet)
-        return 0
-    if command == "compress":
-        from warmstart.jobs.compress import run_compress
-
-        run_compress(job, progress=not quiet)
-        print(f"[warmstart compress] wrote {job.out_dir}")
-        return 0
-    if quiet:
-        job.trainer.progress = False
-    runner = {"pretrain": run_pretrain, "finetune": run_finetune, "distill": run_distill}[command]
-    summary = runner(job).summary()
-    print(f"[warmstart {command}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in summary.items()))
-    if job.trainer.out_dir is not None:
-        print(f"[warmstart {command}] wrote {job.trainer.out_dir}")
+    result = command_of(job).load_runner()(job, progress=not quiet)
+    summary = getattr(result, "summary", None)  # a single stage's StageResult; the pipelines print their own tables
+    if callable(summary):
+        print(f"[warmstart {command}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                    for k, v in summary().items()))
+    out = getattr(job, "out_dir", None) or job.trainer.out_dir
+    if out is not None:
+        print(f"[warmstart {command}] wrote {out}")
     return 0
 
 

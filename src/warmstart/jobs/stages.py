@@ -227,7 +227,9 @@ def _holding_out_dir(runner: Callable[..., StageResult]) -> Callable[..., StageR
     ``job.yaml`` included, and refused when it holds an earlier run unless ``trainer.overwrite`` (``--overwrite``)."""
 
     @functools.wraps(runner)
-    def run(job: Any, data: DataBundle | None = None) -> StageResult:
+    def run(job: Any, data: DataBundle | None = None, progress: bool = True) -> StageResult:
+        if not progress:  # the CLI's --quiet; True leaves the job's own trainer.progress
+            job.trainer.progress = False
         _check_job(job)
         out = None if job.trainer.out_dir is None else check_out_dir(job.trainer.out_dir)
         phases = ("probe", "full") if isinstance(job, FinetuneJob) and job.method == "recipe" else ()  # fine_tune's
