@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from warmstart.cli import main
-from warmstart.errors import ConfigError
+from warmstart.errors import ConfigError, RunExistsError
 from warmstart.jobs import TEXT_METHODS, PipelineJob, TextPipelineJob, load_job, run_text_pipeline
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "text_sentiment.yaml"
@@ -82,3 +82,46 @@ def test_every_method_and_student_run_and_report(tiny_checkpoint, tmp_path, caps
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert yaml.safe_load((tmp_path / "job.yaml").read_text())["task"] == "text"  # runs again as it is
     assert "| majority class |" in capsys.readouterr().out
+
+
+def _quick_job(out_dir: Path, model: Path, *overrides: str) -> TextPipelineJob:
+    return load_job("run", CONFIG, [f"out_dir={out_dir}", f"model={model}", "data.limit=20", "trainer.progress=false",
+                                    "trainer.max_epochs=1", "methods=[majority]", "distill.buckets=64", *overrides])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_never_replaced_unasked(tiny_checkpoint, tmp_path):
+    run_text_pipeline(_quick_job(tmp_path, tiny_checkpoint), progress=False)
+    first = _files(tmp_path)
+    assert {"results.json", "report.md", "job.yaml", "distill/student_hard/last.safetensors"} <= set(first)
+    with pytest.raises(RunExistsError, match=r"holds an earlier run .*results.json.*--overwrite"):
+        run_text_pipeline(_quick_job(tmp_path, tiny_checkpoint), progress=False)
+    with pytest.raises(ConfigError, match="LoRA rank r must be"):  # a bad setting deletes nothing, even with overwrite
+        run_text_pipeline(_quick_job(tmp_path, tiny_checkpoint, "methods=[lora]", "lora.r=0", "trainer.overwrite=true"),
+                          progress=False)
+    assert _files(tmp_path) == first  # byte-identical
+    results = run_text_pipeline(_quick_job(tmp_path, tiny_checkpoint, "methods=[linear_probe]", "trainer.overwrite=true"),
+                                progress=False)
+    assert "majority" not in results and json.loads((tmp_path / "results.json").read_text()) == results
+    assert (tmp_path / "linear_probe" / "last.safetensors").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lora.r=0", r"lora: LoRA rank r must be an integer >= 1, got 0"),
+    ("lora.targets=[]", r"lora: LoRA targets must be 'auto' or a non-empty list"),
+    ("lora.targets=[qurey]", r"lora.targets: LoRA target 'qurey' matches no Linear or Conv layer"),
+    ("lora.dropout=1.5", r"lora: LoRA dropout must be in \[0, 1\)"),
+    ("lora.trainer.precision=16", r"lora: precision='16' .* needs a GPU"),
+    ("lora.optimizer.name=adamx", r"lora: unknown optimizer 'adamx'"),
+    ("lora.scheduler.name=cosin", r"lora: unknown scheduler 'cosin'"),
+    ("lora.proximal=-1", r"lora.proximal: lam must be a positive finite number"),
+    ("distill.buckets=0", r"distill: buckets must be >= 2"),
+])
+def test_every_setting_is_checked_before_anything_is_written_or_trained(tiny_checkpoint, tmp_path, override, message):
+    job = _quick_job(tmp_path, tiny_checkpoint, "methods=[majority, linear_probe, full, lora, lora_proximal]", override)
+    with pytest.raises(ConfigError, match=message):
+        run_text_pipeline(job, progress=False)
+    assert not any(tmp_path.iterdir())  # not even job.yaml: no method trained before the refusal

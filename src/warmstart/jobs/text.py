@@ -21,16 +21,20 @@ import torch
 from torch import nn
 
 from warmstart._run_dir import check_out_dir, job_lock
-from warmstart.config import save_config
+from warmstart.config import save_config, to_dict
 from warmstart.data import (CharNgramTokenizer, InMemoryLoader, TextSet, TextSplits, labelled_split, text_loader,
                             vader_lexicon)
 from warmstart.distill import SoftLabelTrainer, ngram_classifier
 from warmstart.errors import ConfigError
-from warmstart.finetune import FinetuneTrainer, load_adapter, load_pretrained, load_text_classifier, load_tokenizer
+from warmstart.finetune import (FinetuneTrainer, load_adapter, load_pretrained, load_text_classifier, load_tokenizer,
+                                resolve_targets)
+from warmstart.finetune.lora import check_lora_options, require_peft
 from warmstart.jobs._memory import measured
 from warmstart.jobs.schema import StageConfig, TextPipelineJob
 from warmstart.jobs.stages import recorded_job, rerun_command, resolve_seed
 from warmstart.jobs.text_report import LABELS, print_text_table, write_text_report
+from warmstart.optim import build_scheduler
+from warmstart.proximal import check_lam
 from warmstart.trainer import Trainer
 
 TEACHERS = ("full", "lora", "lora_proximal")
@@ -105,21 +109,26 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
        and on the raters' label distributions (see :class:`warmstart.jobs.TextDistillStage`).
 
     Writes ``results.json``, ``report.md``, plots and each method's checkpoints into ``job.out_dir``.
+    Every setting the run will use (each stage's trainer, optimizer and schedule, the LoRA options
+    and targets against the model) is checked before ``out_dir`` is claimed or any step trained.
 
     Raises:
-        ConfigError: bad settings (e.g. a LoRA target the model does not have).
+        ConfigError: bad settings (e.g. a LoRA target the model does not have, a precision the
+            device cannot run), before anything is written or trained.
         OutDirBusyError: another run holds ``out_dir``.
         RunExistsError: ``out_dir`` holds an earlier run (its files, or its methods' folders) and
             ``trainer.overwrite`` is False (``--overwrite``).
     """
     resolve_seed(job)
     out = check_out_dir(job.out_dir)
+    check_text_job(job)
+    started = time.perf_counter()
+    run = _TextRun(job, progress)
+    run.data = _text_data(job, run.seed)
+    _check_model_options(run)  # before the lock: with overwrite, it deletes the earlier run
     stages = (*(method for method in METHODS if method != "majority"), *(f"distill/{name}" for name in STUDENTS))
     with job_lock(out, job.trainer.overwrite, stages=stages):
         save_config(recorded_job(job), out / "job.yaml")
-        run = _TextRun(job, progress)
-        started = time.perf_counter()
-        run.data = _text_data(job, run.seed)
         for method in job.methods:
             gc.collect()  # each method's peak memory starts from the same base: no model of the last one left
             METHODS[method](run)
@@ -129,6 +138,67 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
     print_text_table(run.results)
     print(f"[warmstart run] wrote {out / 'results.json'}, {out / 'report.md'} and plots")
     return run.results
+
+
+def check_text_job(job: TextPipelineJob) -> None:
+    """Check every setting the run will use, before any data, model or step: what training would meet late.
+
+    Each stage the job's methods run (``probe``, ``finetune``, ``lora``, and ``distill`` always)
+    builds its trainer, optimizer and schedule on a one-layer stand-in model, so that a device,
+    precision, optimizer or schedule it cannot run is refused now; the LoRA options are checked
+    as :func:`warmstart.finetune.add_lora` would check them, and the student and its tokenizer
+    are built once.
+
+    Raises:
+        ConfigError: naming the stage's section (``lora.trainer.precision``, ...) and the fix.
+
+    Example:
+        >>> check_text_job(load_job("run", "configs/text_sentiment.yaml"))  # doctest: +SKIP
+    """
+    for section in _sections(job.methods):
+        _check_stage(section, getattr(job, section))
+    student = job.distill
+    _in_section("distill", lambda: SoftLabelTrainer(nn.Linear(1, 2), temperature=student.temperature, alpha=student.alpha,
+                                                    device="cpu", progress=False))
+    _in_section("distill", lambda: (CharNgramTokenizer(student.buckets, student.ngrams),
+                                    ngram_classifier(student.buckets, student.dim, 2)))
+    if "lora" in _sections(job.methods):
+        lora = job.lora
+        _in_section("lora", lambda: check_lora_options(lora.r, lora.alpha, lora.dropout, lora.targets))
+        require_peft()
+    if "lora_proximal" in job.methods:
+        _in_section("lora.proximal", lambda: check_lam(job.lora.proximal))
+
+
+def _sections(methods: list[str]) -> list[str]:
+    """The config sections of the stages that ``methods`` run (the students always train)."""
+    used = {"linear_probe": "probe", "scratch": "finetune", "full": "finetune", "lora": "lora", "lora_proximal": "lora"}
+    return [*dict.fromkeys(used[m] for m in methods if m in used), "distill"]
+
+
+def _check_stage(section: str, stage: StageConfig) -> None:
+    """Build the stage's trainer, optimizer and schedule on a stand-in model (no files, no steps)."""
+    def build() -> None:
+        config = dataclasses.replace(stage.trainer, out_dir=None, progress=False, seed=0)
+        trainer = Trainer(nn.Linear(1, 2), copy.deepcopy(stage.optimizer), config=config)
+        if stage.scheduler is not None:
+            build_scheduler(trainer.optimizer, total_steps=1, steps_per_epoch=1, **to_dict(stage.scheduler))
+
+    _in_section(section, build)
+
+
+def _in_section(section: str, check: Callable[[], None]) -> None:
+    try:
+        check()
+    except ConfigError as err:
+        raise ConfigError(f"{section}: {err}") from None
+
+
+def _check_model_options(run: _TextRun) -> None:
+    """Load the model once and check the LoRA targets against it, before the first step of any method."""
+    model, _ = run.pretrained()
+    if "lora" in _sections(run.job.methods):
+        _in_section("lora.targets", lambda: resolve_targets(model, run.job.lora.targets))
 
 
 def _text_data(job: TextPipelineJob, seed: int) -> TextData:
