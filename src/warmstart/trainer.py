@@ -24,7 +24,7 @@ from warmstart._run_dir import check_fresh_run_on_every_rank, check_out_dir, run
 from warmstart._runtime import (autocast_context, batch_size_of, check_precision, describe_callable, move_to_device,
                                 plain_values, select_device)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
-from warmstart.checkpoint import save_weights
+from warmstart.checkpoint import COMPRESSION_ATTRIBUTE, save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
 from warmstart.errors import ConfigError, DataError, NonFiniteLossError, nearest
 from warmstart.evaluation import average_metrics
@@ -125,11 +125,15 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.precision = check_precision(cfg.precision, self.device)
         self.out_dir = None if cfg.out_dir is None else check_out_dir(cfg.out_dir)
-        # an int8 model's weights take no gradients: only its biases would train (issue 23); refuse and say what works
-        from warmstart.compress._layers import refuse_quantized  # here: warmstart.compress imports this module
-        refuse_quantized(model, "train", "Fine-tune the float model and quantize it afterwards, or train with "
-                         "quantization in the loop: qat = warmstart.compress.prepare_qat(float_model, example_input), "
-                         "train qat (Trainer or recover), then warmstart.compress.convert_qat(qat)")
+        # an int8 model's weights take no gradients, so only its biases would train (issue 23): refuse, naming what
+        # trains. warmstart.compress records the mode on the models it quantizes (and this layer cannot import it)
+        int8_mode = (getattr(model, COMPRESSION_ATTRIBUTE, None) or {}).get("quantized", {}).get("mode")
+        if int8_mode is not None:
+            raise ConfigError(f"cannot train an int8 model ({type(model).__name__} quantized '{int8_mode}'): its int8 "
+                              "weights take no gradients, so only its biases would learn. Fine-tune the float model "
+                              "and quantize it afterwards, or train with quantization in the loop: qat = "
+                              "warmstart.compress.prepare_qat(float_model, example_input), train qat (Trainer or "
+                              "recover), then warmstart.compress.convert_qat(qat)")
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(f"{type(model).__name__} has no trainable parameters (all have requires_grad=False); "
                               "unfreeze some (warmstart.finetune.unfreeze), or measure it with warmstart.evaluate("

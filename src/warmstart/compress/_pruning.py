@@ -142,7 +142,9 @@ def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, impor
     result is a smaller dense network that is really faster. ``ratio`` is a share of the
     *parameters*; torch-pruning's own ratio counts channels, so a short search finds, for each
     step, the channel ratio whose result comes closest, and the report gives the share achieved. The
-    head (:func:`warmstart.find_head`) and the ``ignore`` modules keep all their outputs.
+    head (:func:`warmstart.find_head`) and the ``ignore`` modules keep all their outputs. Tied
+    weights (an Embedding shared with the output Linear) stay one tensor, counted once; frozen
+    layers are pruned too and stay frozen; ``nn.MultiheadAttention`` narrows as one unit.
 
     Args:
         model: the network (left unchanged: a deep copy is pruned).
@@ -167,8 +169,11 @@ def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, impor
         that :func:`warmstart.compress.save_compressed` stores.
 
     Raises:
-        ConfigError: ``ratio`` outside (0, 1), an unknown importance, an ``ignore`` entry not in
-            the model, a model torch-pruning cannot trace, or a ratio the model cannot reach.
+        ConfigError: ``ratio`` outside (0, 1) or options of the wrong type, an unknown importance,
+            an ``ignore`` entry not in the model, an int8 model or one with sparsity masks attached,
+            a layer applied twice or a depthwise conv with a channel multiplier (each named, with the
+            ``ignore=`` that keeps it whole), tied weights pruning would narrow unequally, a model
+            torch-pruning cannot trace, or a ratio the model cannot reach.
 
     Example:
         >>> from warmstart.models import small_cnn
