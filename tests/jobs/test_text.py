@@ -125,3 +125,16 @@ def test_every_setting_is_checked_before_anything_is_written_or_trained(tiny_che
     with pytest.raises(ConfigError, match=message):
         run_text_pipeline(job, progress=False)
     assert not any(tmp_path.iterdir())  # not even job.yaml: no method trained before the refusal
+
+
+def test_a_model_whose_tokenizer_is_not_its_own_is_refused_before_training(tiny_checkpoint, tmp_path):
+    import transformers
+
+    folder = tmp_path / "mismatched"
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(folder)  # 30,522 ids for 50 rows
+    with pytest.raises(ConfigError, match=r"model: the tokenizer of .* has 30,522 token ids, but the model embeds only 50"):
+        run_text_pipeline(_quick_job(tmp_path / "run", folder, "methods=[majority, linear_probe]"), progress=False)
+    assert not any((tmp_path / "run").iterdir())

@@ -195,8 +195,18 @@ def _in_section(section: str, check: Callable[[], None]) -> None:
 
 
 def _check_model_options(run: _TextRun) -> None:
-    """Load the model once and check the LoRA targets against it, before the first step of any method."""
+    """Load the model once and check its tokenizer and the LoRA targets against it, before the first step of any method.
+
+    Raises:
+        ConfigError: a tokenizer with more token ids than the model embeds, or a LoRA target the
+            model does not have.
+    """
     model, _ = run.pretrained()
+    tokens, rows = len(run.data.tokenizer), model.get_input_embeddings().num_embeddings
+    if tokens > rows:
+        raise ConfigError(f"model: the tokenizer of '{run.job.model}' has {tokens:,} token ids, but the model embeds "
+                          f"only {rows:,}: they are not a pair (ids past {rows - 1} would fail inside the model). Save "
+                          "the model with the tokenizer it was trained with.")
     if "lora" in _sections(run.job.methods):
         _in_section("lora.targets", lambda: resolve_targets(model, run.job.lora.targets))
 
