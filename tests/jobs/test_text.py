@@ -97,6 +97,7 @@ def test_a_finished_run_is_never_replaced_unasked(tiny_checkpoint, tmp_path):
     run_text_pipeline(_quick_job(tmp_path, tiny_checkpoint), progress=False)
     first = _files(tmp_path)
     assert {"results.json", "report.md", "job.yaml", "distill/student_hard/last.safetensors"} <= set(first)
+    assert "finetune_curves.png" not in first  # no fine-tuned method: no empty plot
     with pytest.raises(RunExistsError, match=r"holds an earlier run .*results.json.*--overwrite"):
         run_text_pipeline(_quick_job(tmp_path, tiny_checkpoint), progress=False)
     with pytest.raises(ConfigError, match="LoRA rank r must be"):  # a bad setting deletes nothing, even with overwrite

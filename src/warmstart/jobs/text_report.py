@@ -100,8 +100,8 @@ def write_text_report(out: Path, job: Any, results: dict[str, dict[str, Any]], c
     plots = [(caption, name) for caption, name, made in (
         ("Accuracy against trainable parameters", "accuracy_vs_trainable.png",
          plot_accuracy_vs_trainable(results, out / "accuracy_vs_trainable.png")),
-        ("Learning curves: fine-tuning", "finetune_curves.png",
-         plot_curves(teachers, out / "finetune_curves.png", "Fine-tuning: validation accuracy", LABELS)),
+        ("Learning curves: fine-tuning", "finetune_curves.png",  # none without a fine-tuned method: no empty plot
+         bool(teachers) and plot_curves(teachers, out / "finetune_curves.png", "Fine-tuning: validation accuracy", LABELS)),
         ("Learning curves: the students", "distill_curves.png",
          plot_curves(students, out / "distill_curves.png", "Students: validation accuracy", LABELS)),
     ) if made]
