@@ -115,9 +115,9 @@ def test_a_finished_run_is_never_replaced_unasked(tiny_checkpoint, tmp_path):
     ("lora.targets=[]", r"lora: LoRA targets must be 'auto' or a non-empty list"),
     ("lora.targets=[qurey]", r"lora.targets: LoRA target 'qurey' matches no Linear or Conv layer"),
     ("lora.dropout=1.5", r"lora: LoRA dropout must be in \[0, 1\)"),
-    ("lora.trainer.precision=16", r"lora: precision='16' .* needs a GPU"),
-    ("lora.optimizer.name=adamx", r"lora: unknown optimizer 'adamx'"),
-    ("lora.scheduler.name=cosin", r"lora: unknown scheduler 'cosin'"),
+    ("lora.trainer.precision=16", r"lora.trainer: precision='16' .* needs a GPU"),
+    ("lora.optimizer.name=adamx", r"lora.optimizer: unknown optimizer 'adamx'"),
+    ("lora.scheduler.name=cosin", r"lora.scheduler: unknown scheduler 'cosin'"),
     ("lora.proximal=-1", r"lora.proximal: lam must be a positive finite number"),
     ("distill.buckets=0", r"distill: buckets must be >= 2"),
 ])

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from warmstart._run_dir import check_out_dir, job_lock
-from warmstart.config import save_config, to_dict
+from warmstart.config import save_config
 from warmstart.data import (CharNgramTokenizer, InMemoryLoader, TextSet, TextSplits, labelled_split, text_loader,
                             vader_lexicon)
 from warmstart.distill import SoftLabelTrainer, ngram_classifier
@@ -31,9 +31,8 @@ from warmstart.finetune import (FinetuneTrainer, load_adapter, load_pretrained, 
 from warmstart.finetune.lora import check_lora_options, require_peft
 from warmstart.jobs._memory import measured
 from warmstart.jobs.schema import StageConfig, TextPipelineJob
-from warmstart.jobs.stages import recorded_job, rerun_command, resolve_seed
+from warmstart.jobs.stages import check_settings, recorded_job, rerun_command, resolve_seed
 from warmstart.jobs.text_report import LABELS, print_text_table, write_text_report
-from warmstart.optim import build_scheduler
 from warmstart.proximal import check_lam
 from warmstart.trainer import Trainer
 
@@ -144,8 +143,8 @@ def check_text_job(job: TextPipelineJob) -> None:
     """Check every setting the run will use, before any data, model or step: what training would meet late.
 
     Each stage the job's methods run (``probe``, ``finetune``, ``lora``, and ``distill`` always)
-    builds its trainer, optimizer and schedule on a one-layer stand-in model, so that a device,
-    precision, optimizer or schedule it cannot run is refused now; the LoRA options are checked
+    has its trainer, optimizer and schedule checked (:func:`warmstart.jobs.stages.check_settings`),
+    so that a device, precision, optimizer or schedule it cannot run is refused now; the LoRA options are checked
     as :func:`warmstart.finetune.add_lora` would check them, and the student and its tokenizer
     are built once.
 
@@ -156,7 +155,8 @@ def check_text_job(job: TextPipelineJob) -> None:
         >>> check_text_job(load_job("run", "configs/text_sentiment.yaml"))  # doctest: +SKIP
     """
     for section in _sections(job.methods):
-        _check_stage(section, getattr(job, section))
+        stage = getattr(job, section)
+        check_settings(stage.trainer, stage.optimizer, stage.scheduler, where=section)
     student = job.distill
     _in_section("distill", lambda: SoftLabelTrainer(nn.Linear(1, 2), temperature=student.temperature, alpha=student.alpha,
                                                     device="cpu", progress=False))
@@ -174,17 +174,6 @@ def _sections(methods: list[str]) -> list[str]:
     """The config sections of the stages that ``methods`` run (the students always train)."""
     used = {"linear_probe": "probe", "scratch": "finetune", "full": "finetune", "lora": "lora", "lora_proximal": "lora"}
     return [*dict.fromkeys(used[m] for m in methods if m in used), "distill"]
-
-
-def _check_stage(section: str, stage: StageConfig) -> None:
-    """Build the stage's trainer, optimizer and schedule on a stand-in model (no files, no steps)."""
-    def build() -> None:
-        config = dataclasses.replace(stage.trainer, out_dir=None, progress=False, seed=0)
-        trainer = Trainer(nn.Linear(1, 2), copy.deepcopy(stage.optimizer), config=config)
-        if stage.scheduler is not None:
-            build_scheduler(trainer.optimizer, total_steps=1, steps_per_epoch=1, **to_dict(stage.scheduler))
-
-    _in_section(section, build)
 
 
 def _in_section(section: str, check: Callable[[], None]) -> None:
