@@ -98,10 +98,12 @@ class FinetuneTrainer(Trainer):
     With LoRA the anchored weights are the adapters (``B`` starts at zero), so the term keeps the
     update ``(alpha / r) B A`` small.
 
-    Overrides ``compute_loss`` (features or inputs), ``prepare_loader`` (the feature cache),
-    ``configure_param_groups``, ``backward``, ``on_before/after_optimizer_step``,
-    ``on_train_epoch_start``, ``extra_state``/``load_extra_state``, ``weights_metadata`` and
-    ``save_weights`` (adapters and head alone under LoRA).
+    Overrides ``compute_loss`` (features or inputs; texts longer than the model's positions are
+    refused), ``check_targets`` (float or ``(B, 1)`` labels for class scores are refused),
+    ``prepare_loader`` (the feature cache), ``configure_param_groups``, ``backward``,
+    ``on_before/after_optimizer_step``, ``on_train_epoch_start``, ``extra_state``/``load_extra_state``,
+    ``resolved_config`` (with the method), ``weights_metadata`` and ``save_weights`` (adapters and
+    head alone under LoRA); ``fit`` first checks that the LoRA adapters are still on the model.
 
     Args:
         model: the pretrained model, its head already swapped for the task (:func:`swap_head`).
