@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from warmstart.errors import ConfigError
 # ("terminate called without an active exception", exit -6). Keeping the last few tensors here makes Python's
 # reference the last one, dropped by the main thread.
 _RECENT: collections.deque[torch.Tensor] = collections.deque(maxlen=16)
+_GLOO_FLUSHES = 4  # collectives run by close_process_group after its barrier
 
 
 def launched_by_torchrun() -> bool:
@@ -71,13 +73,23 @@ def init_process_group_for_sharding(device: torch.device) -> bool:
 def close_process_group() -> None:
     """Leave the process group at the end of a ``torchrun`` script: wait for every rank, then destroy the group.
 
-    Waiting first lets Gloo's worker threads finish with the last collective's tensors before the
-    interpreter shuts down (otherwise a rank can abort at exit with "terminate called without an
-    active exception", though its work was done). A no-op without a process group.
+    A Gloo worker thread drops its last reference to a finished collective's tensors just after the
+    caller's ``wait()`` returns; if the interpreter is already shutting down then, the rank aborts
+    ("terminate called without an active exception", exit -6) though its work was done. Hence the
+    barrier (every collective before it has finished on every rank), then a few more collectives on
+    a tensor Python holds (each worker thread lets go of its previous work before it takes the next),
+    then a short pause for the threads that took none. A no-op without a process group.
     """
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    if dist.get_backend() == "gloo":
+        flush = torch.zeros(1)
+        _RECENT.append(flush)
+        for _ in range(_GLOO_FLUSHES):
+            dist.all_reduce(flush)
+        time.sleep(0.05)
+    dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
