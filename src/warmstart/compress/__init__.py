@@ -1,10 +1,12 @@
-"""Compression: structured pruning, unstructured sparsity, recovery by distillation, int8 quantization and QAT, saving.
+"""Compression: structured pruning, unstructured sparsity, recovery by distillation, int8 quantization and QAT, saving, export.
 
 Every function works on a copy and returns it with a report; the model given is left as it was
 (except :func:`recover`, which trains the model it is given, as a trainer does).
 """
 
 from warmstart.checkpoint import describe_compressed
+from warmstart.compress._export import export
+from warmstart.compress._fresh import FreshRun, run_in_fresh_process
 from warmstart.compress._latency import measure_latency
 from warmstart.compress._layers import count_parameters
 from warmstart.compress._pruning import LayerChange, PruneReport, prune
@@ -17,6 +19,7 @@ from warmstart.compress._sparsity import SparsityReport, remove_masks, sparsify
 
 __all__ = [
     "CompiledInt8Model",
+    "FreshRun",
     "LayerChange",
     "PruneReport",
     "QATModel",
@@ -26,6 +29,7 @@ __all__ = [
     "convert_qat",
     "count_parameters",
     "describe_compressed",
+    "export",
     "load_compressed",
     "measure_latency",
     "prepare_qat",
@@ -33,6 +37,7 @@ __all__ = [
     "quantize",
     "recover",
     "remove_masks",
+    "run_in_fresh_process",
     "save_compressed",
     "sparsify",
     "tensor_bytes",

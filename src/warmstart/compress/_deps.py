@@ -28,3 +28,16 @@ def import_torchao_quantization() -> ModuleType:
     except ImportError:
         raise _missing("torchao", "int8 quantization") from None
     return torchao.quantization
+
+
+def import_onnx_runtime() -> ModuleType:
+    """``onnxruntime``, after checking that the ONNX exporter's packages (onnx, onnxscript) are there too."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx's dynamo exporter writes through onnx and onnxscript)
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"format='onnx' needs the 'deploy' extra (onnx, onnxscript, onnxruntime); '{err.name}' is "
+                          "not installed: pip install 'warmstart[deploy]' (or pip install onnx onnxscript "
+                          "onnxruntime)") from None
+    return onnxruntime

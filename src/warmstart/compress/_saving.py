@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from warmstart.checkpoint import load_weights, save_weights
+from warmstart.compress._deps import import_torchao_quantization
 from warmstart.compress._layers import (RECORD_ATTRIBUTE, compression_record, count_parameters, resize_to,
                                         tensor_shapes)
 from warmstart.compress._prune_checks import tie_parameters, tied_parameters
@@ -23,6 +25,7 @@ from warmstart.compress._sparsity import has_masks
 from warmstart.errors import CheckpointError, ConfigError
 
 FORMAT = "warmstart-compressed-1"
+PROGRAM_KEY = "program::pt2"  # an int8-static model's torch.export archive, as bytes
 _SEPARATOR = "::"  # key::part names the pieces of one tensor; module names never contain it
 
 
@@ -35,9 +38,15 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     that is smaller. No Python object is pickled. The sha256 of the stored tensors is kept in the
     metadata, so :func:`load_compressed` notices a file changed or damaged after it was written.
 
+    An ``"int8-static"`` model (from :func:`quantize` or :func:`convert_qat`) is a graph, not a
+    builder's architecture: it is stored as its ``torch.export`` program (the ``.pt2`` archive
+    :func:`export` writes, int8 weights inside) in one uint8 tensor, covered by the same sha256.
+    Loading it unpickles the program's weights (``torch.export.load``): load only files you trust.
+
     Args:
         model: a model returned by :func:`prune`, :func:`sparsify`, :func:`quantize` (modes
-            ``"int8-weight"``, ``"int8-dynamic"``), or :func:`load_compressed`.
+            ``"int8-weight"``, ``"int8-dynamic"``, ``"int8-static"``), :func:`convert_qat`, or
+            :func:`load_compressed`.
         path: destination file.
         metadata: more JSON-serialisable facts to store (accuracy, data set, ...).
 
@@ -45,9 +54,9 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
         The path written.
 
     Raises:
-        ConfigError: an ``"int8-static"`` model (a compiled graph: save the float model and
-            quantize again after loading), a model with pruning masks still attached, or a
-            model quantized by something other than :func:`quantize`.
+        ConfigError: a :class:`QATModel` (convert it, or keep its training state in Trainer
+            checkpoints), an ``"int8-dynamic-eager"`` model, a model with pruning masks still
+            attached, or a model quantized by something other than :func:`quantize`.
 
     Example:
         >>> from warmstart.models import mlp
@@ -56,6 +65,8 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
         >>> save_compressed(quantized, "/tmp/mlp-int8.safetensors")
         PosixPath('/tmp/mlp-int8.safetensors')
     """
+    if isinstance(model, CompiledInt8Model):  # int8-static, from quantize or convert_qat
+        return _save_program(model, path, metadata)
     _check_savable(model)
     tensors, encodings = {}, {}
     for key, value in model.state_dict().items():
@@ -73,10 +84,13 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         path: the ``.safetensors`` file.
         model: a float model built as the compressed one originally was (e.g.
             ``small_cnn(width=16)``; its weights do not matter). It is left unchanged: a copy
-            is resized to the pruned shapes, quantized the same way and filled.
+            is resized to the pruned shapes, quantized the same way and filled. Not read for an
+            ``"int8-static"`` file, whose program holds its graph.
 
     Returns:
-        The compressed model, outputs identical to the one saved.
+        The compressed model, outputs identical to the one saved (an ``"int8-static"`` model is
+        a :class:`CompiledInt8Model` again, compiled by inductor on its first call: torchao must
+        be installed).
 
     Raises:
         CheckpointError: a file that is not a compressed checkpoint, one whose tensor data no longer
@@ -98,6 +112,8 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         raise CheckpointError(f"'{path}' holds plain weights, not a model saved by save_compressed; load it with "
                               f"warmstart.finetune.load_pretrained(model, path) or model.load_state_dict")
     _check_intact(tensors, info, path)
+    if info.get("program"):
+        return _load_program(tensors, info)
     _check_float_template(model)
     rebuilt = copy.deepcopy(model)
     resize_to(rebuilt, info["shapes"])
@@ -109,6 +125,28 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     _fill(rebuilt, tensors, info["encodings"], path)
     setattr(rebuilt, RECORD_ATTRIBUTE, info["record"])
     return rebuilt
+
+
+def _save_program(model: CompiledInt8Model, path: str | os.PathLike, metadata: Mapping[str, Any] | None) -> Path:
+    """Store the int8 graph as its ``torch.export`` program (a .pt2 archive) in one uint8 tensor, checksummed."""
+    from warmstart.compress._export import export_int8_graph
+
+    archive = io.BytesIO()
+    torch.export.save(export_int8_graph(model), archive)
+    tensors = {PROGRAM_KEY: torch.frombuffer(bytearray(archive.getvalue()), dtype=torch.uint8)}
+    record = compression_record(model)
+    info = {"format": FORMAT, "record": record, "program": "torch.export", "model_class": type(model).__name__,
+            "parameters": count_parameters(model), "sha256": _checksum(tensors), "torch": torch.__version__}
+    return save_weights(path, tensors, {**dict(metadata or {}), "compressed": info})
+
+
+def _load_program(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> CompiledInt8Model:
+    """Rebuild an int8-static model from its stored program (compiled again on its first call)."""
+    import_torchao_quantization()  # registers the quantize/dequantize operators the program calls
+    program = torch.export.load(io.BytesIO(tensors[PROGRAM_KEY].numpy().tobytes()))
+    model = CompiledInt8Model(program.module())
+    setattr(model, RECORD_ATTRIBUTE, info["record"])
+    return model
 
 
 def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -131,10 +169,6 @@ def _check_intact(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], 
 
 
 def _check_savable(model: nn.Module) -> None:
-    if isinstance(model, CompiledInt8Model):
-        raise ConfigError("an 'int8-static' model is a graph compiled for this machine and cannot be saved as weights; "
-                          "save the float (or pruned) model with save_compressed and call quantize(model, "
-                          "'int8-static', example_input, calibration=...) again after loading")
     if "fake-quantized" in compression_record(model):
         raise ConfigError("a QATModel is an exported training graph with fake quantization, which load_compressed "
                           "cannot rebuild; convert it with convert_qat for inference, and keep its training state "

@@ -1,0 +1,203 @@
+"""Deployable files: a compressed model exported by ``torch.export`` (``.pt2``) or to ONNX, loadable without warmstart."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from warmstart.checkpoint import atomic_path
+from warmstart.compress._deps import import_onnx_runtime
+from warmstart.compress._layers import compression_record, quantized_mode
+from warmstart.compress._pt2e import CompiledInt8Model
+from warmstart.errors import ConfigError
+
+FORMATS = ("pt2", "onnx")
+EXTRA_FILE = "warmstart.json"  # what the program needs to load (torchao), stored inside the .pt2 archive
+ONNX_TOLERANCE = 1e-4  # ONNX Runtime's kernels against eager PyTorch, float32 (measured: under 1e-7 on small nets)
+
+
+def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], path: str | os.PathLike, *,
+           format: str = "pt2", dynamic_batch: bool = True) -> Path:
+    """Write ``model`` as a file a serving process loads with torch (``.pt2``) or ONNX Runtime (``.onnx``) alone.
+
+    ``"pt2"``: ``torch.export`` of the model in eval mode, saved with ``torch.export.save``; load it
+    with ``torch.export.load(path).module()``. It covers float, pruned and sparse models, int8
+    models from :func:`quantize` (``"int8-weight"``, ``"int8-dynamic"``, ``"int8-static"``) and
+    the int8 model :func:`convert_qat` returns. int8 files need torchao installed where they load
+    and ``import torchao`` before ``torch.export.load`` (it registers the int8 operators; the
+    ``"int8-weight"``/``"int8-dynamic"`` weights are torchao tensors). The file records this in
+    its ``warmstart.json`` extra file (``torch.export.load(path, extra_files={"warmstart.json": ""})``).
+    The exported int8-static graph runs torch's reference quantize/dequantize operators; for
+    the fused int8 kernels, ``torch.compile`` it with inductor's ``freezing`` on, as
+    :class:`CompiledInt8Model` does.
+
+    ``"onnx"``: ``torch.onnx.export(..., dynamo=True)`` for float, pruned and sparse models,
+    then run once in ONNX Runtime and compared with the model (within ``1e-4``). Needs the
+    ``deploy`` extra. int8 models are refused: ONNX Runtime's own int8 quantizer measured slower
+    than its float model on the CPUs we tried (``bench/RESULTS.md``).
+
+    ``torch.export.load`` unpickles weights: load only files you trust.
+
+    Args:
+        model: the model (its train/eval mode is restored afterwards; a :class:`QATModel` is
+            refused: :func:`convert_qat` it first).
+        example_input: a batch, or a tuple of positional inputs, that the model runs on.
+        path: the file to write (``model.pt2``, ``model.onnx``).
+        format: ``"pt2"`` or ``"onnx"``.
+        dynamic_batch: let the file take any batch size (the first dimension of every input);
+            ``False`` fixes the example's shapes.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: an unknown format, an example input that is not tensors or does not run
+            through the model, a model ``torch.export`` cannot capture (control flow that depends
+            on tensor values), an int8 model for ONNX, or the ``deploy`` extra missing for ONNX.
+
+    Example:
+        >>> from warmstart.models import mlp
+        >>> path = export(mlp(16, [32], 3), torch.randn(4, 16), "/tmp/mlp.pt2")
+        >>> torch.export.load(path).module()(torch.randn(7, 16)).shape
+        torch.Size([7, 3])
+    """
+    example = _check_request(model, example_input, format)
+    target = model.graph if isinstance(model, CompiledInt8Model) else model
+    needs = ["torchao"] if quantized_mode(model) is not None else []
+    if format == "onnx":
+        import_onnx_runtime()
+    was_training = model.training
+    try:
+        model.eval()
+        _check_runs(target, example)
+        if format == "pt2":
+            program = _export_program(target, example, dynamic_batch)
+            facts = {"needs": needs, "record": compression_record(model), "dynamic_batch": dynamic_batch,
+                     "input_shapes": [list(t.shape) for t in example], "torch": torch.__version__}
+            with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: torch wants a name ending in .pt2
+                torch.export.save(program, file, extra_files={EXTRA_FILE: json.dumps(facts)})
+        else:
+            _export_onnx(target, example, dynamic_batch, Path(path))
+    finally:
+        model.train(was_training)
+    return Path(path)
+
+
+def export_int8_graph(model: CompiledInt8Model) -> torch.export.ExportedProgram:
+    """Export an int8-static model's graph again, on zeros shaped like the inputs it was exported with (batch 2).
+
+    Raises:
+        ConfigError: the graph carries no input shapes (it was not made by ``torch.export``, as
+            :func:`quantize` and :func:`convert_qat` make it).
+    """
+    inputs = [node.meta.get("val") for node in model.graph.graph.nodes if node.op == "placeholder"]
+    if not inputs or any(not isinstance(value, torch.Tensor) for value in inputs):
+        raise ConfigError("this int8 graph records no input shapes (it was not exported by torch.export, as "
+                          "quantize(model, 'int8-static', ...) and convert_qat make it), so it cannot be saved")
+    # the batch dimension is symbolic (a torch.SymInt); every other is a plain int
+    example = tuple(torch.zeros([2, *[int(d) for d in value.shape[1:]]], dtype=value.dtype) for value in inputs)
+    return _export_program(model.graph, example, dynamic_batch=True)
+
+
+def _check_request(model: nn.Module, example_input: Any, format: str) -> tuple[torch.Tensor, ...]:
+    if format not in FORMATS:
+        match = difflib.get_close_matches(str(format), FORMATS, n=1)
+        raise ConfigError(f"unknown export format {format!r}{f' (did you mean {match[0]!r}?)' if match else ''}; "
+                          f"valid: {', '.join(FORMATS)}")
+    example = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not example or not all(isinstance(t, torch.Tensor) for t in example):
+        kinds = ", ".join(type(t).__name__ for t in example) or "nothing"
+        raise ConfigError(f"example_input must be a tensor or a tuple of tensors (the model's positional inputs), "
+                          f"got {kinds}")
+    if "fake-quantized" in compression_record(model):
+        raise ConfigError("this is a QATModel (a training graph with fake int8): convert it with "
+                          "warmstart.compress.convert_qat(model) and export the int8 model it returns")
+    if quantized_mode(model) in ("int8-dynamic-eager", "int8 (torch.ao)"):
+        raise ConfigError("an 'int8-dynamic-eager' model holds prepacked fbgemm kernels that torch.export cannot "
+                          "capture; export quantize(model, 'int8-dynamic') or 'int8-static' instead, or the float model")
+    if format == "onnx" and quantized_mode(model) is not None:
+        raise ConfigError(f"format='onnx' covers float, pruned and sparse models; this one is int8 "
+                          f"('{quantized_mode(model)}'), so export it with format='pt2' (ONNX Runtime's own int8 "
+                          "quantizer measured slower than its float model on our CPUs: bench/RESULTS.md)")
+    return example
+
+
+def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
+    """Run the example once, so a wrong shape or dtype is named as such and not as an export failure."""
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception as err:  # whatever the forward raises means this input does not fit this model
+        shapes = ", ".join(f"{list(t.shape)} {t.dtype}" for t in example)
+        expected = compression_record(model).get("pruned", {}).get("example_input_shapes")
+        hint = f" (it was pruned with inputs shaped {expected})" if expected else ""
+        raise ConfigError(f"example_input ({shapes}) does not run through {type(model).__name__}{hint}: "
+                          f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}; pass a batch shaped "
+                          "like the model's inputs") from err
+
+
+def _dynamic_shapes(example: tuple[torch.Tensor, ...], dynamic_batch: bool) -> tuple[Any, ...] | None:
+    if not dynamic_batch:
+        return None
+    batch = torch.export.Dim("batch", min=1)  # one symbol: every input shares the batch dimension
+    return tuple({0: batch} if t.dim() else None for t in example)
+
+
+def _for_export(example: tuple[torch.Tensor, ...], dynamic_batch: bool) -> tuple[torch.Tensor, ...]:
+    """The example, a batch of one repeated to two: export specialises a dimension of size 1 to the constant 1."""
+    if dynamic_batch and any(t.dim() and t.shape[0] == 1 for t in example):
+        return tuple(torch.cat([t, t]) if t.dim() else t for t in example)
+    return example
+
+
+def _export_program(model: nn.Module, example: tuple[torch.Tensor, ...],
+                    dynamic_batch: bool) -> torch.export.ExportedProgram:
+    example = _for_export(example, dynamic_batch)
+    try:
+        return torch.export.export(model, example, dynamic_shapes=_dynamic_shapes(example, dynamic_batch))
+    except Exception as err:  # export raises many error types, all meaning the graph could not be captured
+        raise _capture_error(model, err, dynamic_batch) from err
+
+
+def _capture_error(model: nn.Module, err: Exception, dynamic_batch: bool) -> ConfigError:
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    text = str(err)
+    if dynamic_batch and ("batch" in text and ("specialized" in text or "Constraints violated" in text)):
+        why = ("the forward fixes the batch size (e.g. x.view(64, -1)); use x.flatten(1) / x.view(x.shape[0], -1), "
+               "or export with dynamic_batch=False")
+    else:
+        why = ("a forward whose control flow depends on tensor values (if x.sum() > 0: ...) cannot be captured as one "
+               "graph; write it with torch.where or torch.cond")
+    return ConfigError(f"torch.export cannot capture {type(model).__name__} ({type(err).__name__}: {first}): {why}")
+
+
+def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_batch: bool, path: Path) -> None:
+    """``torch.onnx.export`` (the dynamo exporter), then one ONNX Runtime run checked against the model."""
+    import numpy as np
+    import onnxruntime
+
+    exported = _for_export(example, dynamic_batch)
+    names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
+    try:
+        program = torch.onnx.export(copy.deepcopy(model), exported, dynamo=True, input_names=names,
+                                    dynamic_shapes=_dynamic_shapes(exported, dynamic_batch), verbose=False)
+    except Exception as err:  # the exporter wraps torch.export's errors in its own
+        raise _capture_error(model, err, dynamic_batch) from err
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {name: t.detach().cpu().numpy() for name, t in zip(names, example)})
+        with torch.no_grad():
+            expected = model(*example)
+        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+        error = max(float(np.abs(o - e.detach().cpu().numpy()).max()) for o, e in zip(outputs, expected))
+        if error > ONNX_TOLERANCE:
+            raise ConfigError(f"the ONNX file differs from the model by {error:.3g} on the example input (more than "
+                              f"{ONNX_TOLERANCE}): an operator is exported with other semantics; use format='pt2'")
