@@ -18,7 +18,7 @@ LAYERS = [
     ("warmstart.config", "warmstart._runtime", "warmstart._batches", "warmstart._epoch", "warmstart._progress",
      "warmstart.checkpoint", "warmstart.models", "warmstart.heads", "warmstart.data", "warmstart.distributed",
      "warmstart.optim", "warmstart.proximal", "warmstart._run_dir", "warmstart._resume", "warmstart.callbacks",
-     "warmstart._blocks", "warmstart.evaluation", "warmstart.efficientnet"),
+     "warmstart._blocks", "warmstart.evaluation", "warmstart.efficientnet", "warmstart.selection"),
     ("warmstart.trainer",),
     ("warmstart.pretrain", "warmstart.finetune", "warmstart.distill"),
     ("warmstart.compress", "warmstart.jobs"),

@@ -62,7 +62,7 @@ def test_when_training_from_random_weights_wins_it_is_said(recwarn):
     assert result.choice == "no_pretraining" and model.block1[0].weight.abs().sum() > 0
 
 
-def test_without_a_val_loader_the_choice_holds_out_part_of_the_labels():
+def test_without_a_val_loader_small_data_is_cross_validated_and_the_cost_reported():
     torch.manual_seed(0)
     x = torch.cat([b[0] for b in _batches()])
     y = torch.cat([b[1] for b in _batches()])
@@ -70,6 +70,11 @@ def test_without_a_val_loader_the_choice_holds_out_part_of_the_labels():
                        epochs=2, progress=False)
     assert set(result.scores) == {"recipe", "full", "freeze_first", "linear_probe", "no_pretraining"}
     assert all(0 <= s <= 1 for s in result.scores.values())
+    picked = result.selection
+    assert picked.validation == "3-fold x 1 cross-validation on 96 labels" and picked.default == "recipe"
+    assert picked.trainings == 15 and picked.trial_epochs == 1 and all(len(s.folds) == 3 for s in picked.scores.values())
+    assert picked.cost == pytest.approx(15 * (2 / 3) / 2)  # 2 epochs cannot be divided further: 5x, and it says so
+    assert result.scores == {n: s.mean for n, s in picked.scores.items()}
     with pytest.raises(DataError, match="cannot hold a validation split out of a list: pass a val_loader"):
         fine_tune(small_cnn(num_classes=3, width=4), _batches(), epochs=1, progress=False)
 

@@ -21,6 +21,7 @@ from warmstart.errors import ConfigError, DataError
 from warmstart.finetune.methods import Full, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.heads import find_head, swap_head
+from warmstart.selection import Selection, select
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,9 @@ class FineTuneResult:
         history: per-epoch metrics of the final training; each entry has a ``phase`` key.
         trainer: the trainer of the last phase (for ``evaluate`` and checkpoints).
         choice: the candidate that was trained on all labels (``"recipe"`` without selection).
-        scores: validation accuracy of each candidate (empty without selection).
+        scores: mean validation accuracy of each candidate (empty without selection).
+        selection: the choice in full: each candidate's mean and standard error over the folds,
+            how it was validated, the trainings it took and their cost (``None`` without selection).
     """
 
     model: nn.Module
@@ -74,11 +77,12 @@ class FineTuneResult:
     trainer: FinetuneTrainer
     choice: str = "recipe"
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    selection: Selection | None = None
 
 
 def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None,
               num_classes: int | None = None, epochs: int = 10, *, select: bool = True,
-              candidates: list[Candidate] | None = None, val_fraction: float = 0.2,
+              candidates: list[Candidate] | None = None, val_fraction: float = 0.2, folds: int = 3,
               optimizer: OptimizerConfig | Mapping[str, Any] | None = None, lr: float | None = None,
               weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
@@ -88,12 +92,19 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
 
     With ``select=True`` (the default) each candidate of :func:`default_candidates` (freeze depth,
     backbone learning rate, linear-probe warm-up, and training from random weights as the control)
-    trains for ``epochs // 2`` epochs on the training split and is scored on ``val_loader`` (or,
-    without one, on a stratified ``val_fraction`` of the labelled data held out for the choice);
-    the winner then trains ``epochs`` epochs on all the labels. The cost is at most 3x one
-    fine-tune (four half-length runs, one full run, and a linear probe on cached features).
-    ``result.choice`` and ``result.scores`` say what was chosen and why; a win of
-    ``no_pretraining`` is stated in a warning, since the pretrained weights then did not help.
+    trains a copy of the model and is scored by :func:`warmstart.selection.select`: on
+    ``val_loader`` when given; else, under 2,000 labelled samples, by stratified ``folds``-fold
+    cross-validation over the labels (one small hold-out would choose noise); else on a stratified
+    ``val_fraction`` held out. The first candidate (``recipe``) is kept unless another beats it by
+    more than the standard error of the difference; the choice then trains ``epochs`` epochs on
+    all the labels. Cost: each trial trains ``max(1, round(2 * epochs / (trials * share)))``
+    epochs (``trials`` = candidates x folds, ``share`` = the part of the labels a trial trains
+    on), so all the trials cost about 2 runs and the whole call about 3x one fine-tune (more when
+    ``epochs`` is too small to divide: ``result.selection.cost`` says what it was).
+    ``result.choice``, ``result.scores`` (means) and ``result.selection`` (each candidate's mean
+    and standard error, how it was validated, the trainings and their cost) say what was chosen
+    and why; a win of ``no_pretraining`` is stated in a warning, since the pretrained weights then
+    did not help.
 
     With ``select=False``, the fastai-style recipe runs once: ``freeze_epochs`` epochs of linear
     probe, then every layer with the head at ``lr`` and backbone group ``i`` of ``G`` at
@@ -117,7 +128,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         epochs: epochs of the final training.
         select: choose among ``candidates`` by validation accuracy.
         candidates: the ways to try (default :func:`default_candidates`).
-        val_fraction: share of the labels held out for the choice when there is no ``val_loader``.
+        val_fraction: share of the labels held out for the choice when there is no ``val_loader`` and
+            2,000 labels or more.
+        folds: folds of the cross-validation on fewer labels.
         optimizer: an :class:`OptimizerConfig` or dict (``name``, ``lr`` of the head, ...).
         lr: shorthand for the optimizer's ``lr`` (not together with ``optimizer``).
         weight_decay: shorthand for the optimizer's ``weight_decay`` (not together with ``optimizer``).
@@ -169,34 +182,41 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
             _reinitialise(model)
         history, trainer = run(model, choices[0], train_loader, val_loader, epochs, out_dir)
         return FineTuneResult(model=model, history=history, trainer=trainer, choice=choices[0].name)
-    fit_on, score_on = (train_loader, val_loader) if val_loader is not None else _held_out(train_loader, val_fraction)
-    scores = {c.name: _score(run, model, c, fit_on, score_on, max(1, epochs // 2)) for c in choices}
-    best = next(c for c in choices if c.name == max(scores, key=lambda n: (scores[n], -_index(choices, n))))
-    _announce(trainer_kwargs, f"fine_tune chose '{best.name}' by validation accuracy: "
-                              + ", ".join(f"{n} {100 * s:.1f}%" for n, s in scores.items()))
+    picked = _select(run, model, choices, train_loader, val_loader, val_fraction, epochs, folds)
+    best = choices[_index(choices, picked.choice)]
+    scores = {name: score.mean for name, score in picked.scores.items()}
+    _announce(trainer_kwargs, f"fine_tune {picked.summary()}")
     if not best.pretrained:
-        warnings.warn(f"fine_tune: training from random weights scored best on validation ({scores}); the pretrained "
-                      "weights do not help this task", stacklevel=2)
+        warnings.warn(f"fine_tune: training from random weights scored best on validation ({picked.summary()}); the "
+                      "pretrained weights do not help this task", stacklevel=2)
         _reinitialise(model)
     history, trainer = run(model, best, train_loader, val_loader, epochs, out_dir)
-    return FineTuneResult(model=model, history=history, trainer=trainer, choice=best.name, scores=scores)
+    return FineTuneResult(model=model, history=history, trainer=trainer, choice=best.name, scores=scores,
+                          selection=picked)
 
 
-def _held_out(loader: Any, fraction: float) -> tuple[Any, Any]:
-    """Split ``loader`` for the choice; refuse a split that leaves nothing to train on or to score on.
+def _select(run: Any, model: nn.Module, choices: list[Candidate], train: Any, val: Any, fraction: float, epochs: int,
+            folds: int) -> Selection:
+    """Score the candidates (k-fold on small labelled data) and choose; refuse data too small to choose on.
 
     Raises:
-        DataError: too few labelled samples to hold a validation split out (the message says what to do).
+        DataError: too few labelled samples to hold validation data out (the message says what to do).
     """
-    fit_on, score_on = split_loader(loader, fraction, seed=0)
-    sizes = [_samples(part) for part in (fit_on, score_on)]
-    if 0 in sizes:
-        raise DataError(f"fine_tune chooses how to fine-tune by validation accuracy, but without a val_loader it holds "
-                        f"out val_fraction={fraction} of each class with two or more samples, and these "
-                        f"{sum(sizes)} labelled samples leave {sizes[1]} for validation and {sizes[0]} for training: too "
-                        "few to choose on. Pass a val_loader, label more samples, or fine_tune(..., select=False) to run "
-                        "the fixed recipe without a choice.")
-    return fit_on, score_on
+    if val is None:
+        _check_enough(train, fraction, folds)
+    return select([c.name for c in choices], lambda name, fit_on, score_on, trial: _score(
+        run, model, choices[_index(choices, name)], fit_on, score_on, trial), train, epochs, val_loader=val,
+                  val_fraction=fraction, folds=folds)
+
+
+def _check_enough(loader: Any, fraction: float, folds: int) -> None:
+    sizes = [_samples(part) for part in split_loader(loader, fraction, seed=0)]
+    if 0 in sizes or sum(sizes) < 2 * folds:
+        raise DataError(f"fine_tune chooses how to fine-tune by validation accuracy, but without a val_loader it "
+                        f"cross-validates over {folds} folds (or, on large data, holds out val_fraction={fraction} of "
+                        f"each class), and these {sum(sizes)} labelled samples are too few to choose on. Pass a "
+                        "val_loader, label more samples, or fine_tune(..., select=False) to run the fixed recipe "
+                        "without a choice.")
 
 
 def _samples(loader: Any) -> int:
