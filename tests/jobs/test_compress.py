@@ -29,7 +29,7 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
                       student_weights=_trained(tmp_path, 2, "student.safetensors"), quantize="int8-weight",
                       latency_batch=8, trainer=ws.TrainerConfig(max_epochs=1, seed=0, progress=False))
     results = run_compress(job, progress=False)
-    names = [n for n in results if n != "total"]
+    names = [n for n in results if n not in ("total", "exported")]
     assert names[0] == "trained model" and "pruned + distillation from the trained model" in names
     assert names[-1] == "distilled student (warmstart run)" and any("int8-weight" in n for n in names)
     pruned = results["pruned + distillation from the trained model"]
@@ -38,6 +38,12 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
     assert (tmp_path / "run" / "pruned_distilled.safetensors").is_file() and (tmp_path / "run" / "report.md").is_file()
     assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    # the int8 model as model.pt2, the pruned float model as model.onnx, each timed in a fresh process
+    pt2, onnx = results["exported"]["model.pt2"], results["exported"]["model.onnx"]
+    assert pt2["model"] == "pruned + distilled + int8-weight" and onnx["model"] == names[3]
+    assert pt2["bytes"] == (tmp_path / "run" / "model.pt2").stat().st_size and onnx["latency_ms"] > 0
+    assert pt2["max_abs_difference"] == 0 and onnx["max_abs_difference"] < 1e-4 and onnx["same_predictions"] == 1
+    assert "| model.pt2 | pruned + distilled + int8-weight |" in (tmp_path / "run" / "report.md").read_text()
     data = build_data(DATA, seed=0)
     seconds = ws.compress.measure_latency(build_job_model(ModelConfig(args={"width": 8}), data, seed=0),
                                           next(iter(data.test))[0][:8])

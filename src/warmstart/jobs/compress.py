@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from warmstart._run_dir import check_out_dir, job_lock
@@ -35,6 +36,10 @@ class _Row:
 
 def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Prune, recover (by distillation, and by fine-tuning for comparison), quantize; write the comparison.
+
+    With ``job.export`` (the default) the quantized model is also written as ``model.pt2`` and the
+    pruned, distilled float model as ``model.onnx`` (``deploy`` extra), each timed after loading
+    in a fresh process without warmstart: ``results["exported"]`` and the report's last table.
 
     The whole job is checked before anything is written or trained: the model names and their
     arguments here, the other settings by :class:`CompressJob` itself.
@@ -98,7 +103,7 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         distilled = measure("pruned + distillation from the trained model", pruned)
         calibration = [(x,) for x, *_ in data.train.clone(transform=None, shuffle=False)]
         quantized, q_report = quantize(distilled.model, job.quantize, example, calibration=calibration)
-        measure(f"pruned + distilled + {q_report.mode}", quantized, distilled.params)
+        chosen = measure(f"pruned + distilled + {q_report.mode}", quantized, distilled.params)
         if job.qat_epochs:
             qat = prepare_qat(distilled.model, example)
             # the teacher is the float model being quantized: int8 learns to compute what it computes
@@ -110,12 +115,54 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
             load_pretrained(student, job.student_weights)
             measure("distilled student (warmstart run)", student)
         save_compressed(distilled.model, out / "pruned_distilled.safetensors")
+        exported = _export_files(out, chosen, distilled, example, progress) if job.export else {}
         results = {row.name: {"accuracy": round(row.accuracy, 6), "params": row.params, "bytes": row.bytes,
                               "latency_ms": round(row.latency_ms, 3)} for row in rows}
         results["total"] = {"seconds": round(time.perf_counter() - started, 1), "quantize_note": q_report.note,
                             "pruned_ratio": round(report.achieved_ratio, 4)}
+        if exported:
+            results["exported"] = exported
         _write(out, job, results)
     return results
+
+
+def _export_files(out: Path, chosen: _Row, float_row: _Row, example: torch.Tensor,
+                  progress: bool) -> dict[str, dict[str, Any]]:
+    """Write model.pt2 (the chosen model) and model.onnx (the pruned, distilled float model); time them afresh.
+
+    Each file is loaded in one fresh process without warmstart (:func:`run_in_fresh_process`) and
+    run on the latency batch: its median latency, and how far its outputs are from the eager
+    model's, go beside the eager latency measured here.
+    """
+    from warmstart.compress import export, run_in_fresh_process
+
+    files, notes = {}, {}
+    for name, row, kind in (("model.pt2", chosen, "pt2"), ("model.onnx", float_row, "onnx")):
+        try:
+            files[name] = (row, export(row.model, example, out / name, format=kind))
+        except ConfigError as err:  # int8-dynamic-eager (not exportable), or no deploy extra for ONNX
+            if kind == "pt2" and row is not float_row:
+                notes[name] = f"{chosen.name} not exportable ({err}); model.pt2 holds the float model"
+                files[name] = (float_row, export(float_row.model, example, out / name))
+            else:
+                notes[name] = f"not written: {err}"
+    runs = run_in_fresh_process([path for _, path in files.values()], [example])
+    exported: dict[str, dict[str, Any]] = {}
+    for name, (row, path) in files.items():
+        run = runs[str(path.resolve())]
+        with torch.no_grad():
+            eager = row.model.eval()(example)
+        exported[name] = {"model": row.name, "bytes": path.stat().st_size, "latency_ms": round(run.latency_ms, 3),
+                          "eager_latency_ms": round(row.latency_ms, 3),
+                          "max_abs_difference": float((run.outputs[0] - eager).abs().max()),
+                          "same_predictions": float((run.outputs[0].argmax(1) == eager.argmax(1)).float().mean())}
+        if progress:
+            print(f"[warmstart compress] {name} ({row.name}): {path.stat().st_size / 1e3:.1f} kB, "
+                  f"{run.latency_ms:.2f} ms per batch of {len(example)} in a fresh process "
+                  f"(eager {row.latency_ms:.2f} ms)", flush=True)
+    for name, note in notes.items():
+        exported.setdefault(name, {})["note"] = note
+    return exported
 
 
 def _check_model_config(config: ModelConfig, key: str) -> None:
@@ -150,6 +197,24 @@ def _accuracy(model: nn.Module, data: DataBundle) -> float:
     return evaluate(model, data.test)["accuracy"]
 
 
+def _exported_lines(exported: dict[str, dict[str, Any]], batch: int) -> list[str]:
+    if not exported:
+        return []
+    lines = ["## Deployable files", "",
+             f"Each file loaded in a fresh process that cannot import warmstart (`python -I -S`) and timed there; "
+             f"median ms per batch of {batch} on the CPU, beside the same model run eagerly in this process.", "",
+             "| file | model | size (kB) | latency, fresh process (ms) | latency, eager (ms) | max abs difference | "
+             "same predictions |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {e['model']} | {e['bytes'] / 1e3:.1f} | {e['latency_ms']:.2f} | {e['eager_latency_ms']:.2f} "
+              f"| {e['max_abs_difference']:.2g} | {100 * e['same_predictions']:.1f}% |"
+              for name, e in exported.items() if "bytes" in e]
+    lines += ["", *[f"- {name}: {e['note']}" for name, e in exported.items() if "note" in e],
+              "Load `model.pt2` with `torch.export.load('model.pt2').module()` (for an int8 model, `import torchao` "
+              "first: it registers the int8 operators); `model.onnx` with "
+              "`onnxruntime.InferenceSession('model.onnx')`.", ""]
+    return lines
+
+
 def _write(out: Path, job: CompressJob, results: dict[str, dict[str, Any]]) -> None:
     import json
 
@@ -166,6 +231,7 @@ def _write(out: Path, job: CompressJob, results: dict[str, dict[str, Any]]) -> N
     lines += [f"| {name} | {100 * r['accuracy']:.1f} | {r['params']:,} | {r['bytes'] / 1e3:.1f} | {r['latency_ms']:.2f} |"
               for name, r in rows.items()]
     lines += ["", results["total"]["quantize_note"], ""]
+    lines += _exported_lines(results.get("exported", {}), job.latency_batch)
     plt = pyplot()
     if plt is not None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))

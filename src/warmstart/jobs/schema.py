@@ -483,6 +483,9 @@ class CompressJob:
             converted to ``int8-static`` (x86 CPUs), reported beside the post-training row.
         qat_lr: learning rate of the quantization-aware training (the recovery optimizer otherwise).
         latency_batch: the batch size latency is measured at.
+        export: write the quantized model as ``model.pt2`` (``torch.export``) and the pruned,
+            distilled float model as ``model.onnx`` (with the ``deploy`` extra), and time each
+            loaded in a fresh process without warmstart, beside the eager model.
     """
 
     out_dir: str = "runs/digits_compress"
@@ -504,6 +507,7 @@ class CompressJob:
     qat_epochs: int = 0
     qat_lr: float = 3e-4
     latency_batch: int = 64
+    export: bool = True
 
     def __post_init__(self) -> None:
         if self.model is None:
