@@ -49,7 +49,8 @@ class Selection:
         trainings: number of trial trainings (candidates x folds x repeats).
         trial_epochs: epochs of each trial.
         cost: the trials' training cost in runs of the final training (epochs x share of the data
-            each trial trained on, summed, over the final run's epochs); the final run adds 1.
+            each trial trained on x the candidate's cost per epoch, summed, over the final run's);
+            the final run adds 1.
     """
 
     choice: str
@@ -209,7 +210,8 @@ def select(names: Sequence[str], score: Callable[[str, Any, Any, int], float], l
         seed: seed of the folds and the held-out split.
         budget: the trials' cost in final runs.
         cost_of: a candidate's cost per epoch relative to the others (default 1 each), e.g. more
-            data per epoch; used for the reported cost only.
+            data per epoch; used for the reported cost only, which is then in runs of the chosen
+            candidate: ``sum(cost_of[n] for n in names) * splits * trial_epochs * share / (cost_of[choice] * epochs)``.
 
     Returns:
         A :class:`Selection`.
@@ -241,10 +243,10 @@ def select(names: Sequence[str], score: Callable[[str, Any, Any, int], float], l
     each = trial_epochs(epochs, trainings, share, budget)
     results = {name: summarise([score(name, train, val, each) for train, val, _ in splits],
                                sum(size for *_, size in splits)) for name in names}
-    weight = cost_of or {}
-    cost = sum(weight.get(n, 1.0) for n in names) * len(splits) * each * share / epochs
-    return Selection(choice=choose(results, names[0]), default=names[0], scores=results, validation=validation,
-                     trainings=trainings, trial_epochs=each, cost=cost)
+    choice, weight = choose(results, names[0]), cost_of or {}
+    cost = sum(weight.get(n, 1.0) for n in names) * len(splits) * each * share / (weight.get(choice, 1.0) * epochs)
+    return Selection(choice=choice, default=names[0], scores=results, validation=validation, trainings=trainings,
+                     trial_epochs=each, cost=cost)
 
 
 def _val_size(loader: Any) -> int:

@@ -9,6 +9,7 @@ from warmstart.data import InMemoryLoader
 from warmstart.distill import KDSetting, distill
 from warmstart.errors import ConfigError
 from warmstart.models import mlp
+from warmstart.selection import standard_error
 
 
 def _task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,10 +37,30 @@ def test_every_setting_is_scored_and_the_best_trains_on_everything():
     student = mlp(8, [16], 3)
     result = distill(student, _teacher(), InMemoryLoader(x, y, batch_size=16, shuffle=True, seed=0), unlabelled=pool,
                      epochs=20, progress=False, seed=0)
-    assert set(result.scores) == {"hard_labels", "kd_alpha0.5_T4", "kd_alpha0.9_T4", "unlabelled_T1", "unlabelled_T4"}
-    assert result.choice == max(result.scores, key=result.scores.get) and result.model is student
-    assert result.scores[result.choice] >= result.scores["hard_labels"]
-    assert len(result.history) == 20
+    assert set(result.scores) == {"hard_labels", "kd_alpha0.5_T4", "kd_alpha0.9_T4", "unlabelled_T1", "unlabelled_T4",
+                                  "hard_labels_same_steps"}
+    assert result.model is student and len(result.history) in (20, 20 * 42 // 4)
+    picked = result.selection
+    assert picked.validation == "3-fold x 1 cross-validation on 60 labels" and picked.trainings == 18
+    assert picked.choice == result.choice and result.scores == {n: s.mean for n, s in picked.scores.items()}
+    if result.choice != "hard_labels":  # a win must clear the noise the folds show
+        diffs = [a - b for a, b in zip(picked.scores[result.choice].folds, picked.scores["hard_labels"].folds)]
+        assert sum(diffs) / 3 > standard_error(diffs)
+
+
+def test_hard_labels_for_the_same_steps_train_as_many_optimizer_steps_as_the_unlabelled_settings():
+    from warmstart.distill.recipe import _same_steps
+
+    x, y = _task(60, seed=2)
+    pool, _ = _task(600, seed=3)
+    assert _same_steps(InMemoryLoader(x, y, batch_size=16), pool, epochs=3) == round(3 * 42 / 4)  # 660/16 -> 42 steps, 60/16 -> 4
+    assert _same_steps(InMemoryLoader(x, y, batch_size=16, drop_last=True), pool, epochs=2) == round(2 * 41 / 3)
+    torch.manual_seed(0)
+    result = distill(mlp(8, [4], 3), mlp(8, [4], 3), InMemoryLoader(x, y, batch_size=16), unlabelled=pool, epochs=3,
+                     settings=[KDSetting("hard_labels_same_steps", 0.0, same_steps=True)], progress=False)
+    assert len(result.history) == 32 and result.trainer.global_step == 32 * 4  # vs 3 x 42 = 126 unlabelled
+    with pytest.raises(ConfigError, match="counts its steps by unlabelled data, but none was given"):
+        distill(mlp(8, [4], 3), mlp(8, [4], 3), InMemoryLoader(x, y), settings=[KDSetting("s", 0.0, same_steps=True)])
 
 
 def test_settings_that_cannot_work_are_refused():

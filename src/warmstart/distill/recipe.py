@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -15,10 +16,11 @@ from torch import nn
 
 from warmstart import distributed
 from warmstart.data.augment import is_random
-from warmstart.data.loaders import InMemoryLoader, split_loader
+from warmstart.data.loaders import InMemoryLoader
 from warmstart.distill.cache import is_deterministic
 from warmstart.distill.trainer import DistillTrainer
 from warmstart.errors import ConfigError
+from warmstart.selection import Selection, select as select_by_validation
 from warmstart.trainer import Trainer
 
 
@@ -32,19 +34,24 @@ class KDSetting:
         temperature: the softmax temperature ``T``.
         unlabelled: learn from the labelled and the unlabelled images, all labelled by the teacher
             (``alpha`` must then be 1).
+        same_steps: train for as many optimizer steps as a setting that learns from the unlabelled
+            images too (its epochs times ``steps(labelled + unlabelled) / steps(labelled)``): with
+            ``alpha=0``, the fair control of those settings, which take more steps per epoch.
     """
 
     name: str
     alpha: float
     temperature: float = 4.0
     unlabelled: bool = False
+    same_steps: bool = False
 
 
 def default_settings(unlabelled: bool) -> list[KDSetting]:
-    """Hard labels (the control), KD on the labels at two weights, and, with unlabelled data, KD on all of it at T=1 and 4."""
+    """Hard labels (the control and the default), KD on the labels at two weights, and, with unlabelled data, KD on all of it at T=1 and 4 and its control: hard labels for as many optimizer steps."""
     settings = [KDSetting("hard_labels", 0.0), KDSetting("kd_alpha0.5_T4", 0.5), KDSetting("kd_alpha0.9_T4", 0.9)]
     if unlabelled:
-        settings += [KDSetting("unlabelled_T1", 1.0, 1.0, True), KDSetting("unlabelled_T4", 1.0, 4.0, True)]
+        settings += [KDSetting("unlabelled_T1", 1.0, 1.0, True), KDSetting("unlabelled_T4", 1.0, 4.0, True),
+                     KDSetting("hard_labels_same_steps", 0.0, same_steps=True)]
     return settings
 
 
@@ -57,7 +64,9 @@ class DistillResult:
         history: per-epoch metrics of the final training.
         trainer: the final trainer (for ``evaluate`` and checkpoints).
         choice: the setting trained on all the data.
-        scores: validation accuracy of each setting (empty without selection).
+        scores: mean validation accuracy of each setting (empty without selection).
+        selection: the choice in full: each setting's mean and standard error over the folds, how it
+            was validated, the trainings it took and their cost (``None`` without selection).
     """
 
     model: nn.Module
@@ -65,24 +74,33 @@ class DistillResult:
     trainer: Trainer
     choice: str
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    selection: Selection | None = None
 
 
 def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
             unlabelled: torch.Tensor | InMemoryLoader | None = None, val_loader: Iterable[Any] | None = None, *,
             epochs: int = 30, optimizer: Any = None, scheduler: Any = None,
-            settings: Sequence[KDSetting] | None = None, select: bool = True, val_fraction: float = 0.2,
+            settings: Sequence[KDSetting] | None = None, select: bool = True, val_fraction: float = 0.2, folds: int = 3,
             out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> DistillResult:
-    """Train ``student`` from ``teacher`` the way that validates best, never worse than hard labels beyond noise.
+    """Train ``student`` from ``teacher`` the way that validates best; hard labels unless beaten beyond noise.
 
-    Each setting of :func:`default_settings` trains a copy of the student for ``epochs // 2``
-    epochs and is scored on ``val_loader`` (or on a stratified ``val_fraction`` of the labels held
-    out for the choice); the winner trains ``epochs`` epochs on everything. Hard labels alone are
-    among the settings, so the choice can only lose to them by validation noise. With
-    ``unlabelled`` images the teacher labels them together with the labelled ones (its logits
-    cached once when the data is not randomly augmented: a deterministic ``transform`` of
-    ``labelled``, such as a normalisation, is cached through it; a random one gets the teacher's
-    logits of each epoch's inputs): the setting that helps most in our
-    measurements (``bench/distill_mnist.py``). Cost: five half-length runs and one full run.
+    Each setting of :func:`default_settings` trains a copy of the student and is scored by
+    :func:`warmstart.selection.select`: on ``val_loader`` when given; else, under 2,000 labels, by
+    stratified ``folds``-fold cross-validation over the labels (a 20% hold-out of 100 labels is 20
+    images: its choice is noise); else on a stratified ``val_fraction`` held out. Hard labels, the
+    first setting, are kept unless another beats them by more than the standard error of the
+    difference, and the choice trains ``epochs`` epochs on everything. With ``unlabelled``
+    images the teacher labels them together with the labelled ones (its logits cached once when
+    the data is not randomly augmented: a deterministic ``transform`` of ``labelled``, such as a
+    normalisation, is cached through it; a random one gets the teacher's logits of each epoch's
+    inputs): the setting that helps most in our measurements (``bench/distill_mnist.py``). Those
+    settings take more optimizer steps per epoch, so ``hard_labels_same_steps`` (hard labels for
+    as many steps) is scored beside them: a distillation gain shows against it too.
+    Cost: each trial trains ``max(1, round(2 * epochs / (trials * share)))`` epochs (``trials`` =
+    settings x folds, ``share`` the part of the labels a trial trains on); ``result.selection``
+    reports the trials and their cost in runs of the chosen setting (about 2 with the defaults
+    when the chosen setting and the dearest trials see the same data; a labels-only choice after
+    unlabelled trials costs more, and says how much).
 
     Args:
         student: the network to train (changed in place).
@@ -95,7 +113,9 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         scheduler: as for :class:`warmstart.Trainer` (cosine when ``None``).
         settings: the settings to try (default :func:`default_settings`).
         select: choose by validation; ``False`` trains the first setting.
-        val_fraction: share of the labels held out for the choice when there is no ``val_loader``.
+        val_fraction: share of the labels held out for the choice when there is no ``val_loader``
+            and 2,000 labels or more.
+        folds: folds of the cross-validation on fewer labels.
         out_dir: folder of the final training's checkpoints and logs.
         **trainer_kwargs: more :class:`warmstart.Trainer` options.
 
@@ -120,27 +140,43 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
     options = {"optimizer": optimizer or {"name": "adamw", "lr": 3e-3},
                "scheduler": scheduler or {"name": "cosine"}, **trainer_kwargs}
     with tempfile.TemporaryDirectory(prefix="warmstart-distill-") as caches:
-        scores: dict[str, float] = {}
+        picked = None
         if select and len(tried) > 1:
-            fit_on, score_on = (labelled, val_loader) if val_loader is not None else split_loader(labelled, val_fraction)
-            for setting in tried:
-                trainer = _train(copy.deepcopy(student), teacher, setting, fit_on, extra, max(1, epochs // 2),
-                                 Path(caches) / f"split-{setting.unlabelled}.npy", None, {**options, "progress": False})
-                scores[setting.name] = trainer.evaluate(score_on)["accuracy"]
-        best = max(tried, key=lambda s: (scores.get(s.name, 0.0), -tried.index(s)))
-        if scores and _progress(options):
-            print(f"distill chose '{best.name}' by validation accuracy: "
-                  + ", ".join(f"{n} {100 * s:.1f}%" for n, s in scores.items()), flush=True)
+            picked = _choose(student, teacher, tried, labelled, extra, val_loader, val_fraction, folds, epochs,
+                             Path(caches), {**options, "progress": False})
+        best = next(s for s in tried if s.name == picked.choice) if picked is not None else tried[0]
+        if picked is not None and _progress(options):
+            print(f"distill {picked.summary()}", flush=True)
         trainer = _train(student, teacher, best, labelled, extra, epochs, Path(caches) / f"all-{best.unlabelled}.npy",
                          val_loader, {**options, "out_dir": None if out_dir is None else str(out_dir)})
-    return DistillResult(model=student, history=trainer.history, trainer=trainer, choice=best.name, scores=scores)
+    scores = {} if picked is None else {name: score.mean for name, score in picked.scores.items()}
+    return DistillResult(model=student, history=trainer.history, trainer=trainer, choice=best.name, scores=scores,
+                         selection=picked)
+
+
+def _choose(student: nn.Module, teacher: nn.Module, tried: list[KDSetting], labelled: InMemoryLoader,
+            extra: torch.Tensor | None, val: Any, fraction: float, folds: int, epochs: int, caches: Path,
+            options: dict[str, Any]) -> Selection:
+    """Score every setting on a copy of the student (k-fold on small labelled data) and choose; the first is the default."""
+    splits: dict[int, int] = {}  # one teacher cache per training split, shared by the settings that train on it
+
+    def score(name: str, fit_on: InMemoryLoader, score_on: Any, trial: int) -> float:
+        setting = next(s for s in tried if s.name == name)
+        cache = caches / f"split{splits.setdefault(id(fit_on), len(splits))}-{setting.unlabelled}.npy"
+        trainer = _train(copy.deepcopy(student), teacher, setting, fit_on, extra, trial, cache, None, options)
+        return trainer.evaluate(score_on)["accuracy"]
+
+    more = 1.0 if extra is None else (len(labelled.targets) + len(extra)) / len(labelled.targets)
+    return select_by_validation([s.name for s in tried], score, labelled, epochs, val_loader=val, val_fraction=fraction, folds=folds,
+                  cost_of={s.name: more if s.unlabelled or s.same_steps else 1.0 for s in tried})
 
 
 def _train(student: nn.Module, teacher: nn.Module, setting: KDSetting, labelled: InMemoryLoader,
            extra: torch.Tensor | None, epochs: int, cache: Path, val: Any, options: dict[str, Any]) -> Trainer:
     """Train ``student`` under one setting and return its trainer."""
     if setting.alpha == 0:  # hard labels alone: no teacher at all, as a user without one would train
-        trainer = Trainer(student, max_epochs=epochs, **options)
+        trainer = Trainer(student, max_epochs=_same_steps(labelled, extra, epochs) if setting.same_steps else epochs,
+                          **options)
         trainer.fit(labelled, val)
         return trainer
     train = labelled
@@ -158,6 +194,14 @@ def _train(student: nn.Module, teacher: nn.Module, setting: KDSetting, labelled:
     return trainer
 
 
+def _same_steps(labelled: InMemoryLoader, extra: torch.Tensor, epochs: int) -> int:
+    """Epochs on ``labelled`` that take as many optimizer steps as ``epochs`` on ``labelled`` and ``extra`` together."""
+    def steps(n: int) -> int:
+        return max(1, n // labelled.batch_size if labelled.drop_last else math.ceil(n / labelled.batch_size))
+
+    return max(1, round(epochs * steps(len(labelled.targets) + len(extra)) / steps(len(labelled.targets))))
+
+
 def _as_inputs(unlabelled: torch.Tensor | InMemoryLoader | None) -> torch.Tensor | None:
     if unlabelled is None or isinstance(unlabelled, torch.Tensor):
         return unlabelled
@@ -173,8 +217,9 @@ def _check(labelled: Any, settings: list[KDSetting], extra: torch.Tensor | None)
     if not settings:
         raise ConfigError("distill() needs at least one setting")
     for setting in settings:
-        if setting.unlabelled and extra is None:
-            raise ConfigError(f"setting '{setting.name}' learns from unlabelled data, but none was given (unlabelled=)")
+        if (setting.unlabelled or setting.same_steps) and extra is None:
+            raise ConfigError(f"setting '{setting.name}' {'counts its steps by' if setting.same_steps else 'learns from'} "
+                              "unlabelled data, but none was given (unlabelled=)")
         if setting.unlabelled and setting.alpha != 1:
             raise ConfigError(f"setting '{setting.name}': unlabelled data has no hard labels, so alpha must be 1")
 
