@@ -57,6 +57,7 @@ def exported(tmp_path_factory):
     files = {kind: export(model, X, folder / f"{kind}.pt2") for kind, model in models.items()}
     files.update({f"{kind}.onnx": export(models[kind], X, folder / f"{kind}.onnx", format="onnx")
                   for kind in ("float", "pruned")})
+    files["float.onnx-int8"] = export(models["float"], X, folder / "float-int8.onnx", format="onnx-int8")
     runs = run_in_fresh_process(list(files.values()), [X, X[:3], X[:1]], repeats=2, warmup=1)
     return models, {kind: runs[str(path.resolve())] for kind, path in files.items()}
 
@@ -88,7 +89,10 @@ def test_torchao_int8_programs_match_exactly(exported, kind):
 @pytest.mark.parametrize("kind", ["int8-static", "qat"])
 def test_int8_static_programs_match_within_one_quantization_step(exported, kind):
     # the program runs torch's reference quantize/dequantize ops, the in-process model inductor's fused int8
-    # kernels; measured: at most 0.2 of a step apart on this model
+    # kernels. Measured: identical on the calibration batch X; calibrated on 2,048 samples, 3 of 2,048 new rows
+    # differ, by at most 0.66 of a step. Inputs whose activations leave the calibrated range saturate differently
+    # (the graph clamps to the 7-bit range reduce_range sets, inductor's kernels do not): up to 6 steps on 7% of
+    # random rows when calibrated on 8 samples, which is why the comparison runs on the calibration batch
     models, runs = exported
     step = output_step(models[kind])
     for x, got in zip((X, X[:3]), runs[kind].outputs):
@@ -148,3 +152,12 @@ def test_a_missing_deploy_extra_names_the_extra_and_the_command(tmp_path, monkey
     with pytest.raises(ConfigError, match=r"'deploy' extra.*'onnxruntime' is not installed: pip install "
                                           r"'warmstart\[deploy\]'"):
         export(mlp(64, [32], 10), X, tmp_path / "m.onnx", format="onnx")
+
+
+def test_onnx_runtime_int8_stays_near_the_float_model(exported):
+    models, runs = exported
+    for x, got in zip((X, X[:3], X[:1]), runs["float.onnx-int8"].outputs):
+        reference = outputs(models["float"], x)
+        assert got.shape == reference.shape
+        # calibrated on X itself: int8 rounding alone (measured: at most 0.010 against logits up to 0.67)
+        assert (got - reference).abs().max() <= 0.05 * reference.abs().max()

@@ -6,6 +6,7 @@ import copy
 import difflib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,13 @@ from warmstart.compress._layers import compression_record, quantized_mode
 from warmstart.compress._pt2e import CompiledInt8Model
 from warmstart.errors import ConfigError
 
-FORMATS = ("pt2", "onnx")
+FORMATS = ("pt2", "onnx", "onnx-int8")
 EXTRA_FILE = "warmstart.json"  # what the program needs to load (torchao), stored inside the .pt2 archive
 ONNX_TOLERANCE = 1e-4  # ONNX Runtime's kernels against eager PyTorch, float32 (measured: under 1e-7 on small nets)
 
 
 def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], path: str | os.PathLike, *,
-           format: str = "pt2", dynamic_batch: bool = True) -> Path:
+           format: str = "pt2", dynamic_batch: bool = True, calibration: Iterable[Any] | None = None) -> Path:
     """Write ``model`` as a file a serving process loads with torch (``.pt2``) or ONNX Runtime (``.onnx``) alone.
 
     ``"pt2"``: ``torch.export`` of the model in eval mode, saved with ``torch.export.save``; load it
@@ -36,12 +37,24 @@ def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, .
     its ``warmstart.json`` extra file (``torch.export.load(path, extra_files={"warmstart.json": ""})``).
     The exported int8-static graph runs torch's reference quantize/dequantize operators; for
     the fused int8 kernels, ``torch.compile`` it with inductor's ``freezing`` on, as
-    :class:`CompiledInt8Model` does.
+    :class:`CompiledInt8Model` does. Measured against the in-process model: float, pruned,
+    sparse, ``"int8-weight"`` and ``"int8-dynamic"`` programs give identical outputs;
+    ``"int8-static"`` and QAT programs agree within one activation quantization step on
+    inputs inside the calibrated range (most rows exactly), while activations beyond it
+    saturate differently (the graph clamps to the 7-bit range of ``reduce_range`` CPUs,
+    inductor's kernels do not), so calibrate on data like what will be served.
 
     ``"onnx"``: ``torch.onnx.export(..., dynamo=True)`` for float, pruned and sparse models,
     then run once in ONNX Runtime and compared with the model (within ``1e-4``). Needs the
-    ``deploy`` extra. int8 models are refused: ONNX Runtime's own int8 quantizer measured slower
-    than its float model on the CPUs we tried (``bench/RESULTS.md``).
+    ``deploy`` extra. int8 models are refused: export the float model with ``"onnx-int8"``.
+
+    ``"onnx-int8"``: the float ONNX file quantized by ONNX Runtime's own static quantizer (QDQ,
+    int8 weights per channel, uint8 activations (int8 on ARM) with ranges from ``calibration``,
+    7-bit weights where torchao's ``should_reduce_range`` says so). On our 2-core x86 CPU it
+    served Linear-heavy models well (``mlp(784, [1024, 1024], 10)``, batch 64: 1.7 ms against
+    11.4 ms for the float ONNX file) and convolutional ones not at all (``small_cnn``: 7.5
+    against 7.1 ms); ``bench/export_latency.py`` measures yours. ONNX Runtime's dynamic
+    quantizer was slower than the static one on both, so it is not offered.
 
     ``torch.export.load`` unpickles weights: load only files you trust.
 
@@ -53,6 +66,8 @@ def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, .
         format: ``"pt2"`` or ``"onnx"``.
         dynamic_batch: let the file take any batch size (the first dimension of every input);
             ``False`` fixes the example's shapes.
+        calibration: for ``"onnx-int8"``, batches (``x`` or ``(x, y)``) that set the activation
+            ranges (``None``: the example input alone; pass a few hundred samples).
 
     Returns:
         The path written.
@@ -71,13 +86,15 @@ def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, .
     example = _check_request(model, example_input, format)
     target = model.graph if isinstance(model, CompiledInt8Model) else model
     needs = ["torchao"] if quantized_mode(model) is not None else []
-    if format == "onnx":
+    if format.startswith("onnx"):
         import_onnx_runtime()
     was_training = model.training
     try:
         model.eval()
         _check_runs(target, example)
-        if format == "pt2":
+        if format == "onnx-int8":
+            _export_onnx_int8(target, example, dynamic_batch, Path(path), calibration)
+        elif format == "pt2":
             program = _export_program(target, example, dynamic_batch)
             facts = {"needs": needs, "record": compression_record(model), "dynamic_batch": dynamic_batch,
                      "input_shapes": [list(t.shape) for t in example], "torch": torch.__version__}
@@ -122,10 +139,10 @@ def _check_request(model: nn.Module, example_input: Any, format: str) -> tuple[t
     if quantized_mode(model) in ("int8-dynamic-eager", "int8 (torch.ao)"):
         raise ConfigError("an 'int8-dynamic-eager' model holds prepacked fbgemm kernels that torch.export cannot "
                           "capture; export quantize(model, 'int8-dynamic') or 'int8-static' instead, or the float model")
-    if format == "onnx" and quantized_mode(model) is not None:
+    if format.startswith("onnx") and quantized_mode(model) is not None:
         raise ConfigError(f"format='onnx' covers float, pruned and sparse models; this one is int8 "
-                          f"('{quantized_mode(model)}'), so export it with format='pt2' (ONNX Runtime's own int8 "
-                          "quantizer measured slower than its float model on our CPUs: bench/RESULTS.md)")
+                          f"('{quantized_mode(model)}'), so export it with format='pt2', or export the float model "
+                          "with format='onnx-int8' (ONNX Runtime's own int8 quantizer)")
     return example
 
 
@@ -201,3 +218,40 @@ def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_ba
         if error > ONNX_TOLERANCE:
             raise ConfigError(f"the ONNX file differs from the model by {error:.3g} on the example input (more than "
                               f"{ONNX_TOLERANCE}): an operator is exported with other semantics; use format='pt2'")
+
+
+def _export_onnx_int8(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_batch: bool, path: Path,
+                      calibration: Iterable[Any] | None) -> None:
+    """The float ONNX file, quantized by ONNX Runtime's static quantizer (QDQ, per-channel weights)."""
+    import platform
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    from warmstart.compress._pt2e import _inputs_of
+    from warmstart.compress._quantize import reduce_range_for
+
+    names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
+    feeds = [{n: t.detach().cpu().numpy() for n, t in zip(names, _inputs_of(b) if len(example) == 1 else b)}
+             for b in (calibration if calibration is not None else [example])]
+    if not feeds:
+        raise ConfigError("calibration holds no batches: ONNX Runtime's static int8 sets its activation ranges from "
+                          "them; pass a few hundred training samples, or calibration=None for the example input")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
+
+    arm = platform.machine().lower() in ("arm64", "aarch64")
+    with tempfile.TemporaryDirectory(prefix="warmstart-onnx-") as folder:
+        float_file, prepared = Path(folder) / "float.onnx", Path(folder) / "prepared.onnx"
+        _export_onnx(model, example, dynamic_batch, float_file)
+        quant_pre_process(str(float_file), str(prepared))  # shape inference and graph clean-up, as ORT advises
+        with atomic_path(path) as tmp:
+            quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            weight_type=QuantType.QInt8, reduce_range=reduce_range_for(model) and not arm,
+                            activation_type=QuantType.QInt8 if arm else QuantType.QUInt8)
