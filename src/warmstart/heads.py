@@ -17,7 +17,7 @@ HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads", "score", "last_linear", 
 AUX_HEADS = ("aux1.fc2", "aux2.fc2", "AuxLogits.fc")
 # model families whose head attributes are known exactly (their own code names the head)
 FAMILIES = ("torchvision.", "transformers.")
-INITS = ("normal", "zeros", "kaiming", "xavier")
+INITS = ("normal", "default", "zeros", "kaiming", "xavier")
 _SHAPE_METHODS = {"size", "dim", "numel", "type", "get_device"}  # metadata of a tensor, not its values
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim"}
 
@@ -333,8 +333,17 @@ def init_head(layer: nn.Module, init: str = "normal") -> None:
     """Initialise a new head in place.
 
     ``"normal"``: weights ~ N(0, 0.01^2), bias 0 (small logits, so the pretrained features are not
-    disturbed by large early gradients); ``"zeros"``: all zero (uniform first predictions);
-    ``"kaiming"``: PyTorch's default ``reset_parameters``; ``"xavier"``: Xavier-uniform, bias 0.
+    disturbed by large early gradients); ``"default"``: the layer's own ``reset_parameters`` (for
+    ``nn.Linear``, weights and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))), the initialisation a
+    model built from scratch has: the one for a no-pretraining control, which the small normal
+    init slows down on random features; ``"kaiming"``: the same as ``"default"`` (its older
+    name); ``"zeros"``: all zero (uniform first predictions); ``"xavier"``: Xavier-uniform, bias 0.
+
+    Example:
+        >>> layer = nn.Linear(4, 2)
+        >>> init_head(layer, "normal")
+        >>> bool(layer.bias.abs().sum() == 0)
+        True
     """
     if init not in INITS:
         raise ConfigError(f"unknown head init '{init}'; use one of {', '.join(INITS)}")
@@ -342,7 +351,7 @@ def init_head(layer: nn.Module, init: str = "normal") -> None:
         for sub in layer.modules():
             if not isinstance(sub, (nn.Linear, nn.Conv2d)):
                 continue
-            if init == "kaiming":
+            if init in ("default", "kaiming"):
                 sub.reset_parameters()
                 continue
             {"normal": lambda w: nn.init.normal_(w, std=0.01), "zeros": nn.init.zeros_,

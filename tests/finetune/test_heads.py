@@ -199,3 +199,28 @@ def test_an_untraceable_model_needs_an_example_input_or_a_head_path():
     with pytest.raises(ConfigError, match="torch.fx cannot trace.*example_input"):
         find_head(_Untraceable())
     assert find_head(_Untraceable(), example_input=torch.randn(2, 4)).name == "head"
+
+
+def test_the_default_init_keeps_the_layers_own_reset_parameters_for_fair_controls():
+    """Issue 24: a from-scratch control given swap_head's N(0, 0.01^2) head trains slower than a model built fresh."""
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    torch.manual_seed(3)
+    swap_head(model, 5, init="default")
+    torch.manual_seed(3)
+    fresh = nn.Linear(32, 5)  # nn.Linear's own draw: U(-1/sqrt(32), 1/sqrt(32)), bias too (drawn twice, as swap_head does)
+    fresh.reset_parameters()
+    assert torch.equal(model[2].weight, fresh.weight) and torch.equal(model[2].bias, fresh.bias)
+    swap_head(model, 5)  # pretrained features keep the small normal init
+    assert model[2].weight.abs().max() < 0.06 and not model[2].bias.any()
+
+
+def test_fine_tune_passes_the_head_init_on():
+    from warmstart.finetune import fine_tune
+
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))] * 2
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    torch.manual_seed(0)
+    fine_tune(model, data, num_classes=3, head_init="default", select=False, epochs=1, freeze_epochs=0, lr=1e-9,
+              progress=False)
+    bound = 1 / 16 ** 0.5
+    assert model[2].weight.abs().max() <= bound and model[2].weight.std() > 0.1 and model[2].bias.any()

@@ -87,7 +87,8 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
               weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
               proximal: float | None = None, lora: Mapping[str, Any] | None = None, head: str | None = None,
-              keep_head: bool = False, out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
+              keep_head: bool = False, head_init: str = "normal",
+              out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call, choosing how by validation accuracy.
 
     With ``select=True`` (the default) each candidate of :func:`default_candidates` (freeze depth,
@@ -144,6 +145,11 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         lora: LoRA options: fine-tune with adapters (see :class:`warmstart.finetune.LoRA`).
         head: module path of the head (found automatically when omitted).
         keep_head: keep the model's head even though ``num_classes`` is given.
+        head_init: the new head's initialisation (see :func:`warmstart.heads.init_head`): the small
+            ``"normal"`` N(0, 0.01^2) for pretrained features; ``"default"`` (the layer's own
+            ``reset_parameters``) for a model trained from random weights, such as a
+            no-pretraining control, which the small init handicaps. The ``no_pretraining``
+            candidate re-initialises every layer, its head included, with ``reset_parameters``.
         out_dir: folder for the final training's checkpoints and logs (``probe/`` and ``full/``).
         **trainer_kwargs: more :class:`warmstart.Trainer` options (``precision``, ``device``, ``config``, ...).
 
@@ -165,7 +171,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         ['linear_probe', 'full']
     """
     optimizer = _recipe_optimizer(optimizer, lr, weight_decay)
-    _prepare_head(model, num_classes, head, keep_head)
+    _prepare_head(model, num_classes, head, keep_head, head_init)
     run = functools.partial(_train, optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing,
                             proximal=proximal, head=head, trainer_kwargs=trainer_kwargs)
     fixed = Candidate("recipe", freeze_epochs, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))
@@ -299,12 +305,12 @@ def _recipe_optimizer(optimizer: Any, lr: float | None, weight_decay: float | No
     return {"name": "adamw", "lr": 3e-3 if lr is None else lr, "weight_decay": 0.01 if weight_decay is None else weight_decay}
 
 
-def _prepare_head(model: nn.Module, num_classes: int | None, head: str | None, keep_head: bool) -> None:
+def _prepare_head(model: nn.Module, num_classes: int | None, head: str | None, keep_head: bool, init: str) -> None:
     """A new head for a new task; keeping one is allowed only when it has the right size."""
     if num_classes is None:
         return
     if not keep_head:
-        swap_head(model, num_classes, head=head)
+        swap_head(model, num_classes, head=head, init=init)
     elif find_head(model, head).num_classes != num_classes:
         raise ConfigError(f"keep_head=True, but the head has {find_head(model, head).num_classes} outputs and the task "
                           f"{num_classes} classes; drop keep_head to give the model a new head")
