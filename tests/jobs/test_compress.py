@@ -85,7 +85,7 @@ def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
         (run / name).write_bytes(content)
     command = ["compress", f"out_dir={run}", "data={name: fake, fake_size: 64, fake_classes: 4, "
                "batch_size: 16, val_per_class: 2}", "model.args={width: 8}", f"weights={weights}",
-               "student.args={width: 2}", f"student_weights={student}", "quantize=int8-weight", "latency_batch=8",
+               "student.args={width: 2}", f"student_weights={student}", "quantize=int8-dynamic-eager", "latency_batch=8",
                "steps=2", "global_pruning=true", "trainer.max_epochs=1", "--quiet"]
     assert main(command) == 2  # a run into a finished folder is refused before it writes anything
     refusal = capsys.readouterr().err
@@ -93,7 +93,12 @@ def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
     assert {name: (run / name).read_bytes() for name in earlier} == earlier
     assert main([*command, "--overwrite"]) == 0
     assert "[warmstart compress] wrote" in capsys.readouterr().out and (run / "report.md").read_bytes() != b"# earlier"
-    assert "trained model" in json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert "trained model" in results
+    # torch.export cannot capture the eager int8 kernels: model.pt2 holds the pruned, distilled float model
+    pt2 = results["exported"]["model.pt2"]
+    assert pt2["model"] == "pruned + distillation from the trained model" and pt2["max_abs_difference"] < 1e-5
+    assert "int8-dynamic-eager: not exported" in pt2["note"] and "prepacked" in pt2["note"]
 
 
 @pytest.mark.parametrize(("override", "message"), [

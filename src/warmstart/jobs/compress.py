@@ -137,16 +137,19 @@ def _export_files(out: Path, chosen: _Row, float_row: _Row, example: torch.Tenso
     from warmstart.compress import export, run_in_fresh_process
 
     files, notes = {}, {}
-    for name, row, kind in (("model.pt2", chosen, "pt2"), ("model.onnx", float_row, "onnx")):
+    attempts = [("model.pt2", chosen, "pt2"), ("model.pt2", float_row, "pt2"), ("model.onnx", float_row, "onnx")]
+    for name, row, kind in attempts:
+        if name in files or (name in notes and row is chosen):
+            continue
         try:
             files[name] = (row, export(row.model, example, out / name, format=kind))
-        except ConfigError as err:  # int8-dynamic-eager (not exportable), or no deploy extra for ONNX
-            if kind == "pt2" and row is not float_row:
-                notes[name] = f"{chosen.name} not exportable ({err}); model.pt2 holds the float model"
-                files[name] = (float_row, export(float_row.model, example, out / name))
-            else:
-                notes[name] = f"not written: {err}"
-    runs = run_in_fresh_process([path for _, path in files.values()], [example])
+        except ConfigError as err:  # int8-dynamic-eager or a forward export cannot capture; no deploy extra
+            notes[name] = f"{row.name}: not exported ({err})" + ("; trying the float model" if row is chosen else "")
+    try:
+        runs = run_in_fresh_process([path for _, path in files.values()], [example]) if files else {}
+    except ConfigError as err:  # the files are written; only their timing failed: say so in the report
+        return {name: {"note": f"written, but not timed in a fresh process: {err}"} for name in files} | {
+            name: {"note": note} for name, note in notes.items()}
     exported: dict[str, dict[str, Any]] = {}
     for name, (row, path) in files.items():
         run = runs[str(path.resolve())]
@@ -211,7 +214,9 @@ def _exported_lines(exported: dict[str, dict[str, Any]], batch: int) -> list[str
     lines += ["", *[f"- {name}: {e['note']}" for name, e in exported.items() if "note" in e],
               "Load `model.pt2` with `torch.export.load('model.pt2').module()` (for an int8 model, `import torchao` "
               "first: it registers the int8 operators); `model.onnx` with "
-              "`onnxruntime.InferenceSession('model.onnx')`.", ""]
+              "`onnxruntime.InferenceSession('model.onnx')`. An int8-static `model.pt2` runs torch's reference int8 "
+              "operators as loaded; `torch.compile` it with `torch._inductor.config.freezing` on for the fused "
+              "kernels (bench/RESULTS.md, export latency).", ""]
     return lines
 
 
