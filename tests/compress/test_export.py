@@ -161,3 +161,13 @@ def test_onnx_runtime_int8_stays_near_the_float_model(exported):
         assert got.shape == reference.shape
         # calibrated on X itself: int8 rounding alone (measured: at most 0.010 against logits up to 0.67)
         assert (got - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+def test_a_batch_of_one_exports_a_dynamic_batch_and_dynamic_batch_false_fixes_it(tmp_path):
+    model = build("float")
+    program = torch.export.load(export(model, X[:1], tmp_path / "one.pt2")).module()  # export sees it twice
+    assert torch.allclose(program(X[:5]), outputs(model, X[:5]), rtol=0, atol=1e-6)
+    fixed = torch.export.load(export(model, X, tmp_path / "fixed.pt2", dynamic_batch=False)).module()
+    assert fixed(X).shape == (8, 10)
+    with pytest.raises(Exception, match="shape|size|batch|Expected"):
+        fixed(X[:3])
