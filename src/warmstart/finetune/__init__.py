@@ -10,7 +10,7 @@ from warmstart.finetune.lora import (LoraInfo, adapter_state_dict, add_lora, bas
 from warmstart.finetune.lr_finder import LRFinderResult, lr_find
 from warmstart.finetune.methods import METHODS, Full, Gradual, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.recipes import Candidate, FineTuneResult, default_candidates, fine_tune
-from warmstart.finetune.text_models import MINILM, load_text_classifier, load_tokenizer, minilm_path
+from warmstart.finetune.text_models import MINILM, load_text_classifier, load_tokenizer, minilm_path, use_mean_pooling
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.finetune.transfer import transfer_layers
 from warmstart.heads import SwapInfo, find_head, init_head, swap_head
@@ -61,6 +61,7 @@ __all__ = [
     "swap_head",
     "transfer_layers",
     "unfreeze",
+    "use_mean_pooling",
 ]
 
 # the names of the fine-tuning methods before they took the word "method" (``strategy`` is the Trainer's parallelism)

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from warmstart.data.torchvision_sets import cache_dir
@@ -89,31 +90,40 @@ def _unreadable(name: str, err: OSError) -> CheckpointError:
                            "(bundled), a folder with a Hugging Face checkpoint, or a Hub name when online")
 
 
-def load_text_classifier(name: str = MINILM, num_labels: int = 2, pretrained: bool = True) -> tuple[nn.Module, Any]:
+def load_text_classifier(name: str = MINILM, num_labels: int = 2, pretrained: bool = True,
+                         pooling: str = "cls") -> tuple[nn.Module, Any]:
     """A pretrained transformer with a new classification head for ``num_labels`` classes, and its tokenizer.
 
     ``name`` is ``"all-MiniLM-L6-v2"`` (unpacked from its package: no download), a folder with a
     Hugging Face checkpoint, or, when online, a Hub name (``transformers`` downloads it). The head
     is new (``AutoModelForSequenceClassification``); everything below it is pretrained, unless
     ``pretrained=False``: the same architecture from random weights (the control of a fine-tuning run).
+    ``pooling="mean"`` feeds the head the mean of the last hidden states over the tokens (see
+    :func:`use_mean_pooling`): the sentence embedding all-MiniLM-L6-v2 was trained for, and what a
+    linear probe (``FinetuneTrainer(method="linear_probe")``) should see; ``"cls"`` keeps the
+    model's own pooler (BERT's dense + tanh on the first token).
 
     Args:
         name: the model.
         num_labels: outputs of the new head.
         pretrained: load the pretrained weights (``False``: initialise every weight at random).
+        pooling: ``"cls"`` (the model's own) or ``"mean"``.
 
     Returns:
         ``(model, tokenizer)``; the model is in training mode on the CPU.
 
     Raises:
         CheckpointError: the model package is not installed, or the checkpoint cannot be read.
-        ConfigError: transformers is not installed.
+        ConfigError: transformers is not installed, an unknown ``pooling``, or ``"mean"`` for a
+            model without a pooler to replace.
 
     Example:
         >>> model, tokenizer = load_text_classifier("all-MiniLM-L6-v2", num_labels=2)  # doctest: +SKIP
         >>> model(**tokenizer(["lovely"], return_tensors="pt")).logits.shape  # doctest: +SKIP
         torch.Size([1, 2])
     """
+    if pooling not in ("cls", "mean"):
+        raise ConfigError(f"unknown pooling '{pooling}'; use 'cls' (the model's own pooler) or 'mean'")
     transformers = require_transformers()
     path = str(minilm_path()) if name == MINILM else name
     verbosity, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
@@ -130,5 +140,56 @@ def load_text_classifier(name: str = MINILM, num_labels: int = 2, pretrained: bo
         transformers.logging.set_verbosity(verbosity)
         if bar:
             transformers.logging.enable_progress_bar()
+    if pooling == "mean":
+        use_mean_pooling(model)
     model.train()
     return model, tokenizer
+
+
+class MeanPooler(nn.Module):
+    """The mean of the last hidden states over each text's tokens (attention mask 1), in place of a BERT pooler.
+
+    The encoder calls its pooler with the hidden states alone, so the mask is taken from the
+    encoder's own call by a pre-hook (:func:`use_mean_pooling` installs both).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def remember_mask(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        self.mask = mask
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, L, H)`` hidden states to ``(B, H)``: ``sum(hidden * mask) / sum(mask)`` over the tokens."""
+        if self.mask is None:
+            return hidden.mean(1)
+        mask = self.mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def use_mean_pooling(model: nn.Module) -> nn.Module:
+    """Make a Hugging Face classifier's head read the mean-pooled tokens instead of its pooler's output (in place).
+
+    Replaces ``model.base_model.pooler`` (BERT's dense + tanh on the first token, which
+    sentence-transformers checkpoints such as all-MiniLM-L6-v2 never trained) by a
+    :class:`MeanPooler`, so the head, a linear probe's cached features and fine-tuning all see
+    the sentence embedding the model was trained to produce.
+
+    Raises:
+        ConfigError: the model has no ``base_model.pooler`` to replace.
+
+    Example:
+        >>> model, _ = load_text_classifier(num_labels=2, pooling="mean")  # doctest: +SKIP
+        >>> type(model.base_model.pooler).__name__  # doctest: +SKIP
+        'MeanPooler'
+    """
+    base = getattr(model, "base_model", None)
+    if base is None or getattr(base, "pooler", None) is None:
+        raise ConfigError(f"pooling='mean' replaces the pooler of a BERT-style classifier, and this "
+                          f"{type(model).__name__} has none")
+    pooler = MeanPooler()
+    base.pooler = pooler
+    base.register_forward_pre_hook(pooler.remember_mask, with_kwargs=True)
+    return model

@@ -22,7 +22,7 @@ from torch import nn
 
 from warmstart._run_dir import check_out_dir, job_lock
 from warmstart.config import save_config
-from warmstart.data import (CharNgramTokenizer, InMemoryLoader, TextSet, TextSplits, labelled_split, text_loader,
+from warmstart.data import (CharNgramTokenizer, TextSet, TextSplits, labelled_split, text_loader,
                             vader_lexicon)
 from warmstart.distill import SoftLabelTrainer, ngram_classifier
 from warmstart.errors import ConfigError
@@ -79,11 +79,13 @@ class _TextRun:
         trainer.job_config = recorded_job(self.job)
         return trainer
 
-    def pretrained(self, pretrained: bool = True) -> tuple[nn.Module, Any]:
+    def pretrained(self, pretrained: bool = True, pooling: str = "cls") -> tuple[nn.Module, Any]:
         """A fresh copy of the pretrained model with a new head, the same head weights for every method
-        (``pretrained=False``: the same architecture from random weights)."""
+        (``pretrained=False``: the same architecture from random weights; ``pooling``: see
+        :func:`warmstart.finetune.load_text_classifier`)."""
         torch.manual_seed(self.seed)
-        return load_text_classifier(self.job.model, num_labels=self.data.splits.num_classes, pretrained=pretrained)
+        return load_text_classifier(self.job.model, num_labels=self.data.splits.num_classes, pretrained=pretrained,
+                                    pooling=pooling)
 
     def heading(self, text: str) -> None:
         if self.progress:
@@ -100,8 +102,9 @@ class _TextRun:
 def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Run ``job`` and return ``{method: {"accuracy", "val_accuracy", "trainable", "params", "peak_rss_mb", ...}}``.
 
-    1. Baselines: the majority class, and a linear probe (logistic regression on the frozen
-       model's mean-pooled embeddings).
+    1. Baselines: the majority class, and the library's linear probe (the head alone, on the frozen
+       model's mean-pooled embeddings: ``FinetuneTrainer(method="linear_probe")`` on
+       ``load_text_classifier(..., pooling="mean")``).
     2. Full fine-tuning, LoRA, and LoRA with the proximal term, on the labelled words.
     3. The fine-tuned model with the best validation accuracy teaches a character n-gram student on
        the labelled and the unlabelled words, next to the same student trained on the hard labels
@@ -240,44 +243,16 @@ def _share(hits: torch.Tensor) -> float:
 
 
 def _linear_probe(run: _TextRun) -> None:
-    """Logistic regression on the frozen model's mean-pooled embeddings (computed once)."""
+    """The library's linear probe on the frozen model's mean-pooled embeddings: ``FinetuneTrainer(method="linear_probe")``
+    on the model loaded with ``pooling="mean"``, its head trained on the features cached once."""
     data, stage = run.data, run.job.probe
-    run.heading(f"linear probe: logistic regression on frozen mean-pooled {run.job.model} embeddings")
+    run.heading(f"linear probe: the head alone on frozen mean-pooled {run.job.model} embeddings")
     with measured() as cost:
-        model, _ = run.pretrained()
-        in_order = text_loader(data.labelled, data.tokenizer, run.job.data.eval_batch_size, max_length=data.max_length)
-        features = {part: mean_pooled(model, loader) for part, loader in
-                    (("train", in_order), ("val", data.val), ("test", data.test))}
-        labels = {"train": data.labelled.labels, "val": data.splits.val.labels, "test": data.splits.test.labels}
-        torch.manual_seed(run.seed)
-        probe = nn.Linear(features["train"].shape[1], data.splits.num_classes)
-        trainer = run.trainer(Trainer, probe, stage, "linear_probe")
-        size = run.job.data.batch_size
-        loaders = {part: InMemoryLoader(features[part], labels[part], batch_size=size, shuffle=part == "train",
-                                        seed=run.seed) for part in features}
-        history = trainer.fit(loaders["train"], loaders["val"])
-        test = trainer.evaluate(loaders["test"])
-    row = _row(test, history, probe, model, cost)
-    run.record("linear_probe", row, history)
-
-
-@torch.no_grad()
-def mean_pooled(model: nn.Module, loader: Any) -> torch.Tensor:
-    """``(N, H)`` mean of the last hidden states over each text's tokens (mask 1), in the data set's order.
-
-    The sentence embedding all-MiniLM-L6-v2 was trained for; ``model.base_model`` is the encoder
-    of a Hugging Face classifier. The loader must not shuffle; its rows may be ordered by length
-    (``order``).
-    """
-    was_training = model.training
-    model.eval()
-    parts = []
-    for batch in loader:
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-        parts.append((hidden * mask).sum(1) / mask.sum(1))  # (B, H)
-    model.train(was_training)
-    return _in_dataset_order(torch.cat(parts), loader)
+        model, _ = run.pretrained(pooling="mean")
+        trainer = run.trainer(FinetuneTrainer, model, stage, "linear_probe", method="linear_probe")
+        history = trainer.fit(data.train, data.val)
+        test = trainer.evaluate(data.test)
+    run.record("linear_probe", _row(test, history, model, model, cost), history)
 
 
 def _in_dataset_order(rows: torch.Tensor, loader: Any) -> torch.Tensor:
