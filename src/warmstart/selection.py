@@ -80,8 +80,9 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[to
         DataError: ``folds < 2``, or fewer labelled rows than folds.
 
     Example:
-        >>> [f.tolist() for f in stratified_folds(torch.tensor([0, 0, 1, 1]), 2)]
-        [[0, 2], [1, 3]]
+        >>> labels = torch.tensor([0, 0, 0, 1, 1, 1])
+        >>> [labels[rows].tolist() for rows in stratified_folds(labels, 2)]  # each fold: 1 or 2 of each class
+        [[0, 0, 1], [0, 1, 1]]
     """
     if folds < 2 or len(labels) < folds:
         raise DataError(f"{folds}-fold cross-validation needs folds >= 2 and at least {folds} labelled rows, "
