@@ -36,9 +36,9 @@ def _tiny_job(out_dir: Path, *overrides: str) -> VisionPipelineJob:
 def test_task_vision_selects_the_vision_schema_and_shares_the_trainer_section():
     job = load_job("run", CONFIG, ["trainer.seed=3", "lora.trainer.max_epochs=4"])
     assert isinstance(job, VisionPipelineJob) and job.methods == list(VISION_METHODS)
-    assert job.lora.trainer.max_epochs == 4 and job.finetune.trainer.max_epochs == 8
+    assert job.lora.trainer.max_epochs == 4 and job.finetune.trainer.max_epochs == 6
     assert job.lora.trainer.seed == job.distill.trainer.seed == job.compress.trainer.seed == 3
-    assert job.data.size == 64 and job.data.shots == 10 and job.seeds is None
+    assert job.data.size == 56 and job.data.shots == 10 and job.seeds is None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -90,7 +90,8 @@ def test_seeds_give_mean_sd_and_win_counts(tmp_path):
     _needs()
     from warmstart.jobs.vision import run_vision_pipeline
 
-    job = _tiny_job(tmp_path, "seeds=[0, 1]", "methods=[linear_probe, lora]", "compress.enabled=false")
+    job = _tiny_job(tmp_path, "seeds=[0, 1]", "methods=[linear_probe, lora]", "compress.enabled=false",
+                    "trainer.checkpoint=true")
     results = run_vision_pipeline(job, progress=False)
     runs = results["methods"]["lora"]["per_seed"], results["methods"]["lora_random"]["per_seed"]
     assert set(runs[0]) == set(runs[1]) == {"0", "1"} and results["methods"]["lora"]["accuracy_sd"] is not None
@@ -117,7 +118,7 @@ def test_a_finished_run_is_never_replaced_unasked(tmp_path):
     assert not any(tmp_path.iterdir())
     run_vision_pipeline(_tiny_job(tmp_path, "methods=[linear_probe, full]", "compress.enabled=false"), progress=False)
     first = _files(tmp_path)
-    assert {"results.json", "report.md", "job.yaml", "seed0/full/last.safetensors"} <= set(first)
+    assert {"results.json", "report.md", "job.yaml", "transfer.png"} <= set(first)
     with pytest.raises(RunExistsError, match=r"holds an earlier run .*--overwrite"):
         run_vision_pipeline(_tiny_job(tmp_path, "methods=[linear_probe, full]", "compress.enabled=false"),
                             progress=False)

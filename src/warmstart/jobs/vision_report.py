@@ -57,7 +57,12 @@ def compression_rows(results: dict[str, Any]) -> list[str]:
 def print_vision_table(results: dict[str, Any]) -> None:
     """Print both tables and the total time."""
     print("\n".join([*transfer_rows(results), "", *compression_rows(results)]))
-    print(f"total: {results['total']['seconds']:.1f} s ({results['total']['threads']} torch threads)")
+    print(f"total: {results['total']['seconds']:.1f} s ({_threads(results)})")
+
+
+def _threads(results: dict[str, Any]) -> str:
+    count = results["total"]["threads"]
+    return f"{count} torch thread" + ("" if count == 1 else "s")
 
 
 def plot_transfer(results: dict[str, Any], path: Path) -> bool:
@@ -88,13 +93,13 @@ def plot_tradeoff(compression: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return False
     rows = {k: v for k, v in compression.items() if not k.startswith("_")}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
     for ax, key, scale, label in ((axes[0], "bytes", 1e6, "size (MB)"), (axes[1], "latency_ms", 1, "latency (ms)")):
         for name, r in rows.items():
             ax.scatter(r[key] / scale, 100 * r["accuracy"], label=name)
         ax.set(xscale="log", xlabel=label, ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points stay visible
     fig.suptitle("Accuracy against size and CPU latency")
     fig.tight_layout()
     save_figure(fig, path)
@@ -121,9 +126,9 @@ def write_vision_report(out: Path, job: Any, results: dict[str, Any], curves: di
     ) if made]
     lines = ["# warmstart run report (vision)", "", _story(to_dict(job), results), "", *transfer_rows(results), "",
              "## Distilled and compressed", "", _compression_story(results), "", *compression_rows(results), "",
-             f"Total time: {results['total']['seconds']:.1f} s with {results['total']['threads']} torch threads. The "
-             f"full config is `job.yaml`; run it again with `{command}`. Each method's checkpoints and metrics.csv are "
-             "in its sub-folder.", ""]
+             f"Total time: {results['total']['seconds']:.1f} s with {_threads(results)}. The "
+             f"full config is `job.yaml`; run it again with `{command}`. With trainer.checkpoint, each method's "
+             "checkpoints are in its sub-folder (seed*/<method>).", ""]
     for caption, name in plots:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if not plots:
