@@ -47,8 +47,9 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
     data = build_data(DATA, seed=0)
     seconds = ws.compress.measure_latency(build_job_model(ModelConfig(args={"width": 8}), data, seed=0),
                                           next(iter(data.test))[0][:8])
-    # milliseconds, not seconds (a factor 1000); wide bounds, as both timings move when the machine is shared
-    assert 0.02 < results["trained model"]["latency_ms"] / (1e3 * seconds) < 50
+    # milliseconds, not seconds or microseconds (a factor 1000 either way); wide bounds, as both timings move when the
+    # machine is shared (a ratio of 157 was seen on a loaded machine)
+    assert 0.005 < results["trained model"]["latency_ms"] / (1e3 * seconds) < 200
 
 
 def test_missing_weights_name_the_command_that_writes_them(tmp_path):
