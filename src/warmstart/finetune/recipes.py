@@ -210,9 +210,10 @@ def _select(run: Any, model: nn.Module, choices: list[Candidate], train: Any, va
     """
     if val is None:
         _check_enough(train, fraction, folds)
-    return select([c.name for c in choices], lambda name, fit_on, score_on, trial: _score(
-        run, model, choices[_index(choices, name)], fit_on, score_on, trial), train, epochs, val_loader=val,
-                  val_fraction=fraction, folds=folds)
+    def score(name: str, fit_on: Any, score_on: Any, trial_epochs: int) -> float:
+        return _score(run, model, choices[_index(choices, name)], fit_on, score_on, trial_epochs)
+
+    return select([c.name for c in choices], score, train, epochs, val_loader=val, val_fraction=fraction, folds=folds)
 
 
 def _check_enough(loader: Any, fraction: float, folds: int) -> None:
