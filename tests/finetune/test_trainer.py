@@ -197,3 +197,23 @@ def test_the_old_names_of_the_method_classes_still_import_with_a_warning():
         with pytest.warns(DeprecationWarning, match=f"use warmstart.finetune.{new}"):
             assert getattr(finetune, old) is getattr(finetune, new)
     assert "Strategy" not in finetune.__all__ and "Method" in finetune.__all__
+
+
+def test_the_linear_probe_cache_keeps_a_deterministic_transform_and_drops_augmentation():
+    from warmstart.data import InMemoryLoader, build_augmentation
+
+    torch.manual_seed(0)
+    x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    to_rgb = ws.models.ImageInput(None, mean=(0.5,) * 3, std=(0.5,) * 3)  # the model reads 3 channels only
+    trainer = FinetuneTrainer(model, {"name": "sgd", "lr": 0.1}, method="linear_probe", max_epochs=1, progress=False)
+    features, _, _ = trainer._cache_features(InMemoryLoader(x, y, batch_size=8, transform=to_rgb))
+    with torch.no_grad():
+        expected = model[1](model[0](to_rgb(x)))
+    torch.testing.assert_close(features, expected)  # was dropped as if augmentation: the conv got 1 channel and failed
+    gray = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    trainer = FinetuneTrainer(gray, {"name": "sgd", "lr": 0.1}, method="linear_probe", max_epochs=1, progress=False)
+    augmented = InMemoryLoader(x, y, batch_size=8, transform=build_augmentation("digits", batched=True))
+    features, _, _ = trainer._cache_features(augmented)
+    with torch.no_grad():
+        torch.testing.assert_close(features, gray[1](gray[0](x)))  # random augmentation is left out of the cached view

@@ -609,9 +609,14 @@ def _all_samples(loader: DataLoader | InMemoryLoader) -> DataLoader | InMemoryLo
 
 
 def _without_augmentation(loader: Iterable[Any]) -> Iterable[Any]:
-    """The loader's samples in order, without random augmentation where the loader allows it."""
+    """The loader's samples in order, without random augmentation where the loader allows it.
+
+    An :class:`InMemoryLoader`'s deterministic transform (a resize or normalisation, e.g.
+    :class:`warmstart.models.ImageInput`) is kept: the model needs it to read the inputs.
+    """
     if isinstance(loader, InMemoryLoader):
-        return loader.clone(shuffle=False, transform=None, with_index=False)  # keeps this rank's share
+        transform = None if is_random(loader.transform) else loader.transform
+        return loader.clone(shuffle=False, transform=transform, with_index=False)  # keeps this rank's share
     dataset = getattr(loader, "dataset", None)
     if is_random(getattr(dataset, "transform", None)):
         warnings.warn("the linear-probe cache computes features once, so the loader's random augmentation is applied "
