@@ -148,6 +148,11 @@ def write_report(out: Path, job: Any, results: dict[str, dict[str, Any]], curves
         f"Total time: {results.get('total', {}).get('seconds', 0):.1f} s. The full config is `job.yaml`; run it again "
         f"with `{command}`. Each stage's checkpoints, metrics.csv and its own job.yaml are in its sub-folder.", "",
     ]
+    write_markdown(out, lines, plots)
+
+
+def write_markdown(out: Path, lines: list[str], plots: list[tuple[str, str]]) -> None:
+    """Write ``out/report.md``: ``lines``, then each plot under its caption (or a note that plots need matplotlib)."""
     for caption, name in plots:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if not plots:

@@ -8,7 +8,7 @@ from typing import Any
 
 from warmstart.checkpoint import atomic_path
 from warmstart.config import to_dict
-from warmstart.jobs.report import plot_curves, pyplot, save_figure
+from warmstart.jobs.report import plot_curves, pyplot, save_figure, write_markdown
 
 LABELS = {
     "majority": "majority class",
@@ -109,12 +109,7 @@ def write_text_report(out: Path, job: Any, results: dict[str, dict[str, Any]], c
              checkpoint_line(results), "",
              f"Total time: {results.get('total', {}).get('seconds', 0):.1f} s. The full config is `job.yaml`; run it "
              f"again with `{command}`. Each method's checkpoints and metrics.csv are in its sub-folder.", ""]
-    for caption, name in plots:
-        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
-    if not plots:
-        lines += ["(Plots need matplotlib: pip install 'warmstart[examples]'.)", ""]
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n".join(lines))
+    write_markdown(out, lines, plots)
 
 
 def _story(cfg: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from warmstart.checkpoint import atomic_path
 from warmstart.config import to_dict
-from warmstart.jobs.report import plot_curves, pyplot, save_figure
+from warmstart.jobs.report import plot_curves, pyplot, save_figure, write_markdown
 
 LABELS = {
     "linear_probe": "linear probe (frozen pooled features)",
@@ -129,12 +129,7 @@ def write_vision_report(out: Path, job: Any, results: dict[str, Any], curves: di
              f"Total time: {results['total']['seconds']:.1f} s with {_threads(results)}. The "
              f"full config is `job.yaml`; run it again with `{command}`. With trainer.checkpoint, each method's "
              "checkpoints are in its sub-folder (seed*/<method>).", ""]
-    for caption, name in plots:
-        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
-    if not plots:
-        lines += ["(Plots need matplotlib: pip install 'warmstart[examples]'.)", ""]
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n".join(lines))
+    write_markdown(out, lines, plots)
 
 
 def _story(cfg: dict[str, Any], results: dict[str, Any]) -> str:
