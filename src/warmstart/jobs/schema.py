@@ -441,12 +441,7 @@ class TextPipelineJob:
     distill: TextDistillStage = dataclasses.field(default_factory=TextDistillStage)
 
     def __post_init__(self) -> None:
-        if self.trainer.out_dir is not None:
-            raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
-        for method in self.methods:
-            if method not in TEXT_METHODS:
-                raise ConfigError(f"unknown text method '{method}' in 'methods'{nearest(method, TEXT_METHODS)}; valid: "
-                                  f"{', '.join(TEXT_METHODS)}")
+        _check_task_job(self.trainer, self.methods, TEXT_METHODS, "text")
 
 
 VISION_METHODS = ("linear_probe", "full", "lora", "recipe")  # each runs twice: ImageNet weights, and random weights
@@ -627,12 +622,7 @@ class VisionPipelineJob:
     compress: VisionCompressStage = dataclasses.field(default_factory=VisionCompressStage)
 
     def __post_init__(self) -> None:
-        if self.trainer.out_dir is not None:
-            raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
-        for method in self.methods:
-            if method not in VISION_METHODS:
-                raise ConfigError(f"unknown vision method '{method}' in 'methods'{nearest(method, VISION_METHODS)}; "
-                                  f"valid: {', '.join(VISION_METHODS)}")
+        _check_task_job(self.trainer, self.methods, VISION_METHODS, "vision")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ConfigError(f"seeds must be a non-empty list of distinct seeds (or null: trainer.seed), got {self.seeds}")
         if self.threads is not None and self.threads < 1:
@@ -859,3 +849,13 @@ def _task_command(kind: str, choices: list[Command], merged: dict[str, Any]) -> 
 def _section(data: Any, key: str) -> dict[str, Any]:
     value = data.get(key) if isinstance(data, dict) else None
     return value if isinstance(value, dict) else {}
+
+
+def _check_task_job(trainer: TrainerConfig, methods: list[str], valid: tuple[str, ...], task: str) -> None:
+    """What the text and vision jobs check alike: the out_dir at the top level, and known method names."""
+    if trainer.out_dir is not None:
+        raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
+    for method in methods:
+        if method not in valid:
+            raise ConfigError(f"unknown {task} method '{method}' in 'methods'{nearest(method, valid)}; valid: "
+                              f"{', '.join(valid)}")
