@@ -5,8 +5,9 @@ The model is ``small_cnn(width=16)`` trained on the 899 UCI training digits (28x
 1. ``prune(model, example, ratio=0.5)``: torch-pruning removes whole channels (half the parameters),
    so the network is really smaller and faster, and the report lists every layer's widths.
 2. ``recover(pruned, train, val, teacher=model, method="auto")``: a copy is fine-tuned on the labels,
-   another distilled from the unpruned model; the one that scores better on 20% of the training
-   labels held out is kept (never the test digits).
+   another distilled from the unpruned model, each scored on 20% of the training labels held out
+   (never the test digits); fine-tuning is kept unless distillation beats it by more than the
+   standard error, and the choice then trains the pruned model.
 3. ``save_compressed`` / ``load_compressed``: the pruned shapes go into the safetensors metadata and
    are rebuilt on a fresh ``small_cnn(width=16)``.
 4. ``quantize(pruned, "auto", example)``: each int8 mode is timed on this CPU and the fastest kept if it

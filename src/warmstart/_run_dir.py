@@ -32,8 +32,8 @@ RUN_FILES = (
     "last.pt", "last.safetensors", "ema.safetensors", "metrics.csv",  # the Trainer and its callbacks
     "teacher_logits.npy", "teacher_logits.json", "teacher_logits.fingerprint.npy",  # DistillTrainer's teacher cache
     "pretrained.safetensors", "encoder.safetensors", "finetuned.safetensors", "student.safetensors",  # the jobs
-    "pruned_distilled.safetensors", "results.json", "curves.json", "report.md", "accuracy.png", "finetune_curves.png",
-    "distill_curves.png", "accuracy_vs_trainable.png", "tradeoff.png",
+    "pruned_distilled.safetensors", "selection.json", "results.json", "curves.json", "report.md", "accuracy.png",
+    "finetune_curves.png", "distill_curves.png", "accuracy_vs_trainable.png", "tradeoff.png",
 )
 SETTINGS_FILES = ("config.yaml", "job.yaml")  # written when a run starts: alone, they are no run's results
 RUN_FOLDERS = ("last.dcp", ".last.dcp.old")  # the sharded checkpoint, and the previous one a crash left aside
@@ -221,13 +221,14 @@ def run_lock(out_dir: Path | None, device: torch.device | str = "cpu") -> Iterat
 
 @contextlib.contextmanager
 def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (),
-             keep: Iterable[str | os.PathLike] = (), out_key: str = "out_dir") -> Iterator[None]:
+             keep: Iterable[str | os.PathLike] = (), out_key: str = "out_dir", fresh: bool = True) -> Iterator[None]:
     """Hold ``out_dir`` for a job: claimed before the job writes anything (``job.yaml`` too), and checked for an
     earlier run (:func:`check_fresh_run`, with the command line's ways round).
 
     The job's own trainers take the lock again in ``fit``: they get it (one at a time, from the job's
     thread) and skip the check, since what the folder then holds is the job's own. Under ``torchrun``
-    the process that becomes rank 0 (``RANK=0``) holds it, as in :func:`run_lock`.
+    the process that becomes rank 0 (``RANK=0``) holds it, as in :func:`run_lock`. ``fresh=False``
+    (a job that resumes) claims the folder without the check: what it holds is the run to continue.
 
     Raises:
         OutDirBusyError: another live run holds the folder.
@@ -239,7 +240,10 @@ def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (
     lock = acquire_lock(out_dir, lends=True)
     try:
         remove_interrupted_writes(out_dir)
-        check_fresh_run(out_dir, overwrite, stages=stages, keep=keep, out_key=out_key)
+        if fresh:
+            check_fresh_run(out_dir, overwrite, stages=stages, keep=keep, out_key=out_key)
+        else:
+            _claims[_key(out_dir)].checked = True
         yield
     finally:
         release_lock(lock)

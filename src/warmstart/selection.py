@@ -61,6 +61,17 @@ class Selection:
     trial_epochs: int
     cost: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record (``Selection.from_dict`` reads it back)."""
+        scores = {n: {"mean": s.mean, "se": s.se, "folds": list(s.folds)} for n, s in self.scores.items()}
+        return {**dataclasses.asdict(self), "scores": scores}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Selection:
+        """The :class:`Selection` that :meth:`to_dict` recorded."""
+        scores = {n: CandidateScore(s["mean"], s["se"], tuple(s["folds"])) for n, s in record["scores"].items()}
+        return cls(**{**record, "scores": scores})
+
     def summary(self) -> str:
         """One line: the choice, every candidate's mean +- SE, and the cost."""
         return (f"chose '{self.choice}' by {self.validation} (default '{self.default}', kept unless beaten by more than "

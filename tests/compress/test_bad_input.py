@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,6 +14,7 @@ import warmstart as ws
 from warmstart._resume import ResumeChangeWarning
 from warmstart.compress import (count_parameters, load_compressed, prune, quantize, recover, save_compressed, sparsify,
                                 tensor_bytes)
+from warmstart.data import InMemoryLoader
 from warmstart.errors import CheckpointError, ConfigError, RunExistsError
 from warmstart.models import mlp
 
@@ -95,23 +98,36 @@ def test_recover_refuses_epochs_and_max_epochs_together():
     assert len(recover(mlp(16, [8], 3), DATA, method="finetune", max_epochs=2, progress=False).history) == 2
 
 
-def test_auto_recovery_trains_each_candidate_in_its_own_folder(tmp_path):
-    teacher, val = mlp(16, [32], 3), [(X[:4], torch.arange(4) % 3)]
-    options = {"teacher": teacher, "method": "auto", "out_dir": tmp_path, "progress": False, "seed": 0}
-    result = recover(mlp(16, [8], 3), DATA, val, epochs=1, **options)
-    assert (tmp_path / "finetune" / "last.pt").is_file() and (tmp_path / "distill" / "last.pt").is_file()
-    saved = load_file(tmp_path / "last.safetensors")  # the winner's files on top: the returned model
+def test_auto_recovery_records_its_choice_and_resumes_it_without_new_trials(tmp_path, monkeypatch):
+    from warmstart.compress import _recover
+
+    teacher = mlp(16, [32], 3)
+    x, y = torch.randn(24, 16, generator=torch.Generator().manual_seed(1)), torch.arange(24) % 3
+    labelled = InMemoryLoader(x, y, batch_size=8, shuffle=True)
+    options = {"teacher": teacher, "method": "auto", "unlabelled": torch.randn(16, 16), "out_dir": tmp_path,
+               "progress": False, "seed": 0}
+    result = recover(mlp(16, [8], 3), labelled, epochs=3, **options)
+    record = json.loads((tmp_path / "selection.json").read_text())
+    assert list(record["scores"]) == ["finetune", "distill", "distill_unlabelled", "finetune_same_steps"]
+    assert record["choice"] == result.method and record["validation"] == "3-fold x 1 cross-validation on 24 labels"
+    assert all(len(score["folds"]) == 3 for score in record["scores"].values())
+    saved = load_file(tmp_path / "last.safetensors")  # the final run's files: the returned model
     assert all(torch.equal(saved[key], value) for key, value in result.model.state_dict().items())
-    assert saved.keys() == result.model.state_dict().keys()
     first = (tmp_path / "last.safetensors").read_bytes()
-    with pytest.raises(RunExistsError, match="holds an earlier run"):
-        recover(mlp(16, [8], 3), DATA, val, epochs=1, **options)
+
+    def no_trials(*args, **kwargs):
+        raise AssertionError("trials ran")
+
+    monkeypatch.setattr(_recover, "choose_setting", no_trials)
+    with pytest.raises(RunExistsError, match="holds an earlier run"):  # refused before any trial
+        recover(mlp(16, [8], 3), labelled, epochs=3, **options)
     assert (tmp_path / "last.safetensors").read_bytes() == first
-    with pytest.warns(ResumeChangeWarning):
-        resumed = recover(mlp(16, [8], 3), DATA, val, epochs=2, resume="last", **options)
-    assert [row["epoch"] for row in resumed.history] == [1, 2]  # each candidate continued its own run
-    with pytest.raises(ConfigError, match="resume='last'"):
-        recover(mlp(16, [8], 3), DATA, val, epochs=1, resume=tmp_path / "last.pt", **options)
+    with pytest.warns(ResumeChangeWarning):  # max_epochs 3 -> 4: the recorded choice trains one epoch more
+        resumed = recover(mlp(16, [8], 3), labelled, epochs=4, resume="last", **options)
+    assert resumed.method == result.method and resumed.selection.to_dict() == record
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4]  # the run continued, not restarted
+    with pytest.raises(ConfigError, match="chose among finetune, distill, distill_unlabelled"):
+        recover(mlp(16, [8], 3), labelled, epochs=3, resume="last", **{**options, "unlabelled": None})
 
 
 def test_an_int8_static_model_holds_only_what_its_graph_reads():

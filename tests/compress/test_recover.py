@@ -37,21 +37,40 @@ def test_pruning_then_recovery_wins_back_accuracy(digits_cnn, method):
     assert len(result.history) == 3 and result.method == method
 
 
-def test_auto_keeps_the_method_that_validates_better(digits_cnn):
+def test_auto_chooses_by_validation_and_trains_the_choice_on_everything(digits_cnn):
     from warmstart.data import split_loader
+    from warmstart.selection import choose
 
     teacher, data = digits_cnn["model"], digits_cnn["data"]
     pruned, _ = prune(teacher, data.train.tensors[0][:8], ratio=0.7)
     train, val = split_loader(InMemoryLoader(data.train, batch_size=64, shuffle=True), 0.2)
     result = recover(pruned, train, val, teacher=teacher, method="auto", epochs=2, optimizer=OPTIMIZER,
                      progress=False, seed=0)
-    assert set(result.scores) == {"finetune", "distill"} and result.model is pruned
-    assert result.method == max(result.scores, key=result.scores.get)
-    # the model passed in holds the winner's weights: its validation accuracy is the winner's score
-    assert accuracy(pruned, val) == pytest.approx(result.scores[result.method])
-    assert result.trainer.evaluate(val)["accuracy"] == pytest.approx(result.scores[result.method])
-    with pytest.raises(ConfigError, match="method='auto' chooses .* pass val_loader="):
-        recover(pruned, train, teacher=teacher, method="auto")
+    assert list(result.scores) == ["finetune", "distill"] and result.model is pruned
+    picked = result.selection
+    assert picked.validation == "the validation loader" and picked.default == "finetune"
+    assert result.method == picked.choice == choose(picked.scores, "finetune")
+    assert result.scores == {name: score.mean for name, score in picked.scores.items()}
+    # the choice's final run trained the model passed in, and validated on val every epoch
+    assert len(result.history) == 2 and "val_accuracy" in result.history[-1]
+    assert accuracy(pruned, val) == pytest.approx(result.history[-1]["val_accuracy"])
+
+
+def test_unlabelled_images_are_labelled_by_the_teacher(digits_cnn):
+    teacher, data = digits_cnn["model"], digits_cnn["data"]
+    pruned, _ = prune(teacher, data.train.tensors[0][:8], ratio=0.7)
+    x, y = data.train.tensors
+    labelled = InMemoryLoader(x[:50], y[:50], batch_size=25, shuffle=True)
+    result = recover(copy.deepcopy(pruned), labelled, teacher=teacher, unlabelled=x[50:250], epochs=1,
+                     progress=False, seed=0)
+    assert result.trainer.global_step == 10  # (50 labelled + 200 unlabelled) / 25: one epoch over all of them
+    assert result.trainer.alpha == 1.0  # soft labels alone: the unlabelled images have no hard ones
+    with pytest.raises(ConfigError, match="alpha must be 1"):
+        recover(copy.deepcopy(pruned), labelled, teacher=teacher, unlabelled=x[50:], alpha=0.5)
+    with pytest.raises(ConfigError, match="need a teacher to label them"):
+        recover(copy.deepcopy(pruned), labelled, teacher=teacher, unlabelled=x[50:], method="finetune")
+    with pytest.raises(ConfigError, match="adds images to a labelled InMemoryLoader"):
+        recover(copy.deepcopy(pruned), list(labelled), teacher=teacher, unlabelled=x[50:])
 
 
 def test_the_teacher_is_left_as_it_was():
@@ -67,3 +86,5 @@ def test_bad_method_and_distillation_without_teacher_are_refused():
         recover(mlp(16, [8], 3), data, method="prune")
     with pytest.raises(ConfigError, match="needs the unpruned model as teacher"):
         recover(mlp(16, [8], 3), data)
+    with pytest.raises(ConfigError, match="resumes that run with resume='last'"):
+        recover(mlp(16, [8], 3), data, teacher=mlp(16, [8], 3), method="auto", resume="run/last.pt")

@@ -1,27 +1,37 @@
-"""Recover a pruned model's accuracy: distil it from the unpruned model, or fine-tune it on the labels."""
+"""Recover a pruned model's accuracy: distil it from the unpruned model (also on unlabelled images), fine-tune it, or choose."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
+import json
+import math
 import os
-import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from warmstart import distributed
-from warmstart._run_dir import LOCK_NAME, acquire_lock, check_fresh_run, check_out_dir, release_lock
-from warmstart.distill import DistillTrainer
+from warmstart._run_dir import check_out_dir, job_lock
+from warmstart.checkpoint import atomic_path
+from warmstart.data.loaders import InMemoryLoader
+from warmstart.distill.recipe import (
+    KDSetting,
+    choose_setting,
+    train_setting,
+    unlabelled_inputs,
+)
 from warmstart.errors import ConfigError
-from warmstart.trainer import Trainer
+from warmstart.selection import Selection
 
 METHODS = ("distill", "finetune", "auto")
-CANDIDATES = ("finetune", "distill")  # what "auto" trains, in this order; each in its own sub-folder of out_dir
-DEFAULT_EPOCHS = 5
+DEFAULT_EPOCHS = 5  # at least: on few labels, as many epochs as MIN_STEPS optimizer steps take
+MIN_STEPS = 300  # bench/recover_defaults.py: fine-tuning 100 digit labels gains 10 points from 50 to 150 steps
+SELECTION_FILE = "selection.json"  # what method="auto" chose, in out_dir: resume="last" continues that choice
 
 
 @dataclasses.dataclass
@@ -34,7 +44,9 @@ class RecoveryResult:
         history: per-epoch metrics (``train_loss``, ``val_accuracy``, ...).
         trainer: the trainer (for ``evaluate`` and checkpoints; after ``"auto"``, the winner's,
             which trained a copy whose weights ``model`` received).
-        scores: for ``"auto"``, each method's validation accuracy after its last epoch.
+        scores: for ``"auto"``, each candidate's mean validation accuracy.
+        selection: for ``"auto"``, the choice in full (every candidate's mean and standard error,
+            how it was validated, the trial trainings and their cost), else ``None``.
     """
 
     model: nn.Module
@@ -42,26 +54,50 @@ class RecoveryResult:
     history: list[dict[str, float]]
     trainer: Any
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    selection: Selection | None = None
+
+
+def recovery_settings(unlabelled: bool, temperature: float = 4.0, alpha: float = 0.9) -> list[KDSetting]:
+    """What ``recover(method="auto")`` tries, the first being the default kept unless beaten beyond noise.
+
+    ``finetune`` (the labels alone: the plain way) and ``distill`` (the labels and the teacher);
+    with unlabelled images also ``distill_unlabelled`` (the teacher labels every image, labelled or
+    not) and its fair control ``finetune_same_steps`` (the labels alone for as many optimizer steps).
+    """
+    settings = [KDSetting("finetune", 0.0), KDSetting("distill", alpha, temperature)]
+    if unlabelled:
+        settings += [KDSetting("distill_unlabelled", 1.0, temperature, unlabelled=True),
+                     KDSetting("finetune_same_steps", 0.0, same_steps=True)]
+    return settings
 
 
 def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None, *,
-            teacher: nn.Module | None = None, method: str = "distill", epochs: int | None = None,
-            optimizer: Any = None, temperature: float = 4.0, alpha: float = 0.9,
+            teacher: nn.Module | None = None, method: str = "distill",
+            unlabelled: torch.Tensor | InMemoryLoader | None = None, epochs: int | None = None,
+            optimizer: Any = None, temperature: float = 4.0, alpha: float | None = None, folds: int = 3,
             resume: str | os.PathLike | None = None, **trainer_kwargs: Any) -> RecoveryResult:
     """Train a pruned (or sparsified, or otherwise compressed) model back towards the original's accuracy.
 
     ``method="distill"`` trains with :class:`warmstart.distill.DistillTrainer`, the unpruned model
-    as the teacher: ``loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
-    The teacher's full output distribution carries more than the labels, which is why it is the
-    usual recovery, and the clear winner when labels are scarce: it also learns from unlabelled
-    images. ``method="finetune"`` is plain :class:`warmstart.Trainer` training on the labels,
-    which can be as good or better when every image is labelled and the pruned model is not
-    much weaker than the original (``bench/compress_digits.py`` and
-    ``bench/compress_recovery_cv.py`` measure both). ``method="auto"`` trains a copy with each
-    and keeps the one with the better accuracy on ``val_loader`` (twice the training time); with
-    an ``out_dir``, each candidate trains in its own sub-folder (``out_dir/finetune``,
-    ``out_dir/distill``) and the winner's files are then copied into ``out_dir`` itself, so
-    ``out_dir/last.safetensors`` holds the returned model.
+    as the teacher: ``loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``
+    (``alpha`` 0.9 by default). With ``unlabelled`` images the teacher labels those and the
+    labelled ones alike and the student learns from its soft labels alone (``alpha`` is then 1):
+    the clear winner when labels are scarce. ``method="finetune"`` is plain
+    :class:`warmstart.Trainer` training on the labels, which can be as good or better when every
+    image is labelled and the pruned model is not much weaker than the original
+    (``bench/compress_digits.py`` and ``bench/compress_recovery_cv.py`` measure both).
+
+    ``method="auto"`` chooses among :func:`recovery_settings` (fine-tuning, distillation on the
+    labels, and with ``unlabelled`` images distillation on all of them and fine-tuning for as many
+    optimizer steps, its fair control) with :func:`warmstart.selection.select`, as
+    :func:`warmstart.distill.distill` does: scored on ``val_loader`` when given, else, under 2,000
+    labels, by stratified ``folds``-fold cross-validation over ``train_loader``'s labels, else on
+    a stratified 20% held out. Fine-tuning is kept unless another way beats it by more than the
+    standard error of the difference; the choice then trains ``epochs`` epochs on all of
+    ``train_loader`` (the trials together cost about 2 such runs; ``result.selection`` gives every
+    candidate's mean and standard error and the cost). With an ``out_dir`` the choice is recorded
+    in ``out_dir/selection.json`` and the final run writes its checkpoints there;
+    ``resume="last"`` continues that run with the recorded choice (no new trials).
 
     An int8 model (from :func:`warmstart.compress.quantize`) is refused, as by every trainer: its
     int8 weights take no gradients. Recover the float model before quantizing it, or train the
@@ -70,29 +106,38 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
     Args:
         pruned: the model to train (in place).
         train_loader: training batches ``(inputs, targets)``; for distillation also ``(inputs,)``
-            with ``alpha=1`` (the teacher labels them).
-        val_loader: evaluated after every epoch; needed by ``"auto"``, which chooses on it
-            (labelled batches held out of training).
-        teacher: the unpruned model, needed by ``"distill"``. DistillTrainer moves it to the
-            training device; its ``requires_grad`` flags and train/eval mode are restored after.
+            with ``alpha=1`` (the teacher labels them). ``unlabelled`` and ``"auto"`` without a
+            ``val_loader`` need an :class:`InMemoryLoader` (or, for ``"auto"``, a ``DataLoader``
+            over a map-style data set) to split or extend.
+        val_loader: evaluated after every epoch; ``"auto"`` chooses on it when given (labelled
+            batches held out of training).
+        teacher: the unpruned model, needed by ``"distill"`` and ``"auto"``. DistillTrainer moves
+            it to the training device; its ``requires_grad`` flags and train/eval mode are restored.
         method: ``"distill"``, ``"finetune"`` or ``"auto"``.
-        epochs: training epochs (default 5, or ``config.max_epochs`` when a ``config`` is given);
-            giving both ``epochs`` and the trainer option ``max_epochs`` is refused.
+        unlabelled: more inputs without labels (a tensor or an :class:`InMemoryLoader`) for the
+            teacher to label.
+        epochs: training epochs (default: enough for 300 optimizer steps on ``train_loader``, at
+            least 5; ``config.max_epochs`` when a ``config`` is given); giving both ``epochs`` and
+            the trainer option ``max_epochs`` is refused.
         optimizer: as for :class:`warmstart.Trainer` (default AdamW, lr 1e-3, weight decay 0.01).
         temperature: distillation temperature ``T``.
-        alpha: weight of the distillation term.
-        resume: as for :meth:`warmstart.Trainer.fit`; with ``"auto"`` only ``"last"``, which
-            continues each candidate's run in its own sub-folder.
+        alpha: weight of the distillation term (default 0.9 on labelled batches, 1 with
+            ``unlabelled`` images or unlabelled batches).
+        folds: folds of ``"auto"``'s cross-validation.
+        resume: as for :meth:`warmstart.Trainer.fit`; with ``"auto"`` only ``"last"``.
         **trainer_kwargs: more trainer options (``scheduler`` defaults to cosine; ``seed``,
-            ``device``, ``progress``, ``cache_teacher``, ...).
+            ``device``, ``progress``, ``cache_teacher``, ``out_dir``, ...).
 
     Returns:
         A :class:`RecoveryResult`.
 
     Raises:
-        ConfigError: an unknown method, ``"distill"`` or ``"auto"`` without a teacher,
-            ``"auto"`` without ``val_loader`` (or resuming from one checkpoint path), both
-            ``epochs`` and ``max_epochs``, or an int8 model.
+        ConfigError: an unknown method, ``"distill"`` or ``"auto"`` without a teacher, ``unlabelled``
+            with fine-tuning, with ``alpha`` other than 1 or with a loader that is not an
+            :class:`InMemoryLoader`, ``"auto"`` resuming from one checkpoint path, both ``epochs``
+            and ``max_epochs``, a recorded choice whose candidates differ from this call's, or an
+            int8 model.
+        DataError: ``"auto"`` without ``val_loader`` on labels it cannot split, or too few.
         RunExistsError: ``"auto"`` into an ``out_dir`` that holds an earlier run, not resumed and
             without ``overwrite=True``.
 
@@ -105,104 +150,134 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
         >>> len(result.history)
         1
     """
-    _check_method(method, teacher, val_loader, resume)
-    trainer_kwargs = {**trainer_kwargs, **_epoch_option(epochs, trainer_kwargs)}
+    extra = unlabelled_inputs(unlabelled)
+    _check_method(method, teacher, train_loader, extra, alpha, resume)
+    epochs = _epochs(epochs, trainer_kwargs, train_loader)
+    options = {"optimizer": optimizer if optimizer is not None else {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+               "scheduler": {"name": "cosine"}, **trainer_kwargs}
     if method == "auto":
-        return _best_of_both(pruned, train_loader, val_loader, teacher=teacher, optimizer=optimizer,
-                             temperature=temperature, alpha=alpha, resume=resume, **trainer_kwargs)
-    optimizer = optimizer if optimizer is not None else {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}
-    options = {"scheduler": {"name": "cosine"}, **trainer_kwargs}
+        settings = recovery_settings(extra is not None, temperature, 0.9 if alpha is None else alpha)
+        return _choose_and_train(pruned, teacher, settings, train_loader, val_loader, extra, epochs, folds, resume,
+                                 options)
     if method == "finetune":
-        trainer = Trainer(pruned, optimizer, **options)
-        history = trainer.fit(train_loader, val_loader, resume=resume)
+        setting = KDSetting("finetune", 0.0)
     else:
-        with _restored(teacher):
-            trainer = DistillTrainer(pruned, teacher, optimizer, temperature=temperature, alpha=alpha, **options)
-            history = trainer.fit(train_loader, val_loader, resume=resume)
-    return RecoveryResult(pruned, method, history, trainer)
+        alpha = alpha if alpha is not None else 1.0 if extra is not None or _unlabelled(train_loader) else 0.9
+        setting = KDSetting("distill", alpha, temperature, unlabelled=extra is not None)
+    with _restored(teacher):
+        trainer = train_setting(pruned, teacher, setting, train_loader, extra, epochs, None, val_loader, options, resume)
+    return RecoveryResult(pruned, method, trainer.history, trainer)
 
 
-def _epoch_option(epochs: int | None, trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The ``max_epochs`` trainer option that ``epochs`` means; both given is a conflict, not a silent choice."""
+def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any) -> int:
+    """The epochs to train: ``epochs``, the option ``max_epochs`` (removed from ``trainer_kwargs``), the config's, or
+    the default: ``max(5, ceil(300 / batches per epoch))`` (5 when the loader has no length).
+
+    Both ``epochs`` and ``max_epochs`` is a conflict, not a silent choice.
+    """
     if "max_epochs" in trainer_kwargs:
         if epochs is not None:
             raise ConfigError(f"recover got both epochs={epochs} and max_epochs={trainer_kwargs['max_epochs']}, which "
                               "say the same thing; pass one of them")
-        return {}
-    if epochs is None:
-        return {} if trainer_kwargs.get("config") is not None else {"max_epochs": DEFAULT_EPOCHS}
-    return {"max_epochs": epochs}
+        return int(trainer_kwargs.pop("max_epochs"))
+    if epochs is not None:
+        return epochs
+    config = trainer_kwargs.get("config")
+    if config is not None:
+        return config.max_epochs
+    batches = len(train) if hasattr(train, "__len__") else 0
+    return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / batches)) if batches else DEFAULT_EPOCHS
 
 
-def _best_of_both(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any], *,
-                  resume: str | os.PathLike | None, **options: Any) -> RecoveryResult:
-    """Recover a copy by each method; give ``pruned`` the weights of the one that validates better.
+def _choose_and_train(pruned: nn.Module, teacher: nn.Module, settings: list[KDSetting], train: Any, val: Any,
+                      extra: torch.Tensor | None, epochs: int, folds: int, resume: str | None,
+                      options: dict[str, Any]) -> RecoveryResult:
+    """``method="auto"``: score every setting on copies, record the choice in ``out_dir``, train it on all the data.
 
-    With an ``out_dir``, each method trains in its own sub-folder; the folder is claimed and checked
-    for an earlier run (unless resumed) before either starts, and the winner's files are copied on top.
+    The folder is claimed and checked for an earlier run (unless resumed) before the trials start,
+    not after minutes of training.
     """
     config = options.get("config")
     out_dir = options.get("out_dir", config.out_dir if config is not None else None)
     overwrite = options.get("overwrite", config.overwrite if config is not None else False)
     top = None if out_dir is None else check_out_dir(out_dir)
-    lock = acquire_lock(top) if top is not None and distributed.is_main_process() else None
-    try:
-        if lock is not None and resume is None:
-            check_fresh_run(top, overwrite, stages=CANDIDATES)  # before minutes of training, not after
-        results = {}
-        for method in CANDIDATES:
-            folder = {} if top is None else {"out_dir": top / method}
-            results[method] = recover(copy.deepcopy(pruned), train_loader, val_loader, method=method, resume=resume,
-                                      **{**options, **folder})
-        scores = {method: _last_accuracy(result, method) for method, result in results.items()}
-        best = results[max(scores, key=scores.get)]  # a tie keeps fine-tuning, the simpler of the two
-        if lock is not None:
-            _copy_run(top / best.method, top)
-    finally:
-        if lock is not None:
-            release_lock(lock)
-    pruned.load_state_dict(best.model.state_dict())
-    return RecoveryResult(pruned, best.method, best.history, best.trainer, scores)
+    claim = contextlib.nullcontext() if top is None else job_lock(top, overwrite, fresh=resume is None)
+    with claim, _restored(teacher):
+        picked = _recorded(top, settings) if resume == "last" else None
+        if picked is None:
+            with tempfile.TemporaryDirectory(prefix="warmstart-recover-") as caches:
+                trials = {**options, "progress": False, "out_dir": None, "overwrite": False}
+                picked = choose_setting(pruned, teacher, settings, train, extra, val, 0.2, folds, epochs,
+                                        Path(caches), trials)
+            if top is not None and distributed.is_main_process():
+                with atomic_path(top / SELECTION_FILE) as tmp:
+                    tmp.write_text(json.dumps(picked.to_dict(), indent=1))
+        if _progress(options):
+            print(f"recover {picked.summary()}", flush=True)
+        best = next(s for s in settings if s.name == picked.choice)
+        trainer = train_setting(pruned, teacher, best, train, extra, epochs, None, val, options, resume)
+    scores = {name: score.mean for name, score in picked.scores.items()}
+    return RecoveryResult(pruned, best.name, trainer.history, trainer, scores, picked)
 
 
-def _copy_run(source: Path, target: Path) -> None:
-    """Copy the winning candidate's run files (checkpoints, weights, metrics, config) into ``target``."""
-    for path in source.iterdir():
-        if path.name == LOCK_NAME:
-            continue
-        if path.is_dir():
-            shutil.copytree(path, target / path.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(path, target / path.name)
+def _recorded(top: Path | None, settings: list[KDSetting]) -> Selection | None:
+    """The choice an earlier ``"auto"`` run recorded in ``top`` (``None`` when it stopped before choosing).
+
+    Raises:
+        ConfigError: the record's candidates are not this call's (another ``unlabelled``, say).
+    """
+    path = None if top is None else top / SELECTION_FILE
+    if path is None or not path.is_file():
+        return None
+    picked = Selection.from_dict(json.loads(path.read_text()))
+    names = [s.name for s in settings]
+    if list(picked.scores) != names:
+        raise ConfigError(f"resume='last': the run in {top} chose among {', '.join(picked.scores)}, but this call "
+                          f"offers {', '.join(names)} (with or without unlabelled images?): resume with the same "
+                          "arguments, or start a fresh run in another out_dir")
+    return picked
 
 
-def _last_accuracy(result: RecoveryResult, method: str) -> float:
-    accuracy = result.history[-1].get("val_accuracy") if result.history else None
-    if accuracy is None:
-        raise ConfigError(f"method='auto' needs a labelled val_loader to choose by accuracy; {method}'s validation "
-                          "reported none (are its batches (inputs, targets)?)")
-    return float(accuracy)
+def _unlabelled(loader: Any) -> bool:
+    """True for an :class:`InMemoryLoader` without labels (the teacher labels its batches)."""
+    return isinstance(loader, InMemoryLoader) and loader.targets is None
 
 
-def _check_method(method: str, teacher: nn.Module | None, val_loader: Iterable[Any] | None,
-                  resume: str | os.PathLike | None) -> None:
+def _progress(options: dict[str, Any]) -> bool:
+    config = options.get("config")
+    return bool(options.get("progress", config.progress if config is not None else True)) and \
+        distributed.is_main_process()
+
+
+def _check_method(method: str, teacher: nn.Module | None, train: Any, extra: torch.Tensor | None,
+                  alpha: float | None, resume: str | os.PathLike | None) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown recovery method '{method}'; valid: {', '.join(METHODS)}")
     if method in ("distill", "auto") and teacher is None:
         raise ConfigError(f"method='{method}' needs the unpruned model as teacher=...; or use method='finetune' to "
                           "train on the labels alone")
-    if method == "auto" and val_loader is None:
-        raise ConfigError("method='auto' chooses between fine-tuning and distillation on validation data: pass "
-                          "val_loader= (labelled batches held out of training, e.g. from "
-                          "warmstart.data.split_loader(train_loader))")
+    if extra is not None:
+        if method == "finetune":
+            raise ConfigError("unlabelled images need a teacher to label them: use method='distill' or 'auto' with "
+                              "teacher=..., or drop unlabelled= to fine-tune on the labels")
+        if method == "distill" and alpha not in (None, 1, 1.0):
+            raise ConfigError(f"with unlabelled images the student learns from the teacher's soft labels alone, so "
+                              f"alpha must be 1, got {alpha}: drop alpha=, or drop unlabelled= to mix the labels in")
+        if not isinstance(train, InMemoryLoader) or train.targets is None:
+            raise ConfigError("unlabelled= adds images to a labelled InMemoryLoader (their tensors are joined); got "
+                              f"{type(train).__name__}{' without labels' if _unlabelled(train) else ''}. Pass "
+                              "the labelled data as warmstart.data.InMemoryLoader(inputs, labels, ...)")
     if method == "auto" and resume not in (None, "last"):
-        raise ConfigError(f"method='auto' trains two runs, in out_dir/finetune and out_dir/distill, so it resumes with "
-                          f"resume='last' (each run from its own folder), not from one checkpoint ({resume})")
+        raise ConfigError(f"method='auto' records its choice in out_dir/{SELECTION_FILE} and resumes that run with "
+                          f"resume='last', not from one checkpoint ({resume})")
 
 
 @contextlib.contextmanager
-def _restored(teacher: nn.Module) -> Iterator[None]:
+def _restored(teacher: nn.Module | None) -> Iterator[None]:
     """Put back the teacher's requires_grad flags and mode, which DistillTrainer changes to freeze it."""
+    if teacher is None:
+        yield
+        return
     flags = [p.requires_grad for p in teacher.parameters()]
     was_training = teacher.training
     try:

@@ -20,7 +20,8 @@ from warmstart.data.loaders import InMemoryLoader
 from warmstart.distill.cache import is_deterministic
 from warmstart.distill.trainer import DistillTrainer
 from warmstart.errors import ConfigError
-from warmstart.selection import Selection, select as select_by_validation
+from warmstart.selection import Selection
+from warmstart.selection import select as select_by_validation
 from warmstart.trainer import Trainer
 
 
@@ -136,7 +137,7 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         >>> result.choice in result.scores
         True
     """
-    extra = _as_inputs(unlabelled)
+    extra = unlabelled_inputs(unlabelled)
     tried = list(settings) if settings is not None else default_settings(extra is not None)
     _check(labelled, tried, extra)
     options = {"optimizer": optimizer or {"name": "adamw", "lr": 3e-3},
@@ -144,67 +145,92 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
     with tempfile.TemporaryDirectory(prefix="warmstart-distill-") as caches:
         picked = None
         if select and len(tried) > 1:
-            picked = _choose(student, teacher, tried, labelled, extra, val_loader, val_fraction, folds, epochs,
-                             Path(caches), {**options, "progress": False})
+            picked = choose_setting(student, teacher, tried, labelled, extra, val_loader, val_fraction, folds, epochs,
+                                    Path(caches), {**options, "progress": False})
         best = next(s for s in tried if s.name == picked.choice) if picked is not None else tried[0]
         if picked is not None and _progress(options):
             print(f"distill {picked.summary()}", flush=True)
-        trainer = _train(student, teacher, best, labelled, extra, epochs, Path(caches) / f"all-{best.unlabelled}.npy",
-                         val_loader, {**options, "out_dir": None if out_dir is None else str(out_dir)})
+        trainer = train_setting(student, teacher, best, labelled, extra, epochs,
+                                Path(caches) / f"all-{best.unlabelled}.npy", val_loader,
+                                {**options, "out_dir": None if out_dir is None else str(out_dir)})
     scores = {} if picked is None else {name: score.mean for name, score in picked.scores.items()}
     return DistillResult(model=student, history=trainer.history, trainer=trainer, choice=best.name, scores=scores,
                          selection=picked)
 
 
-def _choose(student: nn.Module, teacher: nn.Module, tried: list[KDSetting], labelled: InMemoryLoader,
-            extra: torch.Tensor | None, val: Any, fraction: float, folds: int, epochs: int, caches: Path,
-            options: dict[str, Any]) -> Selection:
-    """Score every setting on a copy of the student (k-fold on small labelled data) and choose; the first is the default."""
+def choose_setting(student: nn.Module, teacher: nn.Module, tried: Sequence[KDSetting], labelled: Any,
+                   extra: torch.Tensor | None, val: Any, fraction: float, folds: int, epochs: int, caches: Path,
+                   options: dict[str, Any]) -> Selection:
+    """Score every setting on a copy of the student (k-fold on small labelled data) and choose; the first is the default.
+
+    Shared by :func:`distill` and :func:`warmstart.compress.recover`: ``labelled`` is an
+    :class:`InMemoryLoader` or a ``DataLoader`` over a map-style data set (as
+    :func:`warmstart.selection.select` splits it), ``caches`` a folder for the teacher's logits.
+    """
     splits: dict[int, int] = {}  # one teacher cache per training split, shared by the settings that train on it
 
-    def score(name: str, fit_on: InMemoryLoader, score_on: Any, trial: int) -> float:
+    def score(name: str, fit_on: Any, score_on: Any, trial: int) -> float:
         setting = next(s for s in tried if s.name == name)
         cache = caches / f"split{splits.setdefault(id(fit_on), len(splits))}-{setting.unlabelled}.npy"
-        trainer = _train(copy.deepcopy(student), teacher, setting, fit_on, extra, trial, cache, None, options)
+        trainer = train_setting(copy.deepcopy(student), teacher, setting, fit_on, extra, trial, cache, None, options)
         return trainer.evaluate(score_on)["accuracy"]
 
-    more = 1.0 if extra is None else (len(labelled.targets) + len(extra)) / len(labelled.targets)
-    return select_by_validation([s.name for s in tried], score, labelled, epochs, val_loader=val, val_fraction=fraction, folds=folds,
-                  cost_of={s.name: more if s.unlabelled or s.same_steps else 1.0 for s in tried})
+    size = _samples(labelled)
+    more = 1.0 if extra is None else (size + len(extra)) / size
+    return select_by_validation([s.name for s in tried], score, labelled, epochs, val_loader=val,
+                                val_fraction=fraction, folds=folds,
+                                cost_of={s.name: more if s.unlabelled or s.same_steps else 1.0 for s in tried})
 
 
-def _train(student: nn.Module, teacher: nn.Module, setting: KDSetting, labelled: InMemoryLoader,
-           extra: torch.Tensor | None, epochs: int, cache: Path, val: Any, options: dict[str, Any]) -> Trainer:
-    """Train ``student`` under one setting and return its trainer."""
+def train_setting(student: nn.Module, teacher: nn.Module, setting: KDSetting, labelled: Any,
+                  extra: torch.Tensor | None, epochs: int, cache: Path | None, val: Any, options: dict[str, Any],
+                  resume: str | os.PathLike | None = None) -> Trainer:
+    """Train ``student`` under one setting and return its trainer (shared by :func:`distill` and ``recover``).
+
+    Hard labels (``alpha=0``) train with a plain :class:`warmstart.Trainer` and no teacher. The
+    teacher's logits are cached in ``cache`` when the inputs are an :class:`InMemoryLoader` whose
+    transform is deterministic (a ``cache_teacher`` option decides otherwise).
+    """
+    options = dict(options)
     if setting.alpha == 0:  # hard labels alone: no teacher at all, as a user without one would train
+        options.pop("cache_teacher", None)
         trainer = Trainer(student, max_epochs=_same_steps(labelled, extra, epochs) if setting.same_steps else epochs,
                           **options)
-        trainer.fit(labelled, val)
+        trainer.fit(labelled, val, resume=resume)
         return trainer
     train = labelled
     if setting.unlabelled:
         inputs = torch.cat([labelled.inputs, extra.to(labelled.inputs.device)])
         train = InMemoryLoader(inputs, None, batch_size=labelled.batch_size, shuffle=labelled.shuffle,
                                seed=labelled.seed, transform=labelled.transform)
-    # cache the teacher's logits only where they stay right: a random transform gets per-epoch (online) logits
-    offline = (not is_random(train.transform) and is_deterministic(train.transform, train.inputs[:train.batch_size])
-               and not distributed.is_distributed())
+    offline = options.pop("cache_teacher", None)
+    if offline is None:  # cache the teacher's logits only where they stay right: a random transform gets per-epoch logits
+        offline = (isinstance(train, InMemoryLoader) and cache is not None and not is_random(train.transform)
+                   and is_deterministic(train.transform, train.inputs[:train.batch_size])
+                   and not distributed.is_distributed())
     trainer = DistillTrainer(student, teacher, temperature=setting.temperature, alpha=setting.alpha,
-                             cache_teacher=offline, cache_path=str(cache) if offline else None, max_epochs=epochs,
-                             **options)
-    trainer.fit(train, val)
+                             cache_teacher=offline, cache_path=str(cache) if offline and cache is not None else None,
+                             max_epochs=epochs, **options)
+    trainer.fit(train, val, resume=resume)
     return trainer
 
 
-def _same_steps(labelled: InMemoryLoader, extra: torch.Tensor, epochs: int) -> int:
+def _same_steps(labelled: Any, extra: torch.Tensor, epochs: int) -> int:
     """Epochs on ``labelled`` that take as many optimizer steps as ``epochs`` on ``labelled`` and ``extra`` together."""
     def steps(n: int) -> int:
         return max(1, n // labelled.batch_size if labelled.drop_last else math.ceil(n / labelled.batch_size))
 
-    return max(1, round(epochs * steps(len(labelled.targets) + len(extra)) / steps(len(labelled.targets))))
+    size = _samples(labelled)
+    return max(1, round(epochs * steps(size + len(extra)) / steps(size)))
 
 
-def _as_inputs(unlabelled: torch.Tensor | InMemoryLoader | None) -> torch.Tensor | None:
+def _samples(loader: Any) -> int:
+    """Labelled samples in an :class:`InMemoryLoader` or a ``DataLoader`` over a sized data set."""
+    return len(loader.targets) if isinstance(loader, InMemoryLoader) else len(loader.dataset)
+
+
+def unlabelled_inputs(unlabelled: torch.Tensor | InMemoryLoader | None) -> torch.Tensor | None:
+    """The inputs of ``unlabelled`` (a tensor, or an :class:`InMemoryLoader` whose labels are ignored), or ``None``."""
     if unlabelled is None or isinstance(unlabelled, torch.Tensor):
         return unlabelled
     if isinstance(unlabelled, InMemoryLoader):
