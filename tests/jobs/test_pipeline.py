@@ -21,11 +21,16 @@ def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
     results = run_pipeline(_job(tmp_path), progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == results
-    expected = {"pretrain", "zero_shot", *METHODS, "student_scratch", "student_distilled"}
+    expected = {"pretrain", "zero_shot", *METHODS, "student_scratch", "student_distilled", "student_hard_same_steps"}
     assert expected <= set(saved)
     for name in expected:
         assert 0 <= saved[name]["accuracy"] <= 1 and saved[name]["params"] > 0 and saved[name]["seconds"] >= 0
     assert saved["student_scratch"]["params"] * 10 <= saved["full"]["params"]
+    # the fair control: the labels alone for as many optimizer steps as the distillation over every training image took
+    steps = {name: saved[name]["steps"] for name in ("student_scratch", "student_distilled", "student_hard_same_steps")}
+    assert steps["student_hard_same_steps"] == steps["student_distilled"] > steps["student_scratch"] > 0
+    stage = yaml.safe_load((tmp_path / "distill" / "student_hard_same_steps" / "job.yaml").read_text())
+    assert stage["trainer"]["max_steps"] == steps["student_distilled"] and stage["method"] == "full"
     teacher = saved["student_distilled"]["teacher"]
     candidates = [m for m in METHODS if m not in CONTROLS]  # both controls train without pretrained weights
     # the teacher is chosen by validation accuracy, never by test accuracy
@@ -33,6 +38,8 @@ def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "| fine_tune() recipe (chose " in report and "![" in report and "validation" in report
     assert f"warmstart run {tmp_path / 'job.yaml'}" in report
+    assert f"points at as many optimizer steps ({steps['student_distilled']:,})" in report
+    assert "| same student, hard labels, as many optimizer steps as the distilled one (control) |" in report
     for png in ("finetune_curves.png", "distill_curves.png", "accuracy.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "finetune" / "proximal" / "last.pt").is_file()
@@ -40,7 +47,11 @@ def test_the_pipeline_writes_results_report_and_plots(tmp_path, capsys):
 
 
 def test_each_stage_is_a_job_of_its_own_with_the_shared_trainer_settings(tmp_path):
-    run_pipeline(_job(tmp_path, "finetune.methods=[full]", "finetune.trainer.max_epochs=2"), progress=False)
+    results = run_pipeline(_job(tmp_path, "finetune.methods=[full]", "finetune.trainer.max_epochs=2",
+                                "distill.unlabelled=false"), progress=False)
+    # distilled on the labelled images: as many steps as the labels-alone control, so no second control trains
+    assert results["student_distilled"]["steps"] == results["student_scratch"]["steps"]
+    assert "student_hard_same_steps" not in results and not (tmp_path / "distill" / "student_hard_same_steps").exists()
     stage = yaml.safe_load((tmp_path / "finetune" / "full" / "job.yaml").read_text())
     assert stage["method"] == "full" and stage["pretrained"].endswith("pretrain/pretrained.safetensors")
     assert stage["trainer"]["max_epochs"] == 2 and stage["trainer"]["device"] == "cpu"  # stage wins, shared fills in

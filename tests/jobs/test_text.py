@@ -65,8 +65,12 @@ def test_every_method_and_student_run_and_report(tiny_checkpoint, tmp_path, caps
                                    "probe.trainer.max_epochs=3", "distill.trainer.max_epochs=3", "data.labelled=0.5"])
     results = run_text_pipeline(job, progress=False)
     assert json.loads((tmp_path / "results.json").read_text()) == results
-    students = {"student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_all_labels"}
+    students = {"student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_all_labels",
+                "student_hard_same_steps"}
     assert set(TEXT_METHODS) | students <= set(results)
+    # the fair control: hard labels for as many optimizer steps as the distillation on labelled + unlabelled words
+    steps = results["student_teacher"]["steps"]
+    assert results["student_hard_same_steps"]["steps"] == steps > results["student_hard"]["steps"] > 0
     teachers = {m: results[m]["val_accuracy"] for m in ("full", "lora", "lora_proximal")}
     assert results["student_teacher"]["teacher"] == max(teachers, key=teachers.get)  # by validation, never test
     assert results["student_teacher"]["unlabelled"] == 40 and results["majority"]["trainable"] == 0
@@ -78,6 +82,7 @@ def test_every_method_and_student_run_and_report(tiny_checkpoint, tmp_path, caps
     report = (tmp_path / "report.md").read_text()
     assert "| LoRA |" in report and "| student distilled, labelled + unlabelled words (teacher:" in report
     assert "LoRA adapters and head" in report and "with the labels of 50% of the training words" in report
+    assert f"points at as many optimizer steps ({steps:,})" in report
     for png in ("accuracy_vs_trainable.png", "finetune_curves.png", "distill_curves.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert yaml.safe_load((tmp_path / "job.yaml").read_text())["task"] == "text"  # runs again as it is

@@ -40,7 +40,7 @@ CONTROLS = ("scratch", "recipe_scratch")  # no pretrained weights: what each tra
 # every sub-folder a run may write (a recipe's phases have their own): an earlier run's are refused or cleared together
 STAGE_FOLDERS = ("pretrain", *(f"finetune/{method}{phase}" for method, (how, _, _) in _METHOD_JOBS.items()
                                for phase in ("", *(("/probe", "/full") if how == "recipe" else ()))),
-                 "distill/student_scratch", "distill/student_distilled")
+                 "distill/student_scratch", "distill/student_distilled", "distill/student_hard_same_steps")
 
 
 class _Run:
@@ -82,7 +82,10 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
        source's classes), measure it zero-shot on the target.
     2. Fine-tune it on ``job.target`` with each of ``finetune.methods``.
     3. Distil the fine-tuned model with the best *validation* accuracy into ``distill.student``
-       (at least 10x fewer parameters), next to the same student trained on the labels alone.
+       (at least 10x fewer parameters), next to the same student trained on the labels alone: for
+       the same epochs (``student_scratch``) and, when the distillation took more optimizer steps
+       (``distill.unlabelled``: its epochs run over every training image), for as many steps
+       (``student_hard_same_steps``), so that a gain is not the longer training's.
 
     Choices use the target's validation split; test accuracy is measured once per model, at the
     end of its stage. Writes ``results.json``, ``report.md``, plots and each stage's folder into
@@ -168,12 +171,19 @@ def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -
     if not candidates:
         return
     best = max(candidates, key=lambda m: candidates[m].val["accuracy"])  # chosen on validation, never on test
-    trainer, optimizer, scheduler = run.stage(stage, "distill/student_scratch")
+
+    def hard_labels(name: str, max_steps: int | None = None) -> None:
+        """The student on the labels alone (``max_steps``: for that many optimizer steps instead of the epochs)."""
+        trainer, optimizer, scheduler = run.stage(stage, f"distill/{name}")
+        if max_steps is not None:
+            trainer = dataclasses.replace(trainer, max_epochs=None, max_steps=max_steps)
+        result = run_finetune(FinetuneJob(data=job.target, model=stage.student, trainer=trainer, optimizer=optimizer,
+                                          scheduler=scheduler, method="full", method_args={"backbone_lr_mult": 1.0}),
+                              data=target)
+        run.record(name, result, steps=result.steps)
+
     run.heading(f"3/3 distil: the student on the {job.target.shots or 'all'}-per-class labels alone")
-    scratch = run_finetune(FinetuneJob(data=job.target, model=stage.student, trainer=trainer, optimizer=optimizer,
-                                       scheduler=scheduler, method="full", method_args={"backbone_lr_mult": 1.0}),
-                           data=target)
-    run.record("student_scratch", scratch)
+    hard_labels("student_scratch")
     trainer, optimizer, scheduler = run.stage(stage, "distill/student_distilled")
     transfer = "every training image, unlabelled," if stage.unlabelled else "the labelled images"
     run.heading(f"3/3 distil: {LABELS.get(best, best)} (best validation accuracy) teaches the student on {transfer}")
@@ -181,5 +191,7 @@ def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -
         teacher=job.model, teacher_weights=str(candidates[best].weights), student=stage.student, data=job.target,
         trainer=trainer, optimizer=optimizer, scheduler=scheduler, temperature=stage.temperature, alpha=stage.alpha,
         unlabelled=stage.unlabelled), data=target)
-    run.record("student_distilled", distilled, teacher=best)
-
+    run.record("student_distilled", distilled, teacher=best, steps=distilled.steps)
+    if distilled.steps != run.results["student_scratch"]["steps"]:  # the fair control: labels alone, as many steps
+        run.heading(f"3/3 distil: the student on the labels alone for as many optimizer steps ({distilled.steps})")
+        hard_labels("student_hard_same_steps", max_steps=distilled.steps)

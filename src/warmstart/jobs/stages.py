@@ -48,6 +48,7 @@ class StageResult:
         model: the trained model.
         weights: the ``.safetensors`` file written (``None`` without an ``out_dir``).
         extra: stage-specific facts (the teacher's accuracy, the load report, ...).
+        steps: optimizer steps the stage's (last) training took.
     """
 
     test: dict[str, float]
@@ -58,6 +59,7 @@ class StageResult:
     model: nn.Module
     weights: Path | None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The figures a person reads: test metrics, validation accuracy, parameters, seconds."""
@@ -254,7 +256,7 @@ def _finish(trainer: Trainer, data: DataBundle, started: float, weights: Path | 
     val = None if data.val is None else trainer.evaluate(data.val)
     return StageResult(test=trainer.evaluate(data.test), val=val, params=count_parameters(trainer.unwrapped_model),
                        seconds=time.perf_counter() - started, history=history, model=trainer.unwrapped_model,
-                       weights=weights, extra=extra)
+                       weights=weights, extra=extra, steps=trainer.global_step)
 
 
 @_holding_out_dir

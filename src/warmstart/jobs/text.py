@@ -37,7 +37,8 @@ from warmstart.proximal import check_lam
 from warmstart.trainer import Trainer
 
 TEACHERS = ("full", "lora", "lora_proximal")
-STUDENTS = ("student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_all_labels")
+STUDENTS = ("student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_hard_same_steps",
+            "student_all_labels")
 
 
 @dataclasses.dataclass
@@ -108,7 +109,8 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
     2. Full fine-tuning, LoRA, and LoRA with the proximal term, on the labelled words.
     3. The fine-tuned model with the best validation accuracy teaches a character n-gram student on
        the labelled and the unlabelled words, next to the same student trained on the hard labels
-       and on the raters' label distributions (see :class:`warmstart.jobs.TextDistillStage`).
+       and on the raters' label distributions (see :class:`warmstart.jobs.TextDistillStage`), and
+       on the hard labels for as many optimizer steps as the distillation on both took.
 
     Writes ``results.json``, ``report.md``, plots and each method's checkpoints into ``job.out_dir``.
     Every setting the run will use (each stage's trainer, optimizer and schedule, the LoRA options
@@ -325,7 +327,8 @@ METHODS: dict[str, Callable[[_TextRun], None]] = {
 
 def _distill(run: _TextRun) -> None:
     """The tiny student on: hard labels; the raters' distributions; the teacher's probabilities for the labelled words,
-    and for the labelled and unlabelled words; and, as a reference, every training label."""
+    and for the labelled and unlabelled words, with its fair control (hard labels for as many optimizer steps); and,
+    as a reference, every training label."""
     stage, data = run.job.distill, run.data
     tokenizer = CharNgramTokenizer(stage.buckets, stage.ngrams)
     run.heading(f"students: ngram_classifier(buckets={stage.buckets}, dim={stage.dim}) on hashed character n-grams")
@@ -345,6 +348,8 @@ def _distill(run: _TextRun) -> None:
         if len(data.unlabelled):
             _student(run, "student_teacher", tokenizer, TextSet(texts, None, probabilities), SoftLabelTrainer, taught,
                      {**facts, "unlabelled": len(data.unlabelled)})
+            _student(run, "student_hard_same_steps", tokenizer, data.labelled, Trainer, {},
+                     max_steps=run.results["student_teacher"]["steps"])
     if len(data.unlabelled):
         _student(run, "student_all_labels", tokenizer, data.splits.train, Trainer, {})
 
@@ -361,8 +366,12 @@ def _load_teacher(run: _TextRun, name: str) -> nn.Module:
 
 
 def _student(run: _TextRun, name: str, tokenizer: CharNgramTokenizer, train: TextSet, cls: type[Trainer],
-             options: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
+             options: dict[str, Any], facts: dict[str, Any] | None = None, max_steps: int | None = None) -> None:
+    """Train the student on ``train`` (``max_steps``: for that many optimizer steps instead of the stage's epochs)."""
     stage, splits, size = run.job.distill, run.data.splits, run.job.data.batch_size
+    if max_steps is not None:
+        stage = dataclasses.replace(stage, trainer=dataclasses.replace(stage.trainer, max_epochs=None,
+                                                                       max_steps=max_steps))
     loaders = {part: text_loader(data, tokenizer, size if part == "train" else run.job.data.eval_batch_size,
                                  shuffle=part == "train", seed=run.seed, max_length=None)
                for part, data in (("train", train), ("val", splits.val), ("test", splits.test))}
@@ -372,7 +381,8 @@ def _student(run: _TextRun, name: str, tokenizer: CharNgramTokenizer, train: Tex
         trainer = run.trainer(cls, student, stage, f"distill/{name}", **options)
         history = trainer.fit(loaders["train"], loaders["val"])
         test = trainer.evaluate(loaders["test"])
-    run.record(name, {**_row(test, history, student, student, cost), **(facts or {})}, history)
+    run.record(name, {**_row(test, history, student, student, cost), **(facts or {}), "steps": trainer.global_step},
+               history)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Any
 
 from warmstart.checkpoint import atomic_path
 from warmstart.config import to_dict
-from warmstart.jobs.report import plot_curves, pyplot, save_figure, write_markdown
+from warmstart.jobs.report import plot_curves, pyplot, save_figure, student_gains, write_markdown
 
 LABELS = {
     "majority": "majority class",
@@ -17,13 +17,15 @@ LABELS = {
     "full": "full fine-tune",
     "lora": "LoRA",
     "lora_proximal": "LoRA + proximal term",
-    "student_hard": "student, hard labels",
+    "student_hard": "student, hard labels, same epochs (control)",
     "student_human": "student, raters' label distributions",
     "student_teacher_labelled": "student distilled, labelled words",
     "student_teacher": "student distilled, labelled + unlabelled words",
+    "student_hard_same_steps": "same student, hard labels, as many optimizer steps as the distilled one (control)",
     "student_all_labels": "reference: student on every training label, the hidden ones too",
 }
-STUDENTS = ("student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_all_labels")
+STUDENTS = ("student_hard", "student_human", "student_teacher_labelled", "student_teacher", "student_hard_same_steps",
+            "student_all_labels")
 
 
 def _label(name: str, row: dict[str, Any]) -> str:
@@ -125,4 +127,6 @@ def _story(cfg: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                  f"student ({distill['buckets']} buckets x {distill['dim']} dimensions) on its probabilities for the "
                  "labelled and the unlabelled words (T = " + f"{distill['temperature']:g}); the same student is also "
                  "trained on the hard labels and on the raters' label distributions, with the same settings.")
-    return text
+    gains = student_gains(results, "student_teacher", "student_hard",
+                          subject="The student distilled on the labelled + unlabelled words")
+    return f"{text} {gains}" if gains else text

@@ -388,12 +388,12 @@ def _distill(run: _VisionRun) -> None:
                 f"{stage.student.name} {stage.student.args} on {len(images):,} images ({steps} steps)")
     _student(run, "student_distilled", InMemoryLoader(images, soft, batch_size=size.batch_size, shuffle=True, seed=seed),
              val, {"loss_fn": loss}, {"teacher": best, "teacher_seconds": round(teacher_seconds, 2),
-                                      "images": len(images), "steps": steps})
+                                      "images": len(images)})
     run.heading(f"the same student on the {len(data.labelled[1])} labelled images alone, {steps} steps (its control)")
     tiled = torch.arange(len(images)) % len(data.labelled[1])  # each epoch as long as the distilled student's
     hard = InMemoryLoader(data.labelled[0][tiled], data.labelled[1][tiled], batch_size=size.batch_size, shuffle=True,
                           seed=seed)
-    _student(run, "student_hard", hard, val, {}, {"images": len(data.labelled[1]), "steps": steps})
+    _student(run, "student_hard", hard, val, {}, {"images": len(data.labelled[1])})
 
 
 def _best(run: _VisionRun, networks: dict[str, nn.Module]) -> str:
@@ -413,7 +413,9 @@ def _student(run: _VisionRun, name: str, train: InMemoryLoader, val: InMemoryLoa
     trainer.job_config = recorded_job(run.job)
     history = trainer.fit(train, val)
     test = trainer.evaluate(InMemoryLoader(*data.test, batch_size=run.job.data.eval_batch_size))
-    run.record(name, {**_row(test, history, student, student, started), **facts}, history, seed)
+    # the steps it took, as the trainer counted them: the control's must equal the distilled student's
+    run.record(name, {**_row(test, history, student, student, started), **facts, "steps": trainer.global_step},
+               history, seed)
     run.networks[name] = student.eval()
 
 

@@ -16,7 +16,7 @@ LABELS = {
     "lora": "LoRA (frozen network, adapters on its convolutions)",
     "recipe": "fine_tune() recipe",
     "student_distilled": "small CNN distilled from the teacher, labelled + unlabelled images",
-    "student_hard": "small CNN on the labelled images alone (control)",
+    "student_hard": "small CNN on the labelled images alone, as many optimizer steps (control)",
 }
 LABELS.update({f"{name}_random": f"{label}, random weights" for name, label in list(LABELS.items())[:4]})
 
