@@ -62,7 +62,7 @@ def load_settings(overrides: list[str]) -> Any:
 
 
 def build_data(job: Any, task: str, limit: int | None) -> dict[str, Any]:
-    """The task's splits, the labelled quarter of the training words, and loaders (the job's batch sizes)."""
+    """The task's splits, the labelled quarter of the training words, the test words and the model's tokenizer."""
     splits = vader_lexicon(task, seed=job.data.split_seed, val_fraction=job.data.val_fraction,
                            test_fraction=job.data.test_fraction)
     labelled, _ = labelled_split(splits.train, job.data.labelled, seed=job.data.split_seed)
