@@ -99,6 +99,11 @@ def run_compress(job: CompressJob, progress: bool = True) -> dict[str, dict[str,
         finetuned = copy.deepcopy(pruned)
         recover(finetuned, data.train, method="finetune", **options)
         measure("pruned + fine-tuning on the labels", finetuned)
+        same_steps = max(1, round(options["epochs"] * len(transfer) / len(data.train)))
+        if same_steps != options["epochs"]:  # distillation's epochs run over more images: its fair control
+            finetuned = copy.deepcopy(pruned)
+            recover(finetuned, data.train, method="finetune", **{**options, "epochs": same_steps})
+            measure(f"pruned + fine-tuning on the labels, as many optimizer steps ({same_steps} epochs)", finetuned)
         distil(pruned, options["epochs"])
         distilled = measure("pruned + distillation from the trained model", pruned)
         calibration = [(x,) for x, *_ in data.train.clone(transform=None, shuffle=False)]
