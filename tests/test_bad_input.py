@@ -188,7 +188,28 @@ LIBRARY = [
      'continue it with fit(..., resume="last") or give this run another out_dir; to replace it, pass overwrite=True'),
     ("a second run of one folder in one process", _second_run_of_a_folder_in_one_process, OutDirBusyError,
      "in use by another run of this process"),
+    ("(B, 1) regression outputs against (B,) targets", lambda tmp: _regression((64,), torch.nn.functional.mse_loss),
+     DataError, "give the targets the outputs' shape (targets.unsqueeze(-1)"),
+    ("the same, evaluated with nn.L1Loss", lambda tmp: ws.evaluate(torch.nn.Linear(10, 1), [(
+        torch.randn(8, 10), torch.randn(8))], loss_fn=torch.nn.L1Loss()), DataError, "broadcasts different shapes"),
 ]
+
+
+def _regression(shape, loss_fn):
+    ws.Trainer(torch.nn.Linear(10, 1), loss_fn=loss_fn, progress=False).fit(
+        DataLoader(TensorDataset(torch.randn(64, 10), torch.randn(*shape)), batch_size=8))
+
+
+def test_regression_with_matching_shapes_trains_toward_the_targets():
+    """The (B, 1) targets of the fix reach the least-squares solution (the float64 closed form)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 10)
+    y = x @ torch.randn(10, 1) + 0.5
+    model = torch.nn.Linear(10, 1)
+    ws.Trainer(model, {"name": "adam", "lr": 0.05}, loss_fn=torch.nn.functional.mse_loss, max_epochs=60,
+               progress=False).fit(DataLoader(TensorDataset(x, y), batch_size=64))
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(64, 1)], 1).double(), y.double()).solution
+    assert torch.allclose(model.weight.detach().double().T, solution[:10], atol=0.05)
 
 
 @pytest.mark.parametrize(("case", "attempt", "error", "phrase"), LIBRARY, ids=[row[0] for row in LIBRARY])

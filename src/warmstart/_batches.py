@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from warmstart.errors import ConfigError, DataError
 
@@ -96,6 +98,37 @@ def is_classification(output: Any, target: Any) -> bool:
     return (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor) and output.dim() == 2
             and output.is_floating_point() and target.dim() == 1 and not target.is_floating_point()
             and output.shape[0] == target.shape[0])
+
+
+# losses that compare outputs and targets element by element, broadcasting shapes that differ: (B, 1) against (B,)
+# becomes a (B, B) comparison that trains every output toward the batch mean, with only a torch warning
+_ELEMENTWISE = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+_ELEMENTWISE_MODULES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+
+
+def is_elementwise_loss(loss_fn: Any) -> bool:
+    """True for torch's element-wise regression losses (``mse_loss``, ``l1_loss``, ... and their modules)."""
+    return loss_fn in _ELEMENTWISE or isinstance(loss_fn, _ELEMENTWISE_MODULES)
+
+
+def check_regression_shapes(output: Any, target: Any) -> None:
+    """Refuse outputs and targets of different shapes for an element-wise loss, which would broadcast them silently.
+
+    Raises:
+        DataError: the shapes differ (the message gives the reshape that fixes a ``(B, 1)`` / ``(B,)`` pair).
+    """
+    if not (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor)) or output.shape == target.shape:
+        return
+    out, tgt = tuple(output.shape), tuple(target.shape)
+    if out[:-1] == tgt and out[-1] == 1:
+        fix = "give the targets the outputs' shape (targets.unsqueeze(-1), or a data set of (N, 1) targets)"
+    elif tgt[:-1] == out and tgt[-1] == 1:
+        fix = "give the targets the outputs' shape (targets.squeeze(-1))"
+    else:
+        fix = "make the model's outputs and the targets the same shape"
+    raise DataError(f"the model's outputs have shape {out} and the targets {tgt}: an element-wise loss such as "
+                    "mse_loss broadcasts different shapes against each other (a (B, 1) output and (B,) targets become "
+                    f"a (B, B) comparison) and trains toward the wrong values without an error: {fix}")
 
 
 def classification_sums(output: Any, target: Any, terms: Mapping[str, torch.Tensor], device: torch.device,

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmstart._batches import Batch, classification_sums, is_classification, run_model, split_batch, target_of
+from warmstart._batches import (Batch, check_regression_shapes, classification_sums, is_classification,
+                                is_elementwise_loss, run_model, split_batch, target_of)
 from warmstart._epoch import MetricWindow
 from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
 from warmstart.config import normalize_precision
@@ -60,12 +61,18 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
     precision = check_precision(normalize_precision(precision or "32"), device)
     loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
     window = MetricWindow(device)
+    elementwise = is_elementwise_loss(loss_fn)
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         inputs, target = split_batch(batch)
         with autocast_context(precision, device):
             output = run_model(model, inputs)
-            checked = window.check_labels(output, target) if is_classification(output, target) else target
+            if is_classification(output, target):
+                checked = window.check_labels(output, target)
+            else:
+                checked = target
+                if elementwise:
+                    check_regression_shapes(output, target)
             loss = loss_fn(output, checked)
         return classification_sums(output, target_of(batch), {"loss": loss}, device, batch_size_of(batch))
 

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart import distributed
-from warmstart._batches import (Batch, classification_sums, is_classification, loader_length, loss_terms, run_model,
-                                set_loader_epoch, split_batch, target_of)
+from warmstart._batches import (Batch, check_regression_shapes, classification_sums, is_classification,
+                                is_elementwise_loss, loader_length, loss_terms, run_model, set_loader_epoch, split_batch,
+                                target_of)
 from warmstart._epoch import EpochState, MetricWindow, accumulation_windows
 from warmstart._progress import ProgressReporter
 from warmstart._resume import ExactResume, position_schedule
@@ -148,6 +149,7 @@ class Trainer:
         self.strategy.prepare(self.unwrapped_model, cfg, self.precision, optimizer)
         self.model: nn.Module = self.unwrapped_model  # DDP / compiled wrapper once fit starts
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        self._elementwise_loss = is_elementwise_loss(self.loss_fn)  # outputs and targets must then have one shape
         self.optimizer = self._make_optimizer(optimizer)
         self._scheduler_spec = scheduler
         self.scheduler: Any = scheduler if _is_scheduler(scheduler) else None
@@ -511,9 +513,13 @@ class Trainer:
         The smallest and largest label are kept as device-side checks and read at the next log
         (no host sync per step): labels outside ``[0, C)`` then raise a :class:`DataError`. Until
         then the returned targets are clamped into range, so a GPU kernel never asserts on them.
-        Other outputs and targets are returned unchanged.
+        Other outputs and targets are returned unchanged; for an element-wise loss (``mse_loss``,
+        ``l1_loss``, ...) outputs and targets of different shapes, which it would broadcast, are a
+        :class:`DataError`.
         """
         if not is_classification(output, target):
+            if self._elementwise_loss:
+                check_regression_shapes(output, target)
             return target
         return self.metrics.check_labels(output, target)
 

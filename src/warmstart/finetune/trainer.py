@@ -562,7 +562,8 @@ def _check_class_targets(output: Any, target: Any) -> None:
     raise DataError(f"the labels have {problem}, but the model's outputs are {tuple(output.shape)} class scores, which "
                     f"take one integer class index per sample, shape ({output.shape[0]},) in [0, {output.shape[1]}): "
                     f"pass {fix}. (Probabilities per class are (B, {output.shape[1]}) float soft labels; a regression "
-                    "needs a model with one output and a loss_fn such as torch.nn.functional.mse_loss.)")
+                    "needs a model with one output, targets of the same (B, 1) shape and a loss_fn such as "
+                    "torch.nn.functional.mse_loss.)")
 
 
 def _backbone_groups(model: nn.Module, groups: Sequence[Any] | None, head_names: set[str]) -> list[LayerGroup]:
