@@ -51,6 +51,10 @@ class Selection:
         cost: the trials' training cost in runs of the final training (epochs x share of the data
             each trial trained on x the candidate's cost per epoch, summed, over the final run's);
             the final run adds 1.
+        trial_steps: optimizer steps of a trial on the first split (batches per epoch x
+            ``trial_epochs``; ``None`` when the loader has no length). Trials of a few dozen steps
+            score every candidate near chance on small data, and then the default is kept for
+            want of evidence, not because it won (``bench/transfer_suite.py``: 12-step trials).
     """
 
     choice: str
@@ -60,6 +64,7 @@ class Selection:
     trainings: int
     trial_epochs: int
     cost: float
+    trial_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (``Selection.from_dict`` reads it back)."""
@@ -76,8 +81,9 @@ class Selection:
         """One line: the choice, every candidate's mean +- SE, and the cost."""
         return (f"chose '{self.choice}' by {self.validation} (default '{self.default}', kept unless beaten by more than "
                 f"the standard error): " + ", ".join(f"{n} {s}" for n, s in self.scores.items())
-                + f"; {self.trainings} trial trainings of {self.trial_epochs} epoch(s), about {self.cost:.1f}x the "
-                  "final run")
+                + f"; {self.trainings} trial trainings of {self.trial_epochs} epoch(s)"
+                + (f" ({self.trial_steps} optimizer steps)" if self.trial_steps is not None else "")
+                + f", about {self.cost:.1f}x the final run")
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[torch.Tensor]:
@@ -257,8 +263,9 @@ def select(names: Sequence[str], score: Callable[[str, Any, Any, int], float], l
                                sum(size for *_, size in splits)) for name in names}
     choice, weight = choose(results, names[0]), cost_of or {}
     cost = sum(weight.get(n, 1.0) for n in names) * len(splits) * each * share / (weight.get(choice, 1.0) * epochs)
+    batches = len(splits[0][0]) if hasattr(splits[0][0], "__len__") else None
     return Selection(choice=choice, default=names[0], scores=results, validation=validation, trainings=trainings,
-                     trial_epochs=each, cost=cost)
+                     trial_epochs=each, cost=cost, trial_steps=None if batches is None else batches * each)
 
 
 def _val_size(loader: Any) -> int:

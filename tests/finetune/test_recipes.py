@@ -74,6 +74,7 @@ def test_without_a_val_loader_small_data_is_cross_validated_and_the_cost_reporte
     assert picked.validation == "3-fold x 1 cross-validation on 96 labels" and picked.default == "recipe"
     assert picked.trainings == 15 and picked.trial_epochs == 1 and all(len(s.folds) == 3 for s in picked.scores.values())
     assert picked.cost == pytest.approx(15 * (2 / 3) / 2)  # 2 epochs cannot be divided further: 5x, and it says so
+    assert picked.trial_steps == 4 and "(4 optimizer steps)" in picked.summary()  # 64 training rows, batch 16
     assert result.scores == {n: s.mean for n, s in picked.scores.items()}
     with pytest.raises(DataError, match="cannot hold a validation split out of a list: pass a val_loader"):
         fine_tune(small_cnn(num_classes=3, width=4), _batches(), epochs=1, progress=False)
