@@ -100,6 +100,14 @@ def test_seeds_give_mean_sd_and_win_counts(tmp_path):
     assert abs(gain["mean"] - sum(runs[0][s] - runs[1][s] for s in ("0", "1")) / 2) < 1e-5
     assert "mean ± sd over 2 seeds" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "seed1" / "lora_random" / "last.safetensors").is_file() and results["compression"] == {}
+    # the students too, once per seed, each against its same-steps control
+    students = results["methods"]["student_distilled"]["per_seed"], results["methods"]["student_hard"]["per_seed"]
+    assert set(students[0]) == set(students[1]) == {"0", "1"}
+    distilled = results["distillation"]
+    assert distilled["seeds"] == 2 and distilled["wins"] == sum(students[0][s] > students[1][s] for s in ("0", "1"))
+    assert abs(distilled["mean"] - sum(students[0][s] - students[1][s] for s in ("0", "1")) / 2) < 1e-5
+    assert (tmp_path / "seed1" / "student_hard" / "last.safetensors").is_file()
+    assert "ahead on" in (tmp_path / "report.md").read_text()
 
 
 def _files(folder: Path) -> dict[str, bytes]:

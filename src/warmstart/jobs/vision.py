@@ -202,7 +202,8 @@ def _stage_folders(job: VisionPipelineJob, seeds: list[int]) -> tuple[str, ...]:
     phases = [f"/{phase}" for phase in ("probe", "full")]
     folders = [f"seed{seed}/{name}{phase}" for seed in seeds for name in names
                for phase in ("", *(phases if name.startswith("recipe") else ()))]
-    return (*folders, *(f"distill/{name}" for name in STUDENTS), "compress/recovery")
+    students = [f"seed{seed}/{name}" for seed in seeds for name in STUDENTS]
+    return (*folders, *students, "compress/recovery")
 
 
 @contextlib.contextmanager
@@ -371,9 +372,9 @@ def teacher_probabilities(model: nn.Module, loader: Any, temperature: float) -> 
 
 
 def _distill(run: _VisionRun) -> None:
-    """The small CNN on the teacher's probabilities for every training image, and on the labelled images alone."""
+    """For each seed, the small CNN on the teacher's probabilities for every training image, and on the labelled
+    images alone for as many optimizer steps (its control). The teacher is the first seed's best network."""
     stage, data, size = run.job.distill, run.data, run.job.data
-    seed = run.seeds[0]
     best = _best(run, run.networks)
     images = torch.cat([data.labelled[0], data.unlabelled])
     transfer = InMemoryLoader(torch.cat([data.network["labelled"], data.network["unlabelled"]]), None,
@@ -384,16 +385,18 @@ def _distill(run: _VisionRun) -> None:
     loss = functools.partial(soft_cross_entropy, temperature=stage.temperature)
     val = InMemoryLoader(*data.val, batch_size=size.eval_batch_size)  # the student reads 28 px images as they are
     steps = stage.trainer.epochs * math.ceil(len(images) / size.batch_size)
-    run.heading(f"distil: the {LABELS[best]} network (best validation accuracy) teaches "
-                f"{stage.student.name} {stage.student.args} on {len(images):,} images ({steps} steps)")
-    _student(run, "student_distilled", InMemoryLoader(images, soft, batch_size=size.batch_size, shuffle=True, seed=seed),
-             val, {"loss_fn": loss}, {"teacher": best, "teacher_seconds": round(teacher_seconds, 2),
-                                      "images": len(images)})
-    run.heading(f"the same student on the {len(data.labelled[1])} labelled images alone, {steps} steps (its control)")
-    tiled = torch.arange(len(images)) % len(data.labelled[1])  # each epoch as long as the distilled student's
-    hard = InMemoryLoader(data.labelled[0][tiled], data.labelled[1][tiled], batch_size=size.batch_size, shuffle=True,
-                          seed=seed)
-    _student(run, "student_hard", hard, val, {}, {"images": len(data.labelled[1])})
+    tiled = torch.arange(len(images)) % len(data.labelled[1])  # the control's epochs as long as the distilled student's
+    for seed in run.seeds:
+        run.heading(f"distil (seed {seed}): the {LABELS[best]} network (best validation accuracy) teaches "
+                    f"{stage.student.name} {stage.student.args} on {len(images):,} images ({steps} steps)")
+        distilled = InMemoryLoader(images, soft, batch_size=size.batch_size, shuffle=True, seed=seed)
+        _student(run, "student_distilled", seed, distilled, val, {"loss_fn": loss},
+                 {"teacher": best, "teacher_seconds": round(teacher_seconds, 2), "images": len(images)})
+        run.heading(f"the same student on the {len(data.labelled[1])} labelled images alone (seed {seed}, {steps} "
+                    "steps: its control)")
+        hard = InMemoryLoader(data.labelled[0][tiled], data.labelled[1][tiled], batch_size=size.batch_size,
+                              shuffle=True, seed=seed)
+        _student(run, "student_hard", seed, hard, val, {}, {"images": len(data.labelled[1])})
 
 
 def _best(run: _VisionRun, networks: dict[str, nn.Module]) -> str:
@@ -401,13 +404,13 @@ def _best(run: _VisionRun, networks: dict[str, nn.Module]) -> str:
     return max(networks, key=lambda name: run.runs[name][0]["val_accuracy"])
 
 
-def _student(run: _VisionRun, name: str, train: InMemoryLoader, val: InMemoryLoader, options: dict[str, Any],
-             facts: dict[str, Any]) -> None:
-    stage, seed, data = run.job.distill, run.seeds[0], run.data
+def _student(run: _VisionRun, name: str, seed: int, train: InMemoryLoader, val: InMemoryLoader,
+             options: dict[str, Any], facts: dict[str, Any]) -> None:
+    stage, data = run.job.distill, run.data
     started = time.perf_counter()
     torch.manual_seed(seed)
     student = build_model("small_cnn", num_classes=data.num_classes, in_channels=1, **stage.student.args)
-    config = run.trainer_config(stage, f"distill/{name}", seed)
+    config = run.trainer_config(stage, f"seed{seed}/{name}", seed)
     trainer = Trainer(student, copy.deepcopy(stage.optimizer), config=config, scheduler=copy.deepcopy(stage.scheduler),
                       **options)
     trainer.job_config = recorded_job(run.job)
@@ -416,7 +419,8 @@ def _student(run: _VisionRun, name: str, train: InMemoryLoader, val: InMemoryLoa
     # the steps it took, as the trainer counted them: the control's must equal the distilled student's
     run.record(name, {**_row(test, history, student, student, started), **facts, "steps": trainer.global_step},
                history, seed)
-    run.networks[name] = student.eval()
+    if seed == run.seeds[0]:  # the first seed's students are measured beside the compressed networks
+        run.networks[name] = student.eval()
 
 
 # ---------------------------------------------------------------------------------------------- compression
@@ -485,12 +489,15 @@ def _summary(run: _VisionRun, compression: dict[str, Any], seconds: float) -> di
                          "val_accuracy": round(float(np.mean([r["val_accuracy"] for r in rows])), 6),
                          "seconds": round(float(np.mean([r["seconds"] for r in rows])), 2),
                          "per_seed": {str(r["seed"]): round(r["accuracy"], 6) for r in rows}}
-    gains = {}
-    for method in run.job.methods:
-        pretrained, control = run.runs[method], run.runs[method + CONTROL]
-        diffs = [a["accuracy"] - b["accuracy"] for a, b in zip(pretrained, control)]
-        gains[method] = {"mean": round(float(np.mean(diffs)), 6),
-                         "sd": round(float(np.std(diffs, ddof=1)), 6) if len(diffs) > 1 else None,
-                         "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
-    return {"methods": methods, "gains": gains, "compression": compression, "seeds": run.seeds,
+    gains = {method: _paired(run.runs, method, method + CONTROL) for method in run.job.methods}
+    return {"methods": methods, "gains": gains, "distillation": _paired(run.runs, *STUDENTS), "compression": compression,
+            "seeds": run.seeds,
             "total": {"seconds": round(seconds, 1), "threads": torch.get_num_threads()}}
+
+
+def _paired(runs: dict[str, list[dict[str, Any]]], name: str, control: str) -> dict[str, Any]:
+    """``name``'s test accuracy minus ``control``'s, seed by seed: mean, sd, and the seeds where ``name`` is ahead."""
+    diffs = [a["accuracy"] - b["accuracy"] for a, b in zip(runs[name], runs[control], strict=True)]
+    return {"mean": round(float(np.mean(diffs)), 6),
+            "sd": round(float(np.std(diffs, ddof=1)), 6) if len(diffs) > 1 else None,
+            "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}

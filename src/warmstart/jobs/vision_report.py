@@ -50,13 +50,26 @@ def compression_rows(results: dict[str, Any]) -> list[str]:
         for name in ("student_distilled", "student_hard"):
             if name in results["methods"]:
                 r = results["methods"][name]
-                rows.append(f"| {LABELS[name]} | {100 * r['accuracy']:.1f} | {r['params']:,} | - | - |")
+                rows.append(f"| {LABELS[name]} | {_percent(r['accuracy'], r['accuracy_sd'])} | {r['params']:,} | - | - |")
     return rows
+
+
+def distillation_line(results: dict[str, Any]) -> str:
+    """One sentence: the distilled student against its same-steps control, mean ± sd over seeds and wins."""
+    methods, gain = results["methods"], results.get("distillation")
+    if not gain or "student_distilled" not in methods:
+        return ""
+    student, control = methods["student_distilled"], methods["student_hard"]
+    spread = f"over {gain['seeds']} seeds" if gain["seeds"] > 1 else "one seed, no spread measured"
+    return (f"Distilled student {_percent(student['accuracy'], student['accuracy_sd'])}% against its control (the labels "
+            f"alone, as many steps) {_percent(control['accuracy'], control['accuracy_sd'])}%: "
+            f"{'+' if gain['mean'] >= 0 else ''}{_percent(gain['mean'], gain['sd'])} points, ahead on "
+            f"{gain['wins']}/{gain['seeds']} seeds ({spread}).")
 
 
 def print_vision_table(results: dict[str, Any]) -> None:
     """Print both tables and the total time."""
-    print("\n".join([*transfer_rows(results), "", *compression_rows(results)]))
+    print("\n".join([*transfer_rows(results), "", *compression_rows(results), "", distillation_line(results)]))
     print(f"total: {results['total']['seconds']:.1f} s ({_threads(results)})")
 
 
@@ -125,7 +138,8 @@ def write_vision_report(out: Path, job: Any, results: dict[str, Any], curves: di
          bool(results["compression"]) and plot_tradeoff(results["compression"], out / "tradeoff.png")),
     ) if made]
     lines = ["# warmstart run report (vision)", "", _story(to_dict(job), results), "", *transfer_rows(results), "",
-             "## Distilled and compressed", "", _compression_story(results), "", *compression_rows(results), "",
+             "## Distilled and compressed", "", _compression_story(results), "", distillation_line(results), "",
+             *compression_rows(results), "",
              f"Total time: {results['total']['seconds']:.1f} s with {_threads(results)}. The "
              f"full config is `job.yaml`; run it again with `{command}`. With trainer.checkpoint, each method's "
              "checkpoints are in its sub-folder (seed*/<method>).", ""]
@@ -153,7 +167,8 @@ def _compression_story(results: dict[str, Any]) -> str:
         text = (f"The {LABELS.get(student['teacher'], student['teacher'])} network (best validation accuracy, first "
                 f"seed) labels {student['images']:,} training images (labelled and unlabelled) with its probabilities; "
                 f"a small CNN learns from them at 28 px for {student['steps']} optimizer steps, beside the same CNN on "
-                f"the labelled images alone for as many steps.")
+                f"the labelled images alone for as many steps, once per seed (the teacher stays the first seed's); "
+                f"the table gives the first seed's students.")
     note = results["compression"].get("_note")
     if note:
         text += (f" The {LABELS.get(note['network'], note['network'])} network is pruned by "
