@@ -275,14 +275,22 @@ def test_split_batch_reads_sequences_and_dicts_and_names_a_missing_target():
         ws.split_batch((x,))
 
 
-def test_labels_out_of_range_on_a_later_batch_are_caught_at_the_next_log(dataset):
+def _no_indexing_loss(output, target):
+    return (output.float().mean(1) - target.float()).pow(2).mean()  # reads labels without indexing with them
+
+
+@pytest.mark.parametrize("loss_fn, steps", [(None, 5), (_no_indexing_loss, 8)])
+def test_labels_out_of_range_on_a_later_batch_are_caught(dataset, loss_fn, steps):
     labels = dataset.tensors[1].clone()
     labels[40] = 7  # batch 6 of 8: past the first batch, which is checked at once
     loader = DataLoader(TensorDataset(dataset.tensors[0], labels), batch_size=8)
-    trainer = ws.Trainer(make_mlp(classes=3), log_every=4, progress=False)
+    trainer = ws.Trainer(make_mlp(classes=3), loss_fn=loss_fn, log_every=4, progress=False)
     with pytest.raises(DataError, match="a batch has label 7"):
         trainer.fit(loader)
-    assert trainer.global_step == 8  # read at the log after step 8, with no host sync per step before it
+    # cross-entropy indexes with the labels, so on the CPU it fails on batch 6 itself and the check is read then (no
+    # step on it); a loss that does not index runs on, and the check is read at the log after step 8 (no host sync
+    # per step before it)
+    assert trainer.global_step == steps
 
 
 class _AlwaysNaN:

@@ -38,7 +38,11 @@ def split_batch(batch: Batch, require_target: bool = True) -> tuple[Any, Any]:
         (1, 2)
     """
     inputs = target = None
-    if is_text_batch(batch):
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the common case first: exact types skip the ABC checks below
+        if batch:
+            inputs, target = batch[0], (batch[1] if len(batch) >= 2 else None)
+    elif is_text_batch(batch):
         inputs, target = text_inputs(batch), target_of(batch)
     elif isinstance(batch, Mapping):
         inputs = next((batch[k] for k in INPUT_KEYS if k in batch), None)
@@ -79,13 +83,18 @@ def run_model(model: Any, inputs: Any) -> Any:
         >>> run_model(torch.nn.Identity(), torch.ones(2))
         tensor([1., 1.])
     """
-    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    output = model(inputs) if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Mapping) else model(**inputs)
+    if isinstance(output, torch.Tensor):
+        return output
     logits = getattr(output, "logits", None)  # transformers' ModelOutput; a tensor has no such attribute
     return output if logits is None else logits
 
 
 def target_of(batch: Batch) -> Any:
     """The batch's targets: ``batch[1]``, or a dict's ``target``/``labels``/... entry (``None`` if absent)."""
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the common case first
+        return batch[1] if len(batch) >= 2 else None
     if isinstance(batch, Mapping):
         return next((batch[k] for k in TARGET_KEYS if k in batch), None)
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
@@ -166,8 +175,10 @@ def loss_terms(out: torch.Tensor | Mapping[str, Any]) -> dict[str, torch.Tensor]
     """Normalise ``compute_loss``'s result to a dict of scalar tensors with ``"loss"`` first."""
     if isinstance(out, torch.Tensor):
         return {"loss": out}
-    if not isinstance(out, Mapping) or "loss" not in out:
+    if not (type(out) is dict or isinstance(out, Mapping)) or "loss" not in out:
         raise ConfigError("compute_loss must return a loss tensor or a dict with a 'loss' entry")
     terms = {"loss": out["loss"]}
-    terms.update({k: v for k, v in out.items() if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.dim() == 0})
+    for k, v in out.items():  # a loop, not a comprehension: no extra frame in the hot loop
+        if k != "loss" and k != "output" and isinstance(v, torch.Tensor) and v.dim() == 0:
+            terms[k] = v
     return terms

@@ -29,6 +29,10 @@ def accumulation_windows(batches: Iterator[Any], accumulate: int, total: int | N
         >>> [(b, end, n) for b, end, n in accumulation_windows(iter("abcde"), 2, None)]
         [('a', False, 2), ('b', True, 2), ('c', False, 2), ('d', True, 2), ('e', True, 1)]
     """
+    if accumulate == 1:  # one micro-batch per step: nothing to count
+        for batch in batches:
+            yield batch, True, 1
+        return
     if total is not None:
         for index, batch in enumerate(batches, start):
             window_start = index - index % accumulate
@@ -131,10 +135,12 @@ class EpochState:
 class DeviceChecks:
     """Invariants checked on the device every step and read on the host only at the log interval.
 
-    Each check keeps a running maximum (or minimum) of a 0-dim tensor: updating it launches one
-    small kernel and never waits for the device. The trainer reads every check together with its
-    loss window (the one host sync of a log interval, and before it writes a checkpoint); a check's
-    ``error`` turns the value read into the exception to raise, or ``None`` when it is fine.
+    Each step hands in a 0-dim tensor per check; it is kept as it is (no kernel, no wait for the
+    device) and the values are folded into their maximum (or minimum) when read, or every
+    ``fold_every`` values so that a long log interval holds few tensors. The trainer reads every
+    check together with its loss window (the one host sync of a log interval, and before it writes
+    a checkpoint); a check's ``error`` turns the value read into the exception to raise, or
+    ``None`` when it is fine.
 
     Example:
         >>> checks = DeviceChecks()
@@ -146,22 +152,32 @@ class DeviceChecks:
         ValueError('label 4 >= 3')
     """
 
+    fold_every = 256
+
     def __init__(self) -> None:
-        self.values: dict[str, torch.Tensor] = {}
+        self.values: dict[str, list[torch.Tensor]] = {}
         self.lowest: set[str] = set()
         self.errors: dict[str, Callable[[float], Exception | None]] = {}
 
     def update(self, name: str, value: torch.Tensor, *, error: Callable[[float], Exception | None],
                lowest: bool = False) -> None:
-        """Keep the running maximum (``lowest``: minimum) of ``value`` under ``name``."""
-        previous = self.values.get(name)  # one kernel per step: no dtype conversion until the read
-        if previous is not None:
-            value = torch.minimum(previous, value) if lowest else torch.maximum(previous, value)
-        self.values[name] = value.detach()
-        if previous is None:
+        """Keep ``value`` under ``name``; its running maximum (``lowest``: minimum) is what is read."""
+        if value.requires_grad:
+            value = value.detach()
+        kept = self.values.get(name)
+        if kept is None:
+            self.values[name] = [value]
             self.errors[name] = error
             if lowest:
                 self.lowest.add(name)
+            return
+        kept.append(value)
+        if len(kept) >= self.fold_every:
+            self.values[name] = [self._fold(name, kept)]
+
+    def _fold(self, name: str, kept: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(kept)
+        return stacked.amin() if name in self.lowest else stacked.amax()
 
     def take(self) -> tuple[tuple[str, ...], torch.Tensor | None]:
         """The names (sorted) and their values as one tensor, minima negated so that every entry reduces by max.
@@ -171,7 +187,8 @@ class DeviceChecks:
         names = tuple(sorted(self.values))
         if not names:
             return names, None
-        stacked = torch.stack([-self.values[n].float() if n in self.lowest else self.values[n].float() for n in names])
+        folded = {n: self._fold(n, self.values[n]).float() for n in names}
+        stacked = torch.stack([-folded[n] if n in self.lowest else folded[n] for n in names])
         self.values = {}
         return names, stacked
 
@@ -198,18 +215,35 @@ class MetricWindow:
     def __init__(self, device: torch.device):
         self.device = device
         self.checks = DeviceChecks()
+        self._labels: list[tuple[torch.Tensor, torch.Tensor]] = []  # (min, max) per batch since the last read
+        self._classes = 0  # the output count they are checked against
 
     def check_labels(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Keep the smallest and largest class index as checks; return the targets clamped into ``[0, C)``.
+        """Keep the smallest and largest class index for the next read; return targets safe to index with.
 
-        The clamp keeps a GPU kernel from asserting before the check is read; the read then raises.
+        One ``aminmax`` per batch; the bounds are folded into the ``label_min`` / ``label_max``
+        checks when read. On a GPU the targets are clamped into ``[0, C)``, so a kernel never
+        asserts (which would end the process) before the check is read; the read then raises. On
+        the CPU they are returned as they are: a loss that indexes with them raises at once, and
+        the trainer then reads the checks to name the label (:meth:`failure`).
         """
         classes = output.shape[-1]
-        too_high, too_low = _label_errors(classes)
-        low, high = torch.aminmax(target)
-        self.checks.update("label_max", high, error=too_high)
-        self.checks.update("label_min", low, error=too_low, lowest=True)
-        return target.clamp(0, classes - 1)
+        if classes != self._classes:
+            self._fold_labels()  # bounds seen so far are checked against the count they were seen with
+            self._classes = classes
+        self._labels.append(torch.aminmax(target))
+        if len(self._labels) >= DeviceChecks.fold_every:
+            self._fold_labels()
+        return target if target.is_cpu else target.clamp(0, classes - 1)
+
+    def _fold_labels(self) -> None:
+        if not self._labels:
+            return
+        lows, highs = zip(*self._labels)
+        self._labels = []
+        too_high, too_low = _label_errors(self._classes)
+        self.checks.update("label_max", torch.stack(highs).amax(), error=too_high)
+        self.checks.update("label_min", torch.stack(lows).amin(), error=too_low, lowest=True)
 
     def read(self, state: EpochState) -> dict[str, float]:
         """Read the pending loss rows and checks (one sync); return the window's mean of each loss term.
@@ -219,6 +253,7 @@ class MetricWindow:
             NonFiniteLossError: a NaN/inf loss in the window (its step is ``state``'s window start + 1).
         """
         window = state.take_pending()
+        self._fold_labels()
         names, checks = self.checks.take()
         parts = []
         if window is not None:
@@ -243,11 +278,17 @@ class MetricWindow:
 
     def verify(self) -> None:
         """Read the device checks alone (one sync) and raise the first failure."""
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+
+    def failure(self) -> Exception | None:
+        """Read the device checks alone (one sync): the first failure, or ``None``."""
+        self._fold_labels()
         names, checks = self.checks.take()
-        if checks is not None:
-            failure = self.checks.failure(dict(zip(names, all_reduce_max(checks).tolist())))
-            if failure is not None:
-                raise failure
+        if checks is None:
+            return None
+        return self.checks.failure(dict(zip(names, all_reduce_max(checks).tolist())))
 
 
 @functools.lru_cache(maxsize=64)

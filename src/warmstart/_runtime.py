@@ -14,6 +14,8 @@ import torch
 from warmstart.config import normalize_precision
 from warmstart.errors import ConfigError
 
+NO_CONTEXT = contextlib.nullcontext()  # reusable: the hot loop enters it every step without building a new one
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve ``"auto"`` to cuda, then mps, then cpu; check any other name is a device this machine has.
 
@@ -57,7 +59,7 @@ def check_precision(precision: str | int, device: torch.device) -> str:
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Return the autocast context for ``precision`` (a no-op context for full precision)."""
     if precision == "32":
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -122,11 +124,11 @@ def move_to_device(batch: Any, device: torch.device, channels_last: bool = False
     """
     kind = type(batch)
     if kind is tuple or kind is list:  # the common case first: exact types skip the ABC checks below
-        return kind(move_to_device(v, device, channels_last) for v in batch)
+        return kind([move_to_device(v, device, channels_last) for v in batch])
     if isinstance(batch, torch.Tensor):
         if channels_last and batch.dim() == 4 and batch.is_floating_point():
             return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return batch.to(device, non_blocking=True)
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return kind(*(move_to_device(v, device, channels_last) for v in batch))
     if isinstance(batch, (list, tuple)):

@@ -94,7 +94,14 @@ def average_metrics(model: nn.Module, loader: Iterable[Batch], step: Callable[[B
     totals: dict[str, torch.Tensor] = {}
     try:
         for batch, counted in strategy.evaluation_batches(loader):
-            sums = step(move_to_device(batch, strategy.device, channels_last))
+            try:
+                sums = step(move_to_device(batch, strategy.device, channels_last))
+            except (IndexError, RuntimeError) as err:  # on the CPU a label out of range fails the loss itself
+                try:
+                    verify()
+                except DataError as failure:  # name it
+                    raise failure from err
+                raise
             for name, value in sums.items():
                 if counted:
                     totals[name] = totals[name] + value if name in totals else value

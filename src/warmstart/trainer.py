@@ -22,8 +22,8 @@ from warmstart._epoch import EpochState, MetricWindow, accumulation_windows
 from warmstart._progress import ProgressReporter
 from warmstart._resume import ExactResume, position_schedule
 from warmstart._run_dir import check_fresh_run_on_every_rank, check_out_dir, run_lock
-from warmstart._runtime import (autocast_context, batch_size_of, check_precision, describe_callable, move_to_device,
-                                plain_values, select_device)
+from warmstart._runtime import (NO_CONTEXT, autocast_context, batch_size_of, check_precision, describe_callable,
+                                move_to_device, plain_values, select_device)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
 from warmstart.checkpoint import COMPRESSION_ATTRIBUTE, save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
@@ -174,6 +174,9 @@ class Trainer:
         self.resumer = ExactResume(self)
         self._loss_scale = 1.0
         self._skip_window = False  # nonfinite="skip": a micro-batch of this window had a NaN/inf loss
+        # the optimizer-step hooks are called only when a subclass overrides them (two calls fewer per step)
+        self._edits_gradients = type(self).on_before_optimizer_step is not Trainer.on_before_optimizer_step
+        self._edits_weights = type(self).on_after_optimizer_step is not Trainer.on_after_optimizer_step
 
     # ------------------------------------------------------------------ the loop
 
@@ -241,8 +244,15 @@ class Trainer:
         for batch, ends_window, window in accumulation_windows(batches, cfg.accumulate, n_batches, state.batches):
             batch = move_to_device(batch, self.device, cfg.channels_last)
             self._loss_scale = 1.0 / window  # a short last window is the mean over its own micro-batches
-            with self.strategy.no_sync(self.unwrapped_model, enabled=not ends_window):
-                terms = self.training_step(batch)
+            # every strategy's no_sync is a no-op on the micro-batch that ends a window
+            with NO_CONTEXT if ends_window else self.strategy.no_sync(self.unwrapped_model, enabled=True):
+                try:
+                    terms = self.training_step(batch)
+                except (IndexError, RuntimeError) as err:  # on the CPU a label out of range fails the loss itself
+                    failure = self.metrics.failure()
+                    if failure is None:
+                        raise
+                    raise failure from err
             if terms is not None:
                 state.record(terms)
             samples = batch_size_of(batch)
@@ -282,7 +292,8 @@ class Trainer:
             return
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        self.on_before_optimizer_step()
+        if self._edits_gradients:
+            self.on_before_optimizer_step()
         if self.config.grad_clip is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
             self.strategy.clip_grad_norm(params, self.config.grad_clip)
@@ -298,7 +309,8 @@ class Trainer:
             self.optimizer.step()
         if stepped:
             self.epoch_state.steps += 1
-            self.on_after_optimizer_step()
+            if self._edits_weights:
+                self.on_after_optimizer_step()
             if self.scheduler is not None and not isinstance(self.scheduler, Plateau):
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -483,7 +495,7 @@ class Trainer:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of this trainer's precision (a no-op for ``"32"``)."""
-        return autocast_context(self.precision, self.device)
+        return NO_CONTEXT if self.precision == "32" else autocast_context(self.precision, self.device)
 
     def backward(self, loss: torch.Tensor) -> bool:
         """Backpropagate ``loss`` scaled for accumulation (and by the GradScaler under fp16).
@@ -510,9 +522,11 @@ class Trainer:
     def check_targets(self, output: Any, target: Any) -> Any:
         """Check class-index targets against the model's outputs, on the device; return them safe to index with.
 
-        The smallest and largest label are kept as device-side checks and read at the next log
-        (no host sync per step): labels outside ``[0, C)`` then raise a :class:`DataError`. Until
-        then the returned targets are clamped into range, so a GPU kernel never asserts on them.
+        The smallest and largest label are kept as device-side checks (one ``aminmax``) and read at
+        the next log (no host sync per step): labels outside ``[0, C)`` then raise a
+        :class:`DataError`. On a GPU the returned targets are clamped into range until then, so a
+        kernel never asserts on them; on the CPU a loss that indexes with an out-of-range label
+        fails at once, and that failure is reported as the same :class:`DataError`.
         Other outputs and targets are returned unchanged; for an element-wise loss (``mse_loss``,
         ``l1_loss``, ...) outputs and targets of different shapes, which it would broadcast, are a
         :class:`DataError`.

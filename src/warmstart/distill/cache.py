@@ -97,19 +97,30 @@ class SampleFingerprint:
         self._projections: dict[int, torch.Tensor] = {}
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``(B, 2)`` float64: the projection and the L1 norm of each sample."""
+        """``(B, 2)`` float64: the projection and the L1 norm of each sample (what a cache stores)."""
         flat = inputs.detach().reshape(len(inputs), -1).double()
-        size = flat.shape[1]
+        return torch.stack([flat @ self._projection(flat.shape[1]), flat.abs().sum(1)], dim=1)
+
+    def projection(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` float64: the projection alone, all a training batch needs against :meth:`reference` rows."""
+        flat = inputs.reshape(len(inputs), -1).double()
+        return flat @ self._projection(flat.shape[1])
+
+    def _projection(self, size: int) -> torch.Tensor:
         if size not in self._projections:
             g = torch.Generator().manual_seed(_FINGERPRINT_SEED + size)
             self._projections[size] = torch.randn(size, generator=g, dtype=torch.float64).to(self.device)
-        return torch.stack([flat @ self._projections[size], flat.abs().sum(1)], dim=1)
+        return self._projections[size]
 
     @staticmethod
-    def mismatch(now: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-        """The largest excess of a batch's fingerprint distance over the tolerance (> 0: a sample changed)."""
-        tolerance = FINGERPRINT_RTOL * stored[:, 1] + 1e-12
-        return ((now[:, 0] - stored[:, 0]).abs() - tolerance).max()
+    def reference(stored: torch.Tensor) -> torch.Tensor:
+        """``(N, 2)``: stored fingerprints as ``(projection, tolerance)``, the tolerance worked out once."""
+        return torch.stack([stored[:, 0], FINGERPRINT_RTOL * stored[:, 1] + 1e-12], dim=1)
+
+    @staticmethod
+    def mismatch(projection: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The largest excess of a batch's projection distance over the tolerance (> 0: a sample changed)."""
+        return ((projection - reference[:, 0]).abs() - reference[:, 1]).max()
 
 
 class TeacherCache:
@@ -128,9 +139,12 @@ class TeacherCache:
         meta: the sidecar's contents.
     """
 
+    in_memory_bytes = 512 * 2**20  # a cache up to this size is read into memory once: a lookup is then one index
+
     def __init__(self, path: Path, logits: np.ndarray, fingerprints: np.ndarray, meta: dict[str, Any]):
         self.path, self.logits, self.fingerprints, self.meta = path, logits, fingerprints, meta
         self.views = int(meta["views"])
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (logits, references) on one device
 
     @staticmethod
     def sidecar(path: Path) -> Path:
@@ -213,11 +227,27 @@ class TeacherCache:
         return cls(path, logits, prints, meta)
 
     def lookup(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher logits ``(B, teachers, num_classes)`` float32 and stored fingerprints ``(B, 2)`` of the rows."""
+        """Teacher logits ``(B, teachers, num_classes)`` float32 and the rows' fingerprint references ``(B, 2)``
+        (:meth:`SampleFingerprint.reference`).
+
+        A cache of at most ``in_memory_bytes`` is read onto ``device`` at the first lookup (as float32, so a lookup
+        is one index on the device and no host sync); a larger one is read from the memory map batch by batch.
+        """
+        tables = self._tables
+        if tables is None or tables[0].device != device:
+            tables = self._tables = self._in_memory(device)
+        if tables is not None:
+            return tables[0][rows], tables[1][rows]
         picked = rows.cpu().numpy()
         logits = torch.from_numpy(np.ascontiguousarray(self.logits[picked]))
-        prints = torch.from_numpy(self.fingerprints[picked])
+        prints = SampleFingerprint.reference(torch.from_numpy(self.fingerprints[picked]))
         return logits.to(device, non_blocking=True).float(), prints.to(device, non_blocking=True)
+
+    def _in_memory(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if 2 * self.logits.nbytes > self.in_memory_bytes:  # float32 in memory: twice the file's fp16
+            return None
+        logits = torch.from_numpy(np.array(self.logits, dtype=np.float32)).to(device)  # a writable copy
+        return logits, SampleFingerprint.reference(torch.from_numpy(self.fingerprints)).to(device)
 
 
 def _check_teacher_outputs(path: Path, stored: Any, now: list[Any], rebuild: str) -> None:

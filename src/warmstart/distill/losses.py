@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from warmstart._runtime import NO_CONTEXT
 from warmstart.errors import ConfigError, DataError
 
 COMBINE = ("probs", "kl")
@@ -43,11 +44,14 @@ def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequen
         check_logits(student_logits, teacher)
     t = float(temperature)
     # at least float32 even under autocast, log_softmax on both sides: softmax().log() underflows in fp16
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+    device_type = student_logits.device.type
+    with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else NO_CONTEXT:
         student = _at_least_float32(student_logits)
         log_student = F.log_softmax(student / t, dim=-1)
         log_teachers = [F.log_softmax(_at_least_float32(teacher) / t, dim=-1) for teacher in teachers]
-        if combine == "probs" or len(teachers) == 1:
+        if len(teachers) == 1:
+            kd = F.kl_div(log_student, log_teachers[0], reduction="batchmean", log_target=True)
+        elif combine == "probs":
             # one target distribution, the weighted mean of the teachers' probabilities (in log space)
             log_target = torch.logsumexp(torch.stack([lt + math.log(w) for lt, w in zip(log_teachers, weights)]), dim=0)
             kd = F.kl_div(log_student, log_target, reduction="batchmean", log_target=True)

@@ -149,7 +149,7 @@ class DistillTrainer(Trainer):
                 "access). Delete the cache files to rebuild them; for random augmentation wrap the data set in "
                 "warmstart.distill.AugmentedViews, which caches a fixed set of views.")
 
-        excess = self._fingerprint.mismatch(self._fingerprint(inputs), stored)
+        excess = self._fingerprint.mismatch(self._fingerprint.projection(inputs), stored)
         self.checks.update("teacher_cache_mismatch", excess, error=stale)
 
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:

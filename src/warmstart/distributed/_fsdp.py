@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from warmstart._blocks import checkpoint_activations, find_blocks
+from warmstart._runtime import NO_CONTEXT
 from warmstart.config import TrainerConfig
 from warmstart.distributed import _process_group as distributed
 from warmstart.errors import ConfigError, DataError
@@ -137,7 +138,7 @@ def no_gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractCont
     The gradients of those micro-batches accumulate unsharded on each rank until the last one reduces them.
     """
     if not enabled:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     return _without_sync(model)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmstart._runtime import NO_CONTEXT
 from warmstart.checkpoint import load_checkpoint, save_checkpoint
 from warmstart.config import TrainerConfig
 from warmstart.distributed import _fsdp
@@ -52,7 +53,7 @@ class Strategy:
 
     def no_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient sync on a micro-batch that does not end an accumulation window (``enabled``)."""
-        return contextlib.nullcontext()
+        return NO_CONTEXT
 
     def evaluation_batches(self, loader: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
         """``(batch, counted)`` pairs: every rank runs as many forward passes as the strategy needs."""
@@ -120,7 +121,7 @@ class DDPStrategy(Strategy):
         return self.ddp
 
     def no_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
-        return self.ddp.no_sync() if enabled and self.ddp is not None else contextlib.nullcontext()
+        return self.ddp.no_sync() if enabled and self.ddp is not None else NO_CONTEXT
 
     def rewrap(self, model: nn.Module, wrapped: nn.Module) -> nn.Module:
         return self.wrap(model) if self.ddp is not None else wrapped
