@@ -27,7 +27,9 @@ scheduler: ``constant``). The processes take turns: one warm-up round each (drop
 - epoch rows: the second epoch of a two-epoch run, from its first batch until the run returns (its end-of-epoch
   work included; the first epoch warms up what a run builds lazily, such as the optimizer's state).
 
-Ratios are medians over rounds of the ratio to the plain loop of the same round; the spread is their min-max.
+Ratios are medians over rounds of the ratio to the plain loop of the same round; the spread is their min-max. The
+Trainer row runs the plain loop twice, in two processes ("plain, again"): how far that ratio is from 1 is the
+bench's own floor (a process's memory layout alone moves a step by about that much).
 
     pip install -e '.[bench]'
     python bench/peers.py           # the figures in bench/RESULTS.md (about 6 minutes on 2 cores)
@@ -239,7 +241,7 @@ def trainer_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(count, 64, 784, generator=g), torch.randint(0, 10, (count, 64), generator=g)
     batches = [{"x": x[i], "labels": y[i]} if peer == "hf" else (x[i], y[i]) for i in range(count)]
-    fit = {"plain": plain_fit, "warmstart": warmstart_fit, "lightning": lightning_fit,
+    fit = {"plain": plain_fit, "plain, again": plain_fit, "warmstart": warmstart_fit, "lightning": lightning_fit,
            "lightning-barebones": partial(lightning_fit, barebones=True), "hf": hf_fit}[peer]
 
     def one_round() -> Span:
@@ -391,7 +393,7 @@ def offline_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
 # name: (title, unit, the work, its peers with the plain loop first, rounds)
 ROWS: dict[str, tuple[str, str, Callable, list[str], int]] = {
     "trainer": ("Trainer step, MLP 784-256-10, batch 64", "step", trainer_step_work,
-                ["plain", "warmstart", "lightning", "lightning-barebones", "hf"], 11),
+                ["plain", "plain, again", "warmstart", "lightning", "lightning-barebones", "hf"], 11),
     "lora": ("LoRA step, all-MiniLM-L6-v2, r=8, batch 8x32 tokens", "step", lora_step_work,
              ["plain+peft", "warmstart", "hf+peft"], 7),
     "online": ("online distillation epoch, small CNNs, mnist5k", "epoch", online_work,
@@ -405,6 +407,8 @@ ROWS: dict[str, tuple[str, str, Callable, list[str], int]] = {
 
 def serve(row: str, peer: str, options: dict[str, Any], conn: Any) -> None:
     """A peer's process: build the work, run the warm-up round, then one round per ``"run"`` message."""
+    if options.get("cpu") is not None:  # every peer on the same core: no peer gains from a quieter one
+        os.sched_setaffinity(0, {options["cpu"]})
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     for name in ("torch", "lightning", "lightning.pytorch", "lightning.fabric", "torchdistill", "transformers",
@@ -491,7 +495,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few seconds per peer: checks the script runs")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--rounds", type=int, help="timed rounds per peer (default 7 or 11 by row; 2 with --quick)")
+    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+                        help="the core every peer's process is pinned to (default: the highest; -1: not pinned)")
     args = parser.parse_args()
+    args.cpu = None if args.cpu < 0 else args.cpu
     quick = args.quick
     args.warmup, args.steps = (5, 20) if quick else (100, 1000)
     args.lora_warmup, args.lora_steps, args.lora_batch = (1, 2, (2, 8)) if quick else (2, 8, (8, 32))

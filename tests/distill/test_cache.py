@@ -41,8 +41,16 @@ def _swap_two_rows(x, y):
     x[[5, 6]], y[[5, 6]] = x[[6, 5]].clone(), y[[6, 5]].clone()
 
 
+@pytest.fixture(params=["in memory", "memory map"])
+def reading(request, monkeypatch):
+    """Both ways a cache is read: whole into memory at the first lookup (small caches), or batch by batch."""
+    if request.param == "memory map":
+        monkeypatch.setattr(TeacherCache, "in_memory_bytes", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("change", [_shift_three_samples, _swap_two_rows])
-def test_changed_or_moved_samples_make_the_cache_stale(tmp_path, change):
+def test_changed_or_moved_samples_make_the_cache_stale(tmp_path, change, reading):
     path = tmp_path / "logits.npy"
     _distil(InMemoryLoader(_images(n=200), batch_size=8), path)
     with pytest.raises(DataError, match="teacher cache .* is stale: a training sample differs"):
@@ -68,7 +76,7 @@ def test_a_data_set_that_changes_on_every_access_is_refused(tmp_path):
         _distil(DataLoader(_Noisy(), batch_size=8), tmp_path / "logits.npy")
 
 
-def test_unchanged_data_passes_every_check_and_matches_the_online_run(tmp_path):
+def test_unchanged_data_passes_every_check_and_matches_the_online_run(tmp_path, reading):
     cached = _distil(InMemoryLoader(_images(), batch_size=8, shuffle=True, seed=3), tmp_path / "logits.npy",
                      max_epochs=2, log_every=1)
     online = DistillTrainer(_student(), _teacher(), max_epochs=2, progress=False)
@@ -102,6 +110,20 @@ def test_a_directory_as_cache_path_is_named_without_advice_to_delete_it(tmp_path
     with pytest.raises(ConfigError, match="cache_path .* is a directory; give the cache's file path") as error:
         _distil(InMemoryLoader(_images(), batch_size=8), tmp_path)
     assert "delete" not in str(error.value)
+
+
+def test_a_lookup_is_the_same_read_whole_or_from_the_memory_map(tmp_path, monkeypatch):
+    path = tmp_path / "logits.npy"
+    cache = _distil(InMemoryLoader(_images(n=40), batch_size=8), path, max_epochs=1).cache
+    rows = torch.tensor([39, 0, 7, 7, 21])
+    whole = cache.lookup(rows, torch.device("cpu"))
+    assert cache._tables is not None  # this small cache was read into memory
+    monkeypatch.setattr(TeacherCache, "in_memory_bytes", 0)
+    mapped = TeacherCache.open(path, expect={}).lookup(rows, torch.device("cpu"))
+    for a, b in zip(whole, mapped):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    expected = torch.from_numpy(np.load(path)[rows.numpy()].astype(np.float32))
+    assert torch.equal(whole[0], expected)
 
 
 def test_teachers_in_another_dtype_are_fed_in_their_dtype():
