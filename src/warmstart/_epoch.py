@@ -217,6 +217,16 @@ class MetricWindow:
         self.checks = DeviceChecks()
         self._labels: list[tuple[torch.Tensor, torch.Tensor]] = []  # (min, max) per batch since the last read
         self._classes = 0  # the output count they are checked against
+        self._folds: list[Callable[[], None]] = [self._fold_labels]
+
+    def fold_before_read(self, fold: Callable[[], None]) -> None:
+        """Call ``fold`` before every read of the checks: a check that keeps per-step tensors turns them into
+        ``checks.update`` values there, so its work per step is only what it must keep."""
+        self._folds.append(fold)
+
+    def _fold(self) -> None:
+        for fold in self._folds:
+            fold()
 
     def check_labels(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Keep the smallest and largest class index for the next read; return targets safe to index with.
@@ -253,7 +263,7 @@ class MetricWindow:
             NonFiniteLossError: a NaN/inf loss in the window (its step is ``state``'s window start + 1).
         """
         window = state.take_pending()
-        self._fold_labels()
+        self._fold()
         names, checks = self.checks.take()
         parts = []
         if window is not None:
@@ -284,7 +294,7 @@ class MetricWindow:
 
     def failure(self) -> Exception | None:
         """Read the device checks alone (one sync): the first failure, or ``None``."""
-        self._fold_labels()
+        self._fold()
         names, checks = self.checks.take()
         if checks is None:
             return None

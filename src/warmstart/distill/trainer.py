@@ -99,6 +99,8 @@ class DistillTrainer(Trainer):
             raise ConfigError("feature hints need the teacher's features every step; use cache_teacher=False with hints")
         self.cache_teacher, self.cache_path, self.cache = cache_teacher, cache_path, None
         self._fingerprint = SampleFingerprint(self.device)
+        self._prints: list[tuple[torch.Tensor, torch.Tensor]] = []  # (batch, cache) fingerprints since the last read
+        self.metrics.fold_before_read(self._fold_prints)
         self._cache_tmp: tempfile.TemporaryDirectory | None = None
         self.hints = list(hints)
         self.taps = FeatureTaps(self.unwrapped_model, self.teachers[0], self.hints) if self.hints else None
@@ -139,18 +141,25 @@ class DistillTrainer(Trainer):
         return {**terms, "output": student_logits}
 
     def _check_cached_inputs(self, inputs: torch.Tensor, stored: torch.Tensor) -> None:
-        """Compare the batch with the fingerprints taken when the cache was built (on the device; read at the log)."""
-        path = self.cache.path
+        """Keep the batch's fingerprint beside the one taken when the cache was built; compared at the next read."""
+        self._prints.append((self._fingerprint.projection(inputs), stored))
+        if len(self._prints) >= self.checks.fold_every:
+            self._fold_prints()
 
-        def stale(excess: float) -> DataError | None:
-            return None if excess <= 0 else DataError(
-                f"the teacher cache '{path}' is stale: a training sample differs from the one the teacher saw when the "
-                "cache was built (the data changed, rows moved, or the data set returns different data on each "
-                "access). Delete the cache files to rebuild them; for random augmentation wrap the data set in "
-                "warmstart.distill.AugmentedViews, which caches a fixed set of views.")
+    def _fold_prints(self) -> None:
+        """Compare the fingerprints kept since the last read with the cache's, as one device-side check."""
+        if not self._prints:
+            return
+        now, stored = (torch.cat(parts) for parts in zip(*self._prints))
+        self._prints = []
+        self.checks.update("teacher_cache_mismatch", self._fingerprint.mismatch(now, stored), error=self._stale)
 
-        excess = self._fingerprint.mismatch(self._fingerprint.projection(inputs), stored)
-        self.checks.update("teacher_cache_mismatch", excess, error=stale)
+    def _stale(self, excess: float) -> DataError | None:
+        return None if excess <= 0 else DataError(
+            f"the teacher cache '{self.cache.path}' is stale: a training sample differs from the one the teacher saw "
+            "when the cache was built (the data changed, rows moved, or the data set returns different data on each "
+            "access). Delete the cache files to rebuild them; for random augmentation wrap the data set in "
+            "warmstart.distill.AugmentedViews, which caches a fixed set of views.")
 
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """The student alone: cross-entropy as ``loss``, and accuracy."""
