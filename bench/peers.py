@@ -27,12 +27,14 @@ scheduler: ``constant``). The processes take turns: one warm-up round each (drop
 - epoch rows: the second epoch of a two-epoch run, from its first batch until the run returns (its end-of-epoch
   work included; the first epoch warms up what a run builds lazily, such as the optimizer's state).
 
-Ratios are medians over rounds of the ratio to the plain loop of the same round; the spread is their min-max. The
-Trainer row runs the plain loop twice, in two processes ("plain, again"): how far that ratio is from 1 is the
-bench's own floor (a process's memory layout alone moves a step by about that much).
+Ratios are medians over rounds of the ratio to the plain loop of the same round; the spread is their min-max. Every
+process is pinned to the same core, and each peer has 3 processes that take its rounds in turn: a process's own
+speed (where its memory landed) moves a step by a percent or two, and averaging over processes evens that out.
+Every row runs its plain loop twice ("plain, again", in processes of its own): how far that ratio is from 1 is the
+bench's own floor, the smallest difference it can tell apart.
 
     pip install -e '.[bench]'
-    python bench/peers.py           # the figures in bench/RESULTS.md (about 6 minutes on 2 cores)
+    python bench/peers.py           # the figures in bench/RESULTS.md (about 20 minutes on 2 cores)
     python bench/peers.py --quick   # seconds of work per peer: checks that the script runs end to end
 """
 
@@ -241,7 +243,7 @@ def trainer_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(count, 64, 784, generator=g), torch.randint(0, 10, (count, 64), generator=g)
     batches = [{"x": x[i], "labels": y[i]} if peer == "hf" else (x[i], y[i]) for i in range(count)]
-    fit = {"plain": plain_fit, "plain, again": plain_fit, "warmstart": warmstart_fit, "lightning": lightning_fit,
+    fit = {"plain": plain_fit, "warmstart": warmstart_fit, "lightning": lightning_fit,
            "lightning-barebones": partial(lightning_fit, barebones=True), "hf": hf_fit}[peer]
 
     def one_round() -> Span:
@@ -390,15 +392,18 @@ def offline_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
     return one_round
 
 
+AGAIN = ", again"  # the plain loop once more, in processes of its own: its ratio to the plain loop is the bench's floor
+
 # name: (title, unit, the work, its peers with the plain loop first, rounds)
 ROWS: dict[str, tuple[str, str, Callable, list[str], int]] = {
     "trainer": ("Trainer step, MLP 784-256-10, batch 64", "step", trainer_step_work,
-                ["plain", "plain, again", "warmstart", "lightning", "lightning-barebones", "hf"], 11),
+                ["plain", "plain" + AGAIN, "warmstart", "lightning", "lightning-barebones", "hf"], 21),
     "lora": ("LoRA step, all-MiniLM-L6-v2, r=8, batch 8x32 tokens", "step", lora_step_work,
-             ["plain+peft", "warmstart", "hf+peft"], 7),
+             ["plain+peft", "plain+peft" + AGAIN, "warmstart", "hf+peft"], 15),
     "online": ("online distillation epoch, small CNNs, mnist5k", "epoch", online_work,
-               ["plain", "warmstart", "torchdistill"], 7),
-    "offline": ("offline distillation epoch, cached logits", "epoch", offline_work, ["plain", "warmstart"], 11),
+               ["plain", "plain" + AGAIN, "warmstart", "torchdistill"], 15),
+    "offline": ("offline distillation epoch, cached logits", "epoch", offline_work,
+                ["plain", "plain" + AGAIN, "warmstart"], 21),
 }
 
 
@@ -415,7 +420,7 @@ def serve(row: str, peer: str, options: dict[str, Any], conn: Any) -> None:
                  "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        one_round = ROWS[row][2](peer, argparse.Namespace(**options))
+        one_round = ROWS[row][2](peer.removesuffix(AGAIN), argparse.Namespace(**options))
         one_round()  # warm-up: lazy imports, allocator, caches (and warmstart's offline logit cache); dropped
         conn.send(("ready", None))
         while conn.recv() == "run":
@@ -425,28 +430,36 @@ def serve(row: str, peer: str, options: dict[str, Any], conn: Any) -> None:
 
 
 def run_row(row: str, peers: list[str], rounds: int, args: argparse.Namespace) -> dict[str, list[Span]]:
-    """Every peer's spans, the peers taking turns round by round (one process running at a time)."""
+    """Every peer's spans, the peers taking turns round by round (one process running at a time).
+
+    Each peer has ``args.processes`` processes, used in turn round by round: a process's own speed (where its memory
+    landed) moves a step by a percent or two, and it is then averaged over several, as it is for the plain loop.
+    """
     context = multiprocessing.get_context("spawn")
-    workers = {}
+    workers: dict[str, list[tuple[Any, Any]]] = {}
     for peer in peers:
-        parent, child = context.Pipe()
-        process = context.Process(target=serve, args=(row, peer, vars(args), child), daemon=True)
-        process.start()
-        workers[peer] = (process, parent)
+        for _ in range(args.processes):
+            parent, child = context.Pipe()
+            process = context.Process(target=serve, args=(row, peer, vars(args), child), daemon=True)
+            process.start()
+            workers.setdefault(peer, []).append((process, parent))
     try:
-        for peer, (_, conn) in workers.items():
-            _answer(conn, row, peer)
+        for peer, replicas in workers.items():
+            for _, conn in replicas:
+                _answer(conn, row, peer)
         spans: dict[str, list[Span]] = {peer: [] for peer in peers}
-        for _ in range(rounds):
-            for peer, (_, conn) in workers.items():  # A B C ... in every round
+        for index in range(rounds):
+            for peer, replicas in workers.items():  # A B C ... in every round
+                conn = replicas[index % len(replicas)][1]
                 conn.send("run")
                 spans[peer].append(_answer(conn, row, peer))
         return spans
     finally:
-        for process, conn in workers.values():
-            if process.is_alive():
-                conn.send("stop")
-            process.join(timeout=30)
+        for replicas in workers.values():
+            for process, conn in replicas:
+                if process.is_alive():
+                    conn.send("stop")
+                process.join(timeout=30)
 
 
 def _answer(conn: Any, row: str, peer: str) -> Any:
@@ -494,12 +507,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per peer: checks the script runs")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    parser.add_argument("--rounds", type=int, help="timed rounds per peer (default 7 or 11 by row; 2 with --quick)")
+    parser.add_argument("--rounds", type=int, help="timed rounds per peer (default 15 or 21 by row; 2 with --quick)")
+    parser.add_argument("--processes", type=int, help="processes per peer, taking the rounds in turn (default 3; 1 with "
+                        "--quick)")
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
                         help="the core every peer's process is pinned to (default: the highest; -1: not pinned)")
     args = parser.parse_args()
     args.cpu = None if args.cpu < 0 else args.cpu
     quick = args.quick
+    args.processes = args.processes or (1 if quick else 3)
     args.warmup, args.steps = (5, 20) if quick else (100, 1000)
     args.lora_warmup, args.lora_steps, args.lora_batch = (1, 2, (2, 8)) if quick else (2, 8, (8, 32))
     args.images = 256 if quick else 4000
