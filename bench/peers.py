@@ -534,7 +534,8 @@ def main() -> None:
             print(f"({row}: {', '.join(missing)} left out, not installed: pip install -e '.[bench]')")
         peers = [p for p in peers if p not in missing]
         table = summarize(run_row(row, peers, rounds, args))
-        print(f"\n{title}: {rounds} rounds, one process per peer, one torch thread\n")
+        print(f"\n{title}: {rounds} rounds, {args.processes} processes per peer taking them in turn, one torch thread, "
+              f"core {args.cpu}\n")
         print(f"| peer | wall / {unit}, median (min-max) | CPU / {unit} | wall / plain (min-max) | CPU / plain |")
         print("|---|---:|---:|---:|---:|")
         for peer, t in table.items():
