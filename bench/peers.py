@@ -34,7 +34,7 @@ Every row runs its plain loop twice ("plain, again", in processes of its own): h
 bench's own floor, the smallest difference it can tell apart.
 
     pip install -e '.[bench]'
-    python bench/peers.py           # the figures in bench/RESULTS.md (about 20 minutes on 2 cores)
+    python bench/peers.py           # the figures in bench/RESULTS.md (about 24 minutes on 2 cores)
     python bench/peers.py --quick   # seconds of work per peer: checks that the script runs end to end
 """
 
