@@ -118,6 +118,10 @@ def test_trainers_and_loaders_under_torchrun_match_one_process(tmp_path):
     assert measured["loss"] == pytest.approx(reported["val_loss"], rel=1e-6)
     assert measured["accuracy"] == pytest.approx(reported["val_accuracy"])
     assert all("holds an earlier run" in (rank["refused"]["refused"] or "") for rank in ranks)
+    # a label out of range on one rank: both ranks raise the DataError at the read after step 5 (clamped until then,
+    # so the rank with the label does not fail alone and leave the other waiting in an all-reduce)
+    assert [rank["bad_label"]["steps"] for rank in ranks] == [5, 5]
+    assert all("a batch has label 5" in (rank["bad_label"]["error"] or "") for rank in ranks)
 
     # issue 23 (13): a plain list of batches is sharded (batch i on rank i % 2), not trained whole on every rank:
     # 2 ranks x batches of 4 give one process's batches of 8

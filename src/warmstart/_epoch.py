@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from warmstart.distributed import all_reduce_max, all_reduce_sum
+from warmstart.distributed import all_reduce_max, all_reduce_sum, is_distributed
 from warmstart.errors import ConfigError, DataError, NonFiniteLossError
 
 
@@ -235,7 +235,8 @@ class MetricWindow:
         checks when read. On a GPU the targets are clamped into ``[0, C)``, so a kernel never
         asserts (which would end the process) before the check is read; the read then raises. On
         the CPU they are returned as they are: a loss that indexes with them raises at once, and
-        the trainer then reads the checks to name the label (:meth:`failure`).
+        the trainer then reads the checks to name the label (:meth:`failure`). Under ``torchrun`` they
+        are clamped on the CPU too: every rank must reach the read together, not one fail alone.
         """
         classes = output.shape[-1]
         if classes != self._classes:
@@ -244,7 +245,7 @@ class MetricWindow:
         self._labels.append(torch.aminmax(target))
         if len(self._labels) >= DeviceChecks.fold_every:
             self._fold_labels()
-        return target if target.is_cpu else target.clamp(0, classes - 1)
+        return target if target.is_cpu and not is_distributed() else target.clamp(0, classes - 1)
 
     def _fold_labels(self) -> None:
         if not self._labels:

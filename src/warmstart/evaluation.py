@@ -15,7 +15,7 @@ from warmstart._batches import (Batch, check_regression_shapes, classification_s
 from warmstart._epoch import MetricWindow
 from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
 from warmstart.config import normalize_precision
-from warmstart.distributed import FSDPStrategy, Strategy, all_reduce_sum, shard_loader
+from warmstart.distributed import FSDPStrategy, Strategy, all_reduce_sum, is_distributed, shard_loader
 from warmstart.distributed._fsdp import is_sharded
 from warmstart.errors import DataError, NonFiniteLossError
 
@@ -97,6 +97,8 @@ def average_metrics(model: nn.Module, loader: Iterable[Batch], step: Callable[[B
             try:
                 sums = step(move_to_device(batch, strategy.device, channels_last))
             except (IndexError, RuntimeError) as err:  # on the CPU a label out of range fails the loss itself
+                if is_distributed():  # labels are clamped there, so this is another error; no rank reads alone
+                    raise
                 try:
                     verify()
                 except DataError as failure:  # name it

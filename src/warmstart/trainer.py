@@ -249,7 +249,8 @@ class Trainer:
                 try:
                     terms = self.training_step(batch)
                 except (IndexError, RuntimeError) as err:  # on the CPU a label out of range fails the loss itself
-                    failure = self.metrics.failure()
+                    # (one process: under torchrun labels are clamped and the ranks read the checks together)
+                    failure = None if distributed.is_distributed() else self.metrics.failure()
                     if failure is None:
                         raise
                     raise failure from err

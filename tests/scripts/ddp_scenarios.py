@@ -9,7 +9,8 @@ Scenarios (each a function below, its reference in tests/test_distributed.py):
 - streams: the random numbers each rank draws after the fit's seeding (each rank its own stream);
 - batchnorm: a BatchNorm model with validation and checkpoints (its statistics synchronised before both);
 - refused: a fresh run into the batchnorm run's folder (refused on every rank);
-- batches: a plain list of 10 batches (batch i on rank i % 2), and one of 5 (padded, with a warning).
+- batches: a plain list of 10 batches (batch i on rank i % 2), and one of 5 (padded, with a warning);
+- bad_label: an out-of-range label on rank 1 only: every rank stops with the DataError (none hangs).
 """
 
 from __future__ import annotations
@@ -136,13 +137,28 @@ def batches(out: Path, rank: int) -> dict:
             "warnings": [str(w.message) for w in caught if "does not divide" in str(w.message)]}
 
 
+def bad_label(out: Path, rank: int) -> dict:
+    """A label out of range on one rank, past the first batch: every rank raises at the same read, none fails alone."""
+    x, y = data().tensors
+    y = y.clone()
+    if rank == 1:
+        y[13] = 5  # the model has 3 outputs; list batch 3 (rows 12-15) is this rank's second
+    trainer = ws.Trainer(model(), max_epochs=1, device="cpu", progress=False, log_every=5, seed=0)
+    try:
+        trainer.fit([(x[i:i + 4], y[i:i + 4]) for i in range(0, 40, 4)] * 2)  # 10 batches a rank
+    except ws.DataError as err:
+        return {"error": str(err), "steps": trainer.global_step}
+    return {"error": None, "steps": trainer.global_step}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     results = {name: scenario(out, rank) for name, scenario in
                (("stream", stream), ("finetune", finetune), ("distill", distill), ("evaluate", evaluate),
-                ("streams", streams), ("batchnorm", batchnorm), ("refused", refused), ("batches", batches))}
+                ("streams", streams), ("batchnorm", batchnorm), ("refused", refused), ("batches", batches),
+                ("bad_label", bad_label))}
     torch.save(results, out / f"rank{rank}.pt")
     if rank == 0:
         (out / "done.json").write_text(json.dumps({"world_size": dist.get_world_size()}))
