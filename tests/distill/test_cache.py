@@ -11,6 +11,7 @@ import torch
 from conftest import make_images, make_student, make_teacher
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+import warmstart as ws
 from warmstart.data import InMemoryLoader
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.distill.cache import SampleFingerprint, TeacherCache
@@ -174,3 +175,37 @@ def test_augmented_views_keep_their_epoch_through_pickle_and_copies():
         seen = _views_by_epoch(twin, 2, num_workers=1, persistent_workers=True)
         assert [epoch[:, -1].tolist() for epoch in seen] == [[0, 4, 8, 9], [1, 5, 6, 10]]  # i * 3 + (i + e) % 3
         assert views.epoch == 2  # a copy's epoch is its own
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfter(ws.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_step_end(self, trainer):
+        if trainer.global_step == self.step:
+            raise _Crash
+
+
+def test_a_cached_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, reading):
+    """Offline distillation x mid-epoch resume: the cache is reopened and its checks go on (both ways of reading)."""
+    def trainer(out, callbacks=()):
+        return DistillTrainer(_student(), _teacher(), temperature=2.0, cache_teacher=True,
+                              cache_path=str(tmp_path / "logits.npy"), max_epochs=2, save_every=4, log_every=3,
+                              out_dir=str(out), progress=False, seed=0, callbacks=list(callbacks))
+
+    def loader():
+        return InMemoryLoader(_images(n=56), batch_size=8, shuffle=True, seed=1)  # 7 steps an epoch
+
+    whole = trainer(tmp_path / "whole")
+    whole.fit(loader())
+    with pytest.raises(_Crash):
+        trainer(tmp_path / "cut", [_CrashAfter(11)]).fit(loader())  # saved at step 8, mid-epoch 2
+    resumed = trainer(tmp_path / "cut")
+    resumed.fit(loader(), resume="last")
+    assert resumed.global_step == whole.global_step == 14
+    for a, b in zip(resumed.unwrapped_model.state_dict().values(), whole.unwrapped_model.state_dict().values()):
+        assert torch.equal(a, b)
