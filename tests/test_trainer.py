@@ -395,3 +395,17 @@ def test_seed_none_follows_torch_manual_seed_and_is_recorded(tmp_path):
     recorded = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert recorded["trainer"]["seed"] == seed_a
     assert ws.load_checkpoint(tmp_path / "a" / "last.pt")["config"]["trainer"]["seed"] == seed_a
+
+
+def test_label_checks_fold_long_windows_and_follow_a_changed_class_count():
+    from warmstart._epoch import DeviceChecks, MetricWindow
+
+    window = MetricWindow(torch.device("cpu"))
+    for _ in range(DeviceChecks.fold_every + 3):
+        window.check_labels(torch.zeros(2, 3), torch.tensor([0, 2]))
+    assert all(len(kept) < 5 for kept in window.checks.values.values())  # folded: not one tensor per step kept
+    window.check_labels(torch.zeros(2, 5), torch.tensor([4, 1]))  # label 4 is fine for a model with 5 outputs
+    assert window.failure() is None
+    window.check_labels(torch.zeros(2, 3), torch.tensor([4, 1]))  # and out of range for one with 3
+    with pytest.raises(DataError, match="labels must be in \\[0, 3\\).*a batch has label 4"):
+        window.verify()

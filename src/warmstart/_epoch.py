@@ -215,9 +215,7 @@ class MetricWindow:
     def __init__(self, device: torch.device):
         self.device = device
         self.checks = DeviceChecks()
-        self._labels: list[tuple[torch.Tensor, torch.Tensor]] = []  # (min, max) per batch since the last read
-        self._classes = 0  # the output count they are checked against
-        self._folds: list[Callable[[], None]] = [self._fold_labels]
+        self._folds: list[Callable[[], None]] = []
 
     def fold_before_read(self, fold: Callable[[], None]) -> None:
         """Call ``fold`` before every read of the checks: a check that keeps per-step tensors turns them into
@@ -231,30 +229,19 @@ class MetricWindow:
     def check_labels(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Keep the smallest and largest class index for the next read; return targets safe to index with.
 
-        One ``aminmax`` per batch; the bounds are folded into the ``label_min`` / ``label_max``
-        checks when read. On a GPU the targets are clamped into ``[0, C)``, so a kernel never
+        One ``aminmax`` per batch, its bounds kept as checks named by the class count (so a model
+        whose output count changes is checked against the count each batch saw). On a GPU the targets are clamped into ``[0, C)``, so a kernel never
         asserts (which would end the process) before the check is read; the read then raises. On
         the CPU they are returned as they are: a loss that indexes with them raises at once, and
         the trainer then reads the checks to name the label (:meth:`failure`). Under ``torchrun`` they
         are clamped on the CPU too: every rank must reach the read together, not one fail alone.
         """
         classes = output.shape[-1]
-        if classes != self._classes:
-            self._fold_labels()  # bounds seen so far are checked against the count they were seen with
-            self._classes = classes
-        self._labels.append(torch.aminmax(target))
-        if len(self._labels) >= DeviceChecks.fold_every:
-            self._fold_labels()
+        high_name, too_high, low_name, too_low = _label_checks(classes)
+        low, high = torch.aminmax(target)
+        self.checks.update(high_name, high, error=too_high)
+        self.checks.update(low_name, low, error=too_low, lowest=True)
         return target if target.is_cpu and not is_distributed() else target.clamp(0, classes - 1)
-
-    def _fold_labels(self) -> None:
-        if not self._labels:
-            return
-        lows, highs = zip(*self._labels)
-        self._labels = []
-        too_high, too_low = _label_errors(self._classes)
-        self.checks.update("label_max", torch.stack(highs).amax(), error=too_high)
-        self.checks.update("label_min", torch.stack(lows).amin(), error=too_low, lowest=True)
 
     def read(self, state: EpochState) -> dict[str, float]:
         """Read the pending loss rows and checks (one sync); return the window's mean of each loss term.
@@ -303,8 +290,10 @@ class MetricWindow:
 
 
 @functools.lru_cache(maxsize=64)
-def _label_errors(classes: int) -> tuple[Callable[[float], DataError | None], Callable[[float], DataError | None]]:
-    """The checks of the largest and smallest label for a model with ``classes`` outputs (built once per count)."""
+def _label_checks(classes: int) -> tuple[str, Callable[[float], DataError | None], str,
+                                         Callable[[float], DataError | None]]:
+    """The names and errors of the checks of the largest and smallest label for a model with ``classes`` outputs
+    (built once per count)."""
 
     def too_high(value: float) -> DataError | None:
         if value < classes:
@@ -318,4 +307,4 @@ def _label_errors(classes: int) -> tuple[Callable[[float], DataError | None], Ca
             f"labels must be in [0, {classes}) for a model with {classes} outputs, but a batch has label "
             f"{value:g}; class indices cannot be negative. Remap the labels to 0..{classes - 1}.")
 
-    return too_high, too_low
+    return f"label_max/{classes}", too_high, f"label_min/{classes}", too_low
