@@ -403,7 +403,8 @@ def test_label_checks_fold_long_windows_and_follow_a_changed_class_count():
     window = MetricWindow(torch.device("cpu"))
     for _ in range(DeviceChecks.fold_every + 3):
         window.check_labels(torch.zeros(2, 3), torch.tensor([0, 2]))
-    assert all(len(kept) < 5 for kept in window.checks.values.values())  # folded: not one tensor per step kept
+    assert len(window._labels) < 5  # the kept targets were folded into the checks: not one tensor per step kept
+    assert all(len(kept) < 5 for kept in window.checks.values.values())
     window.check_labels(torch.zeros(2, 5), torch.tensor([4, 1]))  # label 4 is fine for a model with 5 outputs
     assert window.failure() is None
     window.check_labels(torch.zeros(2, 3), torch.tensor([4, 1]))  # and out of range for one with 3

@@ -210,11 +210,14 @@ class MetricWindow:
 
     Attributes:
         checks: the device-side checks (labels in range, and what subclasses add).
+        clamp_on_cpu: clamp class indices on the CPU too (under ``torchrun``), see :meth:`check_labels`.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.checks = DeviceChecks()
+        self.clamp_on_cpu = is_distributed()  # the trainer sets it again once fit has joined the process group
+        self._labels: list[tuple[int, torch.Tensor]] = []
         self._folds: list[Callable[[], None]] = []
 
     def fold_before_read(self, fold: Callable[[], None]) -> None:
@@ -223,25 +226,46 @@ class MetricWindow:
         self._folds.append(fold)
 
     def _fold(self) -> None:
+        self._fold_labels()
         for fold in self._folds:
             fold()
 
     def check_labels(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Keep the smallest and largest class index for the next read; return targets safe to index with.
+        """Keep a batch's class indices for the next read; return targets safe to index with.
 
-        One ``aminmax`` per batch, its bounds kept as checks named by the class count (so a model
-        whose output count changes is checked against the count each batch saw). On a GPU the targets are clamped into ``[0, C)``, so a kernel never
+        No kernel runs here: the targets are kept as they are (a reference, beside the class count
+        of the output that scores them) and checked together when the window is read, with one
+        ``aminmax`` over all of them, against the count each batch saw (so a model whose output count
+        changes is checked right). On a GPU the targets are clamped into ``[0, C)``, so a kernel never
         asserts (which would end the process) before the check is read; the read then raises. On
         the CPU they are returned as they are: a loss that indexes with them raises at once, and
-        the trainer then reads the checks to name the label (:meth:`failure`). Under ``torchrun`` they
-        are clamped on the CPU too: every rank must reach the read together, not one fail alone.
+        the trainer then reads the checks to name the label (:meth:`failure`). Under ``torchrun``
+        (``clamp_on_cpu``) they are clamped on the CPU too: every rank must reach the read together,
+        not one fail alone.
         """
         classes = output.shape[-1]
-        high_name, too_high, low_name, too_low = _label_checks(classes)
-        low, high = torch.aminmax(target)
-        self.checks.update(high_name, high, error=too_high)
-        self.checks.update(low_name, low, error=too_low, lowest=True)
-        return target if target.is_cpu and not is_distributed() else target.clamp(0, classes - 1)
+        labels = self._labels
+        labels.append((classes, target))
+        if len(labels) >= DeviceChecks.fold_every:
+            self._fold_labels()
+        if target.is_cpu and not self.clamp_on_cpu:
+            return target
+        return target.clamp(0, classes - 1)
+
+    def _fold_labels(self) -> None:
+        """Turn the kept targets into the two label checks of each class count (one ``aminmax`` per count)."""
+        by_count: dict[int, list[torch.Tensor]] = {}
+        for classes, target in self._labels:  # (B,) class indices
+            by_count.setdefault(classes, []).append(target)
+        self._labels = []
+        for classes, targets in by_count.items():
+            labels = torch.cat(targets)
+            if not labels.numel():  # only empty batches
+                continue
+            high_name, too_high, low_name, too_low = _label_checks(classes)
+            low, high = torch.aminmax(labels)
+            self.checks.update(high_name, high, error=too_high)
+            self.checks.update(low_name, low, error=too_low, lowest=True)
 
     def read(self, state: EpochState) -> dict[str, float]:
         """Read the pending loss rows and checks (one sync); return the window's mean of each loss term.

@@ -128,7 +128,10 @@ def move_to_device(batch: Any, device: torch.device, channels_last: bool = False
     if isinstance(batch, torch.Tensor):
         if channels_last and batch.dim() == 4 and batch.is_floating_point():
             return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return batch if batch.device == device else batch.to(device, non_blocking=True)
+        # a tensor already there is handed back as it is (is_cpu is cheaper than building its device to compare)
+        if batch.is_cpu if device.type == "cpu" else batch.device == device:
+            return batch
+        return batch.to(device, non_blocking=True)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return kind(*(move_to_device(v, device, channels_last) for v in batch))
     if isinstance(batch, (list, tuple)):

@@ -650,6 +650,7 @@ class Trainer:
         if self._scheduler_spec is not None and not _is_scheduler(self._scheduler_spec):
             self.scheduler = self._make_scheduler(train_loader)  # planned anew each fit, over the steps it will run
         self.progress = ProgressReporter(enabled=cfg.progress and distributed.is_main_process())
+        self.metrics.clamp_on_cpu = distributed.is_distributed()  # every rank must reach the read of the label check
         self.should_stop = False
         self._samples, self._last_log_time = 0, time.perf_counter()
         if self.out_dir is not None and distributed.is_main_process():
