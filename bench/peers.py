@@ -18,8 +18,9 @@ same batches (tensors prepared in memory; the HF Trainer gets them through ``get
 iterable, torchdistill from the loop), with an optimizer of the same type and settings built outside the trainer and
 handed to it (torchdistill builds it from its config, the documented way). Nobody logs, checkpoints, shows a
 progress bar or a model summary, clips gradients or schedules the learning rate (the HF Trainer always steps a
-scheduler: ``constant``). The processes take turns: one warm-up round each (dropped), then rounds A B C ... A B C
-..., one process at a time. Each round measures wall time and the process's CPU time:
+scheduler: ``constant``). The processes take turns: one warm-up round each (dropped), then rounds whose order turns
+by one each time (A B C, B C A, C A B, ...), one process at a time. Each round measures wall time and the process's
+CPU time:
 
 - step rows: the steady state of one ``fit``: from handing out batch ``warmup`` (100; 2 for LoRA) to handing out the
   last one, noted by the iterable of batches itself, so every peer is timed at the same points of its own loop and
@@ -448,9 +449,12 @@ def run_row(row: str, peers: list[str], rounds: int, args: argparse.Namespace) -
             for _, conn in replicas:
                 _answer(conn, row, peer)
         spans: dict[str, list[Span]] = {peer: [] for peer in peers}
+        order = list(workers)
         for index in range(rounds):
-            for peer, replicas in workers.items():  # A B C ... in every round
-                conn = replicas[index % len(replicas)][1]
+            # the order turns by one each round (A B C, B C A, C A B, ...): no peer always runs first, or always
+            # right after the same other peer
+            for peer in order[index % len(order):] + order[:index % len(order)]:
+                conn = workers[peer][index % args.processes][1]
                 conn.send("run")
                 spans[peer].append(_answer(conn, row, peer))
         return spans

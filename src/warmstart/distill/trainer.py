@@ -166,7 +166,7 @@ class DistillTrainer(Trainer):
         return hard_label_sums(self, batch)
 
     def on_before_optimizer_step(self) -> None:
-        if distributed.is_distributed() and len(self.adapters):  # adapters live outside the DDP-wrapped student
+        if len(self.adapters) and distributed.is_distributed():  # adapters live outside the DDP-wrapped student
             for param in self.adapters.parameters():
                 if param.grad is not None:
                     distributed.all_reduce_sum(param.grad).div_(distributed.world_size())
