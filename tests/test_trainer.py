@@ -293,6 +293,19 @@ def test_labels_out_of_range_on_a_later_batch_are_caught(dataset, loss_fn, steps
     assert trainer.global_step == steps
 
 
+def test_labels_kept_for_the_read_are_checked_before_a_checkpoint_is_written(dataset, tmp_path):
+    labels = dataset.tensors[1].clone()
+    labels[20] = 7  # batch 3 of 8, under a loss that does not index: nothing fails until the checks are read
+    loader = DataLoader(TensorDataset(dataset.tensors[0], labels), batch_size=8)
+    trainer = ws.Trainer(make_mlp(classes=3), loss_fn=_no_indexing_loss, log_every=100, save_every=2,
+                         out_dir=tmp_path, progress=False)
+    with pytest.raises(DataError, match="a batch has label 7"):
+        trainer.fit(loader)
+    assert trainer.global_step == 4  # the checkpoint after step 4 read the labels kept since step 2, and refused
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["global_step"] == 2  # the checkpoint on disk is the one before the bad batch
+
+
 class _AlwaysNaN:
     def __call__(self, output, target):
         return F.cross_entropy(output, target) * float("nan")

@@ -523,8 +523,8 @@ class Trainer:
     def check_targets(self, output: Any, target: Any) -> Any:
         """Check class-index targets against the model's outputs, on the device; return them safe to index with.
 
-        The smallest and largest label are kept as device-side checks (one ``aminmax``) and read at
-        the next log (no host sync per step): labels outside ``[0, C)`` then raise a
+        The targets are kept (no kernel, no host sync per step) and checked together at the next read
+        of the log window or before a checkpoint: labels outside ``[0, C)`` then raise a
         :class:`DataError`. On a GPU the returned targets are clamped into range until then, so a
         kernel never asserts on them; on the CPU a loss that indexes with an out-of-range label
         fails at once, and that failure is reported as the same :class:`DataError`.
