@@ -18,9 +18,12 @@ same batches (tensors prepared in memory; the HF Trainer gets them through ``get
 iterable, torchdistill from the loop), with an optimizer of the same type and settings built outside the trainer and
 handed to it (torchdistill builds it from its config, the documented way). Nobody logs, checkpoints, shows a
 progress bar or a model summary, clips gradients or schedules the learning rate (the HF Trainer always steps a
-scheduler: ``constant``). The processes take turns: one warm-up round each (dropped), then rounds whose order turns
-by one each time (A B C, B C A, C A B, ...), one process at a time. Each round measures wall time and the process's
-CPU time:
+scheduler: ``constant``). Every process also runs the plain loop beside its peer, on the same tensors: each round is
+one run of each (which goes first alternates), and the peer's ratio is to the plain run of the same process and
+round. A process's own speed (where its memory landed) moves a step by a percent or two from process to process,
+more than the differences measured here; beside each other in one process, the two runs share it. The processes take
+turns: one warm-up round each (dropped), then rounds whose order of peers turns by one each time (A B C, B C A, C A
+B, ...), one process at a time. Each round measures wall time and the process's CPU time:
 
 - step rows: the steady state of one ``fit``: from handing out batch ``warmup`` (100; 2 for LoRA) to handing out the
   last one, noted by the iterable of batches itself, so every peer is timed at the same points of its own loop and
@@ -28,11 +31,9 @@ CPU time:
 - epoch rows: the second epoch of a two-epoch run, from its first batch until the run returns (its end-of-epoch
   work included; the first epoch warms up what a run builds lazily, such as the optimizer's state).
 
-Ratios are medians over rounds of the ratio to the plain loop of the same round; the spread is their min-max. Every
-process is pinned to the same core, and each peer has 3 processes that take its rounds in turn: a process's own
-speed (where its memory landed) moves a step by a percent or two, and averaging over processes evens that out.
-Every row runs its plain loop twice ("plain, again", in processes of its own): how far that ratio is from 1 is the
-bench's own floor, the smallest difference it can tell apart.
+Ratios are medians over rounds; the spread is their min-max. Every process is pinned to the same core, and each peer
+has 3 processes that take its rounds in turn. The plain loop's own processes run it beside itself: how far that
+ratio is from 1 is the bench's floor, the smallest difference it can tell apart.
 
     pip install -e '.[bench]'
     python bench/peers.py           # the figures in bench/RESULTS.md (about 24 minutes on 2 cores)
@@ -53,7 +54,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -236,13 +237,20 @@ def hf_fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TimedBat
 # ---------------------------------------------------------------------- the work: one round function per peer
 
 
-def trainer_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
-    """Trainer step: MLP 784-256-10 on in-memory batches of 64, SGD with momentum."""
+@cache
+def mlp_setup(count: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The MLP's initialisation and ``count`` batches of 64 (one copy per process: a peer and the plain loop beside
+    it train from the same tensors)."""
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-    count = args.warmup + args.steps
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(count, 64, 784, generator=g), torch.randint(0, 10, (count, 64), generator=g)
+    return base, torch.randn(count, 64, 784, generator=g), torch.randint(0, 10, (count, 64), generator=g)
+
+
+def trainer_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
+    """Trainer step: MLP 784-256-10 on in-memory batches of 64, SGD with momentum."""
+    count = args.warmup + args.steps
+    base, x, y = mlp_setup(count)
     batches = [{"x": x[i], "labels": y[i]} if peer == "hf" else (x[i], y[i]) for i in range(count)]
     fit = {"plain": plain_fit, "warmstart": warmstart_fit, "lightning": lightning_fit,
            "lightning-barebones": partial(lightning_fit, barebones=True), "hf": hf_fit}[peer]
@@ -256,19 +264,25 @@ def trainer_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]
     return one_round
 
 
-def lora_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
-    """LoRA step: all-MiniLM-L6-v2 with r=8 adapters and a 2-class head, AdamW, random token ids."""
+@cache
+def lora_setup(count: int, size: int, length: int) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
+    """MiniLM with its adapters and head, and ``count`` batches of random token ids (one copy per process)."""
     from warmstart.finetune import add_lora, load_text_classifier
 
     torch.manual_seed(0)
     base, _ = load_text_classifier("all-MiniLM-L6-v2", num_labels=2)
     add_lora(base, **LORA)
-    count, (size, length) = args.lora_warmup + args.lora_steps, args.lora_batch
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1000, base.config.vocab_size, (count, size, length), generator=g)
     ids[..., 0], ids[..., -1] = 101, 102  # [CLS] ... [SEP]
     labels = torch.randint(0, 2, (count, size), generator=g)
-    batches = [{"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i]), "labels": labels[i]} for i in range(count)]
+    return base, [{"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i]), "labels": labels[i]}
+                  for i in range(count)]
+
+
+def lora_step_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
+    """LoRA step: all-MiniLM-L6-v2 with r=8 adapters and a 2-class head, AdamW, random token ids."""
+    base, batches = lora_setup(args.lora_warmup + args.lora_steps, *args.lora_batch)
     fit = {"plain+peft": plain_fit, "warmstart": warmstart_lora_fit, "hf+peft": hf_fit}[peer]
 
     def one_round() -> Span:
@@ -287,13 +301,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: 
     return KD_WEIGHT * TEMPERATURE ** 2 * soft + (1 - KD_WEIGHT) * F.cross_entropy(student_logits, target)
 
 
-def distill_setup(args: argparse.Namespace) -> tuple[Any, nn.Module, nn.Module]:
-    """The 4,000 mnist5k training images (fewer with ``--quick``) in an in-memory loader, the teacher and the student."""
+@cache
+def distill_setup(count: int) -> tuple[Any, nn.Module, nn.Module]:
+    """The first ``count`` mnist5k training images (4,000; fewer with ``--quick``) in an in-memory loader, the teacher
+    and the student (one copy per process)."""
     from warmstart.data import mnist5k
     from warmstart.models import small_cnn
 
     images, labels = mnist5k().train.tensors
-    images, labels = images[:args.images].float().contiguous(), labels[:args.images]
+    images, labels = images[:count].float().contiguous(), labels[:count]
     loader = ClockedLoader(images, labels, batch_size=64, shuffle=False)
     torch.manual_seed(0)
     teacher, student = small_cnn(width=32).eval().requires_grad_(False), small_cnn(width=8)
@@ -302,7 +318,7 @@ def distill_setup(args: argparse.Namespace) -> tuple[Any, nn.Module, nn.Module]:
 
 def online_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
     """Online distillation: the teacher runs on every batch."""
-    loader, teacher, base = distill_setup(args)
+    loader, teacher, base = distill_setup(args.images)
 
     def plain(student: nn.Module, optimizer: torch.optim.Optimizer) -> Span:
         def epochs() -> None:
@@ -363,7 +379,7 @@ def torchdistill_config() -> dict[str, Any]:
 
 def offline_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
     """Offline distillation: the teacher's logits computed once, read per batch."""
-    loader, teacher, base = distill_setup(args)
+    loader, teacher, base = distill_setup(args.images)
     cache = tempfile.TemporaryDirectory(prefix="peers-")  # kept open by the closure below, removed with the process
     if peer == "plain":
         with torch.no_grad():
@@ -393,18 +409,15 @@ def offline_work(peer: str, args: argparse.Namespace) -> Callable[[], Span]:
     return one_round
 
 
-AGAIN = ", again"  # the plain loop once more, in processes of its own: its ratio to the plain loop is the bench's floor
-
 # name: (title, unit, the work, its peers with the plain loop first, rounds)
 ROWS: dict[str, tuple[str, str, Callable, list[str], int]] = {
     "trainer": ("Trainer step, MLP 784-256-10, batch 64", "step", trainer_step_work,
-                ["plain", "plain" + AGAIN, "warmstart", "lightning", "lightning-barebones", "hf"], 21),
+                ["plain", "warmstart", "lightning", "lightning-barebones", "hf"], 15),
     "lora": ("LoRA step, all-MiniLM-L6-v2, r=8, batch 8x32 tokens", "step", lora_step_work,
-             ["plain+peft", "plain+peft" + AGAIN, "warmstart", "hf+peft"], 15),
+             ["plain+peft", "warmstart", "hf+peft"], 12),
     "online": ("online distillation epoch, small CNNs, mnist5k", "epoch", online_work,
-               ["plain", "plain" + AGAIN, "warmstart", "torchdistill"], 15),
-    "offline": ("offline distillation epoch, cached logits", "epoch", offline_work,
-                ["plain", "plain" + AGAIN, "warmstart"], 21),
+               ["plain", "warmstart", "torchdistill"], 12),
+    "offline": ("offline distillation epoch, cached logits", "epoch", offline_work, ["plain", "warmstart"], 15),
 }
 
 
@@ -412,7 +425,12 @@ ROWS: dict[str, tuple[str, str, Callable, list[str], int]] = {
 
 
 def serve(row: str, peer: str, options: dict[str, Any], conn: Any) -> None:
-    """A peer's process: build the work, run the warm-up round, then one round per ``"run"`` message."""
+    """A peer's process: build the work and the plain loop's beside it, run a warm-up round of each, then per
+    ``"run"`` message a round of each (which goes first alternates) and send both spans: ``(peer, plain)``.
+
+    The plain loop's round in the same process is the peer's reference: both use the same tensors and the same
+    process (where its memory landed, which libraries it loaded), so what differs between the two is the loop.
+    """
     if options.get("cpu") is not None:  # every peer on the same core: no peer gains from a quieter one
         os.sched_setaffinity(0, {options["cpu"]})
     torch.set_num_threads(1)
@@ -421,17 +439,27 @@ def serve(row: str, peer: str, options: dict[str, Any], conn: Any) -> None:
                  "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        one_round = ROWS[row][2](peer.removesuffix(AGAIN), argparse.Namespace(**options))
-        one_round()  # warm-up: lazy imports, allocator, caches (and warmstart's offline logit cache); dropped
+        work, peers = ROWS[row][2], ROWS[row][3]
+        one_round = work(peer, argparse.Namespace(**options))
+        plain_round = work(peers[0], argparse.Namespace(**options))  # the plain loop beside itself: the floor
+        one_round(), plain_round()  # warm-up: lazy imports, allocator, caches (warmstart's offline logit cache); dropped
         conn.send(("ready", None))
+        turn = 0
         while conn.recv() == "run":
-            conn.send(("ok", one_round()))
+            if turn % 2 == 0:
+                plain, own = plain_round(), one_round()
+            else:
+                own, plain = one_round(), plain_round()
+            turn += 1
+            conn.send(("ok", (own, plain)))
     except Exception:  # noqa: BLE001  (sent to the parent, which stops with it)
         conn.send(("error", traceback.format_exc()))
 
 
-def run_row(row: str, peers: list[str], rounds: int, args: argparse.Namespace) -> dict[str, list[Span]]:
-    """Every peer's spans, the peers taking turns round by round (one process running at a time).
+def run_row(row: str, peers: list[str], rounds: int,
+            args: argparse.Namespace) -> dict[str, list[tuple[Span, Span]]]:
+    """Every peer's spans and those of the plain loop beside it, the peers taking turns round by round (one process
+    running at a time).
 
     Each peer has ``args.processes`` processes, used in turn round by round: a process's own speed (where its memory
     landed) moves a step by a percent or two, and it is then averaged over several, as it is for the plain loop.
@@ -448,7 +476,7 @@ def run_row(row: str, peers: list[str], rounds: int, args: argparse.Namespace) -
         for peer, replicas in workers.items():
             for _, conn in replicas:
                 _answer(conn, row, peer)
-        spans: dict[str, list[Span]] = {peer: [] for peer in peers}
+        spans: dict[str, list[tuple[Span, Span]]] = {peer: [] for peer in peers}
         order = list(workers)
         for index in range(rounds):
             # the order turns by one each round (A B C, B C A, C A B, ...): no peer always runs first, or always
@@ -476,19 +504,19 @@ def _answer(conn: Any, row: str, peer: str) -> Any:
 # ---------------------------------------------------------------------- report
 
 
-def summarize(spans: dict[str, list[Span]]) -> dict[str, dict[str, float]]:
-    """Per peer: median wall and CPU seconds per unit, their min-max, and the ratios to the first peer's round."""
-    walls = {peer: [w / n for w, _, n in s] for peer, s in spans.items()}
-    cpus = {peer: [c / n for _, c, n in s] for peer, s in spans.items()}
-    plain = next(iter(spans))
+def summarize(spans: dict[str, list[tuple[Span, Span]]]) -> dict[str, dict[str, float]]:
+    """Per peer: median wall and CPU seconds per unit, their min-max, and the ratios to the plain loop's round beside
+    it (same process, same round)."""
     table = {}
-    for peer in spans:
-        ratios = [a / b for a, b in zip(walls[peer], walls[plain])]
-        cpu_ratios = [a / b for a, b in zip(cpus[peer], cpus[plain])]
-        table[peer] = {"wall": median(walls[peer]), "wall_min": min(walls[peer]), "wall_max": max(walls[peer]),
-                       "cpu": median(cpus[peer]), "ratio": median(ratios), "ratio_min": min(ratios),
-                       "ratio_max": max(ratios), "cpu_ratio": median(cpu_ratios),
-                       "overhead": median([a - b for a, b in zip(walls[peer], walls[plain])])}
+    for peer, pairs in spans.items():
+        walls = [w / n for (w, _, n), _ in pairs]
+        plain_walls = [w / n for _, (w, _, n) in pairs]
+        ratios = [a / b for a, b in zip(walls, plain_walls)]
+        cpu_ratios = [(c / n) / (pc / pn) for (_, c, n), (_, pc, pn) in pairs]
+        table[peer] = {"wall": median(walls), "wall_min": min(walls), "wall_max": max(walls),
+                       "cpu": median([c / n for (_, c, n), _ in pairs]), "ratio": median(ratios),
+                       "ratio_min": min(ratios), "ratio_max": max(ratios), "cpu_ratio": median(cpu_ratios),
+                       "overhead": median([a - b for a, b in zip(walls, plain_walls)])}
     return table
 
 
@@ -540,10 +568,12 @@ def main() -> None:
         table = summarize(run_row(row, peers, rounds, args))
         print(f"\n{title}: {rounds} rounds, {args.processes} processes per peer taking them in turn, one torch thread, "
               f"core {args.cpu}\n")
-        print(f"| peer | wall / {unit}, median (min-max) | CPU / {unit} | wall / plain (min-max) | CPU / plain |")
+        print(f"| peer | wall / {unit}, median (min-max) | CPU / {unit} | wall / plain beside it (min-max) | "
+              "CPU / plain |")
         print("|---|---:|---:|---:|---:|")
         for peer, t in table.items():
-            print(f"| {peer} | {format_time(t['wall'], unit)} ({format_time(t['wall_min'], unit)}-"
+            name = f"{peer} (beside itself: the floor)" if peer == peers[0] else peer
+            print(f"| {name} | {format_time(t['wall'], unit)} ({format_time(t['wall_min'], unit)}-"
                   f"{format_time(t['wall_max'], unit)}) | {format_time(t['cpu'], unit)} | "
                   f"{t['ratio']:.3f} ({t['ratio_min']:.3f}-{t['ratio_max']:.3f}) | {t['cpu_ratio']:.3f} |")
         summary.append((title, table))
@@ -552,8 +582,9 @@ def main() -> None:
     for title, table in summary:
         ws_figures = table["warmstart"]
         added = f" ({ws_figures['overhead'] * 1e6:+,.0f} µs/step)" if "step" in title else ""
+        floor = next(iter(table.values()))["ratio"]
         peers = ", ".join(f"{p} {t['ratio']:.3f}" for p, t in list(table.items())[1:] if p != "warmstart")
-        print(f"| {title} | {ws_figures['ratio']:.3f}{added} | {peers or '-'} |")
+        print(f"| {title} | {ws_figures['ratio']:.3f}{added} | {peers or '-'} (floor {floor:.3f}) |")
     load_after = os.getloadavg()
     print(f"\nwall time {time.perf_counter() - started:.0f} s; load average {load_after[0]:.2f} (1 min), "
           f"{load_after[1]:.2f} (5 min) at the end")
