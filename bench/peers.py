@@ -28,6 +28,8 @@ B, ...), one process at a time. Each round measures wall time and the process's 
 - step rows: the steady state of one ``fit``: from handing out batch ``warmup`` (100; 2 for LoRA) to handing out the
   last one, noted by the iterable of batches itself, so every peer is timed at the same points of its own loop and
   fit's set-up and tear-down are outside (Lightning fetches a batch ahead: its span is one step earlier, as long);
+  the hand-outs also time every step, and the median step (which leaves out what a loop does every n steps, and the
+  steps another process on the machine slowed) is compared with the plain loop's median step beside it;
 - epoch rows: the second epoch of a two-epoch run, from its first batch until the run returns (its end-of-epoch
   work included; the first epoch warms up what a run builds lazily, such as the optimizer's state).
 
@@ -65,7 +67,8 @@ from torch import nn
 import warmstart as ws
 from warmstart.data import InMemoryLoader
 
-Span = tuple[float, float, int]  # (wall seconds, CPU seconds, steps or epochs) of one round
+# (wall seconds, CPU seconds, steps or epochs, the median step's wall seconds or None) of one round
+Span = tuple[float, float, int, float | None]
 LORA = {"r": 8, "alpha": 16.0, "dropout": 0.05, "targets": "auto"}
 TEMPERATURE, KD_WEIGHT = 4.0, 0.9  # warmstart's alpha weighs the soft term; torchdistill's alpha the hard one
 PEER_PACKAGES = {"lightning": "lightning", "lightning-barebones": "lightning", "hf": "transformers",
@@ -85,26 +88,33 @@ class TimedBatches:
 
     Between the two, ``len - 1 - skip`` steps run, in any loop: one that fetches a batch ahead (Lightning) takes both
     one step earlier. Loops that know the length (Lightning, HF) never ask past the last batch, so that is the end.
+    The wall clock at every hand-out in between gives each step's time, and their median the typical step.
     """
 
     def __init__(self, batches: Sequence[Any], skip: int):
         self.batches, self.skip = batches, skip
         self.start = self.end = (0.0, 0.0)
+        self.stamps: list[float] = []
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
         last = len(self.batches) - 1
+        stamps = self.stamps = []
         for index, batch in enumerate(self.batches):
             if index == self.skip:
                 self.start = clocks()
             if index == last:
                 self.end = clocks()
+            if index >= self.skip:
+                stamps.append(time.perf_counter())
             yield batch
 
     def span(self) -> Span:
-        return self.end[0] - self.start[0], self.end[1] - self.start[1], len(self.batches) - 1 - self.skip
+        steps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        return (self.end[0] - self.start[0], self.end[1] - self.start[1], len(self.batches) - 1 - self.skip,
+                median(steps))
 
 
 class EpochClock:
@@ -149,7 +159,7 @@ def timed_second_epoch(loader: Any, run: Callable[[], object]) -> Span:
     loader.clock.reset()
     run()
     end = clocks()
-    return end[0] - loader.clock.start[0], end[1] - loader.clock.start[1], 1
+    return end[0] - loader.clock.start[0], end[1] - loader.clock.start[1], 1, None
 
 
 # ---------------------------------------------------------------------- the loops, one per peer
@@ -509,14 +519,18 @@ def summarize(spans: dict[str, list[tuple[Span, Span]]]) -> dict[str, dict[str, 
     it (same process, same round)."""
     table = {}
     for peer, pairs in spans.items():
-        walls = [w / n for (w, _, n), _ in pairs]
-        plain_walls = [w / n for _, (w, _, n) in pairs]
+        walls = [own[0] / own[2] for own, _ in pairs]
+        plain_walls = [plain[0] / plain[2] for _, plain in pairs]
         ratios = [a / b for a, b in zip(walls, plain_walls)]
-        cpu_ratios = [(c / n) / (pc / pn) for (_, c, n), (_, pc, pn) in pairs]
+        cpu_ratios = [(own[1] / own[2]) / (plain[1] / plain[2]) for own, plain in pairs]
         table[peer] = {"wall": median(walls), "wall_min": min(walls), "wall_max": max(walls),
-                       "cpu": median([c / n for (_, c, n), _ in pairs]), "ratio": median(ratios),
+                       "cpu": median([own[1] / own[2] for own, _ in pairs]), "ratio": median(ratios),
                        "ratio_min": min(ratios), "ratio_max": max(ratios), "cpu_ratio": median(cpu_ratios),
                        "overhead": median([a - b for a, b in zip(walls, plain_walls)])}
+        if pairs[0][0][3] is not None:  # step rows: the median step, against the plain loop's beside it
+            steps = [own[3] / plain[3] for own, plain in pairs]
+            table[peer] |= {"step": median([own[3] for own, _ in pairs]), "step_ratio": median(steps),
+                            "step_min": min(steps), "step_max": max(steps)}
     return table
 
 
@@ -568,23 +582,30 @@ def main() -> None:
         table = summarize(run_row(row, peers, rounds, args))
         print(f"\n{title}: {rounds} rounds, {args.processes} processes per peer taking them in turn, one torch thread, "
               f"core {args.cpu}\n")
+        steps = "step" in table[peers[0]]
         print(f"| peer | wall / {unit}, median (min-max) | CPU / {unit} | wall / plain beside it (min-max) | "
-              "CPU / plain |")
-        print("|---|---:|---:|---:|---:|")
+              "CPU / plain |" + (" median step | median step / plain beside it (min-max) |" if steps else ""))
+        print("|---|---:|---:|---:|---:|" + ("---:|---:|" if steps else ""))
         for peer, t in table.items():
             name = f"{peer} (beside itself: the floor)" if peer == peers[0] else peer
+            typical = (f" {format_time(t['step'], unit)} | {t['step_ratio']:.3f} ({t['step_min']:.3f}-"
+                       f"{t['step_max']:.3f}) |") if steps else ""
             print(f"| {name} | {format_time(t['wall'], unit)} ({format_time(t['wall_min'], unit)}-"
                   f"{format_time(t['wall_max'], unit)}) | {format_time(t['cpu'], unit)} | "
-                  f"{t['ratio']:.3f} ({t['ratio_min']:.3f}-{t['ratio_max']:.3f}) | {t['cpu_ratio']:.3f} |")
+                  f"{t['ratio']:.3f} ({t['ratio_min']:.3f}-{t['ratio_max']:.3f}) | {t['cpu_ratio']:.3f} |{typical}")
         summary.append((title, table))
 
     print("\n| work | warmstart / plain loop | peers / plain loop |\n|---|---:|---|")
     for title, table in summary:
         ws_figures = table["warmstart"]
         added = f" ({ws_figures['overhead'] * 1e6:+,.0f} µs/step)" if "step" in title else ""
-        floor = next(iter(table.values()))["ratio"]
-        peers = ", ".join(f"{p} {t['ratio']:.3f}" for p, t in list(table.items())[1:] if p != "warmstart")
-        print(f"| {title} | {ws_figures['ratio']:.3f}{added} | {peers or '-'} (floor {floor:.3f}) |")
+        if "step_ratio" in ws_figures:
+            added += f"; median step {ws_figures['step_ratio']:.3f}"
+        def figures(t: dict[str, float]) -> str:
+            return f"{t['ratio']:.3f}" + (f" (median step {t['step_ratio']:.3f})" if "step_ratio" in t else "")
+        peers = ", ".join(f"{p} {figures(t)}" for p, t in list(table.items())[1:] if p != "warmstart")
+        floor = figures(next(iter(table.values())))
+        print(f"| {title} | {ws_figures['ratio']:.3f}{added} | {peers or '-'}; floor {floor} |")
     load_after = os.getloadavg()
     print(f"\nwall time {time.perf_counter() - started:.0f} s; load average {load_after[0]:.2f} (1 min), "
           f"{load_after[1]:.2f} (5 min) at the end")
