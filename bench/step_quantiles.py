@@ -1,0 +1,153 @@
+"""Per-step times of warmstart against a plain loop in one process, interleaved run by run: quantiles, not means.
+
+Two kinds of work, the same as two rows of ``bench/peers.py``:
+
+- ``trainer``: MLP 784-256-10 on in-memory batches of 64, SGD with momentum: a plain loop and ``ws.Trainer``;
+- ``online``: online distillation, teacher ``small_cnn(32)``, student ``small_cnn(8)``, 4,000 mnist5k images, Adam,
+  KD with T=4 and 0.9 on the soft term: a plain loop and ``DistillTrainer``.
+
+Each round runs one epoch of each (which goes first alternates), on the same tensors, in this one process, and the
+iterable of batches notes the wall clock at every hand-out: the time between two is one step. Another process on the
+machine only ever adds time to a step, so the low quantiles of the step times are the least disturbed measure of
+what a loop costs; the table gives the 5th, 10th, 25th and 50th percentile of each and their difference.
+
+    python bench/step_quantiles.py                  # both, 12 rounds
+    python bench/step_quantiles.py --work trainer --rounds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _timing import machine
+from torch import nn
+
+import warmstart as ws
+
+TEMPERATURE, KD_WEIGHT = 4.0, 0.9
+
+
+class Stamped:
+    """Batches handed out from a list, the wall clock noted at every hand-out."""
+
+    def __init__(self, batches: list[Any]):
+        self.batches, self.stamps = batches, []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.batches:
+            self.stamps.append(time.perf_counter())
+            yield batch
+
+
+def trainer_work() -> dict[str, Callable[[Stamped], None]]:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def plain(batches: Stamped) -> None:
+        model = copy.deepcopy(base)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model.train()
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def warmstart(batches: Stamped) -> None:
+        model = copy.deepcopy(base)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ws.Trainer(model, optimizer, max_epochs=1, device="cpu", progress=False).fit(batches)
+    return {"plain": plain, "warmstart": warmstart}
+
+
+def trainer_batches() -> list[Any]:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(300, 64, 784, generator=g), torch.randint(0, 10, (300, 64), generator=g)
+    return [(x[i], y[i]) for i in range(300)]
+
+
+def online_work() -> dict[str, Callable[[Stamped], None]]:
+    from warmstart.distill import DistillTrainer
+    from warmstart.models import small_cnn
+
+    torch.manual_seed(0)
+    teacher, base = small_cnn(width=32).eval().requires_grad_(False), small_cnn(width=8)
+
+    def plain(batches: Stamped) -> None:
+        student = copy.deepcopy(base)
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        student.train()
+        for x, y in batches:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            logits = student(x)
+            soft = F.kl_div(F.log_softmax(logits / TEMPERATURE, dim=-1),
+                            F.log_softmax(teacher_logits / TEMPERATURE, dim=-1), reduction="batchmean",
+                            log_target=True)
+            loss = KD_WEIGHT * TEMPERATURE**2 * soft + (1 - KD_WEIGHT) * F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def warmstart(batches: Stamped) -> None:
+        student = copy.deepcopy(base)
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        DistillTrainer(student, teacher, optimizer, temperature=TEMPERATURE, alpha=KD_WEIGHT, max_epochs=1,
+                       device="cpu", progress=False).fit(batches)
+    return {"plain": plain, "warmstart": warmstart}
+
+
+def online_batches() -> list[Any]:
+    from warmstart.data import mnist5k
+
+    images, labels = mnist5k().train.tensors
+    images, labels = images[:4000].float().contiguous(), labels[:4000]
+    return [(images[i:i + 64], labels[i:i + 64]) for i in range(0, 4000, 64)]
+
+
+WORK = {"trainer": (trainer_work, trainer_batches, 20), "online": (online_work, online_batches, 1)}
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", nargs="+", choices=list(WORK), default=list(WORK))
+    parser.add_argument("--rounds", type=int, default=12)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"machine: {machine(torch.device('cpu'))}")
+    for name in args.work:
+        make_loops, make_batches, skip = WORK[name]
+        loops, batches = make_loops(), make_batches()
+        steps: dict[str, list[float]] = {loop: [] for loop in loops}
+        for loop in loops.values():  # warm-up, dropped
+            loop(Stamped(batches))
+        for index in range(args.rounds):
+            for loop in (list(loops) if index % 2 == 0 else list(loops)[::-1]):
+                stamped = Stamped(batches)
+                loops[loop](stamped)
+                steps[loop] += [b - a for a, b in zip(stamped.stamps[skip:], stamped.stamps[skip + 1:])]
+        unit, scale = ("µs", 1e6) if name == "trainer" else ("ms", 1e3)
+        print(f"\n{name}: {args.rounds} rounds, {len(steps['plain'])} steps of each, one torch thread\n")
+        print("| percentile | plain loop | warmstart | difference | ratio |\n|---|---:|---:|---:|---:|")
+        for q in (0.05, 0.10, 0.25, 0.50):
+            plain, own = quantile(steps["plain"], q) * scale, quantile(steps["warmstart"], q) * scale
+            print(f"| {q * 100:.0f} | {plain:,.2f} {unit} | {own:,.2f} {unit} | {own - plain:+,.2f} {unit} | "
+                  f"{own / plain:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
