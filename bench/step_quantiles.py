@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from _timing import machine
 from torch import nn
+from trainer_overhead import plain_loop
 
 import warmstart as ws
 
@@ -54,13 +55,7 @@ def trainer_work() -> dict[str, Callable[[Stamped], None]]:
 
     def plain(batches: Stamped) -> None:
         model = copy.deepcopy(base)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        model.train()
-        for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        plain_loop(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), batches)
 
     def warmstart(batches: Stamped) -> None:
         model = copy.deepcopy(base)
