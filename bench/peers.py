@@ -38,7 +38,7 @@ has 3 processes that take its rounds in turn. The plain loop's own processes run
 ratio is from 1 is the bench's floor, the smallest difference it can tell apart.
 
     pip install -e '.[bench]'
-    python bench/peers.py           # the figures in bench/RESULTS.md (about 24 minutes on 2 cores)
+    python bench/peers.py           # the figures in bench/RESULTS.md (about 25 minutes on 2 cores)
     python bench/peers.py --quick   # seconds of work per peer: checks that the script runs end to end
 """
 
