@@ -423,3 +423,32 @@ def test_label_checks_fold_long_windows_and_follow_a_changed_class_count():
     window.check_labels(torch.zeros(2, 3), torch.tensor([4, 1]))  # and out of range for one with 3
     with pytest.raises(DataError, match="labels must be in \\[0, 3\\).*a batch has label 4"):
         window.verify()
+
+
+@pytest.mark.parametrize("unfreeze_at", [None, 2])
+def test_gradient_accumulators_are_built_once_per_fit_and_for_parameters_unfrozen_in_it(dataset, unfreeze_at):
+    # autograd frees a parameter's accumulator with the graph that refers to it; the Trainer keeps only the
+    # detached loss, so it holds them (as DDP does): a hook on one then fires at every later step
+    model = make_mlp()
+    first, last = model[0].weight, model[3].weight
+    if unfreeze_at is not None:
+        first.requires_grad_(False)
+    fired: dict[str, list[int]] = {"first": [], "last": []}
+
+    class Hooks(ws.Callback):
+        def on_train_step_end(self, trainer):
+            if unfreeze_at is not None and trainer.global_step == unfreeze_at:
+                first.requires_grad_(True)
+                trainer.refresh_trainable()
+            for name, p in (("first", first), ("last", last)):
+                if trainer.global_step == (unfreeze_at or 1):
+                    node = p.view_as(p).grad_fn.next_functions[0][0]
+                    node.register_hook(lambda *grads, name=name: fired[name].append(trainer.global_step))
+
+    trainer = ws.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[Hooks()], max_epochs=1,
+                         progress=False)
+    trainer.fit(DataLoader(dataset, batch_size=8))  # 8 steps
+    # registered at the end of step S, the hooks run in the backward of steps S+1..8 (global_step is then S..7)
+    start = unfreeze_at or 1
+    assert fired == {"first": list(range(start, 8)), "last": list(range(start, 8))}
+    assert trainer._grad_accumulators == []  # released when fit ends: a model changed afterwards is not held

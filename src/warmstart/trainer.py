@@ -23,7 +23,7 @@ from warmstart._progress import ProgressReporter
 from warmstart._resume import ExactResume, position_schedule
 from warmstart._run_dir import check_fresh_run_on_every_rank, check_out_dir, run_lock
 from warmstart._runtime import (NO_CONTEXT, autocast_context, batch_size_of, check_precision, describe_callable,
-                                move_to_device, plain_values, select_device)
+                                grad_accumulators, move_to_device, plain_values, select_device)
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
 from warmstart.checkpoint import COMPRESSION_ATTRIBUTE, save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
@@ -174,6 +174,7 @@ class Trainer:
         self.resumer = ExactResume(self)
         self._loss_scale = 1.0
         self._skip_window = False  # nonfinite="skip": a micro-batch of this window had a NaN/inf loss
+        self._grad_accumulators: list[Any] = []  # held during fit, so that autograd builds them once
         # the optimizer-step hooks are called only when a subclass overrides them (two calls fewer per step)
         self._edits_gradients = type(self).on_before_optimizer_step is not Trainer.on_before_optimizer_step
         self._edits_weights = type(self).on_after_optimizer_step is not Trainer.on_after_optimizer_step
@@ -222,6 +223,7 @@ class Trainer:
                 if not finished:
                     break
 
+            self._grad_accumulators = []  # a model changed after fit is not kept alive by them
             self.progress.close()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
@@ -597,9 +599,11 @@ class Trainer:
         return max(float(group["lr"]) for group in self.optimizer.param_groups)
 
     def refresh_trainable(self) -> None:
-        """Call after changing ``requires_grad`` during fit, so DDP syncs the new set of parameters."""
+        """Call after changing ``requires_grad`` during fit, so DDP syncs the new set of parameters (and the new ones
+        train as fast as the rest)."""
         if self.model is not self.unwrapped_model:
             self.model = self._compiled(self.strategy.rewrap(self.unwrapped_model, self.model))
+        self._hold_grad_accumulators()
 
     def callbacks_by_key(self) -> dict[str, Callback]:
         """Callbacks named ``ClassName`` or ``ClassName#2``, so checkpoints match them by class, not position."""
@@ -628,6 +632,10 @@ class Trainer:
         return build_optimizer(self.configure_param_groups(optimizer), optimizer.name, optimizer.lr,
                                optimizer.weight_decay, **options)
 
+    def _hold_grad_accumulators(self) -> None:
+        """Hold the gradient accumulators of every parameter the optimizer trains, so autograd builds them once."""
+        self._grad_accumulators = grad_accumulators(p for group in self.optimizer.param_groups for p in group["params"])
+
     def _compiled(self, module: nn.Module) -> nn.Module:
         backend = self.config.compile
         if backend is True:
@@ -645,6 +653,7 @@ class Trainer:
             raise DataError("train_loader is empty (len() == 0): the dataset has no samples, or fewer than "
                             "batch_size with drop_last=True")
         self._check_optimizer_covers_model()
+        self._hold_grad_accumulators()
         for group in self.optimizer.param_groups:  # the configured rate, kept beside the scheduled one
             group.setdefault("initial_lr", group["lr"])
         if self._scheduler_spec is not None and not _is_scheduler(self._scheduler_spec):

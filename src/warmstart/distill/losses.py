@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from warmstart._runtime import NO_CONTEXT
+from warmstart._runtime import NO_CONTEXT, device_type_of
 from warmstart.errors import ConfigError, DataError
 
 COMBINE = ("probs", "kl")
@@ -44,7 +44,7 @@ def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequen
         check_logits(student_logits, teacher)
     t = float(temperature)
     # at least float32 even under autocast, log_softmax on both sides: softmax().log() underflows in fp16
-    device_type = student_logits.device.type
+    device_type = device_type_of(student_logits)
     with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else NO_CONTEXT:
         student = _at_least_float32(student_logits)
         log_student = F.log_softmax(student / t, dim=-1)

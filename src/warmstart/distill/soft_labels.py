@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart._batches import run_model, split_batch
+from warmstart._runtime import device_type_of
 from warmstart.distill._validation import hard_label_sums
 from warmstart.distill.losses import check_kd_options
 from warmstart.errors import ConfigError, DataError
@@ -49,7 +50,7 @@ def soft_label_terms(logits: torch.Tensor, soft_labels: torch.Tensor, targets: t
         raise DataError(f"soft_labels {tuple(soft_labels.shape)} and the model's outputs {tuple(logits.shape)} differ in "
                         "shape; give one probability per class for every sample")
     t = float(temperature)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with torch.autocast(device_type=device_type_of(logits), enabled=False):
         student = logits.float()
         target = F.softmax(soft_labels.float().log() / t, dim=-1)  # log(0) = -inf -> probability 0
         kd = F.kl_div(F.log_softmax(student / t, dim=-1), target, reduction="batchmean") * (t * t)
