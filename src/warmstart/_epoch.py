@@ -88,9 +88,9 @@ class EpochState:
         """The pending rows as one ``(rows, terms)`` float tensor (``None`` if there are none), and forget them."""
         if not self.pending:
             return None
-        window = torch.stack([t for row in self.pending for t in row]).float().view(len(self.pending), -1)
+        window = torch.stack([t for row in self.pending for t in row]).view(len(self.pending), -1)
         self.pending = []
-        return window
+        return window if window.dtype is torch.float32 else window.float()
 
     def raise_nonfinite(self, window: torch.Tensor) -> None:
         """Raise for the first non-finite row of a window just read (its step and terms named)."""
@@ -187,10 +187,14 @@ class DeviceChecks:
         names = tuple(sorted(self.values))
         if not names:
             return names, None
-        folded = {n: self._fold(n, self.values[n]).float() for n in names}
-        stacked = torch.stack([-folded[n] if n in self.lowest else folded[n] for n in names])
+        values = []
+        for name in names:
+            kept = self.values[name]
+            value = kept[0] if len(kept) == 1 else self._fold(name, kept)
+            values.append(-value if name in self.lowest else value)
         self.values = {}
-        return names, stacked
+        stacked = torch.stack(values)  # integer and floating values promote together
+        return names, stacked if stacked.dtype is torch.float32 else stacked.float()
 
     def failure(self, values: dict[str, float]) -> Exception | None:
         """The first error among values read back from :meth:`take` (minima un-negated here), or ``None``."""
@@ -259,7 +263,7 @@ class MetricWindow:
             by_count.setdefault(classes, []).append(target)
         self._labels = []
         for classes, targets in by_count.items():
-            labels = torch.cat(targets)
+            labels = targets[0] if len(targets) == 1 else torch.cat(targets)
             if not labels.numel():  # only empty batches
                 continue
             high_name, too_high, low_name, too_low = _label_checks(classes)
@@ -277,22 +281,26 @@ class MetricWindow:
         window = state.take_pending()
         self._fold()
         names, checks = self.checks.take()
+        distributed = is_distributed()
         parts = []
         if window is not None:
             sums = window.sum(0)
-            parts += [all_reduce_sum(torch.cat([sums, sums.new_tensor([float(window.shape[0])])]))]
+            # across ranks the mean is over every rank's rows, so their count is summed beside the terms
+            parts.append(all_reduce_sum(torch.cat([sums, sums.new_tensor([float(window.shape[0])])]))
+                         if distributed else sums)
         if checks is not None:
-            parts += [all_reduce_max(checks)]
+            parts.append(all_reduce_max(checks) if distributed else checks)
         if not parts:
             return {}
-        values = torch.cat([p.to(self.device) for p in parts]).tolist()  # the one sync of the interval
+        # the one sync of the interval
+        values = torch.cat([p if p.device == self.device else p.to(self.device) for p in parts]).tolist()
         failure = self.checks.failure(dict(zip(names, values[len(values) - len(names):])))
         if failure is not None:
             raise failure
         if window is None:
             return {}
         state.add_read(sums, window.shape[0])
-        count = values[len(state.term_names)]
+        count = values[len(state.term_names)] if distributed else window.shape[0]
         means = {name: total / count for name, total in zip(state.term_names, values)}
         if not all(math.isfinite(v) for v in means.values()):
             state.raise_nonfinite(window)
