@@ -31,7 +31,8 @@ B, ...), one process at a time. Each round measures wall time and the process's 
   the hand-outs also time every step, and the median step (which leaves out what a loop does every n steps, and the
   steps another process on the machine slowed) is compared with the plain loop's median step beside it;
 - epoch rows: the second epoch of a two-epoch run, from its first batch until the run returns (its end-of-epoch
-  work included; the first epoch warms up what a run builds lazily, such as the optimizer's state).
+  work included; the first epoch warms up what a run builds lazily, such as the optimizer's state); the loader
+  times that epoch's steps too, and their median is compared as on the step rows.
 
 Ratios are medians over rounds; the spread is their min-max. Every process is pinned to the same core, and each peer
 has 3 processes that take its rounds in turn. The plain loop's own processes run it beside itself: how far that
@@ -118,17 +119,19 @@ class TimedBatches:
 
 
 class EpochClock:
-    """Where the second epoch of a run started: noted by :class:`ClockedLoader` when it hands out that epoch's first batch."""
+    """Where the second epoch of a run started, and the wall clock at each of its hand-outs: noted by
+    :class:`ClockedLoader`."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.epochs, self.start = 0, (0.0, 0.0)
+        self.epochs, self.start, self.stamps = 0, (0.0, 0.0), []
 
 
 class ClockedLoader(InMemoryLoader):
-    """An in-memory loader that notes the clocks on its :class:`EpochClock` when its second epoch starts.
+    """An in-memory loader that notes the clocks on its :class:`EpochClock` when its second epoch starts, and the wall
+    clock at every hand-out of that epoch.
 
     Its clones (``DistillTrainer`` takes one ``with_index=True`` for the logit cache) share the clock.
     """
@@ -143,10 +146,13 @@ class ClockedLoader(InMemoryLoader):
         return twin
 
     def __iter__(self):
-        self.clock.epochs += 1
+        clock = self.clock
+        clock.epochs += 1
         for index, batch in enumerate(super().__iter__()):
-            if index == 0 and self.clock.epochs == 2:
-                self.clock.start = clocks()
+            if clock.epochs == 2:
+                if index == 0:
+                    clock.start = clocks()
+                clock.stamps.append(time.perf_counter())
             yield batch
 
 
@@ -154,12 +160,16 @@ def timed_second_epoch(loader: Any, run: Callable[[], object]) -> Span:
     """The clocks from the start of the second epoch of ``run()`` (two epochs over ``loader``) until it returns.
 
     The first epoch warms up what a run builds lazily (the optimizer's state; warmstart's check of its logit cache is
-    in fit's set-up); the second is one epoch as every further one runs, its end-of-epoch work included.
+    in fit's set-up); the second is one epoch as every further one runs, its end-of-epoch work included. The median
+    step is that of the second epoch's steps between two hand-outs (the last step, with the end of the epoch, is not
+    one of them).
     """
-    loader.clock.reset()
+    clock = loader.clock
+    clock.reset()
     run()
     end = clocks()
-    return end[0] - loader.clock.start[0], end[1] - loader.clock.start[1], 1, None
+    steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    return end[0] - clock.start[0], end[1] - clock.start[1], 1, median(steps)
 
 
 # ---------------------------------------------------------------------- the loops, one per peer

@@ -4,9 +4,10 @@ Two kinds of work, the same as two rows of ``bench/peers.py``:
 
 - ``trainer``: MLP 784-256-10 on in-memory batches of 64, SGD with momentum: a plain loop and ``ws.Trainer``;
 - ``online``: online distillation, teacher ``small_cnn(32)``, student ``small_cnn(8)``, 4,000 mnist5k images, Adam,
-  KD with T=4 and 0.9 on the soft term: a plain loop and ``DistillTrainer``.
+  KD with T=4 and 0.9 on the soft term: a plain loop, ``DistillTrainer`` and, when installed, torchdistill (the loop
+  of ``bench/peers.py``'s torchdistill row).
 
-Each round runs one epoch of each (which goes first alternates), on the same tensors, in this one process, and the
+Each round runs one epoch of each (the order turns by one each round), on the same tensors, in this one process, and the
 iterable of batches notes the wall clock at every hand-out: the time between two is one step. Another process on the
 machine only ever adds time to a step, so the low quantiles of the step times are the least disturbed measure of
 what a loop costs; the table gives the 5th, 10th, 25th and 50th percentile of each and their difference.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -98,7 +100,22 @@ def online_work() -> dict[str, Callable[[Stamped], None]]:
         optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
         DistillTrainer(student, teacher, optimizer, temperature=TEMPERATURE, alpha=KD_WEIGHT, max_epochs=1,
                        device="cpu", progress=False).fit(batches)
-    return {"plain": plain, "warmstart": warmstart}
+
+    def torchdistill(batches: Stamped) -> None:  # the loop of bench/peers.py's torchdistill row, one epoch
+        from peers import torchdistill_config
+        from torchdistill.core.distillation import get_distillation_box
+
+        student = copy.deepcopy(base)
+        config = {**torchdistill_config(), "num_epochs": 1}
+        box = get_distillation_box(teacher, student, {}, config, torch.device("cpu"), None, False, 1)
+        box.pre_epoch_process(epoch=0)
+        for x, y in batches:
+            box.post_forward_process(loss=box.forward_process(x, y))
+        box.post_epoch_process()
+    loops = {"plain": plain, "warmstart": warmstart}
+    if importlib.util.find_spec("torchdistill") is not None:  # pip install -e '.[bench]'
+        loops["torchdistill"] = torchdistill
+    return loops
 
 
 def online_batches() -> list[Any]:
@@ -131,18 +148,23 @@ def main() -> None:
         for loop in loops.values():  # warm-up, dropped
             loop(Stamped(batches))
         for index in range(args.rounds):
-            for loop in (list(loops) if index % 2 == 0 else list(loops)[::-1]):
+            order = list(loops)  # turns by one each round: no loop always runs first or after the same other loop
+            for loop in order[index % len(order):] + order[:index % len(order)]:
                 stamped = Stamped(batches)
                 loops[loop](stamped)
                 steps[loop] += [b - a for a, b in zip(stamped.stamps[skip:], stamped.stamps[skip + 1:])]
         unit, scale = ("µs", 1e6) if name == "trainer" else ("ms", 1e3)
         print(f"\n{name}: {args.rounds} rounds, {len(steps['plain'])} steps of each, one torch thread\n")
-        print("| percentile | plain loop | warmstart | difference | ratio |\n|---|---:|---:|---:|---:|")
+        others = [loop for loop in loops if loop != "plain"]
+        print("| percentile | plain loop | " + " | ".join(f"{loop} (difference, ratio)" for loop in others) + " |")
+        print("|---|---:|" + "---:|" * len(others))
         for q in (0.05, 0.10, 0.25, 0.50):
-            plain, own = quantile(steps["plain"], q) * scale, quantile(steps["warmstart"], q) * scale
-            print(f"| {q * 100:.0f} | {plain:,.2f} {unit} | {own:,.2f} {unit} | {own - plain:+,.2f} {unit} | "
-                  f"{own / plain:.3f} |")
-
+            plain = quantile(steps["plain"], q) * scale
+            cells = []
+            for loop in others:
+                own = quantile(steps[loop], q) * scale
+                cells.append(f"{own:,.2f} {unit} ({own - plain:+,.2f}, {own / plain:.3f})")
+            print(f"| {q * 100:.0f} | {plain:,.2f} {unit} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
