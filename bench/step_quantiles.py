@@ -1,18 +1,20 @@
 """Per-step times of warmstart against a plain loop in one process, interleaved run by run: quantiles, not means.
 
-Two kinds of work, the same as two rows of ``bench/peers.py``:
+Three kinds of work, the same as three rows of ``bench/peers.py``:
 
 - ``trainer``: MLP 784-256-10 on in-memory batches of 64, SGD with momentum: a plain loop and ``ws.Trainer``;
 - ``online``: online distillation, teacher ``small_cnn(32)``, student ``small_cnn(8)``, 4,000 mnist5k images, Adam,
   KD with T=4 and 0.9 on the soft term: a plain loop, ``DistillTrainer`` and, when installed, torchdistill (the loop
-  of ``bench/peers.py``'s torchdistill row).
+  of ``bench/peers.py``'s torchdistill row);
+- ``offline``: the same from teacher logits computed once: a plain loop that indexes them, ``DistillTrainer`` with its
+  logit cache (and its per-batch fingerprint check).
 
 Each round runs one epoch of each (the order turns by one each round), on the same tensors, in this one process, and the
 iterable of batches notes the wall clock at every hand-out: the time between two is one step. Another process on the
 machine only ever adds time to a step, so the low quantiles of the step times are the least disturbed measure of
 what a loop costs; the table gives the 5th, 10th, 25th and 50th percentile of each and their difference.
 
-    python bench/step_quantiles.py                  # both, 12 rounds
+    python bench/step_quantiles.py                  # all three, 12 rounds
     python bench/step_quantiles.py --work trainer --rounds 20
 """
 
@@ -26,14 +28,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from _timing import machine
+from peers import KD_WEIGHT, TEMPERATURE, kd_loss
 from torch import nn
 from trainer_overhead import plain_loop
 
 import warmstart as ws
-
-TEMPERATURE, KD_WEIGHT = 4.0, 0.9
+from warmstart.data import InMemoryLoader
 
 
 class Stamped:
@@ -49,6 +50,40 @@ class Stamped:
         for batch in self.batches:
             self.stamps.append(time.perf_counter())
             yield batch
+
+
+class StampedLoader(InMemoryLoader):
+    """An in-memory loader that notes the wall clock at every hand-out, in a list its clones share
+    (``DistillTrainer`` takes one ``with_index=True`` for its logit cache); ``limit`` stops an epoch after that many
+    batches."""
+
+    stamps: list[float]
+    limit: int | None
+
+    def clone(self, **changes: Any) -> StampedLoader:
+        twin = super().clone(**changes)
+        twin.__class__, twin.stamps, twin.limit = StampedLoader, self.stamps, self.limit
+        return twin
+
+    def __len__(self) -> int:
+        return min(super().__len__(), self.limit or super().__len__())
+
+    def __iter__(self) -> Iterator[Any]:
+        stamps, count = self.stamps, len(self)
+        for index, batch in enumerate(super().__iter__()):
+            if index == count:
+                return
+            stamps.append(time.perf_counter())
+            yield batch
+
+
+def stamp(batches: list[Any] | InMemoryLoader, steps: int | None = None) -> Stamped | StampedLoader:
+    """A fresh stamped iterable over ``batches`` (``steps`` of them, a list taken round again if it is shorter)."""
+    if isinstance(batches, InMemoryLoader):
+        loader = batches.clone()
+        loader.__class__, loader.stamps, loader.limit = StampedLoader, [], steps
+        return loader
+    return Stamped(batches if steps is None else [batches[i % len(batches)] for i in range(steps)])
 
 
 def trainer_work() -> dict[str, Callable[[Stamped], None]]:
@@ -86,11 +121,7 @@ def online_work() -> dict[str, Callable[[Stamped], None]]:
         for x, y in batches:
             with torch.no_grad():
                 teacher_logits = teacher(x)
-            logits = student(x)
-            soft = F.kl_div(F.log_softmax(logits / TEMPERATURE, dim=-1),
-                            F.log_softmax(teacher_logits / TEMPERATURE, dim=-1), reduction="batchmean",
-                            log_target=True)
-            loss = KD_WEIGHT * TEMPERATURE**2 * soft + (1 - KD_WEIGHT) * F.cross_entropy(logits, y)
+            loss = kd_loss(student(x), teacher_logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -118,15 +149,61 @@ def online_work() -> dict[str, Callable[[Stamped], None]]:
     return loops
 
 
-def online_batches() -> list[Any]:
+def offline_work() -> dict[str, Callable[[StampedLoader], None]]:
+    """Offline distillation: a plain loop that indexes teacher logits computed once, ``DistillTrainer`` with its logit
+    cache (built at the first fit, opened at every later one, in fit's set-up)."""
+    import tempfile
+
+    from warmstart.distill import DistillTrainer
+    from warmstart.models import small_cnn
+
+    torch.manual_seed(0)
+    teacher, base = small_cnn(width=32).eval().requires_grad_(False), small_cnn(width=8)
+    folder = tempfile.TemporaryDirectory(prefix="step-quantiles-")  # kept by the closures, removed with the process
+    computed: list[torch.Tensor] = []
+
+    def plain(loader: StampedLoader) -> None:
+        if not computed:  # once per process, like the cache
+            with torch.no_grad():
+                computed.append(torch.cat([teacher(x) for x, _ in InMemoryLoader(loader.inputs, loader.targets)]))
+        logits = computed[0]
+        student = copy.deepcopy(base)
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        student.train()
+        for x, y, rows in loader.clone(with_index=True):
+            loss = kd_loss(student(x), logits[rows], y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def warmstart(loader: StampedLoader) -> None:
+        student = copy.deepcopy(base)
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        DistillTrainer(student, teacher, optimizer, temperature=TEMPERATURE, alpha=KD_WEIGHT, cache_teacher=True,
+                       cache_path=f"{folder.name}/logits.npy", max_epochs=1, device="cpu", progress=False).fit(loader)
+    return {"plain": plain, "warmstart": warmstart}
+
+
+def distill_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 4,000 mnist5k training images and their labels (as in ``bench/peers.py``)."""
     from warmstart.data import mnist5k
 
     images, labels = mnist5k().train.tensors
-    images, labels = images[:4000].float().contiguous(), labels[:4000]
+    return images[:4000].float().contiguous(), labels[:4000]
+
+
+def online_batches() -> list[Any]:
+    images, labels = distill_tensors()
     return [(images[i:i + 64], labels[i:i + 64]) for i in range(0, 4000, 64)]
 
 
-WORK = {"trainer": (trainer_work, trainer_batches, 20), "online": (online_work, online_batches, 1)}
+def offline_batches() -> InMemoryLoader:
+    images, labels = distill_tensors()
+    return InMemoryLoader(images, labels, batch_size=64, shuffle=False)
+
+
+WORK = {"trainer": (trainer_work, trainer_batches, 20), "online": (online_work, online_batches, 1),
+        "offline": (offline_work, offline_batches, 1)}
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -146,11 +223,11 @@ def main() -> None:
         loops, batches = make_loops(), make_batches()
         steps: dict[str, list[float]] = {loop: [] for loop in loops}
         for loop in loops.values():  # warm-up, dropped
-            loop(Stamped(batches))
+            loop(stamp(batches))
         for index in range(args.rounds):
             order = list(loops)  # turns by one each round: no loop always runs first or after the same other loop
             for loop in order[index % len(order):] + order[:index % len(order)]:
-                stamped = Stamped(batches)
+                stamped = stamp(batches)
                 loops[loop](stamped)
                 steps[loop] += [b - a for a, b in zip(stamped.stamps[skip:], stamped.stamps[skip + 1:])]
         unit, scale = ("µs", 1e6) if name == "trainer" else ("ms", 1e3)
