@@ -8,7 +8,9 @@ a plain loop, of ``DistillTrainer`` and of torchdistill (when installed). The di
 divided by the extra steps, is the count per step with the start-up (imports, building the batches, fit's set-up)
 taken out. Instructions are not time (the interpreter's run fewer per cycle than a matrix kernel's), but a change
 that removes work shows here at once. A convolution step's count moves from run to run (how much ``memcpy`` does
-depends on where memory landed: millions of instructions a run), so the online loops run 10 and 40 steps.
+depends on where memory landed: millions of instructions a run, more than 1% of a step when the runs differ by 5
+steps), so the online loops run 10 and 40 steps (a convolution step takes about half a minute under valgrind: over
+an hour on 2 cores for the three loops).
 
     python bench/step_instructions.py                 # the MLP step: about 10 minutes on 2 cores (needs valgrind)
     python bench/step_instructions.py --short 20 --long 60

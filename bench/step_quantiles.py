@@ -24,7 +24,7 @@ import argparse
 import copy
 import importlib.util
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -86,6 +86,20 @@ def stamp(batches: list[Any] | InMemoryLoader, steps: int | None = None) -> Stam
     return Stamped(batches if steps is None else [batches[i % len(batches)] for i in range(steps)])
 
 
+def plain_kd(base: nn.Module, batches: Iterable[Any], teacher_logits: Callable[[Any], torch.Tensor]) -> None:
+    """The plain distillation loop of both distillation works: a copy of ``base`` trained with Adam on ``kd_loss``
+    against ``teacher_logits(batch)`` (taken before the student's forward, as in ``bench/peers.py``)."""
+    student = copy.deepcopy(base)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    student.train()
+    for batch in batches:
+        target = teacher_logits(batch)
+        loss = kd_loss(student(batch[0]), target, batch[1])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def trainer_work() -> dict[str, Callable[[Stamped], None]]:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -114,17 +128,12 @@ def online_work() -> dict[str, Callable[[Stamped], None]]:
     torch.manual_seed(0)
     teacher, base = small_cnn(width=32).eval().requires_grad_(False), small_cnn(width=8)
 
+    @torch.no_grad()
+    def run_teacher(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return teacher(batch[0])
+
     def plain(batches: Stamped) -> None:
-        student = copy.deepcopy(base)
-        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-        student.train()
-        for x, y in batches:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            loss = kd_loss(student(x), teacher_logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        plain_kd(base, batches, run_teacher)
 
     def warmstart(batches: Stamped) -> None:
         student = copy.deepcopy(base)
@@ -166,15 +175,7 @@ def offline_work() -> dict[str, Callable[[StampedLoader], None]]:
         if not computed:  # once per process, like the cache
             with torch.no_grad():
                 computed.append(torch.cat([teacher(x) for x, _ in InMemoryLoader(loader.inputs, loader.targets)]))
-        logits = computed[0]
-        student = copy.deepcopy(base)
-        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-        student.train()
-        for x, y, rows in loader.clone(with_index=True):
-            loss = kd_loss(student(x), logits[rows], y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        plain_kd(base, loader.clone(with_index=True), lambda batch: computed[0][batch[2]])
 
     def warmstart(loader: StampedLoader) -> None:
         student = copy.deepcopy(base)
