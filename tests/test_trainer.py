@@ -452,3 +452,13 @@ def test_gradient_accumulators_are_built_once_per_fit_and_for_parameters_unfroze
     start = unfreeze_at or 1
     assert fired == {"first": list(range(start, 8)), "last": list(range(start, 8))}
     assert trainer._grad_accumulators == []  # released when fit ends: a model changed afterwards is not held
+
+
+def test_gradient_accumulators_are_released_when_fit_fails(dataset):
+    model = make_mlp()
+    x, y = dataset.tensors
+    bad = TensorDataset(x, torch.full_like(y, 99))  # labels outside the model's outputs: fit raises at step 1
+    trainer = ws.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=1, progress=False)
+    with pytest.raises(DataError, match="labels must be in"):
+        trainer.fit(DataLoader(bad, batch_size=8))
+    assert trainer._grad_accumulators == []

@@ -217,13 +217,14 @@ class Trainer:
                 cb.on_fit_start(self)
             step_callbacks = [cb for cb in self.callbacks if type(cb).on_train_step_end is not Callback.on_train_step_end]
 
-            while self.epoch < (cfg.epochs or math.inf) and not self.should_stop:
-                finished = self._train_epoch(train_loader, step_callbacks)
-                self._end_epoch(val_loader, finished)  # also when max_steps stopped it inside: a row, validation, weights
-                if not finished:
-                    break
-
-            self._grad_accumulators = []  # a model changed after fit is not kept alive by them
+            try:
+                while self.epoch < (cfg.epochs or math.inf) and not self.should_stop:
+                    finished = self._train_epoch(train_loader, step_callbacks)
+                    self._end_epoch(val_loader, finished)  # also when max_steps stopped it: a row, validation, weights
+                    if not finished:
+                        break
+            finally:  # also when fit fails: a model changed afterwards is not kept alive by them
+                self._grad_accumulators = []
             self.progress.close()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
