@@ -10,6 +10,7 @@ from conftest import make_dataset, make_mlp
 from torch.utils.data import DataLoader
 
 import warmstart as ws
+from warmstart._resume import ResumeChangeWarning
 from warmstart.checkpoint import load_weights
 from warmstart.errors import ConfigError
 
@@ -93,3 +94,55 @@ def test_csv_and_tensorboard_logs_are_written(tmp_path):
     assert [r["step"] for r in rows] == ["2", "4", "4", "6", "8", "8"]
     assert rows[-1]["val_accuracy"] and rows[0]["loss"]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _stops_where(tmp_path, name: str, max_steps: int | None) -> tuple[list[int], list[tuple[str, str]]]:
+    """EarlyStopping on a metric that never improves (patience 3), stopped by max_steps and resumed when given."""
+    def trainer(**limits):
+        torch.manual_seed(0)
+        return ws.Trainer(make_mlp(), {"name": "sgd", "lr": 0.05}, max_epochs=8, progress=False, seed=0, log_every=3,
+                          out_dir=tmp_path / name, callbacks=[ws.EarlyStopping("train_loss", patience=3, mode="max")],
+                          **limits)
+
+    loader = DataLoader(make_dataset(n=64), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    if max_steps is None:
+        history = trainer().fit(loader)
+    else:
+        trainer(max_steps=max_steps).fit(loader)  # stops inside epoch 2
+        with pytest.warns(ResumeChangeWarning, match="max_steps"):
+            history = trainer().fit(loader, resume="last")
+    with open(tmp_path / name / "metrics.csv", newline="") as f:
+        rows = [(row["epoch"], row["step"]) for row in csv.DictReader(f)]
+    return [row["epoch"] for row in history], rows
+
+
+def test_an_epoch_that_max_steps_stopped_is_counted_once_when_resumed(tmp_path):
+    epochs, rows = _stops_where(tmp_path, "whole", None)
+    assert epochs == [1, 2, 3, 4]  # epoch 1 is the best; 2, 3, 4 do not improve: stop after 4
+    resumed_epochs, resumed_rows = _stops_where(tmp_path, "cut", max_steps=12)
+    assert resumed_epochs == epochs and resumed_rows == rows  # callbacks and metrics.csv as if never stopped
+    with open(tmp_path / "cut" / "metrics.csv", newline="") as f:
+        assert all(not row.get("step") or row["epoch"] for row in csv.DictReader(f))
+
+
+def test_the_partial_epoch_row_is_in_metrics_csv_when_the_run_ends_there(tmp_path):
+    torch.manual_seed(0)
+    trainer = ws.Trainer(make_mlp(), {"name": "sgd", "lr": 0.05}, max_steps=12, progress=False, out_dir=tmp_path,
+                         log_every=100, callbacks=[ws.EMA(decay=0.9)])
+    trainer.fit(DataLoader(make_dataset(n=64), batch_size=8))
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [(row["epoch"], row["step"]) for row in csv.DictReader(f)] == [("1", "8"), ("2", "12")]
+    assert (tmp_path / "ema.safetensors").exists()
+
+
+def test_ema_does_not_count_or_average_a_skipped_step():
+    data = make_dataset(n=32)
+    x, y = data.tensors
+    x = x.clone()
+    x[8:16] = float("nan")  # the second batch's loss is NaN: its step is skipped
+    ema = ws.EMA(decay=0.99)
+    torch.manual_seed(0)
+    trainer = ws.Trainer(make_mlp(), {"name": "sgd", "lr": 0.05}, max_epochs=1, progress=False, nonfinite="skip",
+                         callbacks=[ema])
+    trainer.fit(DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8))
+    assert trainer.skipped_steps == 1 and trainer.global_step == 4 and ema.updates == 3

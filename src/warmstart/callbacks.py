@@ -25,9 +25,12 @@ class Callback:
     """Base class: override the hooks you need; each receives the trainer.
 
     Hooks, in the order the Trainer calls them: ``on_fit_start``, then per epoch
-    ``on_train_epoch_start``, ``on_train_step_end`` (after every optimizer step), ``on_log`` (every
-    ``log_every`` steps, with host floats), ``on_validation_start``/``on_validation_end`` (around
-    evaluation), ``on_epoch_end`` (with the epoch's metrics); finally ``on_fit_end``.
+    ``on_train_epoch_start``, ``on_train_step_end`` (after every optimizer step; ``trainer.stepped``
+    says whether the step was taken or skipped), ``on_log`` (every ``log_every`` steps, with host
+    floats), ``on_validation_start``/``on_validation_end`` (around evaluation), ``on_epoch_end``
+    (with the epoch's metrics); finally ``on_fit_end``. An epoch that ``max_steps`` stops part-way
+    gets its history row and validation but no ``on_epoch_end``: resumed, the epoch ends once,
+    so a resumed run's callbacks count what an uninterrupted run's count.
     ``state_dict``/``load_state_dict`` put the callback's state into checkpoints.
     """
 
@@ -50,7 +53,7 @@ class Callback:
         """Called after evaluation during fit."""
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """Called after each epoch (and its validation) with the epoch's metrics."""
+        """Called after each whole epoch (and its validation) with the epoch's metrics."""
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Called once after training ends."""
@@ -76,6 +79,11 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+def _stopped_inside_an_epoch(trainer: Trainer) -> bool:
+    """True when fit ended in an epoch that ``max_steps`` stopped part-way (its history row has a ``step``)."""
+    return bool(trainer.history) and "step" in trainer.history[-1]
+
+
 def _check_mode(mode: str) -> str:
     if mode not in ("min", "max"):
         raise ConfigError(f"mode must be 'min' or 'max', got '{mode}'")
@@ -95,6 +103,7 @@ class CSVLogger(Callback):
         self.filename = filename
         self.columns: list[str] = []
         self.rows = 0
+        self._partial_written: int | None = None
         self._resumed = False
 
     def _path(self, trainer: Trainer) -> Path | None:
@@ -111,6 +120,13 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self._append(trainer, {"step": trainer.global_step, **metrics})
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        # the row of an epoch that max_steps stopped part-way, written after its checkpoint: resumed, the file is cut
+        # back to the checkpoint's rows, so the whole epoch's row replaces it
+        if _stopped_inside_an_epoch(trainer) and self._partial_written != trainer.global_step:
+            self._append(trainer, {"step": trainer.global_step, **trainer.history[-1]})
+            self._partial_written = trainer.global_step
 
     def _append(self, trainer: Trainer, row: dict[str, Any]) -> None:
         path = self._path(trainer)
@@ -316,6 +332,8 @@ class EMA(Callback):
 
     @torch.no_grad()
     def on_train_step_end(self, trainer: Trainer) -> None:
+        if not trainer.stepped:  # a step skipped for NaN/inf or by the GradScaler changed no weight: nothing to average
+            return
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_([self.shadow[k] for k in self._param_names],
@@ -350,6 +368,13 @@ class EMA(Callback):
         return {name: self.shadow.get(name, value) for name, value in model.state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._save(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if _stopped_inside_an_epoch(trainer):  # max_steps stopped the run part-way: its averaged weights too
+            self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
         self._copy_buffers()  # averaged over the ranks at the epoch's end (also when there was no validation)
         if trainer.out_dir is not None:  # every rank: under FSDP the averaged shards are gathered; rank 0 writes
             trainer.save_weights(trainer.out_dir / "ema.safetensors", state_dict=self.shadow,

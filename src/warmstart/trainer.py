@@ -166,6 +166,7 @@ class Trainer:
         self.epoch = self.global_step = self.skipped_steps = 0
         self.history: list[dict[str, float]] = []
         self.should_stop = False
+        self.stepped = False  # whether the last optimizer step was taken (not skipped for NaN/inf or by the GradScaler)
         self.validated_state: dict[str, torch.Tensor] | None = None  # weights the last validation measured, if not the live ones
         self.progress = ProgressReporter(enabled=False)
         self.metrics = MetricWindow(self.device)
@@ -289,7 +290,7 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         if self._skip_window:  # nonfinite="skip": a micro-batch of this window had a NaN/inf loss
-            self._skip_window = False
+            self._skip_window, self.stepped = False, False
             self.skipped_steps += 1
             self.epoch_state.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -311,6 +312,7 @@ class Trainer:
             stepped = self.scaler.get_scale() >= scale
         else:
             self.optimizer.step()
+        self.stepped = stepped  # callbacks that follow the weights (EMA) skip a step that was not taken
         if stepped:
             self.epoch_state.steps += 1
             if self._edits_weights:
@@ -357,8 +359,9 @@ class Trainer:
         if finished and self.history and self.history[-1]["epoch"] == metrics["epoch"] and "step" in self.history[-1]:
             self.history.pop()  # resumed after max_steps stopped inside this epoch: the whole epoch's row replaces it
         self.history.append(metrics)
-        for cb in self.callbacks:
-            cb.on_epoch_end(self, metrics)
+        if finished:  # a part of an epoch is no epoch to a callback: resumed, the whole epoch ends once
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, metrics)
         self.progress.end_epoch(self.epoch, {k: v for k, v in metrics.items() if k != "epoch"})
         if finished:
             self.epoch += 1
