@@ -221,7 +221,8 @@ def run_lock(out_dir: Path | None, device: torch.device | str = "cpu") -> Iterat
 
 @contextlib.contextmanager
 def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (),
-             keep: Iterable[str | os.PathLike] = (), out_key: str = "out_dir", fresh: bool = True) -> Iterator[None]:
+             keep: Iterable[str | os.PathLike] = (), out_key: str | None = "out_dir", fresh: bool = True,
+             resume_with: str | None = None) -> Iterator[None]:
     """Hold ``out_dir`` for a job: claimed before the job writes anything (``job.yaml`` too), and checked for an
     earlier run (:func:`check_fresh_run`, with the command line's ways round).
 
@@ -229,6 +230,7 @@ def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (
     thread) and skip the check, since what the folder then holds is the job's own. Under ``torchrun``
     the process that becomes rank 0 (``RANK=0``) holds it, as in :func:`run_lock`. ``fresh=False``
     (a job that resumes) claims the folder without the check: what it holds is the run to continue.
+    ``resume_with`` is the call that continues such a run, named in the refusal (``out_key=None``).
 
     Raises:
         OutDirBusyError: another live run holds the folder.
@@ -241,7 +243,7 @@ def job_lock(out_dir: Path | None, overwrite: bool, *, stages: Sequence[str] = (
     try:
         remove_interrupted_writes(out_dir)
         if fresh:
-            check_fresh_run(out_dir, overwrite, stages=stages, keep=keep, out_key=out_key)
+            check_fresh_run(out_dir, overwrite, stages=stages, keep=keep, out_key=out_key, resume_with=resume_with)
         else:
             _claims[_key(out_dir)].checked = True
         yield
@@ -269,7 +271,8 @@ def check_fresh_run_on_every_rank(out_dir: Path, overwrite: bool, device: torch.
 
 
 def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (),
-                    keep: Iterable[str | os.PathLike] = (), out_key: str | None = None) -> None:
+                    keep: Iterable[str | os.PathLike] = (), out_key: str | None = None,
+                    resume_with: str | None = None) -> None:
     """Refuse a fresh run into a folder that holds an earlier run; with ``overwrite``, delete that run's files instead.
 
     The run's files are warmstart's own (``RUN_FILES``, ``RUN_FOLDERS``, ``best*.safetensors``, the
@@ -286,6 +289,8 @@ def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (
         keep: files the new run reads (the weights it starts from): never deleted.
         out_key: the folder's config key, for a job (``"trainer.out_dir"``): the refusal then names the
             command line's ways round instead of ``fit``'s.
+        resume_with: the call that continues the run (``'fine_tune(..., resume="last")'``), named
+            in the refusal instead of ``fit``'s.
 
     Raises:
         RunExistsError: the folder holds an earlier run and ``overwrite`` is False. The message names
@@ -301,7 +306,7 @@ def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (
     found = [path for folder in ("", *stages) for path in _run_files(out_dir / folder)]
     if any(path.name not in SETTINGS_FILES for path in found):
         if not overwrite:
-            raise RunExistsError(_refusal(out_dir, found, out_key))
+            raise RunExistsError(_refusal(out_dir, found, out_key, resume_with))
         kept = {os.path.realpath(path) for path in keep}
         for path in found:
             if os.path.realpath(path) in kept:
@@ -327,10 +332,13 @@ def _run_files(folder: Path) -> list[Path]:
     return found + sorted(folder.glob(EVENT_FILES)) + sorted((folder / TENSORBOARD).glob(EVENT_FILES))
 
 
-def _refusal(out_dir: Path, found: list[Path], out_key: str | None) -> str:
+def _refusal(out_dir: Path, found: list[Path], out_key: str | None, resume_with: str | None = None) -> str:
     names = sorted({_shown(path, out_dir) for path in found})
     listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    if out_key is None:
+    if resume_with is not None:
+        keep = f"continue it with {resume_with} or give this run another out_dir"
+        replace = "pass overwrite=True"
+    elif out_key is None:
         resumable = any(path.parent == out_dir and path.name in ("last.pt", *RUN_FOLDERS) for path in found)
         keep = ('continue it with fit(..., resume="last") or ' if resumable else "") + "give this run another out_dir"
         replace = "pass overwrite=True (on the command line: --overwrite)"

@@ -99,7 +99,7 @@ def test_recover_refuses_epochs_and_max_epochs_together():
 
 
 def test_auto_recovery_records_its_choice_and_resumes_it_without_new_trials(tmp_path, monkeypatch):
-    from warmstart.compress import _recover
+    from warmstart.selection import _run as selection_run
 
     teacher = mlp(16, [32], 3)
     x, y = torch.randn(24, 16, generator=torch.Generator().manual_seed(1)), torch.arange(24) % 3
@@ -108,9 +108,10 @@ def test_auto_recovery_records_its_choice_and_resumes_it_without_new_trials(tmp_
                "progress": False, "seed": 0}
     result = recover(mlp(16, [8], 3), labelled, epochs=3, **options)
     record = json.loads((tmp_path / "selection.json").read_text())
-    assert list(record["scores"]) == ["finetune", "distill", "distill_unlabelled", "finetune_same_steps"]
-    assert record["choice"] == result.method and record["validation"] == "3-fold x 1 cross-validation on 24 labels"
-    assert all(len(score["folds"]) == 3 for score in record["scores"].values())
+    chosen = record["selection"]
+    assert list(chosen["scores"]) == ["finetune", "distill", "distill_unlabelled", "finetune_same_steps"]
+    assert chosen["choice"] == result.method and chosen["validation"] == "5-fold x 1 cross-validation on 24 labels"
+    assert all(len(score["folds"]) == 5 for score in chosen["scores"].values()) and len(record["trials"]) == 20
     saved = load_file(tmp_path / "last.safetensors")  # the final run's files: the returned model
     assert all(torch.equal(saved[key], value) for key, value in result.model.state_dict().items())
     first = (tmp_path / "last.safetensors").read_bytes()
@@ -118,15 +119,15 @@ def test_auto_recovery_records_its_choice_and_resumes_it_without_new_trials(tmp_
     def no_trials(*args, **kwargs):
         raise AssertionError("trials ran")
 
-    monkeypatch.setattr(_recover, "choose_setting", no_trials)
+    monkeypatch.setattr(selection_run, "select", no_trials)
     with pytest.raises(RunExistsError, match="holds an earlier run"):  # refused before any trial
         recover(mlp(16, [8], 3), labelled, epochs=3, **options)
     assert (tmp_path / "last.safetensors").read_bytes() == first
     with pytest.warns(ResumeChangeWarning):  # max_epochs 3 -> 4: the recorded choice trains one epoch more
         resumed = recover(mlp(16, [8], 3), labelled, epochs=4, resume="last", **options)
-    assert resumed.method == result.method and resumed.selection.to_dict() == record
+    assert resumed.method == result.method and resumed.selection.to_dict() == chosen
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4]  # the run continued, not restarted
-    with pytest.raises(ConfigError, match="chose among finetune, distill, distill_unlabelled"):
+    with pytest.raises(ConfigError, match="planned otherwise.*candidates: \\['finetune', 'distill', 'distill_unl"):
         recover(mlp(16, [8], 3), labelled, epochs=3, resume="last", **{**options, "unlabelled": None})
 
 

@@ -152,8 +152,8 @@ def test_a_single_linear_layer_has_no_head_to_find_and_says_so(tmp_path):
 
 def test_fine_tune_on_too_few_samples_to_hold_out_a_validation_split_says_so():
     data = TensorDataset(torch.randn(3, 10), torch.tensor([0, 1, 2]))  # one per class: none can be held out
-    with pytest.raises(DataError, match=r"cross-validates over 3 folds.*these 3 labelled samples are too few to choose "
-                                        r"on.*Pass a val_loader.*select=False"):
+    with pytest.raises(DataError, match=r"cross-validates over 5 folds, and 3 labelled samples are too few to choose "
+                                        r"on.*pass a val_loader.*select=False"):
         fine_tune(make_mlp(), DataLoader(data, batch_size=2), num_classes=3, epochs=1, progress=False)
 
 

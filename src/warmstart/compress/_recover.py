@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from warmstart import distributed
-from warmstart._run_dir import check_out_dir, job_lock
-from warmstart.checkpoint import atomic_path
 from warmstart.data.loaders import InMemoryLoader
-from warmstart.distill.recipe import (
-    KDSetting,
-    choose_setting,
-    train_setting,
-    unlabelled_inputs,
-)
+from warmstart.distill.recipe import KDSetting, choose_and_train, train_setting, unlabelled_inputs
 from warmstart.errors import ConfigError
-from warmstart.selection import Selection
+from warmstart.selection import SELECTION_FILE, Selection, SelectionOptions, epochs_option, run_folder
 
 METHODS = ("distill", "finetune", "auto")
 DEFAULT_EPOCHS = 5  # at least: on few labels, as many epochs as MIN_STEPS optimizer steps take
 MIN_STEPS = 300  # bench/recover_defaults.py: fine-tuning 100 digit labels gains 10 points from 50 to 150 steps
-SELECTION_FILE = "selection.json"  # what method="auto" chose, in out_dir: resume="last" continues that choice
 
 
 @dataclasses.dataclass
@@ -74,7 +62,7 @@ def recovery_settings(unlabelled: bool, temperature: float = 4.0, alpha: float =
 def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None, *,
             teacher: nn.Module | None = None, method: str = "distill",
             unlabelled: torch.Tensor | InMemoryLoader | None = None, epochs: int | None = None,
-            optimizer: Any = None, temperature: float = 4.0, alpha: float | None = None, folds: int = 3,
+            optimizer: Any = None, temperature: float = 4.0, alpha: float | None = None, folds: int = 5,
             resume: str | os.PathLike | None = None, **trainer_kwargs: Any) -> RecoveryResult:
     """Train a pruned (or sparsified, or otherwise compressed) model back towards the original's accuracy.
 
@@ -89,15 +77,16 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
 
     ``method="auto"`` chooses among :func:`recovery_settings` (fine-tuning, distillation on the
     labels, and with ``unlabelled`` images distillation on all of them and fine-tuning for as many
-    optimizer steps, its fair control) with :func:`warmstart.selection.select`, as
+    optimizer steps, its fair control) through :func:`warmstart.selection.train_by_selection`, as
     :func:`warmstart.distill.distill` does: scored on ``val_loader`` when given, else, under 2,000
     labels, by stratified ``folds``-fold cross-validation over ``train_loader``'s labels, else on
-    a stratified 20% held out. Fine-tuning is kept unless another way beats it by more than the
-    standard error of the difference; the choice then trains ``epochs`` epochs on all of
+    a stratified 20% held out. Fine-tuning is kept unless another way beats it beyond chance
+    (:func:`warmstart.selection.choose`); the choice then trains ``epochs`` epochs on all of
     ``train_loader`` (the trials together cost about 2 such runs; ``result.selection`` gives every
-    candidate's mean and standard error and the cost). With an ``out_dir`` the choice is recorded
-    in ``out_dir/selection.json`` and the final run writes its checkpoints there;
-    ``resume="last"`` continues that run with the recorded choice (no new trials).
+    candidate's scores, what the choice could tell, and the cost). With an ``out_dir`` the folder
+    is claimed before the first trial, the trials (in memory) and the choice are recorded in
+    ``out_dir/selection.json`` as they finish, and the final run writes its checkpoints there;
+    ``resume="last"`` continues that run without repeating recorded trials.
 
     An int8 model (from :func:`warmstart.compress.quantize`) is refused, as by every trainer: its
     int8 weights take no gradients. Recover the float model before quantizing it, or train the
@@ -175,11 +164,7 @@ def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any) -> i
 
     Both ``epochs`` and ``max_epochs`` is a conflict, not a silent choice.
     """
-    if "max_epochs" in trainer_kwargs:
-        if epochs is not None:
-            raise ConfigError(f"recover got both epochs={epochs} and max_epochs={trainer_kwargs['max_epochs']}, which "
-                              "say the same thing; pass one of them")
-        return int(trainer_kwargs.pop("max_epochs"))
+    epochs = epochs_option(epochs, trainer_kwargs, "recover")
     if epochs is not None:
         return epochs
     config = trainer_kwargs.get("config")
@@ -192,61 +177,20 @@ def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any) -> i
 def _choose_and_train(pruned: nn.Module, teacher: nn.Module, settings: list[KDSetting], train: Any, val: Any,
                       extra: torch.Tensor | None, epochs: int, folds: int, resume: str | None,
                       options: dict[str, Any]) -> RecoveryResult:
-    """``method="auto"``: score every setting on copies, record the choice in ``out_dir``, train it on all the data.
-
-    The folder is claimed and checked for an earlier run (unless resumed) before the trials start,
-    not after minutes of training.
-    """
-    config = options.get("config")
-    out_dir = options.get("out_dir", config.out_dir if config is not None else None)
-    overwrite = options.get("overwrite", config.overwrite if config is not None else False)
-    top = None if out_dir is None else check_out_dir(out_dir)
-    claim = contextlib.nullcontext() if top is None else job_lock(top, overwrite, fresh=resume is None)
-    with claim, _restored(teacher):
-        picked = _recorded(top, settings) if resume == "last" else None
-        if picked is None:
-            with tempfile.TemporaryDirectory(prefix="warmstart-recover-") as caches:
-                trials = {**options, "progress": False, "out_dir": None, "overwrite": False}
-                picked = choose_setting(pruned, teacher, settings, train, extra, val, 0.2, folds, epochs,
-                                        Path(caches), trials)
-            if top is not None and distributed.is_main_process():
-                with atomic_path(top / SELECTION_FILE) as tmp:
-                    tmp.write_text(json.dumps(picked.to_dict(), indent=1))
-        if _progress(options):
-            print(f"recover {picked.summary()}", flush=True)
-        best = next(s for s in settings if s.name == picked.choice)
-        trainer = train_setting(pruned, teacher, best, train, extra, epochs, None, val, options, resume)
+    """``method="auto"``: :func:`warmstart.distill.recipe.choose_and_train`, the teacher left as it was."""
+    top, overwrite = run_folder(None, options)
+    options = {k: v for k, v in options.items() if k not in ("out_dir", "overwrite")}
+    with _restored(teacher):
+        picked, trainer = choose_and_train(pruned, teacher, settings, train, extra, val, epochs, options,
+                                           caller="recover", out_dir=top, overwrite=overwrite, resume=resume,
+                                           selection=SelectionOptions(folds=folds))
     scores = {name: score.mean for name, score in picked.scores.items()}
-    return RecoveryResult(pruned, best.name, trainer.history, trainer, scores, picked)
-
-
-def _recorded(top: Path | None, settings: list[KDSetting]) -> Selection | None:
-    """The choice an earlier ``"auto"`` run recorded in ``top`` (``None`` when it stopped before choosing).
-
-    Raises:
-        ConfigError: the record's candidates are not this call's (another ``unlabelled``, say).
-    """
-    path = None if top is None else top / SELECTION_FILE
-    if path is None or not path.is_file():
-        return None
-    picked = Selection.from_dict(json.loads(path.read_text()))
-    names = [s.name for s in settings]
-    if list(picked.scores) != names:
-        raise ConfigError(f"resume='last': the run in {top} chose among {', '.join(picked.scores)}, but this call "
-                          f"offers {', '.join(names)} (with or without unlabelled images?): resume with the same "
-                          "arguments, or start a fresh run in another out_dir")
-    return picked
+    return RecoveryResult(pruned, picked.choice, trainer.history, trainer, scores, picked)
 
 
 def _unlabelled(loader: Any) -> bool:
     """True for an :class:`InMemoryLoader` without labels (the teacher labels its batches)."""
     return isinstance(loader, InMemoryLoader) and loader.targets is None
-
-
-def _progress(options: dict[str, Any]) -> bool:
-    config = options.get("config")
-    return bool(options.get("progress", config.progress if config is not None else True)) and \
-        distributed.is_main_process()
 
 
 def _check_method(method: str, teacher: nn.Module | None, train: Any, extra: torch.Tensor | None,

@@ -172,18 +172,94 @@ _RANDOM_NAMES = ("ColorJitter", "RandAugment", "AutoAugment", "TrivialAugmentWid
                  "GaussianNoise", "ScaleJitter", "MixUp", "CutMix")
 
 
-def is_random(transform: Any) -> bool:
-    """Whether a transform (or any step of a ``Compose``/``RandomApply``) draws random numbers.
+def _steps(transform: Any) -> list[Any] | None:
+    """The steps of a pipeline (torchvision's ``Compose``, an ``nn.Sequential``), or ``None`` for a single transform."""
+    if isinstance(transform, nn.Sequential):
+        return list(transform)
+    steps = getattr(transform, "transforms", None)
+    return list(steps) if isinstance(steps, (list, tuple)) else None
 
-    Knows torchvision's random transforms (v1 and v2) and :class:`BatchAugment`; a plain
-    function cannot be inspected and counts as deterministic.
+
+def _random_by_type(transform: Any) -> bool:
+    name = type(transform).__name__
+    return isinstance(transform, BatchAugment) or name.startswith("Random") or name in _RANDOM_NAMES
+
+
+def is_random(transform: Any, probe: torch.Tensor | None = None) -> bool:
+    """Whether a transform (or any step of a ``Compose`` / ``nn.Sequential``) is random augmentation.
+
+    This is the library's one answer to "is this augmentation?", used wherever a transform must be
+    left out (validation folds, the linear-probe feature cache, the teacher-logit cache). A step is
+    random when it is one of torchvision's random transforms (v1 and v2) or a :class:`BatchAugment`;
+    a plain function or module cannot be inspected, so with a ``probe`` batch it is also run (see
+    :func:`is_deterministic`) and counts as random when its outputs change from call to call or
+    depend on the rest of the batch; without a probe it counts as deterministic.
+
+    Example:
+        >>> from torchvision.transforms import v2
+        >>> is_random(v2.Compose([v2.RandomHorizontalFlip(), v2.Normalize([0.5], [0.5])]))
+        True
+        >>> is_random(lambda x: x + torch.rand_like(x), probe=torch.zeros(4, 3))
+        True
     """
     if transform is None:
         return False
-    if isinstance(transform, BatchAugment):
+    steps = _steps(transform)
+    if steps is not None:
+        return any(is_random(step, probe) for step in steps)
+    if _random_by_type(transform):
         return True
-    name = type(transform).__name__
-    if name.startswith("Random") or name in _RANDOM_NAMES:
+    return probe is not None and not is_deterministic(transform, probe)
+
+
+def without_augmentation(transform: Any) -> Any:
+    """The transform with its random steps left out: what evaluation and the feature and logit caches apply.
+
+    A pipeline (``Compose`` / ``nn.Sequential``) keeps its deterministic steps in order (a resize,
+    :class:`warmstart.models.ImageInput`, a normalisation), so a network still gets inputs of the
+    form it expects; a random step alone becomes ``None``. What cannot be inspected is kept (see
+    :func:`is_random`).
+
+    Example:
+        >>> from torchvision.transforms import v2
+        >>> without_augmentation(v2.Compose([v2.RandomHorizontalFlip(), v2.Normalize([0.5], [0.5])]))
+        Compose(
+              Normalize(mean=[0.5], std=[0.5], inplace=False)
+        )
+    """
+    if transform is None or _random_by_type(transform):
+        return None
+    steps = _steps(transform)
+    if steps is None or not any(is_random(step) for step in steps):
+        return transform
+    kept = [step for step in (without_augmentation(step) for step in steps) if step is not None]
+    if not kept:
+        return None
+    return nn.Sequential(*kept) if isinstance(transform, nn.Sequential) else type(transform)(kept)
+
+
+def is_deterministic(transform: Callable[[torch.Tensor], torch.Tensor] | None, inputs: torch.Tensor) -> bool:
+    """Whether a batched transform gives each sample the same output every time, whatever batch it is in.
+
+    Run on a probe batch: twice under different random seeds, on the batch reversed, and on its
+    first half. Only such a transform may have its outputs cached (teacher logits, features); a
+    random augmentation, or one that depends on the rest of the batch (per-batch normalisation),
+    may not.
+
+    Example:
+        >>> x = torch.rand(8, 3)
+        >>> is_deterministic(lambda b: (b - 0.5) / 0.2, x), is_deterministic(lambda b: b + torch.rand_like(b), x)
+        (True, False)
+    """
+    if transform is None:
         return True
-    steps = getattr(transform, "transforms", None)
-    return bool(steps) and any(is_random(step) for step in steps)
+
+    def run(batch: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return transform(batch)
+
+    first = run(inputs, 1)
+    half = max(1, len(inputs) // 2)
+    again = (run(inputs, 2), run(inputs.flip(0), 3).flip(0), torch.cat([run(inputs[:half], 4), first[half:]]))
+    return all(out.shape == first.shape and torch.allclose(out, first, rtol=1e-5, atol=1e-6) for out in again)

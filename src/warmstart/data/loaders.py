@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset,
+                              TensorDataset, WeightedRandomSampler)
 
+from warmstart.data.augment import is_random, without_augmentation
 from warmstart.data.bundled import labels_of
 from warmstart.errors import DataError
 
@@ -100,6 +103,31 @@ class InMemoryLoader:
         copy = InMemoryLoader(self.inputs, self.targets, **options)
         copy.epoch, copy.rank, copy.world_size, copy.pad = self.epoch, self.rank, self.world_size, self.pad
         return copy
+
+    def subset(self, rows: torch.Tensor, evaluation: bool = False) -> InMemoryLoader:
+        """A loader over the samples ``rows`` of this one: a training part keeps every option, an evaluation part
+        reads them in order, whole, with the deterministic part of the transform only.
+
+        Args:
+            rows: sample indices (a 1-D integer tensor).
+            evaluation: the part is for scoring: no shuffling, no dropped batch, and the transform
+                without its random steps (:func:`warmstart.data.without_augmentation`), so the
+                model still gets inputs resized and normalised as in training.
+
+        Example:
+            >>> loader = InMemoryLoader(torch.arange(6.0).view(6, 1), torch.arange(6), batch_size=4, shuffle=True)
+            >>> val = loader.subset(torch.tensor([1, 4]), evaluation=True)
+            >>> val.targets.tolist(), val.shuffle
+            ([1, 4], False)
+        """
+        rows = rows.to(self.inputs.device)
+        targets = None if self.targets is None else self.targets[rows]
+        if evaluation:
+            return InMemoryLoader(self.inputs[rows], targets, batch_size=self.batch_size,
+                                  transform=without_augmentation(self.transform))
+        return InMemoryLoader(self.inputs[rows], targets, batch_size=self.batch_size, shuffle=self.shuffle,
+                              drop_last=self.drop_last, seed=self.seed, transform=self.transform,
+                              with_index=self.with_index)
 
     def shard(self, rank: int, world_size: int, pad: bool = True) -> InMemoryLoader:
         """This rank's share of every epoch: every ``world_size``-th sample of the epoch's order.
@@ -206,11 +234,12 @@ def held_out_rows(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 def split_loader(loader: Any, fraction: float = 0.2, seed: int = 0) -> tuple[Any, Any]:
     """Hold a stratified validation split out of a labelled loader: ``(train_loader, val_loader)``.
 
-    Works for an :class:`InMemoryLoader` (the split keeps its options; validation without
-    augmentation or shuffling) and for a ``DataLoader`` over a map-style data set.
+    The two parts are made by :func:`subset_loader`: the training part keeps the loader's options
+    (sampler, augmentation), the validation part reads its samples in order without augmentation.
 
     Args:
-        loader: the labelled training loader.
+        loader: the labelled training loader (an :class:`InMemoryLoader`, or a ``DataLoader``
+            over a map-style data set).
         fraction: share of each class held out (at least one sample of every class with two or more).
         seed: seed of the draw.
 
@@ -223,24 +252,98 @@ def split_loader(loader: Any, fraction: float = 0.2, seed: int = 0) -> tuple[Any
         >>> train.dataset_size, val.dataset_size
         (8, 2)
     """
+    if isinstance(loader, InMemoryLoader) and loader.targets is None:
+        raise DataError("a validation split needs labels, and this InMemoryLoader has none")
     if isinstance(loader, InMemoryLoader):
-        if loader.targets is None:
-            raise DataError("a validation split needs labels, and this InMemoryLoader has none")
-        kept, held = held_out_rows(loader.targets.cpu(), fraction, seed)
-        train = InMemoryLoader(loader.inputs[kept.to(loader.inputs.device)], loader.targets[kept.to(loader.inputs.device)],
-                               batch_size=loader.batch_size, shuffle=loader.shuffle, drop_last=loader.drop_last,
-                               seed=loader.seed, transform=loader.transform)
-        rows = held.to(loader.inputs.device)
-        return train, InMemoryLoader(loader.inputs[rows], loader.targets[rows], batch_size=loader.batch_size)
-    if isinstance(loader, DataLoader) and hasattr(loader.dataset, "__getitem__"):
-        kept, held = held_out_rows(labels_of(loader.dataset), fraction, seed)
-        sampler = RandomSampler(Subset(loader.dataset, kept.tolist()), generator=loader.generator) \
-            if isinstance(loader.sampler, RandomSampler) else None
-        train = rebuild_loader(loader, dataset=Subset(loader.dataset, kept.tolist()), sampler=sampler)
-        val = rebuild_loader(loader, dataset=Subset(loader.dataset, held.tolist()), sampler=None, drop_last=False)
-        return train, val
-    raise DataError(f"cannot hold a validation split out of a {type(loader).__name__}: pass a val_loader, or a "
-                    "DataLoader / InMemoryLoader that can be split")
+        labels = loader.targets.cpu()
+    elif isinstance(loader, DataLoader) and hasattr(loader.dataset, "__getitem__"):
+        labels = labels_of(loader.dataset)
+    else:
+        raise DataError(f"cannot hold a validation split out of a {type(loader).__name__}: pass a val_loader, or a "
+                        "DataLoader / InMemoryLoader that can be split")
+    kept, held = held_out_rows(labels if labels.dim() == 1 else labels.argmax(-1), fraction, seed)
+    return subset_loader(loader, kept), subset_loader(loader, held, evaluation=True)
+
+
+def subset_loader(loader: Any, rows: torch.Tensor, evaluation: bool = False) -> Any:
+    """The samples ``rows`` of a loader's data set, as a loader of the same kind: the one way folds are made.
+
+    An :class:`InMemoryLoader` gives :meth:`InMemoryLoader.subset`. A ``DataLoader`` over a
+    map-style data set keeps its batch size, workers and collation; for training its sampler too
+    (a ``RandomSampler`` shuffles the part, a ``WeightedRandomSampler`` keeps the part's weights and
+    draws as many samples per row as before); for evaluation the part is read in order, whole, with
+    the data set's transform without its random steps (:func:`dataset_without_augmentation`).
+
+    Raises:
+        DataError: a loader whose sampler or batch sampler cannot be restricted to a part of the
+            data (a custom one): pass a ``val_loader`` instead of splitting it.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = DataLoader(TensorDataset(torch.arange(6.0), torch.arange(6)), batch_size=4, shuffle=True)
+        >>> [y.tolist() for _, y in subset_loader(data, torch.tensor([1, 4]), evaluation=True)]
+        [[1, 4]]
+    """
+    if isinstance(loader, InMemoryLoader):
+        return loader.subset(rows, evaluation)
+    rows_list = rows.tolist()
+    if evaluation:
+        return rebuild_loader(loader, dataset=Subset(dataset_without_augmentation(loader.dataset), rows_list),
+                              sampler=None, batch_size=_batch_size(loader), drop_last=False)
+    return rebuild_loader(loader, dataset=Subset(loader.dataset, rows_list), sampler=_part_sampler(loader, rows),
+                          batch_size=_batch_size(loader))
+
+
+def _batch_size(loader: DataLoader) -> int | None:
+    """The loader's batch size; a custom batch sampler is refused (it cannot be restricted to a part)."""
+    if loader.batch_sampler is None:
+        return None
+    if type(loader.batch_sampler) is not BatchSampler:
+        raise DataError(f"this DataLoader draws its batches with a {type(loader.batch_sampler).__name__}, which cannot "
+                        "be restricted to a part of the data: pass a val_loader instead of letting it be split")
+    return loader.batch_sampler.batch_size
+
+
+def _part_sampler(loader: DataLoader, rows: torch.Tensor) -> Any:
+    """The loader's sampler over the part ``rows`` (``None``: in order)."""
+    sampler, n = loader.sampler, len(loader.dataset)  # type: ignore[arg-type]
+    if isinstance(sampler, WeightedRandomSampler):
+        draws = max(1, round(sampler.num_samples * len(rows) / n))
+        return WeightedRandomSampler(sampler.weights[rows], draws, replacement=sampler.replacement,
+                                     generator=sampler.generator)
+    if isinstance(sampler, RandomSampler):
+        draws = None if sampler._num_samples is None else max(1, round(sampler.num_samples * len(rows) / n))
+        return RandomSampler(range(len(rows)), replacement=sampler.replacement, num_samples=draws,
+                             generator=sampler.generator)
+    if isinstance(sampler, SequentialSampler):
+        return None
+    raise DataError(f"this DataLoader draws its samples with a {type(sampler).__name__}, which cannot be restricted "
+                    "to a part of the data: pass a val_loader instead of letting it be split")
+
+
+def dataset_without_augmentation(dataset: Dataset) -> Dataset:
+    """A shallow copy of ``dataset`` (or of the data set it wraps) whose ``transform`` has no random steps.
+
+    The copy shares the data; only the transform differs (:func:`warmstart.data.without_augmentation`).
+    A data set without random steps is returned as it is.
+    """
+    transform = getattr(dataset, "transform", None)
+    inner = getattr(dataset, "dataset", None)
+    if transform is not None and is_random(transform):
+        plain = copy.copy(dataset)
+        plain.transform = without_augmentation(transform)  # type: ignore[attr-defined]
+        if hasattr(dataset, "transforms") and hasattr(dataset, "target_transform"):  # torchvision's VisionDataset
+            from torchvision.datasets.vision import StandardTransform
+
+            plain.transforms = StandardTransform(plain.transform, dataset.target_transform)  # type: ignore[attr-defined]
+        return plain
+    if isinstance(inner, Dataset) and transform is None:
+        plain_inner = dataset_without_augmentation(inner)
+        if plain_inner is not inner:
+            wrapper = copy.copy(dataset)
+            wrapper.dataset = plain_inner  # type: ignore[attr-defined]
+            return wrapper
+    return dataset
 
 
 class WithIndex(Dataset):

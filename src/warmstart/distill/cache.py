@@ -52,32 +52,6 @@ def probe_indices(length: int, count: int = 16) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, max(length - 1, 0), num=min(count, length))})
 
 
-def is_deterministic(transform: Callable[[torch.Tensor], torch.Tensor] | None, inputs: torch.Tensor) -> bool:
-    """Whether a batched transform gives each sample the same output every time, whatever batch it is in.
-
-    Run on a probe batch: twice under different random seeds, on the batch reversed, and on its
-    first half. Only such a transform may have its outputs' teacher logits cached; a random
-    augmentation, or one that depends on the rest of the batch (per-batch normalisation), may not.
-
-    Example:
-        >>> x = torch.rand(8, 3)
-        >>> is_deterministic(lambda b: (b - 0.5) / 0.2, x), is_deterministic(lambda b: b + torch.rand_like(b), x)
-        (True, False)
-    """
-    if transform is None:
-        return True
-
-    def run(batch: torch.Tensor, seed: int) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            return transform(batch)
-
-    first = run(inputs, 1)
-    half = max(1, len(inputs) // 2)
-    again = (run(inputs, 2), run(inputs.flip(0), 3).flip(0), torch.cat([run(inputs[:half], 4), first[half:]]))
-    return all(out.shape == first.shape and torch.allclose(out, first, rtol=1e-5, atol=1e-6) for out in again)
-
-
 class SampleFingerprint:
     """A per-sample fingerprint: a fixed random projection of the input and its L1 norm, in float64.
 

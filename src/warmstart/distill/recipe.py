@@ -17,11 +17,10 @@ from torch import nn
 from warmstart import distributed
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader
-from warmstart.distill.cache import is_deterministic
 from warmstart.distill.trainer import DistillTrainer
 from warmstart.errors import ConfigError
-from warmstart.selection import Selection
-from warmstart.selection import select as select_by_validation
+from warmstart.selection import (Selection, SelectionOptions, epochs_option, run_folder, sample_count,
+                                 train_by_selection, trainer_option, validation_accuracy)
 from warmstart.trainer import Trainer
 
 
@@ -80,30 +79,35 @@ class DistillResult:
 
 def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
             unlabelled: torch.Tensor | InMemoryLoader | None = None, val_loader: Iterable[Any] | None = None, *,
-            epochs: int = 30, optimizer: Any = None, scheduler: Any = None,
-            settings: Sequence[KDSetting] | None = None, select: bool = True, val_fraction: float = 0.2, folds: int = 3,
-            out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> DistillResult:
-    """Train ``student`` from ``teacher`` the way that validates best; hard labels unless beaten beyond noise.
+            epochs: int | None = None, optimizer: Any = None, scheduler: Any = None,
+            settings: Sequence[KDSetting] | None = None, select: bool = True, val_fraction: float = 0.2, folds: int = 5,
+            out_dir: str | os.PathLike | None = None, resume: str | None = None,
+            **trainer_kwargs: Any) -> DistillResult:
+    """Train ``student`` from ``teacher`` the way that validates best; hard labels unless beaten beyond chance.
 
-    Each setting of :func:`default_settings` trains a copy of the student and is scored by
-    :func:`warmstart.selection.select`: on ``val_loader`` when given; else, under 2,000 labels, by
-    stratified ``folds``-fold cross-validation over the labels (a 20% hold-out of 100 labels is 20
-    images: its choice is noise); else on a stratified ``val_fraction`` held out. Hard labels, the
-    first setting, are kept unless another beats them by more than the standard error of the
-    difference, and the choice trains ``epochs`` epochs on everything. With ``unlabelled``
-    images the teacher labels them together with the labelled ones (its logits cached once when
-    the data is not randomly augmented: a deterministic ``transform`` of ``labelled``, such as a
-    normalisation, is cached through it; a random one gets the teacher's logits of each epoch's
-    inputs): the setting that helps most in our measurements (``bench/distill_mnist.py``). Those
-    settings take more optimizer steps per epoch, so ``hard_labels_same_steps`` (hard labels for
-    as many steps) is scored beside them: a distillation gain shows against it too.
+    Each setting of :func:`default_settings` trains a copy of the student and is scored through
+    :func:`warmstart.selection.train_by_selection`: on ``val_loader`` when given; else, under
+    2,000 labels, by stratified ``folds``-fold cross-validation over the labels; else on a
+    stratified ``val_fraction`` held out. Hard labels, the first setting, are kept unless another
+    beats them beyond chance (:func:`warmstart.selection.choose`, allowing for the best of
+    several), and the choice trains ``epochs`` epochs on everything. With ``unlabelled`` images
+    the teacher labels them together with the labelled ones (its logits cached once when the data
+    is not randomly augmented, :func:`warmstart.data.is_random`; a random transform gets the
+    teacher's logits of each epoch's inputs): the setting that helps most in our measurements
+    (``bench/distill_mnist.py``). Those settings take more optimizer steps per epoch, so
+    ``hard_labels_same_steps`` (hard labels for as many steps) is scored beside them: a
+    distillation gain shows against it too.
     Cost: each trial trains ``max(1, round(2 * epochs / (trials * share)))`` epochs (``trials`` =
     settings x folds, ``share`` the part of the labels a trial trains on): on labels alone the
     trials cost about 2 final runs, the whole call about 3x one run. The settings that also learn
     from (or count steps by) ``unlabelled`` images cost ``(labelled + unlabelled) / labelled`` times
     as much per epoch; ``result.selection.cost`` gives the trials' cost in runs of the chosen
-    setting (with 60 labels and 600 unlabelled images over 20 epochs: about 1 when an unlabelled
-    setting wins, about 11 when hard labels do, whose final run is then 11x cheaper).
+    setting.
+
+    The trials train in memory (their teacher caches in a temporary folder); with ``out_dir``
+    the folder is claimed before the first trial, every finished trial and the choice are
+    recorded in ``out_dir/selection.json``, and the final training writes its checkpoints there.
+    ``resume="last"`` continues a stopped call without repeating recorded trials.
 
     Args:
         student: the network to train (changed in place).
@@ -111,7 +115,8 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         labelled: labelled training batches (an :class:`InMemoryLoader`).
         unlabelled: more inputs without labels (a tensor or an unlabelled :class:`InMemoryLoader`).
         val_loader: labelled validation batches; without one, part of ``labelled`` is held out.
-        epochs: epochs of the final training.
+        epochs: epochs of the final training (default 30; the trainer option ``max_epochs`` is the
+            same thing).
         optimizer: as for :class:`warmstart.Trainer` (AdamW, lr 3e-3 when ``None``).
         scheduler: as for :class:`warmstart.Trainer` (cosine when ``None``).
         settings: the settings to try (default :func:`default_settings`).
@@ -119,15 +124,19 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         val_fraction: share of the labels held out for the choice when there is no ``val_loader``
             and 2,000 labels or more.
         folds: folds of the cross-validation on fewer labels.
-        out_dir: folder of the final training's checkpoints and logs.
-        **trainer_kwargs: more :class:`warmstart.Trainer` options.
+        out_dir: folder of the choice's record and the final training's checkpoints and logs.
+        resume: ``"last"`` continues the call recorded in ``out_dir``.
+        **trainer_kwargs: more :class:`warmstart.Trainer` options (``seed``, ``overwrite``, ...).
 
     Returns:
         A :class:`DistillResult`.
 
     Raises:
-        ConfigError: no settings, an unlabelled setting without unlabelled data, or loaders of
-            another kind than :class:`InMemoryLoader` / tensors.
+        ConfigError: no settings, an unlabelled setting without unlabelled data, loaders of
+            another kind than :class:`InMemoryLoader` / tensors, unlabelled inputs of another shape
+            than the labelled ones, both ``epochs`` and ``max_epochs``, or a ``resume`` other than ``"last"``.
+        DataError: targets that are not class labels.
+        RunExistsError: ``out_dir`` holds an earlier run, not resumed and without ``overwrite=True``.
 
     Example:
         >>> from warmstart.models import mlp
@@ -137,49 +146,56 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         >>> result.choice in result.scores
         True
     """
+    epochs = epochs_option(epochs, trainer_kwargs, "distill") or 30
     extra = unlabelled_inputs(unlabelled)
     tried = list(settings) if settings is not None else default_settings(extra is not None)
     _check(labelled, tried, extra)
-    options = {"optimizer": optimizer or {"name": "adamw", "lr": 3e-3},
-               "scheduler": scheduler or {"name": "cosine"}, **trainer_kwargs}
-    with tempfile.TemporaryDirectory(prefix="warmstart-distill-") as caches:
-        picked = None
-        if select and len(tried) > 1:
-            picked = choose_setting(student, teacher, tried, labelled, extra, val_loader, val_fraction, folds, epochs,
-                                    Path(caches), {**options, "progress": False})
-        best = next(s for s in tried if s.name == picked.choice) if picked is not None else tried[0]
-        if picked is not None and _progress(options):
-            print(f"distill {picked.summary()}", flush=True)
-        trainer = train_setting(student, teacher, best, labelled, extra, epochs,
-                                Path(caches) / f"all-{best.unlabelled}.npy", val_loader,
-                                {**options, "out_dir": None if out_dir is None else str(out_dir)})
+    top, overwrite = run_folder(out_dir, trainer_kwargs)
+    options = {"optimizer": optimizer or {"name": "adamw", "lr": 3e-3}, "scheduler": scheduler or {"name": "cosine"},
+               **{k: v for k, v in trainer_kwargs.items() if k not in ("out_dir", "overwrite")}}
+    picked, trainer = choose_and_train(student, teacher, tried if select else tried[:1], labelled, extra, val_loader,
+                                       epochs, options, caller="distill", out_dir=top, overwrite=overwrite,
+                                       resume=resume, selection=SelectionOptions(val_fraction=val_fraction, folds=folds))
     scores = {} if picked is None else {name: score.mean for name, score in picked.scores.items()}
-    return DistillResult(model=student, history=trainer.history, trainer=trainer, choice=best.name, scores=scores,
-                         selection=picked)
+    return DistillResult(model=student, history=trainer.history, trainer=trainer,
+                         choice=tried[0].name if picked is None else picked.choice, scores=scores, selection=picked)
 
 
-def choose_setting(student: nn.Module, teacher: nn.Module, tried: Sequence[KDSetting], labelled: Any,
-                   extra: torch.Tensor | None, val: Any, fraction: float, folds: int, epochs: int, caches: Path,
-                   options: dict[str, Any]) -> Selection:
-    """Score every setting on a copy of the student (k-fold on small labelled data) and choose; the first is the default.
+def choose_and_train(student: nn.Module, teacher: nn.Module, tried: Sequence[KDSetting], labelled: Any,
+                     extra: torch.Tensor | None, val: Any, epochs: int, options: dict[str, Any], *, caller: str,
+                     out_dir: Path | None, overwrite: bool, resume: str | None,
+                     selection: SelectionOptions = SelectionOptions()) -> tuple[Selection | None, Trainer]:
+    """Score every setting on a copy of the student, then train the choice on everything (the first is the default).
 
-    Shared by :func:`distill` and :func:`warmstart.compress.recover`: ``labelled`` is an
-    :class:`InMemoryLoader` or a ``DataLoader`` over a map-style data set (as
-    :func:`warmstart.selection.select` splits it), ``caches`` a folder for the teacher's logits.
+    Shared by :func:`distill` and :func:`warmstart.compress.recover`, through
+    :func:`warmstart.selection.train_by_selection`: ``labelled`` is an :class:`InMemoryLoader` or a
+    ``DataLoader`` over a map-style data set; the trials' teacher logits live in a temporary folder.
     """
-    splits: dict[int, int] = {}  # one teacher cache per training split, shared by the settings that train on it
-
-    def score(name: str, fit_on: Any, score_on: Any, trial: int) -> float:
-        setting = next(s for s in tried if s.name == name)
-        cache = caches / f"split{splits.setdefault(id(fit_on), len(splits))}-{setting.unlabelled}.npy"
-        trainer = train_setting(copy.deepcopy(student), teacher, setting, fit_on, extra, trial, cache, None, options)
-        return trainer.evaluate(score_on)["accuracy"]
-
-    size = _samples(labelled)
+    by_name = {s.name: s for s in tried}
+    size = sample_count(labelled)
     more = 1.0 if extra is None else (size + len(extra)) / size
-    return select_by_validation([s.name for s in tried], score, labelled, epochs, val_loader=val,
-                                val_fraction=fraction, folds=folds,
-                                cost_of={s.name: more if s.unlabelled or s.same_steps else 1.0 for s in tried})
+    with tempfile.TemporaryDirectory(prefix="warmstart-distill-") as caches:
+        splits: dict[int, int] = {}  # one teacher cache per training split, shared by the settings that train on it
+
+        def trial(name: str, fit_on: Any, score_on: Any, trial_epochs: int, seed: int) -> float:
+            setting = by_name[name]
+            cache = Path(caches) / f"split{splits.setdefault(id(fit_on), len(splits))}-{setting.unlabelled}.npy"
+            trainer = train_setting(copy.deepcopy(student), teacher, setting, fit_on, extra, trial_epochs, cache, None,
+                                    {**options, "progress": False, "seed": seed, "out_dir": None, "overwrite": False})
+            return validation_accuracy(trainer.evaluate(score_on), caller)
+
+        def final(name: str, seed: int | None, resume: str | None) -> Trainer:
+            cache = None if out_dir is not None else Path(caches) / f"all-{by_name[name].unlabelled}.npy"
+            return train_setting(student, teacher, by_name[name], labelled, extra, epochs, cache, val,
+                                 {**options, **({} if seed is None else {"seed": seed}),
+                                  "out_dir": None if out_dir is None else str(out_dir), "overwrite": overwrite}, resume)
+
+        return train_by_selection(
+            list(by_name), trial, final, labelled, epochs, caller=caller, val_loader=val, out_dir=out_dir,
+            overwrite=overwrite, resume=resume, seed=trainer_option(options, "seed"),
+            device=trainer_option(options, "device", "auto"), options=selection,
+            cost_of={s.name: more if s.unlabelled or s.same_steps else 1.0 for s in tried},
+            progress=bool(trainer_option(options, "progress", True)))
 
 
 def train_setting(student: nn.Module, teacher: nn.Module, setting: KDSetting, labelled: Any,
@@ -205,8 +221,8 @@ def train_setting(student: nn.Module, teacher: nn.Module, setting: KDSetting, la
                                seed=labelled.seed, transform=labelled.transform)
     offline = options.pop("cache_teacher", None)
     if offline is None:  # cache the teacher's logits only where they stay right: a random transform gets per-epoch logits
-        offline = (isinstance(train, InMemoryLoader) and cache is not None and not is_random(train.transform)
-                   and is_deterministic(train.transform, train.inputs[:train.batch_size])
+        offline = (isinstance(train, InMemoryLoader) and (cache is not None or options.get("out_dir") is not None)
+                   and not is_random(train.transform, probe=train.inputs[:train.batch_size])
                    and not distributed.is_distributed())
     trainer = DistillTrainer(student, teacher, temperature=setting.temperature, alpha=setting.alpha,
                              cache_teacher=offline, cache_path=str(cache) if offline and cache is not None else None,
@@ -220,13 +236,8 @@ def _same_steps(labelled: Any, extra: torch.Tensor, epochs: int) -> int:
     def steps(n: int) -> int:
         return max(1, n // labelled.batch_size if labelled.drop_last else math.ceil(n / labelled.batch_size))
 
-    size = _samples(labelled)
+    size = sample_count(labelled)
     return max(1, round(epochs * steps(size + len(extra)) / steps(size)))
-
-
-def _samples(loader: Any) -> int:
-    """Labelled samples in an :class:`InMemoryLoader` or a ``DataLoader`` over a sized data set."""
-    return len(loader.targets) if isinstance(loader, InMemoryLoader) else len(loader.dataset)
 
 
 def unlabelled_inputs(unlabelled: torch.Tensor | InMemoryLoader | None) -> torch.Tensor | None:
@@ -244,15 +255,13 @@ def _check(labelled: Any, settings: list[KDSetting], extra: torch.Tensor | None)
                           "validation split are drawn from its tensors); use DistillTrainer for other loaders")
     if not settings:
         raise ConfigError("distill() needs at least one setting")
+    if extra is not None and tuple(extra.shape[1:]) != tuple(labelled.inputs.shape[1:]):
+        raise ConfigError(f"the unlabelled inputs have shape {tuple(extra.shape[1:])} per sample and the labelled ones "
+                          f"{tuple(labelled.inputs.shape[1:])}: the teacher labels both with one network, so pass "
+                          "unlabelled images of the labelled ones' shape")
     for setting in settings:
         if (setting.unlabelled or setting.same_steps) and extra is None:
             raise ConfigError(f"setting '{setting.name}' {'counts its steps by' if setting.same_steps else 'learns from'} "
                               "unlabelled data, but none was given (unlabelled=)")
         if setting.unlabelled and setting.alpha != 1:
             raise ConfigError(f"setting '{setting.name}': unlabelled data has no hard labels, so alpha must be 1")
-
-
-def _progress(options: dict[str, Any]) -> bool:
-    config = options.get("config")
-    return bool(options.get("progress", config.progress if config is not None else True)) and \
-        distributed.is_main_process()

@@ -17,7 +17,7 @@ from warmstart._runtime import move_to_device
 from warmstart.data.augment import is_random
 from warmstart.data.loaders import InMemoryLoader, WithIndex, rebuild_loader
 from warmstart.distill.cache import (AugmentedViews, SampleFingerprint, TeacherCache, dataset_fingerprint,
-                                     is_deterministic, model_fingerprint, probe_indices)
+                                     model_fingerprint, probe_indices)
 from warmstart.distill.hints import FeatureHint, FeatureTaps, make_adapter
 from warmstart.distill._validation import hard_label_sums
 from warmstart.distill.losses import COMBINE, check_kd_options, check_logits, kd_terms
@@ -210,7 +210,7 @@ class DistillTrainer(Trainer):
         """The same loader, yielding the sample indices last; refuse random augmentation (stale logits).
 
         An :class:`InMemoryLoader` transform is cached when it is deterministic (a normalisation):
-        :func:`warmstart.distill.cache.is_deterministic` checks it on the first batch's inputs.
+        :func:`warmstart.data.is_random` probes it on the first batch's inputs.
         """
         stale = ("cached teacher logits would be stale: the training data is randomly augmented ({what}), so the "
                  "student would see inputs the teacher never did. Wrap the data set in "
@@ -219,7 +219,7 @@ class DistillTrainer(Trainer):
         if isinstance(loader, InMemoryLoader):
             if is_random(loader.transform):
                 raise DataError(stale.format(what=f"InMemoryLoader(transform={type(loader.transform).__name__})"))
-            if not is_deterministic(loader.transform, loader.inputs[:loader.batch_size]):
+            if is_random(loader.transform, probe=loader.inputs[:loader.batch_size]):
                 raise DataError(stale.format(what="InMemoryLoader(transform=...) gives other outputs for the same "
                                                   "inputs, at another call or in another batch"))
             return loader.clone(with_index=True)

@@ -16,12 +16,12 @@ from torch import nn
 
 from warmstart import distributed
 from warmstart.config import OptimizerConfig
-from warmstart.data.loaders import split_loader
-from warmstart.errors import ConfigError, DataError
+from warmstart.errors import ConfigError
 from warmstart.finetune.methods import Full, LinearProbe, LoRA, Method, Partial, build_method
 from warmstart.finetune.trainer import FinetuneTrainer
 from warmstart.heads import find_head, swap_head
-from warmstart.selection import Selection, select
+from warmstart.selection import (Selection, SelectionOptions, epochs_option, run_folder, train_by_selection,
+                                 trainer_option, validation_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,31 +81,35 @@ class FineTuneResult:
 
 
 def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None,
-              num_classes: int | None = None, epochs: int = 10, *, select: bool = True,
-              candidates: list[Candidate] | None = None, val_fraction: float = 0.2, folds: int = 3,
+              num_classes: int | None = None, epochs: int | None = None, *, select: bool = True,
+              candidates: list[Candidate] | None = None, val_fraction: float = 0.2, folds: int = 5,
               optimizer: OptimizerConfig | Mapping[str, Any] | None = None, lr: float | None = None,
               weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
               proximal: float | None = None, lora: Mapping[str, Any] | None = None, head: str | None = None,
               keep_head: bool = False, head_init: str = "normal",
-              out_dir: str | os.PathLike | None = None, **trainer_kwargs: Any) -> FineTuneResult:
+              out_dir: str | os.PathLike | None = None, resume: str | None = None,
+              **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call, choosing how by validation accuracy.
 
     With ``select=True`` (the default) each candidate of :func:`default_candidates` (freeze depth,
     backbone learning rate, linear-probe warm-up, and training from random weights as the control)
-    trains a copy of the model and is scored by :func:`warmstart.selection.select`: on
-    ``val_loader`` when given; else, under 2,000 labelled samples, by stratified ``folds``-fold
-    cross-validation over the labels (one small hold-out would choose noise); else on a stratified
-    ``val_fraction`` held out. The first candidate (``recipe``) is kept unless another beats it by
-    more than the standard error of the difference; the choice then trains ``epochs`` epochs on
-    all the labels. Cost: each trial trains ``max(1, round(2 * epochs / (trials * share)))``
-    epochs (``trials`` = candidates x folds, ``share`` = the part of the labels a trial trains
-    on), so all the trials cost about 2 runs and the whole call about 3x one fine-tune (more when
-    ``epochs`` is too small to divide: ``result.selection.cost`` says what it was).
-    ``result.choice``, ``result.scores`` (means) and ``result.selection`` (each candidate's mean
-    and standard error, how it was validated, the trainings and their cost) say what was chosen
-    and why; a win of ``no_pretraining`` is stated in a warning, since the pretrained weights then
-    did not help.
+    trains a copy of the model and is scored through :func:`warmstart.selection.train_by_selection`:
+    on ``val_loader`` when given; else, under 2,000 labelled samples, by stratified ``folds``-fold
+    cross-validation over the labels; else on a stratified ``val_fraction`` held out. The first
+    candidate (``recipe``) is kept unless another beats it beyond chance (a paired test that
+    allows for choosing the best of five: with equal candidates another is chosen in under 5% of
+    draws, see :func:`warmstart.selection.choose`); the choice then trains ``epochs`` epochs on all
+    the labels. When the trials could not tell the candidates apart (too few labels, trials too
+    short to learn), ``result.selection.note`` and a warning say so and the recipe is kept. Cost:
+    each trial trains ``max(1, round(2 * epochs / (trials * share)))`` epochs, so all the trials
+    cost about 2 runs and the whole call about 3x one fine-tune (``result.selection.cost``).
+    A win of ``no_pretraining`` is stated in a warning, since the pretrained weights then did not help.
+
+    The trials train in memory; with ``out_dir`` the folder is claimed before the first trial,
+    every finished trial and the choice are recorded in ``out_dir/selection.json``, and the final
+    training writes ``probe/`` and ``full/`` there. ``resume="last"`` continues a stopped call:
+    recorded trials are not run again and each phase continues its checkpoint.
 
     With ``select=False``, the fastai-style recipe runs once: ``freeze_epochs`` epochs of linear
     probe, then every layer with the head at ``lr`` and backbone group ``i`` of ``G`` at
@@ -126,7 +130,8 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         train_loader: training batches ``(inputs, target)``.
         val_loader: evaluated after every epoch; with ``select`` the candidates are scored on it.
         num_classes: classes of the new task (``None``: same task, keep the head).
-        epochs: epochs of the final training.
+        epochs: epochs of the final training (default 10; the trainer option ``max_epochs`` is
+            the same thing).
         select: choose among ``candidates`` by validation accuracy.
         candidates: the ways to try (default :func:`default_candidates`).
         val_fraction: share of the labels held out for the choice when there is no ``val_loader`` and
@@ -150,17 +155,22 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
             ``reset_parameters``) for a model trained from random weights, such as a
             no-pretraining control, which the small init handicaps. The ``no_pretraining``
             candidate re-initialises every layer, its head included, with ``reset_parameters``.
-        out_dir: folder for the final training's checkpoints and logs (``probe/`` and ``full/``).
-        **trainer_kwargs: more :class:`warmstart.Trainer` options (``precision``, ``device``, ``config``, ...).
+        out_dir: folder for the choice's record and the final training's checkpoints and logs
+            (``selection.json``, ``probe/`` and ``full/``).
+        resume: ``"last"`` continues the call recorded in ``out_dir``.
+        **trainer_kwargs: more :class:`warmstart.Trainer` options (``precision``, ``device``,
+            ``seed``, ``overwrite``, ``config``, ...).
 
     Returns:
         A :class:`FineTuneResult`.
 
     Raises:
         ConfigError: ``optimizer`` together with ``lr``/``weight_decay``, ``keep_head`` with a head
-            of another class count, or no candidates.
-        DataError: ``select`` without a ``val_loader`` on a loader that cannot be split, or with too
-            few labelled samples to hold a validation split out.
+            of another class count, no candidates, both ``epochs`` and ``max_epochs``, or a
+            ``resume`` other than ``"last"``.
+        DataError: ``select`` without a ``val_loader`` on a loader that cannot be split, with too
+            few labelled samples to hold a validation split out, or with targets that are not classes.
+        RunExistsError: ``out_dir`` holds an earlier run, not resumed and without ``overwrite=True``.
 
     Example:
         >>> from warmstart.models import small_cnn
@@ -170,86 +180,63 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         >>> [h["phase"] for h in result.history]
         ['linear_probe', 'full']
     """
+    epochs = epochs_option(epochs, trainer_kwargs, "fine_tune") or 10
     optimizer = _recipe_optimizer(optimizer, lr, weight_decay)
+    top, overwrite = run_folder(out_dir, trainer_kwargs)
+    trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("out_dir", "overwrite")}
     _prepare_head(model, num_classes, head, keep_head, head_init)
     run = functools.partial(_train, optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing,
                             proximal=proximal, head=head, trainer_kwargs=trainer_kwargs)
-    fixed = Candidate("recipe", freeze_epochs, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))
     if lora is not None:
-        candidates = [Candidate("lora", 0, build_method("lora", dict(lora)))]
+        choices = [Candidate("lora", 0, build_method("lora", dict(lora)))]
     elif not select:
-        history, trainer = run(model, fixed, train_loader, val_loader, epochs, out_dir)
-        return FineTuneResult(model=model, history=history, trainer=trainer)
-    choices = candidates if candidates is not None else default_candidates(layer_decay)
+        choices = [Candidate("recipe", freeze_epochs, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))]
+    else:
+        choices = candidates if candidates is not None else default_candidates(layer_decay)
     if not choices:
         raise ConfigError("fine_tune(select=True) needs at least one candidate")
-    if len(choices) == 1:  # nothing to choose between
-        if not choices[0].pretrained:
+    by_name = {c.name: c for c in choices}
+
+    def trial(name: str, fit_on: Any, score_on: Any, trial_epochs: int, seed: int) -> float:
+        copy_of = copy.deepcopy(model)  # the model itself is left as it is
+        if not by_name[name].pretrained:
+            _reinitialise(copy_of)
+        _, trainer = run(copy_of, by_name[name], fit_on, None, trial_epochs, None, quiet=True, seed=seed)
+        return validation_accuracy(trainer.evaluate(score_on), "fine_tune")
+
+    def final(name: str, seed: int | None, resume: str | None) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
+        if not by_name[name].pretrained:
             _reinitialise(model)
-        history, trainer = run(model, choices[0], train_loader, val_loader, epochs, out_dir)
-        return FineTuneResult(model=model, history=history, trainer=trainer, choice=choices[0].name)
-    picked = _select(run, model, choices, train_loader, val_loader, val_fraction, epochs, folds)
-    best = choices[_index(choices, picked.choice)]
-    scores = {name: score.mean for name, score in picked.scores.items()}
-    _announce(trainer_kwargs, f"fine_tune {picked.summary()}")
-    if not best.pretrained:
+        return run(model, by_name[name], train_loader, val_loader, epochs, top, seed=seed, resume=resume,
+                   overwrite=overwrite)
+
+    picked, (history, trainer) = train_by_selection(
+        list(by_name), trial, final, train_loader, epochs, caller="fine_tune", val_loader=val_loader, out_dir=top,
+        overwrite=overwrite, resume=resume, seed=trainer_option(trainer_kwargs, "seed"),
+        device=trainer_option(trainer_kwargs, "device", "auto"),
+        options=SelectionOptions(val_fraction=val_fraction, folds=folds), stages=("probe", "full"),
+        progress=_progress(trainer_kwargs))
+    if picked is not None and not by_name[picked.choice].pretrained:
         warnings.warn(f"fine_tune: training from random weights scored best on validation ({picked.summary()}); the "
                       "pretrained weights do not help this task", stacklevel=2)
-        _reinitialise(model)
-    history, trainer = run(model, best, train_loader, val_loader, epochs, out_dir)
-    return FineTuneResult(model=model, history=history, trainer=trainer, choice=best.name, scores=scores,
+    choice = picked.choice if picked is not None else choices[0].name
+    scores = {} if picked is None else {name: score.mean for name, score in picked.scores.items()}
+    return FineTuneResult(model=model, history=history, trainer=trainer, choice=choice, scores=scores,
                           selection=picked)
-
-
-def _select(run: Any, model: nn.Module, choices: list[Candidate], train: Any, val: Any, fraction: float, epochs: int,
-            folds: int) -> Selection:
-    """Score the candidates (k-fold on small labelled data) and choose; refuse data too small to choose on.
-
-    Raises:
-        DataError: too few labelled samples to hold validation data out (the message says what to do).
-    """
-    if val is None:
-        _check_enough(train, fraction, folds)
-    def score(name: str, fit_on: Any, score_on: Any, trial_epochs: int) -> float:
-        return _score(run, model, choices[_index(choices, name)], fit_on, score_on, trial_epochs)
-
-    return select([c.name for c in choices], score, train, epochs, val_loader=val, val_fraction=fraction, folds=folds)
-
-
-def _check_enough(loader: Any, fraction: float, folds: int) -> None:
-    sizes = [_samples(part) for part in split_loader(loader, fraction, seed=0)]
-    if 0 in sizes or sum(sizes) < 2 * folds:
-        raise DataError(f"fine_tune chooses how to fine-tune by validation accuracy, but without a val_loader it "
-                        f"cross-validates over {folds} folds (or, on large data, holds out val_fraction={fraction} of "
-                        f"each class), and these {sum(sizes)} labelled samples are too few to choose on. Pass a "
-                        "val_loader, label more samples, or fine_tune(..., select=False) to run the fixed recipe "
-                        "without a choice.")
-
-
-def _samples(loader: Any) -> int:
-    size = getattr(loader, "dataset_size", None)
-    return int(size) if size is not None else len(loader.dataset)
-
-
-def _index(choices: list[Candidate], name: str) -> int:
-    return next(i for i, c in enumerate(choices) if c.name == name)
-
-
-def _score(run: Any, model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs: int) -> float:
-    """Validation accuracy of ``candidate`` trained on a copy of the model (the model itself is left as it is)."""
-    trial = copy.deepcopy(model)
-    if not candidate.pretrained:
-        _reinitialise(trial)
-    _, trainer = run(trial, candidate, train, None, epochs, None, quiet=True)
-    return trainer.evaluate(val)["accuracy"]
 
 
 def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs: int, out_dir: Any, *,
            optimizer: Any, scheduler: Any, label_smoothing: float, proximal: float | None, head: str | None,
-           trainer_kwargs: dict[str, Any], quiet: bool = False) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
-    """Train ``model`` the candidate's way: an optional linear-probe warm-up, then its main phase."""
+           trainer_kwargs: dict[str, Any], quiet: bool = False, seed: int | None = None, resume: str | None = None,
+           overwrite: bool = False) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
+    """Train ``model`` the candidate's way: an optional linear-probe warm-up, then its main phase.
+
+    Each phase writes its own folder of ``out_dir`` (``probe/``, ``full/``) and continues its own
+    checkpoint with ``resume``; a trial (``out_dir=None``) writes nothing.
+    """
     loss_fn = functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
-    options = {**trainer_kwargs, **({"progress": False} if quiet else {})}
+    options = {**trainer_kwargs, **({"progress": False} if quiet else {}), **({} if seed is None else {"seed": seed}),
+               "overwrite": overwrite}
 
     def folder(name: str) -> str | None:
         return None if out_dir is None else str(Path(out_dir) / name)
@@ -261,14 +248,14 @@ def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs:
                                 **options)
         _announce(options, f"fine_tune phase 1/2: linear probe, the head alone on cached features "
                            f"({candidate.warm_up} epochs)")
-        history += [{"phase": "linear_probe", **h} for h in probe.fit(train, val)]
+        history += [{"phase": "linear_probe", **h} for h in probe.fit(train, val, resume=resume)]
     anchored = proximal if candidate.pretrained and not isinstance(candidate.method, LinearProbe) else None
     trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=anchored, method=candidate.method,
                               max_epochs=epochs, scheduler=scheduler or {"name": "cosine", "warmup_epochs": 0.05 * epochs},
                               out_dir=folder("full"), **options)
     phase = f"{2 if candidate.warm_up else 1}/{2 if candidate.warm_up else 1}"
     _announce(options, f"fine_tune phase {phase}: {candidate.name} ({_describe(candidate.method)}, {epochs} epochs)")
-    history += [{"phase": "full", **h} for h in trainer.fit(train, val)]
+    history += [{"phase": "full", **h} for h in trainer.fit(train, val, resume=resume)]
     return history, trainer
 
 
@@ -291,10 +278,12 @@ def _reinitialise(model: nn.Module) -> None:
 
 
 def _announce(options: Mapping[str, Any], text: str) -> None:
-    config = options.get("config")
-    progress = options.get("progress", config.progress if config is not None else True)
-    if progress and distributed.is_main_process():
+    if _progress(options) and distributed.is_main_process():
         print(text, flush=True)
+
+
+def _progress(options: Mapping[str, Any]) -> bool:
+    return bool(trainer_option(options, "progress", True))
 
 
 def _recipe_optimizer(optimizer: Any, lr: float | None, weight_decay: float | None) -> Any:

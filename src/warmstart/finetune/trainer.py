@@ -20,8 +20,8 @@ from warmstart._batches import is_text_batch, run_model
 from warmstart._runtime import move_to_device, plain_values
 from warmstart.config import STRATEGIES, OptimizerConfig
 from warmstart.optim import param_groups_weight_decay
-from warmstart.data.augment import is_random
-from warmstart.data.loaders import InMemoryLoader, rebuild_loader
+from warmstart.data.augment import is_random, without_augmentation
+from warmstart.data.loaders import InMemoryLoader, dataset_without_augmentation, rebuild_loader
 from warmstart.distributed import ShardSampler
 from warmstart.errors import CheckpointError, ConfigError, DataError, nearest
 from warmstart.finetune.freezing import (LayerGroup, freeze_batchnorm, frozen_state, is_frozen_batchnorm, layer_groups,
@@ -612,17 +612,21 @@ def _all_samples(loader: DataLoader | InMemoryLoader) -> DataLoader | InMemoryLo
 def _without_augmentation(loader: Iterable[Any]) -> Iterable[Any]:
     """The loader's samples in order, without random augmentation where the loader allows it.
 
-    An :class:`InMemoryLoader`'s deterministic transform (a resize or normalisation, e.g.
-    :class:`warmstart.models.ImageInput`) is kept: the model needs it to read the inputs.
+    The deterministic steps of the transform (a resize or normalisation, e.g.
+    :class:`warmstart.models.ImageInput`) are kept: the model needs them to read the inputs
+    (:func:`warmstart.data.without_augmentation`, the one rule for what augmentation is).
     """
     if isinstance(loader, InMemoryLoader):
-        transform = None if is_random(loader.transform) else loader.transform
+        transform = without_augmentation(loader.transform)
+        if transform is loader.transform and is_random(transform, probe=loader.inputs[:loader.batch_size]):
+            warnings.warn("the linear-probe cache computes features once, and this InMemoryLoader's transform gives "
+                          "other outputs at each call but cannot be split into its random and its fixed steps: one "
+                          "random view is cached. Pass the steps as an nn.Sequential or torchvision Compose, or use "
+                          "LinearProbe(cache_features=False) to augment every epoch", stacklevel=4)
         return loader.clone(shuffle=False, transform=transform, with_index=False)  # keeps this rank's share
-    dataset = getattr(loader, "dataset", None)
-    if is_random(getattr(dataset, "transform", None)):
-        warnings.warn("the linear-probe cache computes features once, so the loader's random augmentation is applied "
-                      "to one view only; use LinearProbe(cache_features=False) to augment every epoch", stacklevel=4)
     if isinstance(loader, DataLoader):
         sampler = loader.sampler if isinstance(loader.sampler, (DistributedSampler, ShardSampler)) else None
-        return rebuild_loader(loader, sampler=sampler, drop_last=False)  # in order, keeping this rank's share
+        # in order, keeping this rank's share
+        return rebuild_loader(loader, dataset=dataset_without_augmentation(loader.dataset), sampler=sampler,
+                              drop_last=False)
     return loader
