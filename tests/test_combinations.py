@@ -11,7 +11,13 @@ checkpointing, the proximal anchor (ProximalTrainer), LoRA and the linear probe'
    :func:`warmstart.evaluate` on the whole validation set.
 
 A combination the library cannot run is refused with a ConfigError that names it and the way
-round; the matrix asserts the refusal. The runs (tests/scripts/combination_scenarios.py) happen
+round; the matrix asserts the refusal.
+
+Under one process and DDP, ``fine_tune``'s choice by validation (:mod:`warmstart.selection`) also runs
+against what its folds must keep (an input transform with a random and a fixed step, a DataLoader's
+weighted sampler, a plain-list validation loader, soft targets), into an ``out_dir``, whole and killed
+during its trials then resumed: the resumed call repeats no recorded trial and ends with the
+uninterrupted call's choice and weights, on every rank. The runs (tests/scripts/combination_scenarios.py) happen
 once: in this process for one process while one ``torchrun`` of two CPU processes runs them under
 DDP and then under FSDP.
 """
@@ -145,3 +151,35 @@ def _check_validation(kind: str, feature: str, path: Path, row: dict[str, float]
     measured = ws.evaluate(model, val)
     assert measured["loss"] == pytest.approx(row["val_loss"], abs=1e-5)
     assert measured["accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-6)
+
+
+# fine_tune's choice by validation x what its folds keep x {one process, DDP}; a DataLoader with a weighted sampler is
+# one the Trainer cannot shard under torchrun (it names the way round: a DistributedSampler of one's own)
+SELECTION_REFUSED = {("ddp", "sampler"): r"custom sampler, give the DataLoader a DistributedSampler"}
+
+
+@pytest.mark.parametrize("strategy", ["single", "ddp"])
+@pytest.mark.parametrize("case", scenarios.SELECTION_CASES)
+def test_a_choice_killed_during_its_trials_resumes_to_the_uninterrupted_result(runs, strategy, case):
+    result = runs[strategy][("selection", case)]
+    assert "error" not in result, f"{strategy} x selection x {case} failed:\n{result.get('error')}"
+    expected = SELECTION_REFUSED.get((strategy, case))
+    if expected is not None:
+        with pytest.raises(ConfigError, match=expected):
+            raise result["refused"]
+        return
+    assert "refused" not in result, result.get("refused")
+    whole, resumed = result["selection"], result["resumed_selection"]
+    assert resumed == whole and len(whole.scores) == 2  # the recorded trials, not new ones, decided
+    left = whole.trainings - (result["killed_at"] - 1)
+    assert result["trainings_after_resume"] == left + 1  # the trials left, then the choice
+    for rank_whole, rank_resumed in zip(result["whole"], result["resumed"], strict=True):
+        _close(rank_resumed, rank_whole, atol=0)
+        _close(rank_whole, result["whole"][0], atol=0)  # every rank holds the same model
+    assert all(record == whole.to_dict() for record in result["ranks_selections"])  # every rank chose alike
+    if case == "list_val":
+        assert whole.validation == "the validation loader" and whole.scores["full"].counts == (24,)
+    else:
+        assert whole.validation.startswith("5-fold") and sum(whole.scores["full"].counts) == scenarios.SELECTION_SAMPLES
+    if case != "sampler":  # (trials of 8 steps on a sampler that draws class 0 three times as often predict class 0)
+        assert whole.scores["full"].mean > 0.5  # learned, and scored on inputs the model reads (chance: 1/3)

@@ -28,15 +28,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 import warmstart as ws
 from warmstart import distributed
-from warmstart.data import InMemoryLoader
+from warmstart.data import AugmentConfig, BatchAugment, InMemoryLoader
 from warmstart.distill import DistillTrainer, FeatureHint
 from warmstart.distributed import close_process_group
 from warmstart.errors import ConfigError
-from warmstart.finetune import FinetuneTrainer
+from warmstart.finetune import Candidate, FinetuneTrainer, Full, fine_tune
 from warmstart.pretrain import ProximalTrainer
 
 MODELS = ("mlp", "cnn")
@@ -172,10 +172,97 @@ def run_combination(kind: str, feature: str, strategy: str, world: int, out: Pat
             "resumed_history": resumed.history, "out_dir": folder / "whole", "resumed_dir": folder / "cut"}
 
 
+# fine_tune's choice by validation (warmstart.selection) x what its folds must keep: the loader's input transform (a
+# random step and a fixed one), a DataLoader's weighted sampler, a validation loader that is a plain list, soft targets
+SELECTION_CASES = ("transform", "sampler", "list_val", "soft_targets")
+SELECTION_SAMPLES = 40
+KILL_AT = {"list_val": 2}  # killed as this training starts (default 4: 3 of the 2 x 5 fold trials recorded; on the
+# validation loader 1 of the 2 trials)
+
+
+class Standardise(nn.Module):
+    """A fixed input transform: the CNN is trained on its outputs, so folds scored without it would score noise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) / 0.25
+
+
+class KillAt(ws.Callback):
+    """Count the trainings started (trials and the final run) and raise :class:`Interrupt` when the ``at``-th starts."""
+
+    def __init__(self, at: int | None = None):
+        self.at, self.started = at, 0
+
+    def on_fit_start(self, trainer: ws.Trainer) -> None:
+        self.started += 1
+        if self.started == self.at:
+            raise Interrupt
+
+
+def separable(n: int, seed: int) -> TensorDataset:
+    """1x8x8 images whose brightness says the class (of 3): a task a few steps of training learn."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    return TensorDataset(torch.randn(n, 1, 8, 8, generator=g) + (y.float() - 1).view(-1, 1, 1, 1), y)
+
+
+def selection_data(case: str, world: int) -> tuple[Any, Any]:
+    """The training data of a case (a global batch of 8 over the ranks) and its validation loader (``None``: folds)."""
+    data = separable(SELECTION_SAMPLES, 7)
+    x, y = data.tensors
+    batch = 8 // world
+    if case == "transform":
+        fixed = nn.Sequential(BatchAugment(AugmentConfig(translate=0.1)), Standardise())
+        return InMemoryLoader(x * 0.25 + 0.5, y, batch_size=batch, shuffle=True, seed=3, transform=fixed), None
+    if case == "sampler":
+        weights = torch.where(y == 0, 3.0, 1.0)
+        sampler = WeightedRandomSampler(weights, SELECTION_SAMPLES, generator=torch.Generator().manual_seed(3))
+        return DataLoader(data, batch_size=batch, sampler=sampler), None
+    if case == "list_val":
+        held = separable(24, 8)
+        return (InMemoryLoader(data, batch_size=batch, shuffle=True, seed=3),
+                [(held.tensors[0][i:i + 6], held.tensors[1][i:i + 6]) for i in range(0, 24, 6)])
+    soft = 0.8 * nn.functional.one_hot(y, 3).float() + 0.2 / 3
+    return InMemoryLoader(x, soft, batch_size=batch, shuffle=True, seed=3), None
+
+
+def run_selection(case: str, world: int, out: Path) -> dict[str, Any]:
+    """fine_tune with a choice of two candidates into an out_dir, whole, and killed during its trials then resumed."""
+    candidates = [Candidate("full", 0, Full(backbone_lr_mult=1.0)), Candidate("slow", 0, Full(backbone_lr_mult=0.1))]
+
+    def call(folder: Path, killer: KillAt, resume: str | None = None) -> Any:
+        train, val = selection_data(case, world)
+        torch.manual_seed(0)
+        return fine_tune(CNN(), train, val, epochs=10, candidates=candidates, out_dir=folder, resume=resume,
+                         callbacks=[killer], optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, device="cpu",
+                         progress=False, seed=0)
+
+    folder = out / f"selection-{case}"
+    try:
+        whole = call(folder / "whole", KillAt())
+        try:
+            call(folder / "cut", KillAt(KILL_AT.get(case, 4)))
+        except Interrupt:
+            pass
+        counter = KillAt()
+        resumed = call(folder / "cut", counter, resume="last")
+    except ConfigError as err:
+        return {"refused": err}
+    except Exception:  # noqa: BLE001  (every rank fails alike: the next case can still run)
+        return {"error": traceback.format_exc()}
+    return {"whole": weights(whole.trainer), "resumed": weights(resumed.trainer), "selection": whole.selection,
+            "resumed_selection": resumed.selection,
+            "trainings_after_resume": counter.started, "killed_at": KILL_AT.get(case, 4),
+            "ranks_selections": distributed.gather_objects(whole.selection.to_dict()), "out_dir": folder}
+
+
 def run_all(strategy: str, world: int, out: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """:func:`run_combination` for every model and feature."""
-    return {(kind, feature): run_combination(kind, feature, strategy, world, out)
-            for kind in MODELS for feature in FEATURES}
+    """:func:`run_combination` for every model and feature; under one process and DDP :func:`run_selection` too."""
+    results = {(kind, feature): run_combination(kind, feature, strategy, world, out)
+               for kind in MODELS for feature in FEATURES}
+    if strategy != "fsdp":
+        results.update({("selection", case): run_selection(case, world, out) for case in SELECTION_CASES})
+    return results
 
 
 def main() -> None:

@@ -108,3 +108,16 @@ def test_distill_trials_never_write_into_out_dir_and_the_final_student_is_saved(
         assert all(torch.equal(saved[k], v) for k, v in student.state_dict().items())
         assert result.selection.trainings == 10 and len(result.history) == 2
         assert read_selection(tmp_path) == result.selection
+
+
+def test_fine_tune_scores_every_fold_through_the_loaders_input_transform():
+    """Issue 36, 1: validation folds dropped the transform: a 3-channel network crashed on 1-channel folds."""
+    from warmstart.efficientnet import efficientnet_lite_input
+
+    data = _images()
+    loader = InMemoryLoader(data.inputs, data.targets, batch_size=8, shuffle=True, seed=0,
+                            transform=efficientnet_lite_input(0, size=16))
+    torch.manual_seed(0)
+    result = fine_tune(small_cnn(num_classes=3, in_channels=3, width=4), loader, epochs=10, lr=1e-2,
+                       candidates=CANDIDATES, progress=False, seed=0)
+    assert min(result.selection.scores["full"].folds) > 0.5  # every fold scored above chance (1/3), none crashed

@@ -271,7 +271,8 @@ def subset_loader(loader: Any, rows: torch.Tensor, evaluation: bool = False) -> 
     An :class:`InMemoryLoader` gives :meth:`InMemoryLoader.subset`. A ``DataLoader`` over a
     map-style data set keeps its batch size, workers and collation; for training its sampler too
     (a ``RandomSampler`` shuffles the part, a ``WeightedRandomSampler`` keeps the part's weights and
-    draws as many samples per row as before); for evaluation the part is read in order, whole, with
+    draws as many samples per row as before), with copies of its generators (a part never moves the
+    state the whole loader draws from); for evaluation the part is read in order, whole, with
     the data set's transform without its random steps (:func:`dataset_without_augmentation`).
 
     Raises:
@@ -291,7 +292,7 @@ def subset_loader(loader: Any, rows: torch.Tensor, evaluation: bool = False) -> 
         return rebuild_loader(loader, dataset=Subset(dataset_without_augmentation(loader.dataset), rows_list),
                               sampler=None, batch_size=_batch_size(loader), drop_last=False)
     return rebuild_loader(loader, dataset=Subset(loader.dataset, rows_list), sampler=_part_sampler(loader, rows),
-                          batch_size=_batch_size(loader))
+                          batch_size=_batch_size(loader), generator=_copy_generator(loader.generator))
 
 
 def _batch_size(loader: DataLoader) -> int | None:
@@ -310,15 +311,24 @@ def _part_sampler(loader: DataLoader, rows: torch.Tensor) -> Any:
     if isinstance(sampler, WeightedRandomSampler):
         draws = max(1, round(sampler.num_samples * len(rows) / n))
         return WeightedRandomSampler(sampler.weights[rows], draws, replacement=sampler.replacement,
-                                     generator=sampler.generator)
+                                     generator=_copy_generator(sampler.generator))
     if isinstance(sampler, RandomSampler):
         draws = None if sampler._num_samples is None else max(1, round(sampler.num_samples * len(rows) / n))
         return RandomSampler(range(len(rows)), replacement=sampler.replacement, num_samples=draws,
-                             generator=sampler.generator)
+                             generator=_copy_generator(sampler.generator))
     if isinstance(sampler, SequentialSampler):
         return None
     raise DataError(f"this DataLoader draws its samples with a {type(sampler).__name__}, which cannot be restricted "
                     "to a part of the data: pass a val_loader instead of letting it be split")
+
+
+def _copy_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A generator in ``generator``'s state: a part draws as the whole would, without moving the user's generator."""
+    if generator is None:
+        return None
+    copy_of = torch.Generator(device=generator.device)
+    copy_of.set_state(generator.get_state())
+    return copy_of
 
 
 def dataset_without_augmentation(dataset: Dataset) -> Dataset:
