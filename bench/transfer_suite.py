@@ -20,13 +20,14 @@ rate) handicap random weights: it was below "from scratch" in most cells, so it 
 recipes. It stays as a row, with its own wins against "from scratch", to show that handicap.
 Each method's cell gives its accuracy, then its paired difference from the control over seeds
 (mean ± sd) and the seeds where it beats the control; "!" marks a method below the control by more
-than that sd. The validated fine_tune() chooses among its candidates by stratified 3-fold
+than that sd. The validated fine_tune() chooses among its candidates by stratified 5-fold
 cross-validation over the k labels (no extra labels), then trains the choice on all k; the fixed
 recipe adds a 2-epoch linear-probe warm-up before its epochs.
 
     python bench/transfer_suite.py               # about an hour on 2 shared CPU cores (2 processes)
     python bench/transfer_suite.py --seeds 2 --shots 10 --pairs same   # a quick look
     python bench/transfer_suite.py --summarise   # the tables again from bench/out/transfer_suite.json
+    python bench/transfer_suite.py --pairs same --seeds 3 --methods "fine_tune() validated"   # one row, its control
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _train(method: str, model: torch.nn.Module, loader: InMemoryLoader, epochs: 
     return result.trainer, result.choice
 
 
-def _job(pair: str, seed: int, shots: list[int], epochs: int) -> dict[str, Any]:
+def _job(pair: str, seed: int, shots: list[int], epochs: int, methods: list[str] = METHODS) -> dict[str, Any]:
     """One pair and seed: pretrain once, then every k and method. Returns test accuracies and choices."""
     torch.set_num_threads(1)
     weights = _pretrain(pair, seed)
@@ -117,7 +118,7 @@ def _job(pair: str, seed: int, shots: list[int], epochs: int) -> dict[str, Any]:
     for k in shots:
         labelled, rest = per_class_split(everything, k, seed=seed)
         test_loader = InMemoryLoader(rest, batch_size=500)
-        for method in METHODS:
+        for method in methods:
             torch.manual_seed(seed)
             model = _model(architecture, classes)
             if method not in (CONTROL, NO_PRETRAINING_RECIPE):  # the controls keep the default init everywhere
@@ -144,7 +145,8 @@ def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _summary(results: list[dict[str, Any]], pairs: list[str], shots: list[int]) -> list[str]:
+def _summary(results: list[dict[str, Any]], pairs: list[str], shots: list[int],
+             methods: list[str] = METHODS) -> list[str]:
     lines = []
     for pair in pairs:
         runs = sorted((r for r in results if r["pair"] == pair), key=lambda r: r["seed"])
@@ -153,7 +155,7 @@ def _summary(results: list[dict[str, Any]], pairs: list[str], shots: list[int]) 
         lines += [f"\n**{PAIRS[pair][0]}** ({len(runs)} seeds; test accuracy in %, mean ± sd; in parentheses the paired "
                   "difference from the control, mean ± sd, and the seeds where the method beats it)", "",
                   "| method | " + " | ".join(f"k = {k}" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
-        for method in METHODS:
+        for method in methods:
             cells = [_cell([r["accuracy"][f"{k}|{method}"] for r in runs],
                            None if method == CONTROL else [r["accuracy"][f"{k}|{CONTROL}"] for r in runs])
                      for k in shots]
@@ -171,14 +173,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/out/transfer_suite.json"))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                        help="the methods to run (the control always runs: every row is paired with it)")
     parser.add_argument("--summarise", action="store_true", help="print the tables of the results in --out and stop")
     args = parser.parse_args()
+    methods = [m for m in METHODS if m == CONTROL or m in args.methods]
     if args.summarise:
-        print("\n".join(_summary(json.loads(args.out.read_text()), args.pairs, args.shots)))
+        print("\n".join(_summary(json.loads(args.out.read_text()), args.pairs, args.shots, methods)))
         return
     start = time.perf_counter()
     # seed by seed, so that a run cut short has the same seeds of every pair
-    jobs = [(pair, seed, args.shots, args.epochs) for seed in range(args.seeds) for pair in args.pairs]
+    jobs = [(pair, seed, args.shots, args.epochs, methods) for seed in range(args.seeds) for pair in args.pairs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = []
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
@@ -189,10 +194,10 @@ def main() -> None:
                   f"{time.perf_counter() - start:.0f} s", flush=True)
     print(f"{len(jobs)} pair-seed jobs, {args.epochs} epochs per method, {args.processes} processes of 1 thread; "
           f"{time.perf_counter() - start:.0f} s in all; raw results in {args.out}")
-    print("\n".join(_summary(results, args.pairs, args.shots)))
+    print("\n".join(_summary(results, args.pairs, args.shots, methods)))
 
 
-def _star_job(job: tuple[str, int, list[int], int]) -> dict[str, Any]:
+def _star_job(job: tuple[str, int, list[int], int, list[str]]) -> dict[str, Any]:
     return _job(*job)
 
 
