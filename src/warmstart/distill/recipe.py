@@ -86,28 +86,20 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
     """Train ``student`` from ``teacher`` the way that validates best; hard labels unless beaten beyond chance.
 
     Each setting of :func:`default_settings` trains a copy of the student and is scored through
-    :func:`warmstart.selection.train_by_selection`: on ``val_loader`` when given; else, under
-    2,000 labels, by stratified ``folds``-fold cross-validation over the labels; else on a
-    stratified ``val_fraction`` held out. Hard labels, the first setting, are kept unless another
-    beats them beyond chance (:func:`warmstart.selection.choose`, allowing for the best of
-    several), and the choice trains ``epochs`` epochs on everything. With ``unlabelled`` images
-    the teacher labels them together with the labelled ones (its logits cached once when the data
-    is not randomly augmented, :func:`warmstart.data.is_random`; a random transform gets the
-    teacher's logits of each epoch's inputs): the setting that helps most in our measurements
-    (``bench/distill_mnist.py``). Those settings take more optimizer steps per epoch, so
-    ``hard_labels_same_steps`` (hard labels for as many steps) is scored beside them: a
-    distillation gain shows against it too.
-    Cost: each trial trains ``max(1, round(2 * epochs / (trials * share)))`` epochs (``trials`` =
-    settings x folds, ``share`` the part of the labels a trial trains on): on labels alone the
-    trials cost about 2 final runs, the whole call about 3x one run. The settings that also learn
-    from (or count steps by) ``unlabelled`` images cost ``(labelled + unlabelled) / labelled`` times
-    as much per epoch; ``result.selection.cost`` gives the trials' cost in runs of the chosen
-    setting.
+    :func:`warmstart.selection.train_by_selection` (on ``val_loader``, else by stratified
+    ``folds``-fold cross-validation under 2,000 labels, else on ``val_fraction`` held out); hard
+    labels, the first setting, are kept unless another beats them beyond chance
+    (:func:`warmstart.selection.choose`), and the choice trains ``epochs`` epochs on everything. The
+    trials cost about 2 final runs (``result.selection.cost``; the settings that learn from, or count
+    steps by, ``unlabelled`` images cost ``(labelled + unlabelled) / labelled`` times as much per
+    epoch). With ``out_dir`` the trials and the choice are recorded in ``out_dir/selection.json``
+    and ``resume="last"`` continues a stopped call without repeating them.
 
-    The trials train in memory (their teacher caches in a temporary folder); with ``out_dir``
-    the folder is claimed before the first trial, every finished trial and the choice are
-    recorded in ``out_dir/selection.json``, and the final training writes its checkpoints there.
-    ``resume="last"`` continues a stopped call without repeating recorded trials.
+    With ``unlabelled`` images the teacher labels them together with the labelled ones (its
+    logits cached once when the data is not randomly augmented, :func:`warmstart.data.is_random`):
+    the setting that helps most in our measurements (``bench/distill_mnist.py``). Those settings
+    take more optimizer steps per epoch, so ``hard_labels_same_steps`` (hard labels for as many
+    steps) is scored beside them: a distillation gain shows against it too.
 
     Args:
         student: the network to train (changed in place).

@@ -94,22 +94,17 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
 
     With ``select=True`` (the default) each candidate of :func:`default_candidates` (freeze depth,
     backbone learning rate, linear-probe warm-up, and training from random weights as the control)
-    trains a copy of the model and is scored through :func:`warmstart.selection.train_by_selection`:
-    on ``val_loader`` when given; else, under 2,000 labelled samples, by stratified ``folds``-fold
-    cross-validation over the labels; else on a stratified ``val_fraction`` held out. The first
-    candidate (``recipe``) is kept unless another beats it beyond chance (a paired test that
-    allows for choosing the best of five: with equal candidates another is chosen in under 5% of
-    draws, see :func:`warmstart.selection.choose`); the choice then trains ``epochs`` epochs on all
-    the labels. When the trials could not tell the candidates apart (too few labels, trials too
-    short to learn), ``result.selection.note`` and a warning say so and the recipe is kept. Cost:
-    each trial trains ``max(1, round(2 * epochs / (trials * share)))`` epochs, so all the trials
-    cost about 2 runs and the whole call about 3x one fine-tune (``result.selection.cost``).
-    A win of ``no_pretraining`` is stated in a warning, since the pretrained weights then did not help.
-
-    The trials train in memory; with ``out_dir`` the folder is claimed before the first trial,
-    every finished trial and the choice are recorded in ``out_dir/selection.json``, and the final
-    training writes ``probe/`` and ``full/`` there. ``resume="last"`` continues a stopped call:
-    recorded trials are not run again and each phase continues its checkpoint.
+    trains a copy of the model and is scored through :func:`warmstart.selection.train_by_selection`
+    (on ``val_loader``, else by stratified ``folds``-fold cross-validation under 2,000 labels, else
+    on ``val_fraction`` held out). The first candidate (``recipe``) is kept unless another beats it
+    beyond chance (:func:`warmstart.selection.choose`: with equal candidates another is chosen in
+    under 5% of draws); the choice then trains ``epochs`` epochs on all the labels. A choice that
+    could not tell the candidates apart says so (``result.selection.note``, a warning); a win of
+    ``no_pretraining`` is stated in a warning, since the pretrained weights then did not help. The
+    trials cost about 2 runs, the call about 3x one fine-tune (``result.selection.cost``). With
+    ``out_dir`` the trials and the choice are recorded in ``out_dir/selection.json``, the final
+    training writes ``probe/`` and ``full/`` there, and ``resume="last"`` continues a stopped call
+    without repeating recorded trials.
 
     With ``select=False``, the fastai-style recipe runs once: ``freeze_epochs`` epochs of linear
     probe, then every layer with the head at ``lr`` and backbone group ``i`` of ``G`` at
