@@ -222,10 +222,9 @@ def without_augmentation(transform: Any) -> Any:
 
     Example:
         >>> from torchvision.transforms import v2
-        >>> without_augmentation(v2.Compose([v2.RandomHorizontalFlip(), v2.Normalize([0.5], [0.5])]))
-        Compose(
-              Normalize(mean=[0.5], std=[0.5], inplace=False)
-        )
+        >>> kept = without_augmentation(v2.Compose([v2.RandomHorizontalFlip(), v2.Normalize([0.5], [0.5])]))
+        >>> [type(step).__name__ for step in kept.transforms]
+        ['Normalize']
     """
     if transform is None or _random_by_type(transform):
         return None

@@ -153,6 +153,7 @@ def select(names: Sequence[str], score: Score, loader: Any, epochs: int, *, val_
             indexed), are not classes, or are too few to hold one out.
 
     Example:
+        >>> import torch
         >>> from warmstart.data import InMemoryLoader
         >>> data = InMemoryLoader(torch.randn(30, 2), torch.arange(30) % 3, batch_size=8)
         >>> picked = select(["plain", "other"], lambda n, tr, va, e, s: 0.5, data, epochs=4)
