@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -97,11 +99,53 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of named tensors: each name, dtype, shape and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(f"{key}|".encode())
+        _digest_tensor(digest, tensors[key])
+    return digest.hexdigest()
+
+
+def state_checksum(state: Any) -> str:
+    """sha256 of a training state: its tensors' bytes and its plain values, walked in key order."""
+    digest = hashlib.sha256()
+    _digest_value(digest, state)
+    return digest.hexdigest()
+
+
+def _digest_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{tensor.dtype}|{list(tensor.shape)}|".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def _digest_value(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor) and type(value) is torch.Tensor:
+        _digest_tensor(digest, value)
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(f"{key!r}:".encode())
+            _digest_value(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _digest_value(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(f"{value!r};".encode())
+
+
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
-    """Write a training-state dict atomically with ``torch.save``.
+    """Write a training-state dict atomically with ``torch.save``, with the sha256 of its contents.
 
     The dict must hold only tensors and plain Python values, so that :func:`load_checkpoint`
-    can read it back with ``weights_only=True``.
+    can read it back with ``weights_only=True``; the checksum lets it notice a file changed or
+    damaged after it was written (it cannot tell who wrote it: anyone who changes the file can
+    store a new one).
 
     Args:
         path: destination file (conventionally ``out_dir/last.pt``).
@@ -111,7 +155,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
         The path written.
     """
     with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        torch.save({"format": CHECKPOINT_FORMAT, **state, "sha256": state_checksum(state)}, tmp)
     return Path(path)
 
 
@@ -127,13 +171,37 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except _LOAD_ERRORS as err:
+        if _holds_objects(err):
+            raise CheckpointError(_objects_refused(path, err)) from None
         raise CheckpointError(f"cannot read checkpoint '{path}': the file is truncated, corrupt or not a "
                               f"PyTorch file ({type(err).__name__}: {_first_line(err)}). Use an earlier "
                               f"checkpoint or start the run again.") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"'{path}' is not a warmstart training checkpoint (no '{CHECKPOINT_FORMAT}' "
                               f"marker); to load only weights use warmstart.finetune.load_pretrained")
+    stored = state.pop("sha256", None)  # checkpoints of warmstart before 2026-12-07 carry none
+    if stored is not None and state_checksum({k: v for k, v in state.items() if k != "format"}) != stored:
+        raise CheckpointError(_damaged(path, stored))
     return state
+
+
+def _damaged(path: Path, stored: str) -> str:
+    return (f"'{path}' is damaged: its contents do not match the sha256 stored when it was written ({stored[:12]}...), "
+            "so some bytes changed afterwards (a bad copy or disk, or an edit). Use another checkpoint (an earlier "
+            "run's, or the source's), or start the run again")
+
+
+def _holds_objects(err: BaseException) -> bool:
+    """True when ``torch.load(weights_only=True)`` stopped at a pickled Python object (not at damage)."""
+    return isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
+
+
+def _objects_refused(path: Path, err: BaseException) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    what = f" ({found.group(1)})" if found else ""
+    return (f"'{path}' holds pickled Python objects{what} besides tensors, and loading them would run code from the "
+            "file: warmstart loads only tensors and plain values, and will not run it. A file you made yourself "
+            "with torch.save(model) should hold model.state_dict() instead; a file from elsewhere may be hostile")
 
 
 def _first_line(err: BaseException) -> str:
@@ -172,9 +240,11 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
         >>> save_weights("/tmp/w.safetensors", {"w": torch.zeros(2)}, {"num_classes": 2})
         PosixPath('/tmp/w.safetensors')
     """
-    header = {"format": WEIGHTS_FORMAT, "warmstart": json.dumps(dict(metadata or {}), default=str)}
+    tensors = export_state_dict(state_dict)
+    header = {"format": WEIGHTS_FORMAT, "warmstart": json.dumps(dict(metadata or {}), default=str),
+              "sha256": tensors_checksum(tensors)}
     with atomic_path(path) as tmp:
-        save_file(export_state_dict(state_dict), str(tmp), metadata=header)
+        save_file(tensors, str(tmp), metadata=header)
     return Path(path)
 
 
@@ -206,10 +276,15 @@ def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[st
         except _LOAD_ERRORS as err:
             raise CheckpointError(f"cannot read '{path}': truncated or corrupt safetensors file "
                                   f"({_first_line(err)}); re-export the weights") from None
+        stored = header.get("sha256")  # warmstart writes it; other tools' files (and older warmstart's) have none
+        if stored is not None and tensors_checksum(tensors) != stored:
+            raise CheckpointError(_damaged(path, stored))
         return tensors, _metadata(header.get("warmstart", "{}"), path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as err:
+        if _holds_objects(err):
+            raise CheckpointError(_objects_refused(path, err)) from None
         raise CheckpointError(f"cannot read '{path}' as weights: it is truncated, corrupt, or not a weight file "
                               f"({type(err).__name__}: {_first_line(err)}). Expected a .safetensors file, a "
                               f"state dict saved with torch.save, or a warmstart checkpoint.") from None

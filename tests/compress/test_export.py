@@ -100,7 +100,7 @@ def test_int8_static_programs_match_within_one_quantization_step(exported, kind)
 
 
 @pytest.mark.skipif(not X86, reason="int8-static needs the X86InductorQuantizer")
-def test_int8_static_and_qat_models_save_and_load_through_their_program(exported, tmp_path):
+def test_int8_static_and_qat_models_save_and_load_through_their_graph(exported, tmp_path):
     models, _ = exported
     for kind in ("int8-static", "qat"):
         path = save_compressed(models[kind], tmp_path / f"{kind}.safetensors")
@@ -109,7 +109,7 @@ def test_int8_static_and_qat_models_save_and_load_through_their_program(exported
         assert torch.equal(outputs(loaded, X), outputs(models[kind], X))
         assert compression_record(loaded) == compression_record(models[kind])
     data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF  # a byte of the program's weights
+    data[-100] ^= 0xFF  # a byte of the graph's tensors
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="is damaged"):
         load_compressed(path, mlp(64, [32], 10))

@@ -97,7 +97,77 @@ def test_quantized_template_masks_and_an_untraced_int8_graph_are_refused(tmp_pat
     with pytest.raises(ConfigError, match="remove_masks"):
         save_compressed(masked, tmp_path / "masked.safetensors")
     save_compressed(remove_masks(masked), tmp_path / "masked.safetensors")
-    # int8-static models save through their torch.export program (tests/compress/test_export.py); a graph that
-    # torch.export did not make has no input shapes to export it again with
-    with pytest.raises(ConfigError, match="records no input shapes"):
+    # int8-static models save as their graph (tests/compress/test_export.py); a graph with a module call is not one
+    # quantize makes, and a stored graph cannot hold it
+    with pytest.raises(ConfigError, match="calls call_module"):
         save_compressed(CompiledInt8Model(torch.fx.symbolic_trace(mlp(8, [4], 2))), tmp_path / "static.safetensors")
+
+
+class _Marker:
+    """A pickle payload: unpickling it creates a file (what a hostile file would do instead)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _with_info(path, tensors, info):
+    """A compressed file holding ``tensors`` and ``info``, its sha256 recomputed (as an attacker can)."""
+    from warmstart.checkpoint import tensors_checksum
+
+    return save_weights(path, tensors, {"compressed": {**info, "sha256": tensors_checksum(tensors)}})
+
+
+def test_an_int8_file_holding_a_torch_export_program_with_a_pickle_payload_runs_nothing(tmp_path):
+    """Issue 37: torch.export.load retries weights_only=False, so a payload in the program's sample inputs ran."""
+    import io
+    import zipfile
+
+    program = torch.export.export(mlp(8, [4], 2).eval(), (torch.randn(2, 8),))
+    archive = io.BytesIO()
+    torch.export.save(program, archive)
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive.getvalue())) as source, zipfile.ZipFile(crafted, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("sample_inputs/model.pt"):
+                payload = io.BytesIO()
+                torch.save(_Marker(tmp_path / "ran"), payload)  # what torch.load(weights_only=False) runs
+                data = payload.getvalue()
+            target.writestr(name, data)
+    tensors = {"program::pt2": torch.frombuffer(bytearray(crafted.getvalue()), dtype=torch.uint8)}
+    info = {"format": "warmstart-compressed-1", "record": {"quantized": {"mode": "int8-static"}}, "program": "torch.export"}
+    path = _with_info(tmp_path / "int8.safetensors", tensors, info)
+    with pytest.raises(CheckpointError, match="torch.export program.*no longer reads it"):
+        load_compressed(path, mlp(8, [4], 2))
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("target, problem", [("builtins.eval", "outside the tensor operators"),
+                                             ("os.system.default", "outside the tensor operators"),
+                                             ("aten.no_such_op.default", "which this torch does not have")])
+def test_a_stored_graph_may_call_only_tensor_operators(tmp_path, target, problem):
+    nodes = [{"op": "placeholder", "name": "x", "target": None, "args": {"tuple": []}, "kwargs": {"dict": {}}},
+             {"op": "call_function", "name": "y", "target": target, "args": {"tuple": [{"node": "x"}]},
+              "kwargs": {"dict": {}}},
+             {"op": "output", "name": "output", "target": None, "args": {"tuple": [{"tuple": [{"node": "y"}]}]},
+              "kwargs": {"dict": {}}}]
+    info = {"format": "warmstart-compressed-1", "record": {"quantized": {"mode": "int8-static"}},
+            "program": "warmstart-graph-1", "graph": {"nodes": nodes, "input_shapes": [None], "input_dtypes": [None],
+                                                      "single_output": True}}
+    path = _with_info(tmp_path / "int8.safetensors", {"graph::unused": torch.zeros(1)}, info)
+    with pytest.raises(CheckpointError, match=problem):
+        load_compressed(path, mlp(8, [4], 2))
+
+
+def test_a_compressed_file_without_its_checksum_is_refused(tmp_path):
+    from warmstart.checkpoint import load_weights as read
+
+    path = save_compressed(prune(mlp(16, [8], 2), torch.randn(2, 16), ratio=0.5)[0], tmp_path / "pruned.safetensors")
+    tensors, metadata = read(path)
+    del metadata["compressed"]["sha256"]
+    save_weights(path, tensors, metadata)
+    with pytest.raises(CheckpointError, match="no checksum"):
+        load_compressed(path, mlp(16, [8], 2))

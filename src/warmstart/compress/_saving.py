@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from warmstart.checkpoint import load_weights, save_weights
+from warmstart.checkpoint import load_weights, save_weights, tensors_checksum
 from warmstart.compress._deps import import_torchao_quantization
+from warmstart.compress._graph_codec import decode_graph, encode_graph
 from warmstart.compress._layers import (RECORD_ATTRIBUTE, compression_record, count_parameters, resize_to,
                                         tensor_shapes)
 from warmstart.compress._prune_checks import tie_parameters, tied_parameters
@@ -25,7 +24,7 @@ from warmstart.compress._sparsity import has_masks
 from warmstart.errors import CheckpointError, ConfigError
 
 FORMAT = "warmstart-compressed-1"
-PROGRAM_KEY = "program::pt2"  # an int8-static model's torch.export archive, as bytes
+GRAPH_FORMAT = "warmstart-graph-1"  # an int8-static model: its graph's nodes as JSON, the tensors they read
 _SEPARATOR = "::"  # key::part names the pieces of one tensor; module names never contain it
 
 
@@ -39,9 +38,11 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     metadata, so :func:`load_compressed` notices a file changed or damaged after it was written.
 
     An ``"int8-static"`` model (from :func:`quantize` or :func:`convert_qat`) is a graph, not a
-    builder's architecture: it is stored as its ``torch.export`` program (the ``.pt2`` archive
-    :func:`export` writes, int8 weights inside) in one uint8 tensor, covered by the same sha256.
-    Loading it unpickles the program's weights (``torch.export.load``): load only files you trust.
+    builder's architecture: it is stored as data, its nodes as JSON in the metadata and the tensors
+    they read (int8 weights, scales, zero points, biases) beside them, under the same sha256.
+    Loading looks every operator up among torch's tensor operators (``aten``, ``prims``,
+    ``quantized_decomposed``) and unpickles nothing, so a file cannot run code; the sha256 only
+    notices damage (anyone who changes a file can store a new one), not who wrote it.
 
     Args:
         model: a model returned by :func:`prune`, :func:`sparsify`, :func:`quantize` (modes
@@ -73,7 +74,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
         encodings[key] = _encode(key, value, tensors)
     record = compression_record(model)
     info = {"format": FORMAT, "record": record, "shapes": tensor_shapes(model), "encodings": encodings,
-            "model_class": type(model).__name__, "parameters": count_parameters(model), "sha256": _checksum(tensors)}
+            "model_class": type(model).__name__, "parameters": count_parameters(model), "sha256": tensors_checksum(tensors)}
     return save_weights(path, tensors, {**dict(metadata or {}), "compressed": info})
 
 
@@ -113,7 +114,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                               f"warmstart.finetune.load_pretrained(model, path) or model.load_state_dict")
     _check_intact(tensors, info, path)
     if info.get("program"):
-        return _load_program(tensors, info)
+        return _load_program(tensors, info, path)
     _check_float_template(model)
     rebuilt = copy.deepcopy(model)
     resize_to(rebuilt, info["shapes"])
@@ -128,41 +129,35 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
 
 def _save_program(model: CompiledInt8Model, path: str | os.PathLike, metadata: Mapping[str, Any] | None) -> Path:
-    """Store the int8 graph as its ``torch.export`` program (a .pt2 archive) in one uint8 tensor, checksummed."""
-    from warmstart.compress._export import export_int8_graph
-
-    archive = io.BytesIO()
-    torch.export.save(export_int8_graph(model), archive)
-    tensors = {PROGRAM_KEY: torch.frombuffer(bytearray(archive.getvalue()), dtype=torch.uint8)}
+    """Store the int8 graph as data: its nodes in the metadata, the tensors it reads beside them, checksummed."""
+    graph, tensors = encode_graph(model.graph)
     record = compression_record(model)
-    info = {"format": FORMAT, "record": record, "program": "torch.export", "model_class": type(model).__name__,
-            "parameters": count_parameters(model), "sha256": _checksum(tensors), "torch": torch.__version__}
+    info = {"format": FORMAT, "record": record, "program": GRAPH_FORMAT, "graph": graph,
+            "model_class": type(model).__name__, "parameters": count_parameters(model), "sha256": tensors_checksum(tensors),
+            "torch": torch.__version__}
     return save_weights(path, tensors, {**dict(metadata or {}), "compressed": info})
 
 
-def _load_program(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> CompiledInt8Model:
-    """Rebuild an int8-static model from its stored program (compiled again on its first call)."""
-    import_torchao_quantization()  # registers the quantize/dequantize operators the program calls
-    program = torch.export.load(io.BytesIO(tensors[PROGRAM_KEY].numpy().tobytes()))
-    model = CompiledInt8Model(program.module())
+def _load_program(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], path: Any) -> CompiledInt8Model:
+    """Rebuild an int8-static model from its stored graph (compiled again on its first call); nothing is unpickled."""
+    if info.get("program") != GRAPH_FORMAT:
+        raise CheckpointError(f"'{path}' stores its int8 graph as a torch.export program, which loading would "
+                              "deserialise with pickle's code paths (a file can then run code): warmstart no longer "
+                              "reads it. Quantize the float model again with quantize(model, 'int8-static', ...) and "
+                              "save it with this version")
+    import_torchao_quantization()  # registers the quantize/dequantize operators the graph calls
+    model = CompiledInt8Model(decode_graph(info["graph"], tensors, path))
     setattr(model, RECORD_ATTRIBUTE, info["record"])
     return model
 
 
-def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of the stored tensors: each name, dtype, shape and raw bytes, in name order."""
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _check_intact(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], path: Any) -> None:
-    """Refuse a file whose tensors are not those written (files saved before checksums were stored pass)."""
+    """Refuse a file whose tensors are not those written, or that carries no checksum to tell."""
     stored = info.get("sha256")
-    if stored is not None and _checksum(tensors) != stored:
+    if stored is None:
+        raise CheckpointError(f"'{path}' carries no checksum of its tensors, so damage could not be noticed (every file "
+                              "save_compressed writes has one): save the model again with save_compressed")
+    if tensors_checksum(tensors) != stored:
         raise CheckpointError(f"'{path}' is damaged: its tensor data does not match the sha256 stored when it was saved "
                               f"({stored[:12]}...), so some bytes changed after it was written (a bad copy or disk). "
                               "Copy it again from its source, or save the model again with save_compressed")
