@@ -131,6 +131,28 @@ def test_a_swap_cut_short_falls_back_and_a_truncated_checkpoint_is_refused(run, 
         _fit(scenarios.trainer(None, strategy="fsdp"), resume=str(tmp_path / "broken"))
 
 
+class _Marker:
+    """A pickle payload: unpickling it creates a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_sharded_checkpoint_whose_index_holds_a_pickle_payload_runs_nothing(run, tmp_path):
+    """Issue 37: DCP reads .metadata with pickle.load, so a crafted index ran code on resume."""
+    import pickle
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(run["out"] / "full" / "last.dcp", crafted)
+    (crafted / ".metadata").write_bytes(pickle.dumps(_Marker(tmp_path / "ran")))
+    with pytest.raises(CheckpointError, match=r"refers to io.open, which is not part of a sharded checkpoint.*will not"):
+        _fit(scenarios.trainer(None, strategy="fsdp"), resume=str(crafted))
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_mid_epoch_checkpoint_refuses_another_world_size(run):
     with pytest.raises(CheckpointError, match="middle of an epoch by 2 processes"):
         _fit(scenarios.trainer(None, strategy="fsdp"), resume=str(run["out"] / "cut_step" / "last.dcp"))

@@ -13,6 +13,7 @@ node sees.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -103,13 +104,81 @@ def load_sharded_checkpoint(path: str | os.PathLike, model: nn.Module, device: t
     _visit(skeleton, lambda mark: templates.__setitem__(mark[_MARK], _template(mark, mesh, device)))
     from torch.distributed.checkpoint.api import CheckpointException
 
+    read_index(path / ".metadata")  # here, so that a refusal is raised as itself (DCP would wrap it)
     try:
-        dcp.load(templates, checkpoint_id=path)
+        dcp.load(templates, checkpoint_id=path, storage_reader=_index_reader(path))
     except (CheckpointException, RuntimeError, ValueError, OSError) as err:  # DCP wraps each rank's error
         raise CheckpointError(f"cannot read the sharded checkpoint '{path}' ({type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}); use an earlier "
                               "checkpoint or start the run again") from None
     return _visit(skeleton, lambda mark: templates[mark[_MARK]])
+
+
+class _IndexOnly(pickle.Unpickler):
+    """An unpickler for DCP's ``.metadata`` index that rebuilds its own record types and refuses every other global.
+
+    DCP writes the index with ``pickle`` and reads it with ``pickle.load``, so a crafted ``.metadata``
+    could run code; this reader allows only the classes the index is made of (DCP's metadata
+    records, ``torch.Size``, dtypes, layouts, paths).
+    """
+
+    _ALLOWED = {
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+        "torch.serialization": {"_get_layout"},
+        "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+        "collections": {"OrderedDict"},
+        "torch": {"Size"},
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = None
+        if module == "torch.distributed.checkpoint.metadata":
+            import torch.distributed.checkpoint.metadata as index
+
+            candidate = getattr(index, name, None)
+            found = candidate if isinstance(candidate, type) and candidate.__module__ == index.__name__ else None
+        elif module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            found = getattr(torch, name)
+        elif name in self._ALLOWED.get(module, ()):
+            found = super().find_class(module, name)
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return found
+
+
+def read_index(index: Path) -> Any:
+    """DCP's ``.metadata`` index, read by :class:`_IndexOnly`.
+
+    Raises:
+        CheckpointError: an index that names anything but its own record types (a pickle payload),
+            or one that is cut short or corrupt.
+    """
+    try:
+        with open(index, "rb") as file:
+            return _IndexOnly(file).load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"'{index}' refers to {err}, which is not part of a sharded checkpoint's index: loading "
+                              "it would run code from the file, and warmstart will not. Use a checkpoint you wrote, or "
+                              "start the run again") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise CheckpointError(f"'{index}' is truncated or corrupt ({type(err).__name__}: {err}); use an earlier "
+                              "checkpoint or start the run again") from None
+
+
+def _index_reader(path: Path) -> Any:
+    """DCP's file-system reader, reading the ``.metadata`` index with :class:`_IndexOnly` instead of ``pickle.load``."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class IndexReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            metadata = read_index(path / ".metadata")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return IndexReader(path)
 
 
 def _twin(path: Path, kind: str) -> Path:
