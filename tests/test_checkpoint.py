@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -170,3 +171,18 @@ def test_a_checkpoint_or_weights_file_whose_tensor_data_changed_is_refused(tmp_p
         load_weights(weights)
     with pytest.raises(CheckpointError, match="last.pt' is damaged: its contents do not match the sha256"):
         load_checkpoint(checkpoint)
+
+
+def test_written_files_get_the_umasks_permissions_or_keep_those_of_the_file_they_replace(tmp_path):
+    """Issue 37: every file was 0600 (mkstemp's), so a teammate or a serving process could not read the model."""
+    old = os.umask(0o022)
+    try:
+        path = save_weights(tmp_path / "w.safetensors", {"w": torch.zeros(2)})
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)
+        save_weights(path, {"w": torch.ones(2)})  # replaced: its permissions stay
+        assert path.stat().st_mode & 0o777 == 0o640
+        os.umask(0o077)
+        assert save_checkpoint(tmp_path / "last.pt", {"epoch": 1}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -33,6 +33,9 @@ _LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingEr
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
+    The file gets the permissions of the file it replaces, or, for a new file, those ``open``
+    gives under the process's umask (``0644`` under the usual ``022``), not ``mkstemp``'s ``0600``.
+
     A crash or exception before the rename leaves any previous file at ``path`` untouched and
     removes the temporary file. A write that fails for want of space (``OSError(ENOSPC)``, or
     ``torch.save``'s ``[enforce fail at inline_container.cc]``) or another I/O error is a
@@ -51,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:  # flush the data to disk before the rename makes it visible
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600: a teammate or a serving process could not read it
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as err:
@@ -137,6 +141,27 @@ def _digest_value(digest: Any, value: Any) -> None:
         digest.update(b"]")
     else:
         digest.update(f"{value!r};".encode())
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a written file gets: those of the file it replaces, else what ``open`` would give (umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux states it without changing it (os.umask can only be read by setting it, racing other threads)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:

@@ -217,3 +217,24 @@ def test_the_linear_probe_cache_keeps_a_deterministic_transform_and_drops_augmen
     features, _, _ = trainer._cache_features(augmented)
     with torch.no_grad():
         torch.testing.assert_close(features, gray[1](gray[0](x)))  # random augmentation is left out of the cached view
+
+
+def test_the_feature_cache_keeps_the_fixed_steps_of_a_transform_with_a_random_one():
+    """Issue 37: with any random step the cache dropped the whole transform, caching raw 1-channel [0, 1] images
+    for a network that reads 3 channels in [-1, 1]."""
+    from torchvision.transforms import v2
+
+    from warmstart.data import InMemoryLoader
+    from warmstart.efficientnet import efficientnet_lite_input
+
+    images, labels = torch.rand(24, 1, 12, 12), torch.arange(24) % 3
+    fixed = efficientnet_lite_input(0, size=16)
+    transform = v2.Compose([v2.RandomHorizontalFlip(), fixed])
+    torch.manual_seed(0)
+    model = small_cnn(num_classes=3, in_channels=3, width=4)
+    trainer = FinetuneTrainer(model, {"name": "sgd", "lr": 0.1}, method="linear_probe", max_epochs=1, progress=False)
+    features, _, _ = trainer._cache_features(InMemoryLoader(images, labels, batch_size=8, transform=transform))
+    model.eval()
+    with torch.no_grad():
+        expected = model.pool(model.block3(model.block2(model.block1(fixed(images)))))
+    torch.testing.assert_close(features, expected)  # the features of the network's real input, unflipped
