@@ -218,3 +218,14 @@ def test_one_table_gives_every_command_its_help_schema_and_runner(capsys):
     with pytest.raises(SystemExit) as refused:
         main(["plot"])
     assert refused.value.code == 2
+
+
+def test_a_config_path_with_an_equals_sign_is_a_file_not_an_override(tmp_path, capsys):
+    """Issue 37: 'runs/lr=0.01/job.yaml' was read as the override runs/lr=0.01/job.yaml."""
+    folder = tmp_path / "lr=0.01"
+    folder.mkdir()
+    (folder / "job.yaml").write_text("trainer:\n  max_epochs: 2\n")
+    assert main(["pretrain", str(folder / "job.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 2
+    assert main(["pretrain", str(folder / "missing.yaml")]) == 2  # a YAML name that is no file: named as such
+    assert "does not exist" in capsys.readouterr().err

@@ -73,3 +73,43 @@ def test_a_path_object_is_accepted_where_a_config_holds_a_path(tmp_path):
     assert from_dict(TrainerConfig, {"out_dir": tmp_path / "run"}).out_dir == str(tmp_path / "run")
     with pytest.raises(ConfigError, match="'trainer.out_dir' must be str or null, got int"):
         from_dict(TrainerConfig, {"out_dir": 3}, prefix="trainer")
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("trainer:\n  max_epochs: 3\n  seed: 1\n  max_epochs: 30\n")
+    with pytest.raises(ConfigError, match=r"key 'max_epochs' is given twice in one section \(lines 2 and 4\)"):
+        read_yaml(path)
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values expanded
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nmodel:\n  args: *a8\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"expands to 2,345,679,012 values.*without aliases"):
+        read_yaml(path)
+    assert time.perf_counter() - started < 1.0
+    path.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="contains itself"):
+        read_yaml(path)
+    path.write_text("base: &base {lr: 0.1}\noptimizer: *base\n")  # a small alias is fine
+    assert read_yaml(path)["optimizer"] == {"lr": 0.1}
+
+
+def test_a_tab_and_a_tag_are_named_with_their_line_and_fix(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("trainer:\n\tmax_epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"at line 2, column 1 .*indents with spaces, not tabs"):
+        read_yaml(path)
+    path.write_text("trainer: !custom 3\n")
+    with pytest.raises(ConfigError, match="tags .* are not allowed"):
+        read_yaml(path)
+
+
+def test_none_on_the_command_line_is_null_not_the_text_none():
+    assert parse_overrides(["trainer.out_dir=None", "name=none", "text='None'"]) == {
+        "trainer": {"out_dir": None}, "name": None, "text": "None"}

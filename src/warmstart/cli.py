@@ -55,13 +55,20 @@ def _version() -> str:
     return __version__
 
 
+def _names_a_file(config: str) -> bool:
+    """A config argument with '=' in it is still a file path when it names a file or a YAML file's name."""
+    from pathlib import Path
+
+    return Path(config).is_file() or config.endswith((".yaml", ".yml"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``warmstart`` console script and ``python -m warmstart``; returns the exit code."""
     args = build_parser().parse_args(argv)
     # a deprecated spelling in a config file warns from warmstart's own modules, which Python hides by default
     warnings.filterwarnings("default", category=DeprecationWarning, module=r"warmstart(\.|$)")
     config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # no file, only overrides
+    if config is not None and "=" in config and not _names_a_file(config):  # no file, only overrides
         config, overrides = None, [config, *overrides]
     try:
         if args.overwrite:  # the jobs pass it on to every trainer they build (a pipeline's stages too)

@@ -375,12 +375,66 @@ def _override_value(item: str, raw: str) -> Any:
     if raw.lstrip().startswith("!"):
         raise ConfigError(f"override '{item}': YAML tags ('{raw.split()[0]}') are not allowed in configs; nothing in a "
                           "config runs code. Give a plain value (quote it if it starts with '!').")
+    if raw.strip() in ("None", "none"):  # Python's spelling of null: out_dir=None must not become a folder 'None'
+        return None
     try:
-        return yaml.safe_load(raw)
+        return safe_yaml(raw, f"override '{item}'")
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"override '{item}' has a value that is not valid YAML ({problem}); write lists as [1, 2], "
                           "mappings as {a: 1}, and quote strings with special characters") from None
+
+
+MAX_YAML_NODES = 100_000  # a config holds hundreds of values: more, counted with aliases expanded, is an alias bomb
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the last would win without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' is given twice in one section (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); the second would silently win: keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """Parse YAML text as data: no tags, no key twice in a mapping, at most :data:`MAX_YAML_NODES` values.
+
+    Aliases are counted as what they expand to, so a file of nested aliases (a few lines that
+    expand to millions of values) is refused before anything walks it.
+
+    Raises:
+        ConfigError: a duplicate key or too many values; ``yaml.YAMLError`` for invalid YAML.
+    """
+    data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506  (a SafeLoader subclass)
+    size = _expanded_size(data, {})
+    if size > MAX_YAML_NODES:
+        raise ConfigError(f"{where} expands to {size:,} values (its anchors and aliases repeat sections inside each "
+                          f"other); a config holds far fewer (at most {MAX_YAML_NODES:,}): write the values out, "
+                          "without aliases")
+    return data
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """Values in ``value`` counting every alias as a copy (each shared object sized once, so this is quick).
+
+    Raises:
+        ConfigError: a section that contains itself (a recursive alias): nothing could walk it to its end.
+    """
+    if not isinstance(value, (dict, list)):
+        return 1
+    if sizes.get(id(value)) == -1:
+        raise ConfigError("a section of the config contains itself (a recursive alias); write the values out")
+    if id(value) not in sizes:
+        sizes[id(value)] = -1  # being sized
+        items = value.values() if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(value)]
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -392,6 +446,20 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
         else:
             out[key] = value
     return out
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """One line naming where a YAML file is wrong and how to fix the usual causes (tabs, tags)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if "\\t" in problem:  # PyYAML names a tab by the two characters backslash and t
+        fix = "YAML indents with spaces, not tabs: replace the tab with spaces"
+    elif "tag" in problem:
+        fix = "YAML tags (!name) are not allowed in configs: nothing in a config runs code"
+    else:
+        fix = "check the indentation and quote values with special characters"
+    return f"config file '{path}' is not valid YAML{where} ({problem}): {fix}"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -406,9 +474,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text(), f"config file '{path}'")
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML (custom tags are not allowed): {err}") from None
+        raise ConfigError(_yaml_problem(path, err)) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config file '{path}': {err}") from None
     if data is None:
