@@ -151,3 +151,32 @@ def test_checkpoints_keep_every_ranks_random_streams(tmp_path):
     _trainer(max_epochs=1, out_dir=tmp_path).fit(_loader())
     state = ws.load_checkpoint(tmp_path / "last.pt")
     assert isinstance(state["rng"], list) and len(state["rng"]) == 1 and os.path.exists(tmp_path / "last.safetensors")
+
+
+def test_a_second_fit_on_a_finished_trainer_says_it_trains_nothing():
+    """Issue 37: it returned the old history and trained nothing, without a word."""
+    trainer = _trainer(max_epochs=1)
+    history = trainer.fit(_loader())
+    before = {k: v.clone() for k, v in trainer.unwrapped_model.state_dict().items()}
+    with pytest.warns(UserWarning, match=r"already trained 1 epoch\(s\) \(8 steps\).*trains nothing.*Raise "
+                                         r"trainer.config.max_epochs"):
+        assert trainer.fit(_loader(n=32, batch_size=4)) == history
+    assert all(torch.equal(before[k], v) for k, v in trainer.unwrapped_model.state_dict().items())
+
+
+def test_a_warmup_longer_than_the_run_is_said():
+    with pytest.warns(UserWarning, match=r"warmup of 24 optimizer steps is longer than the run's 16.*ends at 67% of lr"):
+        _trainer(max_epochs=2, scheduler={"name": "cosine", "warmup_epochs": 3}).fit(_loader())
+
+
+@pytest.mark.parametrize("loss_fn", [None, torch.nn.CrossEntropyLoss()])
+def test_one_output_under_cross_entropy_is_refused_not_trained_at_loss_zero(loss_fn):
+    """Issue 37: a 1-output model with float targets trained at loss 0.0, and evaluate reported -0.0."""
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    model = nn.Linear(4, 1)
+    with pytest.raises(ws.DataError, match=r"one output \(shape \(8, 1\)\).*loss is 0.*mse_loss"):
+        ws.Trainer(model, loss_fn=loss_fn, max_epochs=1, progress=False).fit([(x[:8], y[:8]), (x[8:], y[8:])])
+    with pytest.raises(ws.DataError, match="one output"):
+        ws.evaluate(model, [(x, y)], loss_fn=loss_fn)
+    trained = ws.Trainer(model, loss_fn=torch.nn.functional.mse_loss, max_epochs=1, progress=False)
+    assert trained.fit([(x, y)])[0]["train_loss"] > 0  # the regression loss trains it

@@ -120,6 +120,25 @@ def is_elementwise_loss(loss_fn: Any) -> bool:
     return loss_fn in _ELEMENTWISE or isinstance(loss_fn, _ELEMENTWISE_MODULES)
 
 
+def is_cross_entropy(loss_fn: Any) -> bool:
+    """True for torch's cross-entropy: ``F.cross_entropy``, a ``functools.partial`` of it, or ``nn.CrossEntropyLoss``."""
+    return loss_fn is F.cross_entropy or getattr(loss_fn, "func", None) is F.cross_entropy or \
+        isinstance(loss_fn, nn.CrossEntropyLoss)
+
+
+def check_one_class(output: Any) -> None:
+    """Refuse a single output under cross-entropy: its softmax over one class is 1, so the loss is 0 and nothing trains.
+
+    Raises:
+        DataError: the model's outputs have one column (the message names the losses that fit).
+    """
+    if isinstance(output, torch.Tensor) and output.dim() >= 1 and output.shape[-1] == 1:
+        raise DataError(f"the model has one output (shape {tuple(output.shape)}) and the loss is cross-entropy over "
+                        "classes: a softmax over one class is always 1, so the loss is 0 and nothing would train. For "
+                        "regression pass loss_fn=torch.nn.functional.mse_loss; for two classes give the model 2 "
+                        "outputs, or pass loss_fn=torch.nn.functional.binary_cross_entropy_with_logits")
+
+
 def check_regression_shapes(output: Any, target: Any) -> None:
     """Refuse outputs and targets of different shapes for an element-wise loss, which would broadcast them silently.
 

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmstart._batches import (Batch, check_regression_shapes, classification_sums, is_classification,
-                                is_elementwise_loss, run_model, split_batch, target_of)
+from warmstart._batches import (Batch, check_one_class, check_regression_shapes, classification_sums,
+                                is_classification, is_cross_entropy, is_elementwise_loss, run_model, split_batch,
+                                target_of)
 from warmstart._epoch import MetricWindow
 from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
 from warmstart.config import normalize_precision
@@ -61,7 +62,7 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
     precision = check_precision(normalize_precision(precision or "32"), device)
     loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
     window = MetricWindow(device)
-    elementwise = is_elementwise_loss(loss_fn)
+    elementwise, cross_entropy = is_elementwise_loss(loss_fn), is_cross_entropy(loss_fn)
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         inputs, target = split_batch(batch)
@@ -73,6 +74,8 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
                 checked = target
                 if elementwise:
                     check_regression_shapes(output, target)
+                elif cross_entropy:
+                    check_one_class(output)
             loss = loss_fn(output, checked)
         return classification_sums(output, target_of(batch), {"loss": loss}, device, batch_size_of(batch))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -174,6 +175,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", *, t
     """
     key = name.lower()
     warmup = int(warmup_steps + round(warmup_epochs * steps_per_epoch))
+    if key != "plateau" and warmup > total_steps:
+        reached = warmup_start_factor + (1 - warmup_start_factor) * total_steps / warmup
+        warnings.warn(f"the warmup of {warmup} optimizer steps is longer than the run's {total_steps}: the learning rate "
+                      f"never reaches its peak (it ends at {reached:.0%} of lr). Shorten warmup_epochs / warmup_steps, "
+                      "or train longer", stacklevel=2)
     if key == "cosine":
         fn = WarmupCosine(total_steps, warmup, min_lr_ratio, warmup_start_factor)
     elif key == "step":

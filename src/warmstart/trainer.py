@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart import distributed
-from warmstart._batches import (Batch, check_regression_shapes, classification_sums, is_classification,
-                                is_elementwise_loss, loader_length, loss_terms, run_model, set_loader_epoch, split_batch,
-                                target_of)
+from warmstart._batches import (Batch, check_one_class, check_regression_shapes, classification_sums,
+                                is_classification, is_cross_entropy, is_elementwise_loss, loader_length, loss_terms,
+                                run_model, set_loader_epoch, split_batch, target_of)
 from warmstart._epoch import EpochState, MetricWindow, accumulation_windows
 from warmstart._progress import ProgressReporter
 from warmstart._resume import ExactResume, position_schedule
@@ -150,6 +151,7 @@ class Trainer:
         self.model: nn.Module = self.unwrapped_model  # DDP / compiled wrapper once fit starts
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self._elementwise_loss = is_elementwise_loss(self.loss_fn)  # outputs and targets must then have one shape
+        self._cross_entropy = is_cross_entropy(self.loss_fn)  # a single output would then train at loss 0
         self.optimizer = self._make_optimizer(optimizer)
         self._scheduler_spec = scheduler
         self.scheduler: Any = scheduler if _is_scheduler(scheduler) else None
@@ -212,6 +214,11 @@ class Trainer:
             if not resumed and self.global_step == 0 and self.out_dir is not None:
                 check_fresh_run_on_every_rank(self.out_dir, cfg.overwrite, self.device)  # never replace a run unasked
             self.seed = self.resumer.seed()
+            if not resumed and self._finished():
+                warnings.warn(f"this Trainer has already trained {self.epoch} epoch(s) ({self.global_step} steps), "
+                              f"which reaches max_epochs={cfg.max_epochs}, max_steps={cfg.max_steps}: this fit trains "
+                              "nothing and returns the earlier history. Raise trainer.config.max_epochs (or "
+                              "max_steps) to train further, or build a new Trainer", stacklevel=2)
             train_loader, val_loader = self._setup_fit(train_loader, val_loader)
             self.resumer.start()
             for cb in self.callbacks:
@@ -230,6 +237,11 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self.history
+
+    def _finished(self) -> bool:
+        """True when ``max_epochs`` or ``max_steps`` is already reached: a fit would train nothing."""
+        cfg = self.config
+        return self.epoch >= (cfg.epochs or math.inf) or self.global_step >= (cfg.max_steps or math.inf)
 
     def _train_epoch(self, loader: Iterable[Batch], step_callbacks: Sequence[Callback]) -> bool:
         """Train one epoch (or the rest of one, after a mid-epoch resume); False when it stopped inside the epoch."""
@@ -544,6 +556,8 @@ class Trainer:
         if not is_classification(output, target):
             if self._elementwise_loss:
                 check_regression_shapes(output, target)
+            elif self._cross_entropy:
+                check_one_class(output)
             return target
         return self.metrics.check_labels(output, target)
 
