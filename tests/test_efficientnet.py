@@ -76,3 +76,27 @@ def test_missing_packages_and_unknown_variants_name_the_fix(monkeypatch):
 def test_image_input_refuses_what_it_cannot_turn_into_rgb():
     with pytest.raises(ConfigError, match=r"\(N, 1 or 3, H, W\)"):
         ws.models.efficientnet_lite_input(0)(torch.zeros(2, 28, 28))
+
+
+@pytest.mark.parametrize("images, problem", [
+    (torch.full((2, 1, 8, 8), 200, dtype=torch.uint8), r"float images in \[0, 1\], got torch.uint8.*/ 255"),
+    (torch.rand(2, 1, 8, 8) * 488, r"values from .* to 48.*0-255 pixels: divide by 255"),
+    (torch.randn(2, 1, 8, 8) * 2, r"already normalised"),
+])
+def test_image_input_refuses_pixels_outside_zero_to_one(images, problem):
+    """Issue 37: uint8, 0-255 floats and normalised images went through, far outside what the network was trained on."""
+    with pytest.raises(ws.DataError, match=problem):
+        ws.models.efficientnet_lite_input(0, size=16)(images)
+
+
+def test_image_input_refuses_settings_that_cannot_work():
+    with pytest.raises(ConfigError, match="std must be > 0"):
+        ws.models.ImageInput(16, mean=(0.5,), std=(0.0,))
+    with pytest.raises(ConfigError, match="side in pixels .* got 0"):
+        ws.models.efficientnet_lite_input(0, size=0)  # was 224
+    with pytest.raises(ConfigError, match="1 or 3 values each"):
+        ws.models.ImageInput(16, mean=(0.5, 0.5), std=(0.5, 0.5))
+    with pytest.raises(ConfigError, match="pretrained must be True .* or False .*got 'no'"):
+        ws.models.efficientnet_lite0(pretrained="no")
+    flipped = torch.rand(2, 1, 8, 8) * 1.2  # brightness augmentation may leave [0, 1] a little: accepted
+    assert ws.models.efficientnet_lite_input(0, size=16)(flipped).shape == (2, 3, 16, 16)

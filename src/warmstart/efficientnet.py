@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmstart.errors import CheckpointError, ConfigError
+from warmstart.errors import CheckpointError, ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +45,32 @@ class ImageInput(nn.Module):
 
     def __init__(self, size: int | None, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"ImageInput size is the side in pixels (a whole number >= 1) or None to keep it, got "
+                              f"{size!r}")
+        if len(mean) not in (1, 3) or len(std) != len(mean):
+            raise ConfigError(f"ImageInput takes a mean and a std per channel (1 or 3 values each, as many of one as of "
+                              f"the other), got {len(mean)} and {len(std)}")
+        if any(not s > 0 for s in std):
+            raise ConfigError(f"ImageInput std must be > 0 per channel (images are divided by it), got {tuple(std)}")
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self._range_checked = False
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ConfigError(f"ImageInput takes (N, 1 or 3, H, W) images in [0, 1], got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise DataError(f"ImageInput takes float images in [0, 1], got {images.dtype}: convert them with "
+                            "images.float() / 255")
+        if not self._range_checked:  # the first batch only: one read of the device, not one per step
+            low, high = (float(v) for v in torch.aminmax(images))
+            if low < -0.25 or high > 1.5:  # beyond what brightness or contrast augmentation of [0, 1] images gives
+                raise DataError(f"ImageInput takes images in [0, 1], got values from {low:.3g} to {high:.3g} "
+                                + ("(0-255 pixels: divide by 255)" if low >= -0.25 else "(already normalised? pass "
+                                   "the images in [0, 1] and let ImageInput normalise them)"))
+            self._range_checked = True
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if self.size is not None and images.shape[-2:] != (self.size, self.size):
@@ -71,7 +90,7 @@ def efficientnet_lite_input(variant: int = 0, size: int | None = None) -> ImageI
         size: another side than the one the network was trained at (smaller is faster: the
             network pools globally, so any side of 32 or more runs).
     """
-    return ImageInput(size or _variant(variant).size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return ImageInput(_variant(variant).size if size is None else size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def efficientnet_lite(variant: int = 0, num_classes: int | None = None, pretrained: bool = True) -> nn.Module:
@@ -104,6 +123,9 @@ def efficientnet_lite(variant: int = 0, num_classes: int | None = None, pretrain
         import timm
     except ImportError:
         raise ConfigError("efficientnet_lite needs timm: pip install timm (or pip install 'warmstart[vision]')") from None
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained must be True (load the ImageNet weights) or False (random weights), got "
+                          f"{pretrained!r}")
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if pretrained:
         _load_package_weights(model, spec)

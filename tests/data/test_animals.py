@@ -46,3 +46,23 @@ def test_a_data_file_holding_anything_but_numpy_arrays_is_refused(tmp_path):
     (tmp_path / "damaged.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="cannot read"):
         read_array(tmp_path / "damaged.gz")
+
+
+@pytest.mark.parametrize("fraction, part", [(0.0001, "no test image"), (0.9999, "no training image")])
+def test_a_test_fraction_that_empties_a_class_is_refused(fraction, part):
+    with pytest.raises(DataError, match=rf"test_fraction={fraction} leaves class 0 \(\d+ images\) {part}"):
+        animal_shapes(test_fraction=fraction)
+
+
+def test_a_label_outside_the_ten_classes_and_a_negative_seed_are_refused(monkeypatch):
+    from warmstart.data import animals
+
+    x, y = animals._animal_arrays()
+    bad = y.copy()
+    bad[5] = 2**56  # what a damaged file held: num_classes was 5.6e16
+    monkeypatch.setattr(animals, "_animal_arrays", lambda: (x, bad))
+    with pytest.raises(DataError, match="label 72057594037927936, outside the set's 10 classes.*reinstall"):
+        animal_shapes()
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="seed must be a whole number >= 0, got -1"):
+        animal_shapes(seed=-1)

@@ -57,16 +57,33 @@ def _stratified_split(labels: np.ndarray, test_per_class: dict[int, int], seed: 
 
 
 def _splits(name: str, images: torch.Tensor, labels: np.ndarray, test_fraction: float, seed: int,
-            normalize: bool) -> Splits:
-    if not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    counts = {int(c): int(round(test_fraction * n)) for c, n in zip(*np.unique(labels, return_counts=True))}
+            normalize: bool, num_classes: int = 10) -> Splits:
+    """A stratified test split of a bundled set, refusing a split that leaves a class without training or test images.
+
+    Raises:
+        DataError: a fraction outside ``(0, 1)`` or one that empties a class's share, a seed that is not a whole
+            number >= 0, or labels outside the set's ``num_classes`` classes (a damaged package file).
+    """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a whole number >= 0, got {seed!r}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"{name}: the package file holds label {int(labels.max() if labels.max() >= num_classes else labels.min())}, "
+                        f"outside the set's {num_classes} classes: the file is damaged; reinstall the package")
+    classes, sizes = np.unique(labels, return_counts=True)
+    counts = {int(c): int(round(test_fraction * n)) for c, n in zip(classes, sizes)}
+    for c, n in zip(classes, sizes):
+        if not 0 < counts[int(c)] < n:
+            part = "test" if counts[int(c)] == 0 else "training"
+            raise DataError(f"{name}: test_fraction={test_fraction} leaves class {int(c)} ({n} images) no {part} image; "
+                            f"use a fraction between {1 / sizes.min():.4f} and {1 - 1 / sizes.min():.4f}")
     train, test = _stratified_split(labels, counts, seed)
     if normalize:
         images = (images - MNIST_MEAN) / MNIST_STD
     y = torch.tensor(labels, dtype=torch.long)
-    return Splits(name, TensorDataset(images[train], y[train]), TensorDataset(images[test], y[test]),
-                  int(labels.max()) + 1, normalize)
+    return Splits(name, TensorDataset(images[train], y[train]), TensorDataset(images[test], y[test]), num_classes,
+                  normalize)
 
 
 def _missing(package: str, extra: str = "data") -> DataError:
