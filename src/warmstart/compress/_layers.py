@@ -91,7 +91,8 @@ def quantized_mode(model: nn.Module) -> str | None:
 
 
 def refuse_quantized(model: nn.Module, action: str, way_round: str) -> None:
-    """Raise a ConfigError when ``model`` is an int8 model, which ``action`` (e.g. ``"prune"``) cannot work on.
+    """Raise a ConfigError when ``model`` is an int8 model, or has unmerged LoRA adapters, which ``action`` (e.g.
+    ``"prune"``) cannot work on.
 
     Args:
         model: the model given.
@@ -102,6 +103,12 @@ def refuse_quantized(model: nn.Module, action: str, way_round: str) -> None:
     if mode is not None:
         raise ConfigError(f"cannot {action} an int8 model ({type(model).__name__} quantized '{mode}'): its weights are "
                           f"int8 data with scales, not float tensors. {way_round}")
+    adapted = [name for name, module in model.named_modules() if hasattr(module, "lora_A")]
+    if adapted:
+        raise ConfigError(f"cannot {action} a model with unmerged LoRA adapters (on {', '.join(adapted[:3])}"
+                          f"{' ...' if len(adapted) > 3 else ''}): the adapters and the base weights would be "
+                          f"treated apart, and the result would not compute what the model computes. Merge them "
+                          "first: warmstart.finetune.merge_lora(model)")
 
 
 def add_to_record(model: nn.Module, step: str, facts: Mapping[str, Any]) -> None:

@@ -16,6 +16,7 @@ from warmstart.checkpoint import load_weights, save_weights
 from warmstart.errors import CheckpointError, ConfigError
 from warmstart.heads import find_head, head_parameter_names
 
+TRAINABLE_BEFORE = "_warmstart_trainable_before_lora"  # parameter names add_lora found trainable
 ATTRIBUTE = "warmstart_lora"  # the model attribute that holds its LoraInfo
 _ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -197,7 +198,9 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | Seq
     info = LoraInfo(r=int(r), alpha=float(alpha), dropout=float(dropout), targets=names, head=head_names,
                     base=base_identity(model, head_names))
     config = peft.LoraConfig(r=info.r, lora_alpha=info.alpha, lora_dropout=info.dropout, target_modules=names)
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]  # merge_lora gives them back
     peft.inject_adapter_in_model(config, model)  # in place; leaves only the adapters trainable
+    model.__dict__[TRAINABLE_BEFORE] = trainable
     for name, param in model.named_parameters():
         if name in set(head_names):
             param.requires_grad_(True)
@@ -296,13 +299,23 @@ def load_adapter(model: nn.Module, source: str | os.PathLike) -> LoraInfo:
     check_same_base(saved["base"], base, f"the adapter '{source}'")
     if info is None:
         info = add_lora(model, r=saved["r"], alpha=saved["alpha"], targets=saved["targets"], dropout=saved["dropout"])
+    differ = [f"{key} {getattr(info, key)!r} (the file's: {saved[key]!r})" for key in ("r", "alpha", "dropout", "targets")
+              if getattr(info, key) != (float(saved[key]) if key in ("alpha", "dropout") else saved[key])]
+    if differ:
+        raise CheckpointError(f"the model already has LoRA adapters with other settings than the adapter '{source}': "
+                              f"{'; '.join(differ)}. Its weights would compute another function under them: load it "
+                              "onto the base model without adapters (it then gets the file's settings), or "
+                              "merge_lora(model) first")
     own = model.state_dict()
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items()
              if k in own and v.shape != own[k].shape]
     missing = [k for k in tensors if k not in own]
     if wrong or missing:
-        raise CheckpointError(f"cannot load the adapter '{source}': {'; '.join((wrong + missing)[:6])}. Give the model "
-                              "the head it was trained with (warmstart.finetune.swap_head(model, num_classes=...))")
+        adapters = any(_is_adapter(k) for k in [*missing, *(w.split(":")[0] for w in wrong)])
+        fix = ("the file's adapters sit on other layers than the model's: load it onto the base model without "
+               "adapters" if adapters else "give the model the head it was trained with "
+               "(warmstart.finetune.swap_head(model, num_classes=...))")
+        raise CheckpointError(f"cannot load the adapter '{source}': {'; '.join((wrong + missing)[:6])}. {fix}")
     model.load_state_dict(tensors, strict=False)
     return info
 
@@ -321,7 +334,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights (``W + (alpha / r) B A``) and remove them, in place.
 
     The merged model is a plain model again (same class and parameter names as before
-    :func:`add_lora`), computing what the adapted one did, for deployment.
+    :func:`add_lora`), computing what the adapted one did, for deployment or further training:
+    the parameters that were trainable before :func:`add_lora` (every one, for a model whose
+    adapters were loaded onto it) are trainable again, not left frozen as peft left the base.
 
     Returns:
         ``model``.
@@ -341,6 +356,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
+    trainable = model.__dict__.pop(TRAINABLE_BEFORE, None)
+    for name, param in model.named_parameters():  # peft froze the base: it trains again as it did before add_lora
+        param.requires_grad_(trainable is None or name in trainable)
     for attribute in (ATTRIBUTE, "peft_config"):
         if attribute in model.__dict__:
             delattr(model, attribute)
