@@ -78,6 +78,21 @@ def runs(tmp_path_factory) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     return {"single": single, **torch.load(out / "results.pt", weights_only=False)}
 
 
+# what differs between the ranks, as the refusal names it
+MISMATCH_NAMED = {"lr": "optimizer", "width": "model parameters", "accumulate": "trainer.accumulate",
+                  "max_epochs": "trainer.max_epochs", "strategy": "trainer.strategy", "batches": "batches per epoch"}
+
+
+@pytest.mark.parametrize("case", scenarios.MISMATCHES)
+def test_ranks_launched_with_other_settings_fail_together_at_once_naming_the_difference(runs, case):
+    """Issue 37: they trained apart (rank 0's weights saved), hung in a collective, or aborted in gloo."""
+    ranks = runs["mismatch"][case]
+    for rank in ranks:
+        assert rank["error"] is not None and "the ranks differ in: " + MISMATCH_NAMED[case] in rank["error"], rank
+        assert rank["seconds"] < 60
+    assert ranks[0]["error"] == ranks[1]["error"]  # one message, on every rank
+
+
 def _refused(result: dict[str, Any], strategy: str, kind: str, feature: str) -> bool:
     """True for a combination the library refuses, after checking the refusal; False when it must run (and ran)."""
     assert "error" not in result, f"{strategy} x {kind} x {feature} failed:\n{result.get('error')}"

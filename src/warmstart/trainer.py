@@ -145,6 +145,12 @@ class Trainer:
         if cfg.channels_last:
             self.unwrapped_model.to(memory_format=torch.channels_last)
         self._head = describe_head(model)  # before sharding: finding the head may trace the model's forward
+        if distributed.launched_by_torchrun():  # before FSDP's first collective: other settings would hang in it
+            distributed.init_distributed(self.device)
+            distributed.check_ranks_agree({**self._shared_settings(), **_model_facts(model),
+                                           "optimizer": describe_optimizer(optimizer), "loss_fn": describe_callable(
+                                               loss_fn if loss_fn is not None else F.cross_entropy)},
+                                          "when the Trainer is built")
         self.strategy = distributed.build_strategy(cfg.strategy, self.device)
         # FSDP shards the model in place here, before the optimizer is built on its (sharded) parameters
         self.strategy.prepare(self.unwrapped_model, cfg, self.precision, optimizer)
@@ -665,6 +671,14 @@ class Trainer:
 
     def _setup_fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None) -> tuple[Any, Any]:
         cfg = self.config
+        if distributed.is_distributed():  # before DDP's first collective; settings may have changed since __init__
+            with warnings.catch_warnings():  # sharded again below, where any warning about it is given once
+                warnings.simplefilter("ignore")
+                batches = loader_length(distributed.shard_loader(train_loader, self.seed, train=True))
+            distributed.check_ranks_agree({**self._shared_settings(), "batches per epoch": batches,
+                                           "optimizer groups": [len(g["params"]) for g in self.optimizer.param_groups],
+                                           "learning rates": [g["lr"] for g in self.optimizer.param_groups]},
+                                          "when fit starts")
         if self.model is self.unwrapped_model:
             self.model = self._compiled(self.strategy.wrap(self.unwrapped_model))
         train_loader = self.prepare_loader(distributed.shard_loader(train_loader, self.seed, train=True), "train")
@@ -686,6 +700,10 @@ class Trainer:
         if self.out_dir is not None and distributed.is_main_process():
             save_config(self.resolved_config(), self.out_dir / "config.yaml")
         return train_loader, val_loader
+
+    def _shared_settings(self) -> dict[str, Any]:
+        """The options every rank must share (not the device, which is each rank's own, nor the progress display)."""
+        return {f"trainer.{key}": value for key, value in to_dict(self.config).items() if key not in ("device", "progress")}
 
     def _make_scheduler(self, train_loader: Iterable[Batch]) -> Any:
         """The by-name schedule over the optimizer steps this fit will run, positioned at the step reached."""
@@ -717,6 +735,20 @@ class Trainer:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
             raise ConfigError(f"{len(missing)} trainable parameters are not in the optimizer: {shown}. Build the optimizer "
                               "after changing the model (e.g. after swap_head), or freeze them with requires_grad_(False).")
+
+
+def _model_facts(model: nn.Module) -> dict[str, Any]:
+    """The model as ranks must agree on it: each parameter's name, shape and whether it trains."""
+    return {"model parameters": [(name, list(p.shape), p.requires_grad) for name, p in model.named_parameters()]}
+
+
+def describe_optimizer(optimizer: Any) -> Any:
+    """An optimizer as ranks compare it: its class and settings, or the config that names one."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [type(optimizer).__name__, plain_values(optimizer.defaults)]
+    if isinstance(optimizer, OptimizerConfig):
+        return to_dict(optimizer)
+    return plain_values(optimizer)
 
 
 def _is_scheduler(obj: Any) -> bool:

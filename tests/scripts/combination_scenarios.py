@@ -265,10 +265,40 @@ def run_all(strategy: str, world: int, out: Path) -> dict[tuple[str, str], dict[
     return results
 
 
+# ranks launched with settings that differ: each must fail on every rank at once, naming what differs (issue 37)
+MISMATCHES = ("lr", "width", "accumulate", "max_epochs", "strategy", "batches")
+
+
+def run_mismatch(case: str) -> dict[str, Any]:
+    """Train with one setting that differs on rank 1; the ConfigError each rank raised and how long it took."""
+    import time
+
+    other = distributed.rank() == 1
+    options: dict[str, Any] = {"max_epochs": 1, "device": "cpu", "progress": False, "seed": 0, "strategy": "ddp"}
+    if case == "accumulate":
+        options["accumulate"] = 2 if other else 1
+    elif case == "max_epochs":
+        options["max_epochs"] = 2 if other else 1
+    elif case == "strategy":
+        options.update(strategy="fsdp" if other else "ddp", fsdp={"blocks": ["0"]})
+    torch.manual_seed(0)
+    hidden = 32 if case == "width" and other else 16
+    net = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+    optimizer = {"name": "sgd", "lr": 0.2 if case == "lr" and other else 0.1}
+    data = dataset("mlp", 16 if case == "batches" and other else TRAIN_SAMPLES, 1)
+    started = time.perf_counter()
+    try:
+        ws.Trainer(net, optimizer, **options).fit(InMemoryLoader(data, batch_size=4, shuffle=True, seed=3))
+    except ConfigError as err:
+        return {"error": str(err), "seconds": time.perf_counter() - started}
+    return {"error": None, "seconds": time.perf_counter() - started}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     results = {strategy: run_all(strategy, dist.get_world_size(), out / strategy) for strategy in ("ddp", "fsdp")}
+    results["mismatch"] = {case: distributed.gather_objects(run_mismatch(case)) for case in MISMATCHES}
     if dist.get_rank() == 0:
         torch.save(results, out / "results.pt")
     close_process_group()  # wait for every rank, then leave (see its docstring)
