@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import warmstart as ws
 from warmstart._resume import ResumeChangeWarning
-from warmstart.compress import (count_parameters, load_compressed, prune, quantize, recover, save_compressed, sparsify,
-                                tensor_bytes)
+from warmstart.compress import (count_parameters, export, load_compressed, prune, quantize, recover, save_compressed,
+                                sparsify, tensor_bytes)
 from warmstart.data import InMemoryLoader
 from warmstart.errors import CheckpointError, ConfigError, RunExistsError
 from warmstart.models import mlp
@@ -249,3 +249,18 @@ def test_a_pruned_tied_model_loads_back_tied(tmp_path):
     pruned, _ = prune(_TiedModel(residual=True), TOKENS, 0.3, ignore=["out"])
     loaded = load_compressed(save_compressed(pruned, tmp_path / "tied.safetensors"), _TiedModel(residual=True))
     assert loaded.out.weight is loaded.embed.weight and torch.equal(loaded(TOKENS), pruned(TOKENS))
+
+
+def test_a_tuple_a_folder_and_calibration_of_another_shape_are_named(tmp_path):
+    """Issue 37: save_compressed(convert_qat(...)) with the returned tuple, export to a folder and an onnx-int8
+    calibration of the wrong shape (ONNX Runtime's message) were unclear errors."""
+    quantized = quantize(mlp(16, [32], 3), "int8-weight", X)
+    with pytest.raises(ConfigError, match=r"save_compressed got a tuple, not a model.*model, report = "):
+        save_compressed(quantized, tmp_path / "m.safetensors")
+    with pytest.raises(ConfigError, match=r"export got a tuple, not a model"):
+        export(quantized, X, tmp_path / "m.pt2")
+    with pytest.raises(ConfigError, match=r"writes one file, and '.*' is a folder.*model.pt2"):
+        export(mlp(16, [32], 3), X, tmp_path)
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ConfigError, match=r"calibration batch has samples of shape \(8,\), the example input \(16,\)"):
+        export(mlp(16, [32], 3), X, tmp_path / "m.onnx", format="onnx-int8", calibration=[torch.randn(4, 8)])

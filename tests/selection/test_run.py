@@ -121,3 +121,30 @@ def test_fine_tune_scores_every_fold_through_the_loaders_input_transform():
     result = fine_tune(small_cnn(num_classes=3, in_channels=3, width=4), loader, epochs=10, lr=1e-2,
                        candidates=CANDIDATES, progress=False, seed=0)
     assert min(result.selection.scores["full"].folds) > 0.5  # every fold scored above chance (1/3), none crashed
+
+
+def test_what_a_choice_cannot_take_is_named_in_one_line():
+    """Issue 37: regression targets gave 'too few to choose on' or KeyError: 'accuracy'; folds=2.5 or '3' and
+    float targets to distill gave deep errors; unlabelled images of another width failed inside the teacher."""
+    data = _images(30)
+    regression = InMemoryLoader(data.inputs, torch.randn(30), batch_size=8)
+    with pytest.raises(ws.DataError, match=r"needs class labels, but the targets are torch.float32 .*regression"):
+        fine_tune(small_cnn(num_classes=1, width=4), regression, epochs=1, progress=False)
+    for folds in (2.5, "3"):
+        with pytest.raises(ConfigError, match=rf"folds must be a whole number, got {folds!r}"):
+            fine_tune(small_cnn(num_classes=3, width=4), data, epochs=1, folds=folds, progress=False)
+    floats = InMemoryLoader(data.inputs, data.targets.float(), batch_size=8)
+    with pytest.raises(ConfigError, match=r"distill\(\) takes class labels \(integers\), got torch.float32"):
+        distill(small_cnn(num_classes=3, width=4), small_cnn(num_classes=3, width=4), floats, progress=False)
+    with pytest.raises(ConfigError, match=r"unlabelled inputs have shape \(1, 8, 8\).*\(1, 12, 12\)"):
+        distill(small_cnn(num_classes=3, width=4), small_cnn(num_classes=3, width=4), data,
+                unlabelled=torch.rand(10, 1, 8, 8), progress=False)
+
+
+def test_soft_targets_are_chosen_on_by_their_most_probable_class():
+    data = _images(40)
+    soft = 0.8 * torch.nn.functional.one_hot(data.targets, 3).float() + 0.2 / 3
+    torch.manual_seed(0)
+    result = fine_tune(small_cnn(num_classes=3, width=4), InMemoryLoader(data.inputs, soft, batch_size=8, shuffle=True),
+                       epochs=4, lr=1e-2, candidates=CANDIDATES, progress=False, seed=0)
+    assert sum(result.selection.scores["full"].counts) == 40 and result.selection.scores["full"].mean > 0.5

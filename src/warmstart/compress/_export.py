@@ -84,6 +84,9 @@ def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, .
         torch.Size([7, 3])
     """
     example = _check_request(model, example_input, format)
+    if Path(path).is_dir():
+        raise ConfigError(f"export writes one file, and '{path}' is a folder: give the file's path, e.g. "
+                          f"{Path(path) / ('model.pt2' if format == 'pt2' else 'model.onnx')}")
     target = model.graph if isinstance(model, CompiledInt8Model) else model
     needs = ["torchao"] if quantized_mode(model) is not None else []
     if format.startswith("onnx"):
@@ -128,6 +131,8 @@ def _check_request(model: nn.Module, example_input: Any, format: str) -> tuple[t
         match = difflib.get_close_matches(str(format), FORMATS, n=1)
         raise ConfigError(f"unknown export format {format!r}{f' (did you mean {match[0]!r}?)' if match else ''}; "
                           f"valid: {', '.join(FORMATS)}")
+    if isinstance(model, tuple):
+        raise ConfigError(_tuple_given("export"))
     example = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if not example or not all(isinstance(t, torch.Tensor) for t in example):
         kinds = ", ".join(type(t).__name__ for t in example) or "nothing"
@@ -144,6 +149,11 @@ def _check_request(model: nn.Module, example_input: Any, format: str) -> tuple[t
                           f"('{quantized_mode(model)}'), so export it with format='pt2', or export the float model "
                           "with format='onnx-int8' (ONNX Runtime's own int8 quantizer)")
     return example
+
+
+def _tuple_given(action: str) -> str:
+    return (f"{action} got a tuple, not a model: quantize, convert_qat and prune return (model, report); pass the "
+            f"model, e.g. model, report = quantize(...); {action}(model, ...)")
 
 
 def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
@@ -238,6 +248,12 @@ def _export_onnx_int8(model: nn.Module, example: tuple[torch.Tensor, ...], dynam
     if not feeds:
         raise ConfigError("calibration holds no batches: ONNX Runtime's static int8 sets its activation ranges from "
                           "them; pass a few hundred training samples, or calibration=None for the example input")
+    for feed in feeds:  # ONNX Runtime would name the shapes in its own terms, deep in its calibration
+        for name, example_tensor in zip(names, example):
+            if feed[name].shape[1:] != tuple(example_tensor.shape[1:]):
+                raise ConfigError(f"a calibration batch has samples of shape {tuple(feed[name].shape[1:])}, the "
+                                  f"example input {tuple(example_tensor.shape[1:])}: calibrate on batches of the inputs "
+                                  "the model takes (the same shape but the batch size)")
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:

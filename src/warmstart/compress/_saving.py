@@ -66,6 +66,9 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
         >>> save_compressed(quantized, "/tmp/mlp-int8.safetensors")
         PosixPath('/tmp/mlp-int8.safetensors')
     """
+    if isinstance(model, tuple):
+        raise ConfigError("save_compressed got a tuple, not a model: quantize, convert_qat and prune return (model, "
+                          "report); pass the model, e.g. model, report = convert_qat(qat); save_compressed(model, path)")
     if isinstance(model, CompiledInt8Model):  # int8-static, from quantize or convert_qat
         return _save_program(model, path, metadata)
     _check_savable(model)

@@ -247,6 +247,10 @@ def _check(labelled: Any, settings: list[KDSetting], extra: torch.Tensor | None)
                           "validation split are drawn from its tensors); use DistillTrainer for other loaders")
     if not settings:
         raise ConfigError("distill() needs at least one setting")
+    if labelled.targets.is_floating_point() or labelled.targets.dim() != 1:
+        raise ConfigError(f"distill() takes class labels (integers), got {labelled.targets.dtype} targets of shape "
+                          f"{tuple(labelled.targets.shape)}: pass labels.long() for classes (soft targets of a "
+                          "teacher are what distill makes itself; for them use warmstart.distill.SoftLabelTrainer)")
     if extra is not None and tuple(extra.shape[1:]) != tuple(labelled.inputs.shape[1:]):
         raise ConfigError(f"the unlabelled inputs have shape {tuple(extra.shape[1:])} per sample and the labelled ones "
                           f"{tuple(labelled.inputs.shape[1:])}: the teacher labels both with one network, so pass "
