@@ -1,5 +1,6 @@
 """The ``warmstart`` command: help, config errors, overrides and the three jobs end to end on tiny data."""
 
+import csv
 import json
 import os
 import socket
@@ -229,3 +230,21 @@ def test_a_config_path_with_an_equals_sign_is_a_file_not_an_override(tmp_path, c
     assert yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 2
     assert main(["pretrain", str(folder / "missing.yaml")]) == 2  # a YAML name that is no file: named as such
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_stopped_run_continues_with_resume(tmp_path, capsys):
+    """Issue 37: after a SIGKILL the CLI offered only --overwrite, which loses the finished epochs."""
+    out = tmp_path / "run"
+    assert main([*TINY, f"trainer.out_dir={out}", "trainer.seed=1", "--quiet"]) == 0  # 1 epoch, then "killed"
+    capsys.readouterr()
+    assert main([*TINY, f"trainer.out_dir={out}", "trainer.seed=1", "trainer.max_epochs=2", "--quiet"]) == 2
+    assert "continue it with --resume (the same command and config)" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="max_epochs: 1 -> 2"):
+        assert main([*TINY, f"trainer.out_dir={out}", "trainer.seed=1", "trainer.max_epochs=2", "--resume",
+                     "--quiet"]) == 0
+    with open(out / "metrics.csv", newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f) if row.get("train_loss")] == ["1", "2"]  # continued
+    assert main([*TINY, f"trainer.out_dir={out}", "--resume", "--overwrite"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert main(["run", "--resume", f"out_dir={tmp_path / 'job'}"]) == 2
+    assert "cannot continue yet" in capsys.readouterr().err

@@ -336,8 +336,9 @@ def _refusal(out_dir: Path, found: list[Path], out_key: str | None, resume_with:
     names = sorted({_shown(path, out_dir) for path in found})
     listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     if resume_with is not None:
-        keep = f"continue it with {resume_with} or give this run another out_dir"
-        replace = "pass overwrite=True"
+        keep = f"continue it with {resume_with} or give this run another " + (f"folder ({out_key}=PATH)" if out_key else
+                                                                             "out_dir")
+        replace = "pass --overwrite (or trainer.overwrite=true in the config)" if out_key else "pass overwrite=True"
     elif out_key is None:
         resumable = any(path.parent == out_dir and path.name in ("last.pt", *RUN_FOLDERS) for path in found)
         keep = ('continue it with fit(..., resume="last") or ' if resumable else "") + "give this run another out_dir"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import sys
 import warnings
 from collections.abc import Sequence
 
-from warmstart.errors import WarmstartError
+from warmstart.errors import ConfigError, WarmstartError
 
 EPILOG = """\
 Overrides use dotted keys and YAML values, e.g.
@@ -17,7 +18,8 @@ Unknown keys and wrong types are errors that name the key and the nearest valid 
 The resolved config is written into the run folder (job.yaml: run it again with
   warmstart {cmd} RUN_FOLDER/job.yaml) and into every checkpoint (and config.yaml).
 A run folder that holds an earlier run is refused (the earlier run is never replaced unasked):
-choose another folder, or pass --overwrite to replace that run's files.
+choose another folder, pass --resume to continue it (pretrain, finetune, distill), or --overwrite
+to replace that run's files.
 Top-level keys: {keys}"""
 
 
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--overwrite", action="store_true",
                          help="replace an earlier run in the run folder (its checkpoints, logs and results; the "
                               "folder's other files stay); without it such a run is refused")
+        cmd.add_argument("--resume", action="store_true",
+                         help="continue the run in the run folder from its last checkpoint (a run that was "
+                              "stopped or killed), with the same config")
     return parser
 
 
@@ -73,13 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.overwrite:  # the jobs pass it on to every trainer they build (a pipeline's stages too)
             overrides.append("trainer.overwrite=true")
-        return _run(args.command, config, overrides, args.print_config, args.quiet)
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: pass one of them")
+        return _run(args.command, config, overrides, args.print_config, args.quiet, args.resume)
     except WarmstartError as err:
         print(f"warmstart {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 
-def _run(command: str, config: str | None, overrides: list[str], print_config: bool, quiet: bool) -> int:
+def _run(command: str, config: str | None, overrides: list[str], print_config: bool, quiet: bool,
+         resume: bool = False) -> int:
     import yaml
 
     from warmstart.config import to_dict
@@ -89,7 +97,12 @@ def _run(command: str, config: str | None, overrides: list[str], print_config: b
     if print_config:
         print(yaml.safe_dump(to_dict(job), sort_keys=False), end="")
         return 0
-    result = command_of(job).load_runner()(job, progress=not quiet)
+    runner = command_of(job).load_runner()
+    if resume and "resume" not in inspect.signature(runner).parameters:
+        raise ConfigError(f"--resume continues single-stage runs (warmstart pretrain, finetune, distill); a "
+                          f"'{command}' job of several stages cannot continue yet: run it again into another folder, "
+                          "or with --overwrite")
+    result = runner(job, progress=not quiet, **({"resume": True} if resume else {}))
     summary = getattr(result, "summary", None)  # a single stage's StageResult; the pipelines print their own tables
     if callable(summary):
         print(f"[warmstart {command}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -229,15 +229,19 @@ def _holding_out_dir(runner: Callable[..., StageResult]) -> Callable[..., StageR
     ``job.yaml`` included, and refused when it holds an earlier run unless ``trainer.overwrite`` (``--overwrite``)."""
 
     @functools.wraps(runner)
-    def run(job: Any, data: DataBundle | None = None, progress: bool = True) -> StageResult:
+    def run(job: Any, data: DataBundle | None = None, progress: bool = True, resume: bool = False) -> StageResult:
         if not progress:  # the CLI's --quiet; True leaves the job's own trainer.progress
             job.trainer.progress = False
         _check_job(job)
         out = None if job.trainer.out_dir is None else check_out_dir(job.trainer.out_dir)
+        if resume and out is None:
+            raise ConfigError("--resume continues the run in the run folder, and this job has none: set "
+                              "trainer.out_dir to the folder of the run to continue")
         phases = ("probe", "full") if isinstance(job, FinetuneJob) and job.method == "recipe" else ()  # fine_tune's
         reads = [getattr(job, key) for key in ("init", "pretrained", "teacher_weights") if getattr(job, key, None)]
-        with job_lock(out, job.trainer.overwrite, stages=phases, keep=reads, out_key="trainer.out_dir"):
-            return runner(job, data)
+        with job_lock(out, job.trainer.overwrite, stages=phases, keep=reads, out_key="trainer.out_dir",
+                      fresh=not resume, resume_with="--resume (the same command and config)"):
+            return runner(job, data, "last" if resume else None)
 
     return run
 
@@ -260,7 +264,7 @@ def _finish(trainer: Trainer, data: DataBundle, started: float, weights: Path | 
 
 
 @_holding_out_dir
-def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResult:
+def run_pretrain(job: PretrainJob, data: DataBundle | None = None, resume: str | None = None) -> StageResult:
     """Pretrain on ``job.data``; write ``pretrained.safetensors`` (or ``encoder.safetensors``) to the run folder."""
     started, seed, out = _start(job)
     data = data or build_data(job.data, seed)
@@ -275,7 +279,7 @@ def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResul
             load_pretrained(model, job.init)
         trainer = (build_trainer(ProximalTrainer, model, job, lam=job.lam) if job.method == "proximal"
                    else build_trainer(Trainer, model, job))
-    trainer.fit(data.train, data.val)
+    trainer.fit(data.train, data.val, resume=resume)
     weights = None
     if out is not None and job.method == "autoencoder":
         weights = save_weights(out / "encoder.safetensors", model.encoder.state_dict(),
@@ -286,7 +290,7 @@ def run_pretrain(job: PretrainJob, data: DataBundle | None = None) -> StageResul
 
 
 @_holding_out_dir
-def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResult:
+def run_finetune(job: FinetuneJob, data: DataBundle | None = None, resume: str | None = None) -> StageResult:
     """Fine-tune ``job.pretrained`` on ``job.data`` with ``job.method``; write ``finetuned.safetensors``."""
     started, seed, out = _start(job)
     data = data or build_data(job.data, seed)
@@ -303,14 +307,14 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
         result = fine_tune(model, data.train, data.val, epochs=job.trainer.epochs, optimizer=job.optimizer,
                            scheduler=job.scheduler, label_smoothing=smoothing, proximal=job.proximal,
                            out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
-                           **job.method_args)
+                           resume=resume, **job.method_args)
         trainer, history = result.trainer, result.history
         extra = {"choice": result.choice, "scores": result.scores} if result.scores else {}
     else:
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=job.label_smoothing or 0.0)
         trainer = build_trainer(FinetuneTrainer, model, job, loss_fn, proximal=job.proximal,
                                 method={"name": job.method, **job.method_args})
-        history, extra = trainer.fit(data.train, data.val), {}
+        history, extra = trainer.fit(data.train, data.val, resume=resume), {}
     weights = None
     if out is not None:
         weights = save_pretrained(model, out / "finetuned.safetensors", config=to_dict(job), source=job.data.name)
@@ -319,7 +323,7 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None) -> StageResul
 
 
 @_holding_out_dir
-def run_distill(job: DistillJob, data: DataBundle | None = None) -> StageResult:
+def run_distill(job: DistillJob, data: DataBundle | None = None, resume: str | None = None) -> StageResult:
     """Distil ``job.teacher_weights`` into ``job.student`` on ``job.data``; write ``student.safetensors``."""
     started, seed, out = _start(job)
     data = data or build_data(job.data, seed)
@@ -330,7 +334,7 @@ def run_distill(job: DistillJob, data: DataBundle | None = None) -> StageResult:
     trainer = build_trainer(DistillTrainer, student, job, teacher=teacher, temperature=job.temperature,
                             alpha=job.alpha, cache_teacher=job.cache_teacher)
     teacher_test = evaluate(teacher, data.test, device=job.trainer.device)
-    trainer.fit(transfer, data.val)
+    trainer.fit(transfer, data.val, resume=resume)
     weights = None if out is None else trainer.save_weights(out / "student.safetensors")
     return _finish(trainer, data, started, weights, trainer.history, teacher_accuracy=teacher_test["accuracy"],
                    teacher_params=count_parameters(teacher))
