@@ -99,6 +99,11 @@ def run_in_fresh_process(files: Sequence[str | os.PathLike], inputs: Sequence[to
     import of warmstart fails. Each file is run on every batch of ``inputs`` (outputs returned)
     and timed on the first (median of ``repeats`` calls after ``warmup``).
 
+    The process loads a ``.pt2`` file as a serving process does, with ``torch.export.load``,
+    which retries a failed safe load with full unpickling: a crafted file runs code there. It is
+    the one place warmstart calls it, in a separate process, to measure what serving does: give
+    it only files you exported yourself.
+
     Args:
         files: files written by :func:`export`.
         inputs: batches (a tensor, or a tuple of positional inputs) to run each file on.
