@@ -115,7 +115,8 @@ def test_fine_tune_scores_every_fold_through_the_loaders_input_transform():
     from warmstart.efficientnet import efficientnet_lite_input
 
     data = _images()
-    loader = InMemoryLoader(data.inputs, data.targets, batch_size=8, shuffle=True, seed=0,
+    pixels = (data.inputs - data.inputs.min()) / (data.inputs.max() - data.inputs.min())  # in [0, 1], as ImageInput takes
+    loader = InMemoryLoader(pixels, data.targets, batch_size=8, shuffle=True, seed=0,
                             transform=efficientnet_lite_input(0, size=16))
     torch.manual_seed(0)
     result = fine_tune(small_cnn(num_classes=3, in_channels=3, width=4), loader, epochs=10, lr=1e-2,
