@@ -246,5 +246,5 @@ def test_a_stopped_run_continues_with_resume(tmp_path, capsys):
         assert [row["epoch"] for row in csv.DictReader(f) if row.get("train_loss")] == ["1", "2"]  # continued
     assert main([*TINY, f"trainer.out_dir={out}", "--resume", "--overwrite"]) == 2
     assert "pass one of them" in capsys.readouterr().err
-    assert main(["run", "--resume", f"out_dir={tmp_path / 'job'}"]) == 2
+    assert main(["run", "--resume", "task=text", f"out_dir={tmp_path / 'job'}"]) == 2
     assert "cannot continue yet" in capsys.readouterr().err

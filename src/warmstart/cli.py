@@ -18,8 +18,8 @@ Unknown keys and wrong types are errors that name the key and the nearest valid 
 The resolved config is written into the run folder (job.yaml: run it again with
   warmstart {cmd} RUN_FOLDER/job.yaml) and into every checkpoint (and config.yaml).
 A run folder that holds an earlier run is refused (the earlier run is never replaced unasked):
-choose another folder, pass --resume to continue it (pretrain, finetune, distill), or --overwrite
-to replace that run's files.
+choose another folder, pass --resume to continue it (pretrain, finetune, distill, and run without
+a task: the digits story), or --overwrite to replace that run's files.
 Top-level keys: {keys}"""
 
 
@@ -99,9 +99,9 @@ def _run(command: str, config: str | None, overrides: list[str], print_config: b
         return 0
     runner = command_of(job).load_runner()
     if resume and "resume" not in inspect.signature(runner).parameters:
-        raise ConfigError(f"--resume continues single-stage runs (warmstart pretrain, finetune, distill); a "
-                          f"'{command}' job of several stages cannot continue yet: run it again into another folder, "
-                          "or with --overwrite")
+        raise ConfigError(f"--resume continues warmstart pretrain, finetune and distill runs and the digits story "
+                          f"(warmstart run without a task); this '{command}' job cannot continue yet: run it again into "
+                          "another folder, or with --overwrite")
     result = runner(job, progress=not quiet, **({"resume": True} if resume else {}))
     summary = getattr(result, "summary", None)  # a single stage's StageResult; the pipelines print their own tables
     if callable(summary):

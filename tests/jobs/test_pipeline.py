@@ -100,3 +100,27 @@ def test_every_stage_is_checked_before_the_first_trains(tmp_path, monkeypatch):
             run_pipeline(_job(tmp_path / "run", override, "source.name=fake", "target.name=fake", "target.shots=null"),
                          progress=False)
         assert not (tmp_path / "run" / "pretrain").exists()
+
+
+def test_a_run_stopped_after_a_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Issue 37: after a kill the CLI offered only --overwrite, which loses the finished stages."""
+    import shutil
+
+    from warmstart.jobs import pipeline
+
+    options = ("finetune.methods=[full]", "distill.unlabelled=false")  # no seed: the resumed run takes the recorded one
+    whole = run_pipeline(_job(tmp_path / "whole", *options), progress=False)
+    calls = []
+    real = pipeline.run_finetune
+    monkeypatch.setattr(pipeline, "run_finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    shutil.rmtree(cut / "distill")  # as if killed after fine-tuning: the distillation stage never ran
+    (cut / "results.json").unlink()
+    with pytest.raises(RunExistsError, match=r"continue it with --resume"):
+        run_pipeline(_job(cut, *options), progress=False)
+    with pytest.warns(UserWarning, match="nothing to train"):  # the finished stages load their checkpoints
+        resumed = run_pipeline(_job(cut, *options), progress=False, resume=True)
+    assert {k: v["accuracy"] for k, v in resumed.items() if "accuracy" in v} == \
+        {k: v["accuracy"] for k, v in whole.items() if "accuracy" in v}
+    assert calls  # the finished stages were visited (and trained nothing)

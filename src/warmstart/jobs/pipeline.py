@@ -20,7 +20,8 @@ from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.report import LABELS, print_table, write_report
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
 from warmstart.jobs.stages import (StageResult, build_job_model, check_settings, count_parameters, recorded_job,
-                                   rerun_command, resolve_seed, run_distill, run_finetune, run_pretrain)
+                                   rerun_command, resolve_seed, resume_seed, run_distill, run_finetune,
+                                   run_pretrain)
 
 # how each method of finetune.methods runs as a finetune job: its method, the options, whether it starts pretrained
 _METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -46,8 +47,8 @@ STAGE_FOLDERS = ("pretrain", *(f"finetune/{method}{phase}" for method, (how, _, 
 class _Run:
     """One pipeline run: its folder, the data, and what each stage scored."""
 
-    def __init__(self, job: PipelineJob, progress: bool):
-        self.job, self.out, self.progress = job, Path(job.out_dir).expanduser(), progress
+    def __init__(self, job: PipelineJob, progress: bool, resume: bool = False):
+        self.job, self.out, self.progress, self.resume = job, Path(job.out_dir).expanduser(), progress, resume
         self.results: dict[str, dict[str, Any]] = {}
         self.curves: dict[str, list[dict[str, Any]]] = {}
 
@@ -75,7 +76,7 @@ class _Run:
               f"({result.seconds:.1f} s)", flush=True)
 
 
-def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str, Any]]:
+def run_pipeline(job: PipelineJob, progress: bool = True, resume: bool = False) -> dict[str, dict[str, Any]]:
     """Run the whole story of ``job`` and return ``{method: {"accuracy", "val_accuracy", "params", "seconds", ...}}``.
 
     1. Pretrain ``job.model`` on ``job.source``; with ``finetune.keep_head`` (the target has the
@@ -103,13 +104,16 @@ def run_pipeline(job: PipelineJob, progress: bool = True) -> dict[str, dict[str,
     for name in ("pretrain", "finetune", "distill"):  # every stage's settings, before the first stage trains
         stage = getattr(job, name)
         check_settings(stage.trainer, stage.optimizer, stage.scheduler, where=name)
-    seed = resolve_seed(job)
     out = check_out_dir(job.out_dir)
-    with job_lock(out, job.trainer.overwrite, stages=STAGE_FOLDERS):
+    if resume:
+        resume_seed(job, out)
+    seed = resolve_seed(job)
+    with job_lock(out, job.trainer.overwrite, stages=STAGE_FOLDERS, fresh=not resume, out_key="out_dir",
+                  resume_with="--resume (the same command and config)"):
         save_config(recorded_job(job), out / "job.yaml")
         source, target = build_data(job.source, seed), build_data(job.target, seed)
         _check_models(job, target)
-        run = _Run(job, progress)
+        run = _Run(job, progress, resume)
         started = time.perf_counter()
         pretrained = _pretrain(run, source, target)
         finetuned = {method: _finetune(run, method, target, pretrained) for method in job.finetune.methods}
@@ -139,7 +143,7 @@ def _pretrain(run: _Run, source: DataBundle, target: DataBundle) -> Path:
     trainer, optimizer, scheduler = run.stage(job.pretrain, "pretrain")
     run.heading(f"1/3 pretrain {job.model.name} on {job.source.name} ({trainer.epochs} epochs)")
     result = run_pretrain(PretrainJob(data=job.source, model=job.model, trainer=trainer, optimizer=optimizer,
-                                      scheduler=scheduler), data=source)
+                                      scheduler=scheduler), data=source, resume=run.resume)
     run.record("pretrain", result, dataset=job.source.name)
     if job.finetune.keep_head:  # the target has the source's classes: the pretrained model can answer as it is
         started = time.perf_counter()
@@ -160,7 +164,7 @@ def _finetune(run: _Run, method: str, target: DataBundle, pretrained: Path) -> S
         data=job.target, model=job.model, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
         pretrained=str(pretrained) if starts_pretrained else None, method=job_method, method_args=options,
         proximal=stage.proximal if method == "proximal" else None, label_smoothing=stage.label_smoothing,
-        keep_head=stage.keep_head), data=target)
+        keep_head=stage.keep_head), data=target, resume=run.resume)
     run.record(method, result, **{k: result.extra[k] for k in ("choice", "scores") if k in result.extra})
     return result
 
@@ -179,7 +183,7 @@ def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -
             trainer = dataclasses.replace(trainer, max_epochs=None, max_steps=max_steps)
         result = run_finetune(FinetuneJob(data=job.target, model=stage.student, trainer=trainer, optimizer=optimizer,
                                           scheduler=scheduler, method="full", method_args={"backbone_lr_mult": 1.0}),
-                              data=target)
+                              data=target, resume=run.resume)
         run.record(name, result, steps=result.steps)
 
     run.heading(f"3/3 distil: the student on the {job.target.shots or 'all'}-per-class labels alone")
@@ -190,7 +194,7 @@ def _distill(run: _Run, target: DataBundle, finetuned: dict[str, StageResult]) -
     distilled = run_distill(DistillJob(
         teacher=job.model, teacher_weights=str(candidates[best].weights), student=stage.student, data=job.target,
         trainer=trainer, optimizer=optimizer, scheduler=scheduler, temperature=stage.temperature, alpha=stage.alpha,
-        unlabelled=stage.unlabelled), data=target)
+        unlabelled=stage.unlabelled), data=target, resume=run.resume)
     run.record("student_distilled", distilled, teacher=best, steps=distilled.steps)
     if distilled.steps != run.results["student_scratch"]["steps"]:  # the fair control: labels alone, as many steps
         run.heading(f"3/3 distil: the student on the labels alone for as many optimizer steps ({distilled.steps})")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from warmstart._run_dir import check_out_dir, holds, job_lock
 from warmstart._runtime import check_precision, select_device
 from warmstart.checkpoint import save_weights
-from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, save_config, to_dict
+from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, read_yaml, save_config, to_dict
 from warmstart.data import InMemoryLoader
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.errors import ConfigError
@@ -79,6 +79,14 @@ def resolve_seed(job: Any) -> int:
     if job.trainer.seed is None:
         job.trainer.seed = random.SystemRandom().randrange(2**31 - 1)
     return job.trainer.seed
+
+
+def resume_seed(job: Any, out: Path | None) -> None:
+    """A resumed job without a seed of its own takes the one its first run drew (``job.yaml``): the same data split
+    and the same trainer seed, or the run would continue on other data."""
+    recorded = None if out is None else out / "job.yaml"
+    if job.trainer.seed is None and recorded is not None and recorded.is_file():
+        job.trainer.seed = (read_yaml(recorded).get("trainer") or {}).get("seed")
 
 
 def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None, *, key: str = "model") -> nn.Module:
@@ -241,6 +249,8 @@ def _holding_out_dir(runner: Callable[..., StageResult]) -> Callable[..., StageR
         reads = [getattr(job, key) for key in ("init", "pretrained", "teacher_weights") if getattr(job, key, None)]
         with job_lock(out, job.trainer.overwrite, stages=phases, keep=reads, out_key="trainer.out_dir",
                       fresh=not resume, resume_with="--resume (the same command and config)"):
+            if resume:
+                resume_seed(job, out)
             return runner(job, data, "last" if resume else None)
 
     return run

@@ -16,7 +16,7 @@ import torch
 
 from warmstart import distributed
 from warmstart._runtime import select_device
-from warmstart._run_dir import check_out_dir, job_lock
+from warmstart._run_dir import check_out_dir, holds, job_lock
 from warmstart.checkpoint import atomic_path
 from warmstart.errors import CheckpointError, ConfigError
 from warmstart.selection._folds import sample_count
@@ -139,8 +139,10 @@ def train_by_selection(names: Sequence[str], trial: Trial, final: Final, loader:
     """
     _check_resume(resume, out_dir, caller)
     top = None if out_dir is None else check_out_dir(out_dir)
-    claim = job_lock(top, overwrite, fresh=resume is None, stages=stages, out_key=None,
-                     resume_with=f'{caller}(..., resume="last")') if top is not None else contextlib.nullcontext()
+    claim = contextlib.nullcontext()  # no folder, or one a job already claimed (and checked) for this call
+    if top is not None and not holds(top):
+        claim = job_lock(top, overwrite, fresh=resume is None, stages=stages, out_key=None,
+                         resume_with=f'{caller}(..., resume="last")')
     with claim:
         record = _read(top, caller) if resume == "last" else None
         plan = {"caller": caller, "candidates": list(names), "epochs": epochs, "samples": _size(loader),
