@@ -238,3 +238,24 @@ def test_the_feature_cache_keeps_the_fixed_steps_of_a_transform_with_a_random_on
     with torch.no_grad():
         expected = model.pool(model.block3(model.block2(model.block1(fixed(images)))))
     torch.testing.assert_close(features, expected)  # the features of the network's real input, unflipped
+
+
+def test_freeze_bn_normalises_with_the_pretrained_statistics_while_the_affine_weights_train():
+    torch.manual_seed(0)
+    model = _model()
+    bn = model.block1[1]
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    weight = bn.weight.detach().clone()
+    trainer = FinetuneTrainer(model, {"name": "sgd", "lr": 0.1}, method="full", freeze_bn=True, max_epochs=2,
+                              progress=False)
+    trainer.fit(DataLoader(_data(), batch_size=8, shuffle=True))
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])  # never updated
+    assert not torch.equal(bn.weight, weight) and bn.weight.requires_grad  # its affine weights trained
+    model.train()
+    assert not bn.training and model.block1[0].training  # held in eval mode through model.train()
+    plain = _model()
+    FinetuneTrainer(plain, {"name": "sgd", "lr": 0.1}, method="full", max_epochs=1, progress=False).fit(
+        DataLoader(_data(), batch_size=8))
+    assert not torch.equal(plain.block1[1].running_mean, stats[0])  # without it the statistics move
+    with pytest.raises(ConfigError, match="pass one of them"):
+        FinetuneTrainer(_model(), method="full", train_bn=True, freeze_bn=True)

@@ -87,7 +87,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
               weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
               proximal: float | None = None, lora: Mapping[str, Any] | None = None, head: str | None = None,
-              keep_head: bool = False, head_init: str = "normal",
+              keep_head: bool = False, head_init: str = "normal", freeze_bn: bool = False,
               out_dir: str | os.PathLike | None = None, resume: str | None = None,
               **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call, choosing how by validation accuracy.
@@ -145,6 +145,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         lora: LoRA options: fine-tune with adapters (see :class:`warmstart.finetune.LoRA`).
         head: module path of the head (found automatically when omitted).
         keep_head: keep the model's head even though ``num_classes`` is given.
+        freeze_bn: hold the backbone's BatchNorm layers in eval mode in the main phase (see
+            :class:`FinetuneTrainer`); never for a candidate from random weights, whose statistics
+            mean nothing.
         head_init: the new head's initialisation (see :func:`warmstart.heads.init_head`): the small
             ``"normal"`` N(0, 0.01^2) for pretrained features; ``"default"`` (the layer's own
             ``reset_parameters``) for a model trained from random weights, such as a
@@ -181,7 +184,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("out_dir", "overwrite")}
     _prepare_head(model, num_classes, head, keep_head, head_init)
     run = functools.partial(_train, optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing,
-                            proximal=proximal, head=head, trainer_kwargs=trainer_kwargs)
+                            proximal=proximal, head=head, freeze_bn=freeze_bn, trainer_kwargs=trainer_kwargs)
     if lora is not None:
         choices = [Candidate("lora", 0, build_method("lora", dict(lora)))]
     elif not select:
@@ -222,8 +225,8 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
 
 def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs: int, out_dir: Any, *,
            optimizer: Any, scheduler: Any, label_smoothing: float, proximal: float | None, head: str | None,
-           trainer_kwargs: dict[str, Any], quiet: bool = False, seed: int | None = None, resume: str | None = None,
-           overwrite: bool = False) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
+           freeze_bn: bool, trainer_kwargs: dict[str, Any], quiet: bool = False, seed: int | None = None,
+           resume: str | None = None, overwrite: bool = False) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
     """Train ``model`` the candidate's way: an optional linear-probe warm-up, then its main phase.
 
     Each phase writes its own folder of ``out_dir`` (``probe/``, ``full/``) and continues its own
@@ -246,6 +249,7 @@ def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs:
         history += [{"phase": "linear_probe", **h} for h in probe.fit(train, val, resume=resume)]
     anchored = proximal if candidate.pretrained and not isinstance(candidate.method, LinearProbe) else None
     trainer = FinetuneTrainer(model, optimizer, loss_fn, head=head, proximal=anchored, method=candidate.method,
+                              freeze_bn=freeze_bn and candidate.pretrained,
                               max_epochs=epochs, scheduler=scheduler or {"name": "cosine", "warmup_epochs": 0.05 * epochs},
                               out_dir=folder("full"), **options)
     phase = f"{2 if candidate.warm_up else 1}/{2 if candidate.warm_up else 1}"

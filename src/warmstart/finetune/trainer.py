@@ -116,6 +116,11 @@ class FinetuneTrainer(Trainer):
         head: module path of the head (found automatically when omitted).
         groups: explicit layer groups, each a pattern or list of patterns over module names.
         train_bn: keep BatchNorm layers training inside frozen groups.
+        freeze_bn: hold every BatchNorm layer of the backbone in eval mode, also in the groups that
+            train: it normalises with its pretrained running statistics and never updates them,
+            while its affine weights train with their group (timm's ``freeze_bn``). Few labels in
+            small batches give noisy batch statistics that pull a pretrained network off its
+            features; the statistics it was trained with do not move.
         proximal: ``lam`` of the proximal term (``None``: off).
         proximal_mode: ``"penalty"`` or ``"prox"``.
         beta: ``beta/2 ||w||^2`` on the head (it has no anchor), with ``proximal``.
@@ -134,7 +139,8 @@ class FinetuneTrainer(Trainer):
     def __init__(self, model: nn.Module, optimizer: Any = None, loss_fn: Any = None, *,
                  method: str | Method | dict[str, Any] | None = None, lora: Mapping[str, Any] | None = None,
                  head: str | None = None, groups: Sequence[str | Sequence[str]] | None = None, train_bn: bool = False,
-                 proximal: float | None = None, proximal_mode: str = "penalty", beta: float = 0.0, **kwargs: Any):
+                 freeze_bn: bool = False, proximal: float | None = None, proximal_mode: str = "penalty",
+                 beta: float = 0.0, **kwargs: Any):
         method = _method_from_options(self, method, kwargs)
         self.method = build_method(method, None if lora is None else dict(lora))
         _check_parallelism(self.method, kwargs)
@@ -142,7 +148,10 @@ class FinetuneTrainer(Trainer):
         self.head_names = head_parameter_names(model, head)
         self.lora = self._attach_lora(model, head, _requested_lora_options(method, lora, self.method))
         self._adapters = set() if self.lora is None else set(adapter_parameter_names(model))
-        self.train_bn = train_bn
+        if train_bn and freeze_bn:
+            raise ConfigError("train_bn=True trains BatchNorm layers inside frozen groups and freeze_bn=True holds "
+                              "every BatchNorm layer in eval mode: pass one of them")
+        self.train_bn, self.freeze_bn = train_bn, freeze_bn
         self._bn_params = {id(p) for m in model.modules() if isinstance(m, _BATCHNORM) for p in m.parameters(recurse=False)}
         self.backbone = _backbone_groups(model, groups, set(self.head_names))
         if proximal is not None:
@@ -185,7 +194,7 @@ class FinetuneTrainer(Trainer):
         method = {"name": self.method.name, **plain_values(dataclasses.asdict(self.method))}
         if self.lora is not None:
             method.update(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=list(self.lora.targets))
-        return {**super().resolved_config(), "method": method}
+        return {**super().resolved_config(), "method": method, "freeze_bn": self.freeze_bn}
 
     # ------------------------------------------------------------------ groups and freezing
 
@@ -205,12 +214,13 @@ class FinetuneTrainer(Trainer):
         cut = len(self.backbone) - n
         for index, group in enumerate(self.backbone):
             frozen = index < cut
+            held = frozen or self.freeze_bn  # freeze_bn: eval-mode BatchNorm also where the group trains
             for module in group.modules:
                 for sub in module.modules():
                     if isinstance(sub, _BATCHNORM) and not self.train_bn:
-                        if frozen and not is_frozen_batchnorm(sub):
+                        if held and not is_frozen_batchnorm(sub):
                             freeze_batchnorm(sub)
-                        elif not frozen and is_frozen_batchnorm(sub):
+                        elif not held and is_frozen_batchnorm(sub):
                             unfreeze_batchnorm(sub, training=model.training)
             for param in group.parameters():
                 param.requires_grad_(not frozen or (self.train_bn and id(param) in self._bn_params))
