@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     train, val = split_loader(train_all, 0.2, seed=args.seed)
     result = recover(pruned, train, val, teacher=model, method="auto", epochs=args.epochs, optimizer=optimizer,
                      seed=args.seed, progress=False)
-    print("recovery on 20% of the training labels: " + ", ".join(f"{m} {a:.1%}" for m, a in result.scores.items())
-          + f" -> {result.method}")
+    scored = ", ".join(f"{m} {a:.1%}" for m, a in result.scores.items()) or f"no trial ({result.selection.note})"
+    print(f"recovery on 20% of the training labels: {scored} -> {result.method}")
     rows.append((f"pruned + {result.method}", pruned, accuracy(pruned, test)))
 
     # 3. Save and reload: the pruned shapes are rebuilt on the original architecture.

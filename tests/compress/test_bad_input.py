@@ -105,7 +105,7 @@ def test_auto_recovery_records_its_choice_and_resumes_it_without_new_trials(tmp_
     x, y = torch.randn(24, 16, generator=torch.Generator().manual_seed(1)), torch.arange(24) % 3
     labelled = InMemoryLoader(x, y, batch_size=8, shuffle=True)
     options = {"teacher": teacher, "method": "auto", "unlabelled": torch.randn(16, 16), "out_dir": tmp_path,
-               "progress": False, "seed": 0}
+               "progress": False, "seed": 0, "selection": {"max_detectable": None, "min_trial_steps": 1}}
     result = recover(mlp(16, [8], 3), labelled, epochs=3, **options)
     record = json.loads((tmp_path / "selection.json").read_text())
     chosen = record["selection"]

@@ -41,7 +41,7 @@ def test_the_candidate_with_the_best_validation_accuracy_is_trained_on_all_label
     model = small_cnn(num_classes=3, width=4)  # random "pretrained" features: the probe cannot win
     candidates = [Candidate("probe", 0, LinearProbe()), Candidate("everything", 0, Full(backbone_lr_mult=1.0))]
     result = fine_tune(model, _batches(), _batches(seed=1), epochs=4, candidates=candidates, out_dir=tmp_path,
-                       progress=False)
+                       progress=False, selection={"max_detectable": None})
     assert set(result.scores) == {"probe", "everything"}
     assert result.choice == max(result.scores, key=result.scores.get) == "everything"
     assert [h["phase"] for h in result.history] == ["full"] * 4  # the winner, trained for the full epochs
@@ -58,7 +58,8 @@ def test_when_training_from_random_weights_wins_it_is_said(recwarn):
     candidates = [Candidate("full", 0, Full(backbone_lr_mult=1.0)),
                   Candidate("no_pretraining", 0, Full(backbone_lr_mult=1.0), pretrained=False)]
     with pytest.warns(UserWarning, match="training from random weights scored best.*do not help this task"):
-        result = fine_tune(model, _batches(), _batches(seed=1), epochs=4, candidates=candidates, progress=False)
+        result = fine_tune(model, _batches(), _batches(seed=1), epochs=4, candidates=candidates, progress=False,
+                           selection={"max_detectable": None})
     assert result.choice == "no_pretraining" and model.block1[0].weight.abs().sum() > 0
 
 
@@ -66,20 +67,38 @@ def test_without_a_val_loader_small_data_is_cross_validated_and_the_cost_reporte
     torch.manual_seed(0)
     x = torch.cat([b[0] for b in _batches()])
     y = torch.cat([b[1] for b in _batches()])
-    with pytest.warns(UserWarning, match="only gains above [0-9]+ points could be told from noise"):
-        result = fine_tune(small_cnn(num_classes=3, width=4), InMemoryLoader(x, y, batch_size=16, shuffle=True),
-                           epochs=2, progress=False)
-    assert set(result.scores) == {"recipe", "full", "freeze_first", "linear_probe", "no_pretraining"}
+    data = InMemoryLoader(x, y, batch_size=16, shuffle=True)
+    result = fine_tune(small_cnn(num_classes=3, width=4), data, epochs=2, progress=False,
+                       selection={"max_detectable": None})  # trials, though 96 labels tell little
+    assert set(result.scores) == {"recipe", "full", "lora", "linear_probe", "no_pretraining"}
     assert all(0 <= s <= 1 for s in result.scores.values())
     picked = result.selection
     assert picked.validation == "5-fold x 1 cross-validation on 96 labels" and picked.default == "recipe"
-    assert picked.trainings == 25 and picked.trial_epochs == 1 and all(len(s.folds) == 5 for s in picked.scores.values())
-    assert picked.cost == pytest.approx(25 * (4 / 5) / 2)  # 2 epochs cannot be divided further: 10x, and it says so
-    assert picked.trial_steps == 5 and "(5 optimizer steps)" in picked.summary()  # 76 or 77 training rows, batch 16
+    # trials of at least 50 optimizer steps: 10 epochs of the 5 batches of 76 or 77 training rows (batch 16)
+    assert picked.trainings == 25 and picked.trial_epochs == 10 and all(len(s.folds) == 5 for s in picked.scores.values())
+    assert picked.cost == pytest.approx(25 * 10 * (4 / 5) / 2)  # 2 epochs cannot be divided: 100x, and it says so
+    assert picked.trial_steps == 50 and "(50 optimizer steps)" in picked.summary()
     assert result.scores == {n: s.mean for n, s in picked.scores.items()}
-    assert not picked.informative and result.choice == "recipe" and picked.note in picked.summary()
+    assert result.choice == "recipe" and picked.scores["recipe"].mean == 1.0  # the task is learned in 50 steps
     with pytest.raises(DataError, match="a list cannot be split: pass a val_loader"):
         fine_tune(small_cnn(num_classes=3, width=4), _batches(), epochs=1, progress=False)
+
+
+def test_on_labels_too_few_to_choose_on_no_trial_runs_and_the_default_is_trained():
+    x = torch.cat([b[0] for b in _batches()])
+    y = torch.cat([b[1] for b in _batches()])
+    with pytest.warns(UserWarning, match=r"With 96 validation labels no gain under 16 points could be told from "
+                                         r"noise, so no trial ran and the default 'recipe' was trained"):
+        result = fine_tune(small_cnn(num_classes=3, width=4), InMemoryLoader(x, y, batch_size=16, shuffle=True),
+                           epochs=2, progress=False)
+    assert result.choice == "recipe" and result.selection.trainings == 0 and result.selection.cost == 0
+    assert [h["phase"] for h in result.history] == ["linear_probe"] * 2 + ["full"] * 2
+
+
+def test_the_default_epochs_take_at_least_100_optimizer_steps():
+    from warmstart.finetune.recipes import default_epochs
+
+    assert default_epochs([0] * 4) == 25 and default_epochs([0] * 40) == 10 and default_epochs(iter([])) == 10
 
 
 def test_bad_recipe_arguments_are_named():

@@ -235,7 +235,7 @@ def run_selection(case: str, world: int, out: Path) -> dict[str, Any]:
         torch.manual_seed(0)
         return fine_tune(CNN(), train, val, epochs=10, candidates=candidates, out_dir=folder, resume=resume,
                          callbacks=[killer], optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, device="cpu",
-                         progress=False, seed=0)
+                         progress=False, seed=0, selection={"max_detectable": None, "min_trial_steps": 1})
 
     folder = out / f"selection-{case}"
     try:

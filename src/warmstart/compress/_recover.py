@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -15,7 +15,8 @@ from torch import nn
 from warmstart.data.loaders import InMemoryLoader
 from warmstart.distill.recipe import KDSetting, choose_and_train, train_setting, unlabelled_inputs
 from warmstart.errors import ConfigError
-from warmstart.selection import SELECTION_FILE, Selection, SelectionOptions, epochs_option, run_folder
+from warmstart.selection import (SELECTION_FILE, Selection, SelectionOptions, epochs_option, run_folder,
+                                 selection_options)
 
 METHODS = ("distill", "finetune", "auto")
 DEFAULT_EPOCHS = 5  # at least: on few labels, as many epochs as MIN_STEPS optimizer steps take
@@ -63,6 +64,7 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
             teacher: nn.Module | None = None, method: str = "distill",
             unlabelled: torch.Tensor | InMemoryLoader | None = None, epochs: int | None = None,
             optimizer: Any = None, temperature: float = 4.0, alpha: float | None = None, folds: int = 5,
+            selection: SelectionOptions | Mapping[str, Any] | None = None,
             resume: str | os.PathLike | None = None, **trainer_kwargs: Any) -> RecoveryResult:
     """Train a pruned (or sparsified, or otherwise compressed) model back towards the original's accuracy.
 
@@ -113,6 +115,8 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
         alpha: weight of the distillation term (default 0.9 on labelled batches, 1 with
             ``unlabelled`` images or unlabelled batches).
         folds: folds of ``"auto"``'s cross-validation.
+        selection: more options of ``"auto"``'s choice (:class:`warmstart.selection.SelectionOptions`
+            or a dict of its fields); ``folds`` fills what it leaves out.
         resume: as for :meth:`warmstart.Trainer.fit`; with ``"auto"`` only ``"last"``.
         **trainer_kwargs: more trainer options (``scheduler`` defaults to cosine; ``seed``,
             ``device``, ``progress``, ``cache_teacher``, ``out_dir``, ...).
@@ -146,8 +150,8 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
                "scheduler": {"name": "cosine"}, **trainer_kwargs}
     if method == "auto":
         settings = recovery_settings(extra is not None, temperature, 0.9 if alpha is None else alpha)
-        return _choose_and_train(pruned, teacher, settings, train_loader, val_loader, extra, epochs, folds, resume,
-                                 options)
+        return _choose_and_train(pruned, teacher, settings, train_loader, val_loader, extra, epochs,
+                                 selection_options(selection, folds=folds), resume, options)
     if method == "finetune":
         setting = KDSetting("finetune", 0.0)
     else:
@@ -175,7 +179,7 @@ def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any) -> i
 
 
 def _choose_and_train(pruned: nn.Module, teacher: nn.Module, settings: list[KDSetting], train: Any, val: Any,
-                      extra: torch.Tensor | None, epochs: int, folds: int, resume: str | None,
+                      extra: torch.Tensor | None, epochs: int, selection: SelectionOptions, resume: str | None,
                       options: dict[str, Any]) -> RecoveryResult:
     """``method="auto"``: :func:`warmstart.distill.recipe.choose_and_train`, the teacher left as it was."""
     top, overwrite = run_folder(None, options)
@@ -183,7 +187,7 @@ def _choose_and_train(pruned: nn.Module, teacher: nn.Module, settings: list[KDSe
     with _restored(teacher):
         picked, trainer = choose_and_train(pruned, teacher, settings, train, extra, val, epochs, options,
                                            caller="recover", out_dir=top, overwrite=overwrite, resume=resume,
-                                           selection=SelectionOptions(folds=folds))
+                                           selection=selection)
     scores = {name: score.mean for name, score in picked.scores.items()}
     return RecoveryResult(pruned, picked.choice, trainer.history, trainer, scores, picked)
 

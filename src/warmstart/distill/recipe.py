@@ -7,7 +7,7 @@ import dataclasses
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from warmstart.data.loaders import InMemoryLoader
 from warmstart.distill.trainer import DistillTrainer
 from warmstart.errors import ConfigError
 from warmstart.selection import (Selection, SelectionOptions, epochs_option, run_folder, sample_count,
-                                 train_by_selection, trainer_option, validation_accuracy)
+                                 selection_options, train_by_selection, trainer_option, validation_accuracy)
 from warmstart.trainer import Trainer
 
 
@@ -81,6 +81,7 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
             unlabelled: torch.Tensor | InMemoryLoader | None = None, val_loader: Iterable[Any] | None = None, *,
             epochs: int | None = None, optimizer: Any = None, scheduler: Any = None,
             settings: Sequence[KDSetting] | None = None, select: bool = True, val_fraction: float = 0.2, folds: int = 5,
+            selection: SelectionOptions | Mapping[str, Any] | None = None,
             out_dir: str | os.PathLike | None = None, resume: str | None = None,
             **trainer_kwargs: Any) -> DistillResult:
     """Train ``student`` from ``teacher`` the way that validates best; hard labels unless beaten beyond chance.
@@ -116,6 +117,8 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         val_fraction: share of the labels held out for the choice when there is no ``val_loader``
             and 2,000 labels or more.
         folds: folds of the cross-validation on fewer labels.
+        selection: more options of the choice (:class:`warmstart.selection.SelectionOptions` or a
+            dict of its fields); ``folds`` and ``val_fraction`` fill what it leaves out.
         out_dir: folder of the choice's record and the final training's checkpoints and logs.
         resume: ``"last"`` continues the call recorded in ``out_dir``.
         **trainer_kwargs: more :class:`warmstart.Trainer` options (``seed``, ``overwrite``, ...).
@@ -147,7 +150,8 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
                **{k: v for k, v in trainer_kwargs.items() if k not in ("out_dir", "overwrite")}}
     picked, trainer = choose_and_train(student, teacher, tried if select else tried[:1], labelled, extra, val_loader,
                                        epochs, options, caller="distill", out_dir=top, overwrite=overwrite,
-                                       resume=resume, selection=SelectionOptions(val_fraction=val_fraction, folds=folds))
+                                       resume=resume,
+                                       selection=selection_options(selection, val_fraction=val_fraction, folds=folds))
     scores = {} if picked is None else {name: score.mean for name, score in picked.scores.items()}
     return DistillResult(model=student, history=trainer.history, trainer=trainer,
                          choice=tried[0].name if picked is None else picked.choice, scores=scores, selection=picked)

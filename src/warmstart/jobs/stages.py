@@ -319,7 +319,7 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None, resume: str |
                            out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
                            resume=resume, **job.method_args)
         trainer, history = result.trainer, result.history
-        extra = {"choice": result.choice, "scores": result.scores} if result.scores else {}
+        extra = {} if result.selection is None else {"choice": result.choice, "scores": result.scores}
     else:
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=job.label_smoothing or 0.0)
         trainer = build_trainer(FinetuneTrainer, model, job, loss_fn, proximal=job.proximal,

@@ -20,7 +20,7 @@ from warmstart._run_dir import check_out_dir, holds, job_lock
 from warmstart.checkpoint import atomic_path
 from warmstart.errors import CheckpointError, ConfigError
 from warmstart.selection._folds import sample_count
-from warmstart.selection._select import BUDGET, CV_BELOW, Selection, select
+from warmstart.selection._select import BUDGET, CV_BELOW, MIN_TRIAL_STEPS, TELLS_APART, Selection, select
 from warmstart.selection._statistics import ALPHA
 
 SELECTION_FILE = "selection.json"  # in out_dir: the plan, every finished trial, and the choice
@@ -43,6 +43,9 @@ class SelectionOptions:
         cv_below: cross-validate below this many labelled samples.
         budget: the trials' cost in final runs.
         alpha: the chance of choosing another candidate when all are equally good.
+        max_detectable: run no trial when the validation count cannot detect a smaller gain
+            (``None``: always run them; see :func:`warmstart.selection.select`).
+        min_trial_steps: optimizer steps a trial trains at least.
     """
 
     val_fraction: float = 0.2
@@ -51,6 +54,22 @@ class SelectionOptions:
     cv_below: int = CV_BELOW
     budget: float = BUDGET
     alpha: float = ALPHA
+    max_detectable: float | None = TELLS_APART
+    min_trial_steps: int = MIN_TRIAL_STEPS
+
+
+def selection_options(selection: SelectionOptions | Mapping[str, Any] | None, **defaults: Any) -> SelectionOptions:
+    """A call's :class:`SelectionOptions`: ``selection`` (an instance, or a mapping of its fields), the call's own
+    shorthands (``folds``, ``val_fraction``) filling what it leaves out.
+
+    Raises:
+        ConfigError: an unknown field (with the nearest valid one) or a wrong type.
+    """
+    if isinstance(selection, SelectionOptions):
+        return selection
+    from warmstart.config import from_dict
+
+    return from_dict(SelectionOptions, {**defaults, **dict(selection or {})}, prefix="selection")
 
 
 def run_folder(out_dir: str | os.PathLike | None, trainer_options: Mapping[str, Any]) -> tuple[Path | None, bool]:
@@ -162,7 +181,8 @@ def train_by_selection(names: Sequence[str], trial: Trial, final: Final, loader:
             picked = select(names, lambda n, tr, va, e, s: trial(n, tr, va, e, seed + s), loader, epochs,
                             val_loader=val_loader, val_fraction=options.val_fraction, folds=options.folds,
                             repeats=options.repeats, cv_below=options.cv_below, seed=seed, budget=options.budget,
-                            cost_of=cost_of, alpha=options.alpha, done=trials, on_trial=book.trial)
+                            cost_of=cost_of, alpha=options.alpha, done=trials, on_trial=book.trial,
+                            max_detectable=options.max_detectable, min_trial_steps=options.min_trial_steps)
         book.choose(picked)
         if progress and distributed.is_main_process():
             print(f"{caller} {picked.summary()}", flush=True)

@@ -14,7 +14,8 @@ from warmstart.selection._statistics import (ALPHA, CandidateScore, best_of, cho
 
 CV_BELOW = 2000  # labelled samples under which one held-out split is too small to choose on: cross-validate
 BUDGET = 2.0  # the trials of a choice together cost about this many runs of the final training
-TELLS_APART = 0.10  # a choice that cannot tell a gain of 10 points from noise says so
+TELLS_APART = 0.10  # a choice that cannot tell a gain of 10 points from noise says so (and runs no trial)
+MIN_TRIAL_STEPS = 50  # a trial trains at least this many optimizer steps: fewer score every candidate near its floor
 
 # score(name, train_loader, val_loader, trial_epochs, split_index) -> validation accuracy of a fresh trial
 Score = Callable[[str, Any, Any, int, int], float]
@@ -119,12 +120,22 @@ def select(names: Sequence[str], score: Score, loader: Any, epochs: int, *, val_
            val_fraction: float = 0.2, folds: int = 5, repeats: int = 1, cv_below: int = CV_BELOW, seed: int = 0,
            budget: float = BUDGET, cost_of: Mapping[str, float] | None = None, alpha: float = ALPHA,
            done: Mapping[tuple[str, int], float] | None = None,
-           on_trial: Callable[[str, int, float], None] | None = None) -> Selection:
+           on_trial: Callable[[str, int, float], None] | None = None, max_detectable: float | None = TELLS_APART,
+           min_trial_steps: int = MIN_TRIAL_STEPS) -> Selection:
     """Score every candidate on the same splits and choose with :func:`choose`, ``names[0]`` being the default.
 
     The splits come from :func:`plan_splits`. Each trial trains :func:`trial_epochs` epochs so that
-    all the trials together cost about ``budget`` runs of ``epochs`` on all the data: with the
-    defaults (5 folds, 1 repeat, budget 2) the choice and the final run cost about 3x one run.
+    all the trials together cost about ``budget`` runs of ``epochs`` on all the data (with the
+    defaults, 5 folds, 1 repeat and budget 2, the choice and the final run cost about 3x one run),
+    but at least ``min_trial_steps`` optimizer steps: shorter trials score every candidate near
+    its floor (EfficientNet-Lite0 trials of 4 steps all scored alike), and then ``cost`` says
+    how much more they took.
+
+    Before any trial, the validation count alone bounds what the choice can detect: with ``N``
+    validation labels no gain below ``z(1 - alpha/m) * sqrt(0.5 / N)`` passes (at best, at 50%
+    accuracy). When that exceeds ``max_detectable`` (10 points: under about 200 labels with 5
+    candidates) no trial runs, and the default is chosen with a ``note`` saying why: the trials
+    would cost several runs and could not change the choice.
 
     Args:
         names: the candidates; the first is the default (the plain way).
@@ -144,6 +155,9 @@ def select(names: Sequence[str], score: Score, loader: Any, epochs: int, *, val_
         alpha: the family-wise chance of a wrong choice (:func:`choose`).
         done: scores of trials already run, by ``(name, split)`` (a resumed choice): not run again.
         on_trial: called with ``(name, split, accuracy)`` after each trial that ran (to record it).
+        max_detectable: run no trial when the validation count cannot detect a smaller gain than
+            this (``None``: always run them).
+        min_trial_steps: optimizer steps a trial trains at least.
 
     Returns:
         A :class:`Selection`.
@@ -163,7 +177,19 @@ def select(names: Sequence[str], score: Score, loader: Any, epochs: int, *, val_
     splits, share, validation = plan_splits(loader, val_loader, val_fraction=val_fraction, folds=folds,
                                             repeats=repeats, cv_below=cv_below, seed=seed)
     reps = repeats if len(splits) > 1 else 1
+    distinct = sum(split.count for split in splits) / reps
+    best_case = z_quantile(1 - alpha / max(len(names) - 1, 1)) * math.sqrt(0.5 / distinct)
+    if max_detectable is not None and best_case > max_detectable:
+        return Selection(choice=names[0], default=names[0], scores={}, validation=validation, trainings=0,
+                         trial_epochs=0, cost=0.0, alpha=alpha, detectable=best_case, informative=False, repeats=reps,
+                         share=share, note=(f"With {distinct:.0f} validation labels no gain under "
+                                            f"{100 * best_case:.0f} points could be told from noise, so no trial ran "
+                                            f"and the default '{names[0]}' was trained; label more samples or pass "
+                                            "a larger val_loader for a choice"))
+    batches = len(splits[0].train) if hasattr(splits[0].train, "__len__") else None
     each = trial_epochs(epochs, len(names) * len(splits), share, budget)
+    if batches:
+        each = max(each, math.ceil(min_trial_steps / batches))
     done = done or {}
     results = {}
     for name in names:
@@ -179,7 +205,6 @@ def select(names: Sequence[str], score: Score, loader: Any, epochs: int, *, val_
     choice = choose(results, names[0], alpha=alpha, repeats=reps, share=share)
     weight = cost_of or {}
     cost = sum(weight.get(n, 1.0) for n in names) * len(splits) * each * share / (weight.get(choice, 1.0) * epochs)
-    batches = len(splits[0].train) if hasattr(splits[0].train, "__len__") else None
     picked = Selection(choice=choice, default=names[0], scores=results, validation=validation,
                        trainings=len(names) * len(splits), trial_epochs=each, cost=cost,
                        trial_steps=None if batches is None else batches * each, alpha=alpha,
