@@ -11,8 +11,8 @@ order:
 - ``full``: every weight, AdamW 1e-3 (1e-4 text).
 - ``fine_tune``: ``warmstart.finetune.fine_tune(model, train, num_classes=...)`` with its defaults, the choice
   by cross-validation over the k labels included (no other labels).
-- ``fine_tune_random``: the same call on the same network from random weights: the control that says whether
-  the pretrained weights help at all.
+- ``random_weights``: the same network from random weights, every weight trained as ``full`` is, for as many
+  steps: the control that says whether the pretrained weights help at all.
 
 LoRA and the full fine-tune train for as many optimizer steps as ``fine_tune``'s final run (``--steps``: at
 least that many). Each cell: mean ± sd over the seeds; beside ``fine_tune`` the paired difference from the best
@@ -44,7 +44,7 @@ from warmstart.finetune import FinetuneTrainer, fine_tune
 IMAGE_TASKS = ("animals", "mnist", "uci")
 TASKS = (*IMAGE_TASKS, "polarity")
 SIMPLE = ("linear_probe", "lora", "full")
-METHODS = (*SIMPLE, "fine_tune", "fine_tune_random")
+METHODS = (*SIMPLE, "fine_tune", "random_weights")
 SIZE, BATCH, TEST = 56, 25, 1000
 OUT = Path("bench/out/finetune_real.json")
 
@@ -95,20 +95,22 @@ def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int) 
     """One method on a fresh copy of the network (seeded): test accuracy (%), seconds, and fine_tune's choice."""
     text = task == "polarity"
     torch.manual_seed(seed)
-    model = network(task, data["classes"], pretrained=method != "fine_tune_random")
+    model = network(task, data["classes"], pretrained=method != "random_weights")
     options = {"progress": False, "seed": seed, "device": "cpu"}
     started, extra = time.perf_counter(), {}
-    if method.startswith("fine_tune"):
+    if method == "fine_tune":
         result = fine_tune(model, data["train"](), num_classes=data["classes"], **options)
         trainer = result.trainer
         extra = {"choice": result.choice, "epochs": len([h for h in result.history if h["phase"] == "full"]),
                  "note": "" if result.selection is None else result.selection.note,
                  "cost": None if result.selection is None else result.selection.cost}
     else:
-        lr = {"linear_probe": 1e-2, "lora": 1e-3 if text else 3e-3, "full": 1e-4 if text else 1e-3}[method]
+        full = 1e-4 if text else 1e-3
+        lr = {"linear_probe": 1e-2, "lora": 1e-3 if text else 3e-3, "full": full, "random_weights": full}[method]
         spec = {"linear_probe": {"method": "linear_probe"},
                 "lora": {"method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-                "full": {"method": {"name": "full", "backbone_lr_mult": 1.0}}}[method]
+                "full": {"method": {"name": "full", "backbone_lr_mult": 1.0}},
+                "random_weights": {"method": {"name": "full", "backbone_lr_mult": 1.0}}}[method]
         trainer = FinetuneTrainer(model, {"name": "adamw", "lr": lr, "weight_decay": 0.0 if method == "linear_probe"
                                           else 0.01}, max_epochs=60 if method == "linear_probe" else epochs,
                                   scheduler={"name": "cosine", "warmup_epochs": 0 if method == "linear_probe" else 1},
