@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import warmstart as ws
 from warmstart.data import InMemoryLoader
 from warmstart.errors import ConfigError, DataError
 from warmstart.finetune import Candidate, Full, LinearProbe, fine_tune
@@ -118,3 +119,29 @@ def test_a_new_task_gets_a_new_head_even_with_the_same_class_count():
     before = kept.head
     fine_tune(kept, _batches(), num_classes=3, keep_head=True, epochs=1, select=False, freeze_epochs=0, progress=False)
     assert kept.head is before
+
+
+def test_wise_ft_interpolates_between_the_start_of_the_main_phase_and_the_fine_tuned_weights(tmp_path):
+    import copy
+
+    torch.manual_seed(0)
+    start = small_cnn(num_classes=3, width=4)
+    tuned, wise = copy.deepcopy(start), copy.deepcopy(start)
+    options = {"num_classes": 3, "epochs": 2, "select": False, "freeze_epochs": 0, "progress": False, "seed": 0}
+    torch.manual_seed(1)
+    fine_tune(tuned, _batches(), **options)
+    torch.manual_seed(1)
+    swapped = copy.deepcopy(start)
+    from warmstart.heads import swap_head
+
+    swap_head(swapped, 3)  # w_start: the pretrained backbone and the new head, as the main phase begins
+    torch.manual_seed(1)
+    result = fine_tune(wise, _batches(), wise=0.25, out_dir=tmp_path, **options)
+    for (name, w), t, s in zip(wise.state_dict().items(), tuned.state_dict().values(), swapped.state_dict().values()):
+        if w.is_floating_point():
+            torch.testing.assert_close(w, 0.75 * s + 0.25 * t, msg=name)
+    assert result.history[-1]["phase"] == "wise" and result.history[-1]["wise"] == 0.25
+    saved = ws.load_weights(tmp_path / "full" / "last.safetensors")
+    assert saved[1]["wise"] == 0.25 and torch.equal(saved[0]["head.weight"], wise.head.weight.detach())
+    with pytest.raises(ConfigError, match="wise is the share .* in \\(0, 1\\], got 1.5"):
+        fine_tune(small_cnn(num_classes=3, width=4), _batches(), wise=1.5, progress=False)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -111,7 +112,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
               weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
               proximal: float | None = None, lora: Mapping[str, Any] | None = None, head: str | None = None,
-              keep_head: bool = False, head_init: str = "normal", freeze_bn: bool = False,
+              keep_head: bool = False, head_init: str = "normal", freeze_bn: bool = False, wise: float | None = None,
               out_dir: str | os.PathLike | None = None, resume: str | None = None,
               **trainer_kwargs: Any) -> FineTuneResult:
     """Fine-tune a pretrained classifier in one call, choosing how by validation accuracy.
@@ -172,6 +173,10 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         lora: LoRA options: fine-tune with adapters (see :class:`warmstart.finetune.LoRA`).
         head: module path of the head (found automatically when omitted).
         keep_head: keep the model's head even though ``num_classes`` is given.
+        wise: WiSE-FT (Wortsman et al. 2022): after the main phase, the weights become
+            ``(1 - wise) * w_start + wise * w_tuned``, ``w_start`` the weights as the main phase
+            began (the pretrained backbone and the probe's head, after a warm-up); 1 keeps the
+            fine-tuned weights. Not for LoRA or the linear probe, which do not move the backbone.
         freeze_bn: hold the backbone's BatchNorm layers in eval mode in the main phase (see
             :class:`FinetuneTrainer`); never for a candidate from random weights, whose statistics
             mean nothing.
@@ -210,8 +215,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     top, overwrite = run_folder(out_dir, trainer_kwargs)
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("out_dir", "overwrite")}
     _prepare_head(model, num_classes, head, keep_head, head_init)
+    _check_wise(wise)
     run = functools.partial(_train, optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing,
-                            proximal=proximal, head=head, freeze_bn=freeze_bn, trainer_kwargs=trainer_kwargs)
+                            proximal=proximal, head=head, freeze_bn=freeze_bn, wise=wise, trainer_kwargs=trainer_kwargs)
     if lora is not None:
         choices = [Candidate("lora", 0, build_method("lora", dict(lora)))]
     elif not select:
@@ -252,8 +258,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
 
 def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs: int, out_dir: Any, *,
            optimizer: Any, scheduler: Any, label_smoothing: float, proximal: float | None, head: str | None,
-           freeze_bn: bool, trainer_kwargs: dict[str, Any], quiet: bool = False, seed: int | None = None,
-           resume: str | None = None, overwrite: bool = False) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
+           freeze_bn: bool, trainer_kwargs: dict[str, Any], wise: float | None = None, quiet: bool = False,
+           seed: int | None = None, resume: str | None = None,
+           overwrite: bool = False) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
     """Train ``model`` the candidate's way: an optional linear-probe warm-up, then its main phase.
 
     Each phase writes its own folder of ``out_dir`` (``probe/``, ``full/``) and continues its own
@@ -281,8 +288,30 @@ def _train(model: nn.Module, candidate: Candidate, train: Any, val: Any, epochs:
                               out_dir=folder("full"), **options)
     phase = f"{2 if candidate.warm_up else 1}/{2 if candidate.warm_up else 1}"
     _announce(options, f"fine_tune phase {phase}: {candidate.name} ({_describe(candidate.method)}, {epochs} epochs)")
+    interpolates = wise is not None and candidate.pretrained and not isinstance(candidate.method, (LinearProbe, LoRA))
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if interpolates else None
     history += [{"phase": "full", **h} for h in trainer.fit(train, val, resume=resume)]
+    if start is not None:
+        history.append({"phase": "wise", "wise": wise, **_interpolate(trainer, start, wise, val, folder("full"))})
     return history, trainer
+
+
+def _interpolate(trainer: FinetuneTrainer, start: dict[str, torch.Tensor], wise: float, val: Any,
+                 folder: str | None) -> dict[str, float]:
+    """WiSE-FT: the model's weights moved to ``(1 - wise) * start + wise * now``; the validation of the result."""
+    model = trainer.unwrapped_model
+    now = model.state_dict()
+    model.load_state_dict({k: torch.lerp(start[k].to(v.device), v, wise) if v.is_floating_point() else v
+                           for k, v in now.items()})
+    if folder is not None:  # the weights the user gets; last.pt keeps the fine-tuned ones to resume from
+        trainer.save_weights(Path(folder) / "last.safetensors", extra={"wise": wise})
+    return {} if val is None else {f"val_{k}": v for k, v in trainer.evaluate(val).items()}
+
+
+def _check_wise(wise: Any) -> None:
+    if wise is not None and (isinstance(wise, bool) or not isinstance(wise, (int, float)) or not 0 < wise <= 1):
+        raise ConfigError(f"wise is the share of the fine-tuned weights in WiSE-FT's interpolation, in (0, 1], got "
+                          f"{wise!r}: 0.5 is the usual choice, 1 keeps the fine-tuned weights")
 
 
 def _describe(method: Method) -> str:
