@@ -136,3 +136,15 @@ def test_a_list_val_loader_counts_its_real_samples_and_a_clear_winner_is_chosen(
     assert picked.scores["plain"].se == pytest.approx((0.25 / 200) ** 0.5)
     with pytest.raises(DataError, match="val_loader holds no samples"):
         select(["plain", "better"], lambda n, tr, va, e, s: 0.5, data, epochs=2, val_loader=[])
+
+
+def test_text_batches_are_split_by_their_labels():
+    """Folds of a text loader (dict items, labels on the data set) found no labels at item[1]."""
+    from warmstart.data import CharNgramTokenizer, TextSet, text_loader
+
+    data = TextSet([f"word{i}" for i in range(40)], torch.arange(40) % 2)
+    splits = _splits(text_loader(data, CharNgramTokenizer(buckets=50), batch_size=8, shuffle=True), folds=5)
+    assert [split.count for split in splits] == [8] * 5
+    for split in splits:
+        labels = torch.cat([batch["labels"] for batch in split.val])
+        assert torch.equal(labels, split.labels) and labels.float().mean() == 0.5  # stratified

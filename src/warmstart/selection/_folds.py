@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from warmstart._batches import target_of
 from warmstart._runtime import batch_size_of
-from warmstart.data.bundled import labels_of
 from warmstart.data.loaders import InMemoryLoader, held_out_rows, subset_loader
 from warmstart.errors import DataError
 
@@ -87,16 +86,33 @@ def labels_of_loader(loader: Any) -> torch.Tensor:
     if isinstance(loader, InMemoryLoader) and loader.targets is not None:
         return class_labels(loader.targets.cpu())
     if isinstance(loader, DataLoader) and hasattr(loader.dataset, "__getitem__"):
-        if isinstance(loader.dataset, TensorDataset):
-            return class_labels(loader.dataset.tensors[1].cpu())
-        return class_labels(torch.stack([torch.as_tensor(loader.dataset[i][1]) for i in range(len(loader.dataset))])) \
-            if _soft_items(loader.dataset) else labels_of(loader.dataset)
+        return class_labels(dataset_labels(loader.dataset))
     raise DataError(f"choosing by validation splits the labels, and a {type(loader).__name__} cannot be split: pass a "
                     "val_loader, or a DataLoader / InMemoryLoader over labelled data")
 
 
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """The targets of a map-style data set: its ``labels`` tensor (text sets), a ``TensorDataset``'s, or item by item
+    (``(x, y)`` items, or dict items with ``"labels"``)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].cpu()
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor) and len(labels) == len(dataset):  # type: ignore[arg-type]
+        return labels.cpu()
+    return torch.stack([torch.as_tensor(_target(dataset[i])) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def _target(item: Any) -> Any:
+    if isinstance(item, dict):
+        if "labels" not in item:
+            raise DataError(f"choosing by validation splits the labels, and these items (dicts of {', '.join(item)}) "
+                            "hold none under 'labels': pass a val_loader")
+        return item["labels"]
+    return item[1]
+
+
 def _soft_items(dataset: Dataset) -> bool:
-    first = dataset[0][1]  # type: ignore[index]
+    first = _target(dataset[0])  # type: ignore[index]
     return isinstance(first, torch.Tensor) and first.dim() == 1 and first.is_floating_point()
 
 
