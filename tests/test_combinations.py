@@ -1,8 +1,8 @@
 """The combination matrix: {one process, DDP, FSDP} x {MLP, BatchNorm CNN} x training features, three invariants each.
 
 The features: gradient accumulation, gradient clipping, EMA with BestCheckpoint, activation
-checkpointing, the proximal anchor (ProximalTrainer), LoRA and the linear probe's feature cache
-(FinetuneTrainer), FitNet feature hints (DistillTrainer). For every combination:
+checkpointing, the proximal anchor (ProximalTrainer), LoRA, the linear probe's feature cache and
+BatchNorm held in eval mode (FinetuneTrainer), FitNet feature hints (DistillTrainer). For every combination:
 
 1. two processes at batch B end with the weights of one process at batch 2B;
 2. a run interrupted mid-epoch and resumed (``fit(..., resume="last")``) ends bit-exactly where the
@@ -54,8 +54,10 @@ REFUSED = {("fsdp", kind, "linear_probe"): r"method='linear_probe'.*strategy='fs
 # statistics, so two processes compute another function; only SyncBatchNorm (which does not run on the CPU)
 # would make them agree. What must hold is that every rank ends with the same weights and statistics (the
 # strategy averages the statistics over the ranks at every epoch end, before validation and saving).
-# LoRA and the linear probe freeze the backbone, its BatchNorm layers in eval mode: there (1) holds exactly.
-BATCHNORM_TRAINS = {("cnn", feature) for feature in scenarios.FEATURES if feature not in ("lora", "linear_probe")}
+# LoRA and the linear probe freeze the backbone, its BatchNorm layers in eval mode, and freeze_bn holds every BatchNorm
+# layer in eval mode while the rest trains: there (1) holds exactly.
+BATCHNORM_TRAINS = {("cnn", feature) for feature in scenarios.FEATURES
+                    if feature not in ("lora", "linear_probe", "freeze_bn")}
 ACROSS_WORLD_SIZES = 1e-5  # the same global batch summed in another order: float32 rounding only
 
 

@@ -145,3 +145,17 @@ def test_wise_ft_interpolates_between_the_start_of_the_main_phase_and_the_fine_t
     assert saved[1]["wise"] == 0.25 and torch.equal(saved[0]["head.weight"], wise.head.weight.detach())
     with pytest.raises(ConfigError, match="wise is the share .* in \\(0, 1\\], got 1.5"):
         fine_tune(small_cnn(num_classes=3, width=4), _batches(), wise=1.5, progress=False)
+
+
+def test_the_default_learning_rate_fits_the_network_and_lora_trains_at_least_at_1e_3():
+    from warmstart.finetune.recipes import default_candidates, default_lr
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    assert default_lr(transformers.BertForSequenceClassification(config)) == 1e-4  # 3e-3 collapsed MiniLM to chance
+    assert default_lr(small_cnn(width=4)) == 3e-3
+    assert default_lr(torch.nn.TransformerEncoderLayer(8, 2)) == 1e-4
+    lora = {c.name: c for c in default_candidates(lr=1e-4)}["lora"].method
+    assert lora.backbone_lr_mult == pytest.approx(10.0)  # adapters at 1e-3
+    assert {c.name: c for c in default_candidates(lr=3e-3)}["lora"].method.backbone_lr_mult == 1.0

@@ -40,7 +40,8 @@ from warmstart.finetune import Candidate, FinetuneTrainer, Full, fine_tune
 from warmstart.pretrain import ProximalTrainer
 
 MODELS = ("mlp", "cnn")
-FEATURES = ("accumulate", "clip", "ema_best", "activation_checkpointing", "proximal", "lora", "linear_probe", "hints")
+FEATURES = ("accumulate", "clip", "ema_best", "activation_checkpointing", "proximal", "lora", "linear_probe", "hints",
+            "freeze_bn")
 GLOBAL_BATCH, TRAIN_SAMPLES, VAL_SAMPLES = 8, 24, 13  # 3 steps per epoch; 13 validation samples: unequal shards
 SAVE_EVERY, INTERRUPT_AT = 5, 6  # checkpoints at steps 3 (epoch end) and 5; stopped after 6: resumed mid-epoch 2
 BLOCKS = {"mlp": ["0"], "cnn": ["ConvBlock"]}  # for FSDP's units and activation checkpointing
@@ -119,6 +120,8 @@ def build_trainer(kind: str, feature: str, strategy: str, out_dir: Path, callbac
                                **options)
     elif feature == "linear_probe":
         return FinetuneTrainer(net, optimizer, method="linear_probe", callbacks=callbacks, **options)
+    elif feature == "freeze_bn":  # every layer trains, BatchNorm in eval mode with its initial statistics
+        return FinetuneTrainer(net, optimizer, method="full", freeze_bn=True, callbacks=callbacks, **options)
     elif feature == "hints":
         hint = FeatureHint(HINT_LAYER[kind], HINT_LAYER[kind])
         return DistillTrainer(net, teacher, optimizer, temperature=2.0, alpha=0.5, hints=[hint], callbacks=callbacks,

