@@ -150,8 +150,10 @@ def summary(results: list[dict[str, Any]], methods: list[str]) -> list[str]:
                 simple = [m for m in SIMPLE if m in methods]
                 if method == "fine_tune" and simple and all(m in r["runs"] for r in runs for m in simple):
                     best = max(simple, key=lambda m: statistics.mean(r["runs"][m]["accuracy"] for r in runs))
+                    spread = _sd([r["runs"][best]["accuracy"] for r in runs])
                     gaps = [r["runs"]["fine_tune"]["accuracy"] - r["runs"][best]["accuracy"] for r in runs]
-                    cell += f" ({statistics.mean(gaps):+.1f} vs {best}, {sum(g >= 0 for g in gaps)}/{len(gaps)})"
+                    cell += (f" ({statistics.mean(gaps):+.1f} vs {best}; at or above it {sum(g >= 0 for g in gaps)}/"
+                             f"{len(gaps)}, within its sd {sum(g >= -spread for g in gaps)}/{len(gaps)})")
                 cells.append(cell)
             lines.append(f"| {task} | {shots} | " + " | ".join(cells) + " |")
     choices = [f"{r['task']}/{r['shots']}/{r['seed']}: {r['runs']['fine_tune']['choice']}" for r in results
@@ -173,13 +175,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of LoRA and the full fine-tune, at "
                                                                "least (fine_tune's final run sets more if it takes more)")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=OUT, help="results file (--summarise: one or more, merged)",
+                        nargs="+")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     methods = [m for m in METHODS if m in args.methods]
     if args.summarise:
-        print("\n".join(summary(json.loads(args.out.read_text()), methods)))
+        print("\n".join(summary([r for path in args.out for r in json.loads(Path(path).read_text())], methods)))
         return
+    args.out = Path(args.out[0]) if isinstance(args.out, list) else args.out
     jobs = [(task, shots, seed, methods, args.steps) for seed in range(args.seeds) for shots in args.shots
             for task in args.tasks]
     args.out.parent.mkdir(parents=True, exist_ok=True)

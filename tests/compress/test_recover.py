@@ -88,3 +88,12 @@ def test_bad_method_and_distillation_without_teacher_are_refused():
         recover(mlp(16, [8], 3), data)
     with pytest.raises(ConfigError, match="resumes that run with resume='last'"):
         recover(mlp(16, [8], 3), data, teacher=mlp(16, [8], 3), method="auto", resume="run/last.pt")
+
+
+def test_the_default_epochs_count_the_unlabelled_images_an_epoch_trains_on():
+    """On 100 labels and 1,500 unlabelled images the default was 75 epochs of 64 steps (4,800), not 300 steps."""
+    from warmstart.compress._recover import _epochs
+
+    labelled = InMemoryLoader(torch.randn(100, 4), torch.arange(100) % 2, batch_size=25)
+    assert _epochs(None, {}, labelled) == 75  # 4 batches an epoch: 300 steps
+    assert _epochs(None, {}, labelled, torch.randn(1500, 4)) == 5  # 64 batches an epoch: 5 epochs, 320 steps

@@ -145,7 +145,7 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
     """
     extra = unlabelled_inputs(unlabelled)
     _check_method(method, teacher, train_loader, extra, alpha, resume)
-    epochs = _epochs(epochs, trainer_kwargs, train_loader)
+    epochs = _epochs(epochs, trainer_kwargs, train_loader, extra)
     options = {"optimizer": optimizer if optimizer is not None else {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
                "scheduler": {"name": "cosine"}, **trainer_kwargs}
     if method == "auto":
@@ -162,9 +162,10 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
     return RecoveryResult(pruned, method, trainer.history, trainer)
 
 
-def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any) -> int:
+def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any, extra: torch.Tensor | None = None) -> int:
     """The epochs to train: ``epochs``, the option ``max_epochs`` (removed from ``trainer_kwargs``), the config's, or
-    the default: ``max(5, ceil(300 / batches per epoch))`` (5 when the loader has no length).
+    the default: ``max(5, ceil(300 / batches per epoch))`` (5 when the loader has no length), the batches counting
+    the ``unlabelled`` images an epoch also trains on.
 
     Both ``epochs`` and ``max_epochs`` is a conflict, not a silent choice.
     """
@@ -175,6 +176,8 @@ def _epochs(epochs: int | None, trainer_kwargs: dict[str, Any], train: Any) -> i
     if config is not None:
         return config.max_epochs
     batches = len(train) if hasattr(train, "__len__") else 0
+    if extra is not None and isinstance(train, InMemoryLoader):  # an epoch runs over the unlabelled images too
+        batches = math.ceil((len(train.inputs) + len(extra)) / train.batch_size)
     return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / batches)) if batches else DEFAULT_EPOCHS
 
 
