@@ -33,7 +33,7 @@ def split_batch(batch: Batch, require_target: bool = True) -> tuple[Any, Any]:
     A batch of tokenized text (a dict with ``input_ids``) gives the model's keyword arguments as
     ``inputs``: every entry except the targets and ``soft_labels``; it must hold an ``attention_mask``.
 
-    Example:
+    Examples:
         >>> split_batch({"input": 1, "label": 2})
         (1, 2)
     """
@@ -79,7 +79,7 @@ def run_model(model: Any, inputs: Any) -> Any:
 
     A Hugging Face output object gives its ``.logits``, so losses and accuracy see a plain tensor.
 
-    Example:
+    Examples:
         >>> run_model(torch.nn.Identity(), torch.ones(2))
         tensor([1., 1.])
     """

@@ -32,7 +32,7 @@ def find_blocks(model: nn.Module, wanted: Sequence[str] | None = None) -> list[t
     Raises:
         ConfigError: an entry of ``wanted`` that matches no module (with some names that exist).
 
-    Example:
+    Examples:
         >>> encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), num_layers=2)
         >>> [name for name, _ in find_blocks(encoder)]
         ['layers.0', 'layers.1']

@@ -25,7 +25,7 @@ def accumulation_windows(batches: Iterator[Any], accumulate: int, total: int | N
     loader without ``len()`` is read one window ahead, so both are known before the window's first
     backward.
 
-    Example:
+    Examples:
         >>> [(b, end, n) for b, end, n in accumulation_windows(iter("abcde"), 2, None)]
         [('a', False, 2), ('b', True, 2), ('c', False, 2), ('d', True, 2), ('e', True, 1)]
     """
@@ -142,7 +142,7 @@ class DeviceChecks:
     a checkpoint); a check's ``error`` turns the value read into the exception to raise, or
     ``None`` when it is fine.
 
-    Example:
+    Examples:
         >>> checks = DeviceChecks()
         >>> too_high = lambda v: ValueError(f"label {v:g} >= 3") if v >= 3 else None
         >>> checks.update("label_max", torch.tensor(4), error=too_high)

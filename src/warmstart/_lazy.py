@@ -14,7 +14,7 @@ def lazy_namespace(package: str, exports: dict[str, str]) -> tuple[Callable[[str
         package: the package's ``__name__``.
         exports: public name -> the module that defines it (a name equal to a submodule's is that module).
 
-    Example:
+    Examples:
         >>> getattr_, dir_ = lazy_namespace("warmstart", {"ConfigError": "warmstart.errors"})
         >>> getattr_("ConfigError").__name__
         'ConfigError'

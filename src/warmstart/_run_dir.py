@@ -296,7 +296,7 @@ def check_fresh_run(out_dir: Path, overwrite: bool, *, stages: Sequence[str] = (
         RunExistsError: the folder holds an earlier run and ``overwrite`` is False. The message names
             what it holds and the ways round: ``resume="last"``, another ``out_dir``, ``overwrite=True``.
 
-    Example:
+    Examples:
         >>> check_fresh_run(Path("runs/mnist"), overwrite=False)  # doctest: +SKIP
         RunExistsError: out_dir 'runs/mnist' holds an earlier run trained to epoch 3, step 120 (config.yaml, ...
     """

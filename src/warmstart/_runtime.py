@@ -67,7 +67,7 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (CPU and every CUDA device) random generators.
 
-    Example:
+    Examples:
         >>> seed_everything(0)
     """
     random.seed(seed)
@@ -126,7 +126,7 @@ def grad_accumulators(params: Iterable[torch.Tensor]) -> list[Any]:
     loop's graph living on to the next step keeps them). Holding them, as DDP does, builds them once; a hook
     registered on one then keeps firing. Tensor subclasses (FSDP's sharded ``DTensor`` parameters) are left alone.
 
-    Example:
+    Examples:
         >>> nodes = grad_accumulators(torch.nn.Linear(2, 2).parameters())
         >>> [type(node).__name__ for node in nodes]
         ['AccumulateGrad', 'AccumulateGrad']
@@ -142,7 +142,7 @@ _CPU = torch.device("cpu")
 def device_type_of(tensor: torch.Tensor) -> str:
     """``tensor.device.type``, without building the device and formatting its name for a CPU tensor (per step).
 
-    Example:
+    Examples:
         >>> device_type_of(torch.zeros(1))
         'cpu'
     """
@@ -195,7 +195,7 @@ def batch_size_of(batch: Any) -> int:
 def describe_callable(fn: Any) -> str:
     """A loss function as the saved config names it, settings included, so a changed one shows at resume.
 
-    Example:
+    Examples:
         >>> describe_callable(torch.nn.functional.cross_entropy)
         'torch.nn.functional.cross_entropy'
         >>> describe_callable(torch.nn.CrossEntropyLoss(label_smoothing=0.1))

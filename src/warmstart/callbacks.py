@@ -229,7 +229,7 @@ class TensorBoardLogger(Callback):
 class EarlyStopping(Callback):
     """Stop training when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
-    Example:
+    Examples:
         >>> stopper = EarlyStopping(monitor="val_accuracy", mode="max", patience=3)
     """
 
@@ -260,7 +260,7 @@ class BestCheckpoint(Callback):
     It saves the weights the metric was measured on: with ``EMA(evaluate=True)`` the averaged
     weights (the file's metadata says ``"weights": "averaged (EMA)"``), else the live ones.
 
-    Example:
+    Examples:
         >>> best = BestCheckpoint(monitor="val_accuracy", mode="max")
     """
 
@@ -307,7 +307,7 @@ class EMA(Callback):
             after ``n`` steps, so early averages are not dominated by the initial weights.
         evaluate: validate with the averaged weights.
 
-    Example:
+    Examples:
         >>> ema = EMA(decay=0.99)
     """
 

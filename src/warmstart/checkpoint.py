@@ -41,7 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``torch.save``'s ``[enforce fail at inline_container.cc]``) or another I/O error is a
     :class:`CheckpointError` that says so, and that the previous file is intact.
 
-    Example:
+    Examples:
         >>> with atomic_path("/tmp/example.txt") as tmp:
         ...     _ = tmp.write_text("done")
     """
@@ -261,7 +261,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
     Returns:
         The path written.
 
-    Example:
+    Examples:
         >>> save_weights("/tmp/w.safetensors", {"w": torch.zeros(2)}, {"num_classes": 2})
         PosixPath('/tmp/w.safetensors')
     """
@@ -360,7 +360,7 @@ def describe_compressed(metadata: Mapping[str, Any]) -> str | None:
 
     For loaders of float weights, to refuse compressed checkpoints clearly.
 
-    Example:
+    Examples:
         >>> describe_compressed({}) is None
         True
     """

@@ -37,7 +37,7 @@ class FSDPConfig:
             them again for its backward (less memory, one more all-gather per block).
         reduce_fp32: under ``precision="bf16"``/``"16"``, reduce gradients in float32.
 
-    Example:
+    Examples:
         >>> FSDPConfig(blocks=["layers.*"]).blocks
         ['layers.*']
     """
@@ -288,7 +288,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     Raises:
         ConfigError: an unknown key (named, with the nearest valid key) or a value of the wrong type.
 
-    Example:
+    Examples:
         >>> from_dict(TrainerConfig, {"max_epochs": 3}).max_epochs
         3
     """
@@ -489,7 +489,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Load a YAML config file into the schema ``cls``, applying ``key.sub=value`` overrides.
 
-    Example:
+    Examples:
         >>> cfg = load_config(TrainerConfig, None, ["max_epochs=2", "precision=bf16"])
         >>> cfg.max_epochs, cfg.precision
         (2, 'bf16')

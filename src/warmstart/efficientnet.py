@@ -38,7 +38,7 @@ class ImageInput(nn.Module):
         mean: per-channel mean subtracted.
         std: per-channel standard deviation divided by.
 
-    Example:
+    Examples:
         >>> ImageInput(32, mean=(0.5,) * 3, std=(0.5,) * 3)(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 3, 32, 32])
     """
@@ -113,7 +113,7 @@ def efficientnet_lite(variant: int = 0, num_classes: int | None = None, pretrain
             message names the pip extra).
         CheckpointError: the package's weight file does not fit the model.
 
-    Example:
+    Examples:
         >>> model = efficientnet_lite(0, num_classes=10)  # doctest: +SKIP
         >>> model(efficientnet_lite_input(0, size=96)(torch.rand(2, 1, 28, 28))).shape  # doctest: +SKIP
         torch.Size([2, 10])

@@ -41,7 +41,7 @@ class RunExistsError(WarmstartError, FileExistsError):
 def nearest(name: str, valid: Iterable[str]) -> str:
     """Return a ``did you mean`` hint for ``name`` among ``valid`` (or an empty string).
 
-    Example:
+    Examples:
         >>> nearest("adamm", ["adam", "sgd"])
         " (did you mean 'adam'?)"
     """

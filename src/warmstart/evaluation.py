@@ -48,7 +48,7 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
         DataError: an empty loader or labels outside the model's outputs.
         NonFiniteLossError: the model's outputs or loss hold NaN/inf.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(4, 3)
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
         >>> sorted(evaluate(model, data))

@@ -79,7 +79,7 @@ def find_head(model: nn.Module, head: str | None = None, example_input: Any = No
             single output layer (no backbone), no output layer is found, or several candidates
             fit (the message lists them; pass ``head=`` to choose).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
         >>> find_head(net).name, find_head(net).num_classes
         ('3', 10)
@@ -339,7 +339,7 @@ def init_head(layer: nn.Module, init: str = "normal") -> None:
     init slows down on random features; ``"kaiming"``: the same as ``"default"`` (its older
     name); ``"zeros"``: all zero (uniform first predictions); ``"xavier"``: Xavier-uniform, bias 0.
 
-    Example:
+    Examples:
         >>> layer = nn.Linear(4, 2)
         >>> init_head(layer, "normal")
         >>> bool(layer.bias.abs().sum() == 0)
@@ -395,7 +395,7 @@ def swap_head(model: nn.Module, num_classes: int, head: str | None = None, init:
     Raises:
         ConfigError: ``num_classes`` < 1, a ``head`` path that does not exist, or an ambiguous head.
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> print(swap_head(resnet18(), num_classes=7))
         replaced fc: Linear(512 -> 1000) with Linear(512 -> 7)

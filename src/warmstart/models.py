@@ -13,6 +13,10 @@ from warmstart.efficientnet import (ImageInput, efficientnet_lite, efficientnet_
                                     efficientnet_lite2, efficientnet_lite_input)
 from warmstart.errors import unknown_name_error
 
+__all__ = ["MODELS", "BasicBlock", "ImageInput", "build_model", "efficientnet_lite", "efficientnet_lite0",
+           "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite_input", "lenet", "mlp", "resnet18_small",
+           "small_cnn", "small_resnet", "torchvision_model"]
+
 
 def _conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -35,7 +39,7 @@ def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, drop
         width: channels of the first block; the next blocks double it.
         dropout: dropout before the head.
 
-    Example:
+    Examples:
         >>> model = small_cnn(num_classes=10, width=16)
         >>> sum(p.numel() for p in model.parameters())
         24058
@@ -54,7 +58,7 @@ def mlp(in_features: int = 784, hidden: list[int] | tuple[int, ...] = (64,), num
         dropout: float = 0.0) -> nn.Sequential:
     """A multilayer perceptron that flattens its input; the last layer is named ``head``.
 
-    Example:
+    Examples:
         >>> sum(p.numel() for p in mlp(784, [10], 10).parameters())
         7960
     """
@@ -72,7 +76,7 @@ def lenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, dro
 
     A classic MNIST teacher: cheap per image, but with many parameters in its dense layer.
 
-    Example:
+    Examples:
         >>> sum(p.numel() for p in lenet().parameters())
         421642
     """
@@ -112,7 +116,7 @@ def small_resnet(num_classes: int = 10, in_channels: int = 1, width: int = 16, b
     groups: ``stem``, ``stage1``, ``stage2``, ``stage3`` (the last two halve the resolution),
     ``pool`` and ``head``.
 
-    Example:
+    Examples:
         >>> sum(p.numel() for p in small_resnet(width=16).parameters())
         77754
     """
@@ -165,7 +169,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by name: one of :data:`MODELS`, else a torchvision model name.
 
-    Example:
+    Examples:
         >>> build_model("small_cnn", num_classes=10, width=8).head.out_features
         10
     """

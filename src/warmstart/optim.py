@@ -46,7 +46,7 @@ def param_groups_weight_decay(named_params: nn.Module | Iterable[tuple[str, nn.P
     Returns:
         Up to two parameter-group dicts for a ``torch.optim`` optimizer (empty groups left out).
 
-    Example:
+    Examples:
         >>> groups = param_groups_weight_decay(nn.Linear(4, 2), 0.01)
         >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
         [(1, 0.01), (1, 0.0)]
@@ -81,7 +81,7 @@ def build_optimizer(params: Iterable[Any], name: str = "adamw", lr: float = 1e-3
     Raises:
         ConfigError: unknown optimizer name, or an option this optimizer does not take.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(4, 2)
         >>> opt = build_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, nesterov=True)
     """
@@ -169,7 +169,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", *, t
     Raises:
         ConfigError: unknown schedule name.
 
-    Example:
+    Examples:
         >>> opt = build_optimizer(nn.Linear(2, 2).parameters(), "sgd", lr=0.1)
         >>> sched = build_scheduler(opt, "cosine", total_steps=100, steps_per_epoch=10, warmup_steps=5)
     """

@@ -25,7 +25,7 @@ class Anchor:
     Args:
         tensors: parameter name -> its anchor value.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(3, 2)
         >>> anchor = Anchor.from_model(model, exclude=["bias"])
         >>> list(anchor.tensors)
@@ -106,7 +106,7 @@ def proximal_penalty(model: nn.Module, anchor: Anchor | Mapping[str, torch.Tenso
     Returns:
         A scalar tensor.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(2, 1, bias=False)
         >>> w0 = {"weight": model.weight.detach() - 1.0}
         >>> proximal_penalty(model, w0).item()
@@ -265,7 +265,7 @@ def anchored_names(model: nn.Module, include: Sequence[str] = ("*",), exclude: S
 
     Trainers exempt these from weight decay: decay pulls toward zero, the proximal term toward ``w0``.
 
-    Example:
+    Examples:
         >>> sorted(anchored_names(nn.Linear(3, 2), exclude=["bias"]))
         ['weight']
     """

@@ -105,7 +105,7 @@ class Trainer:
             ``warmstart.compress.quantize``: train the float model or its ``prepare_qat`` copy), an
             unwritable ``out_dir``, ...
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))] * 4
         >>> trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=2, progress=False)

@@ -77,7 +77,7 @@ def export(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, .
             through the model, a model ``torch.export`` cannot capture (control flow that depends
             on tensor values), an int8 model for ONNX, or the ``deploy`` extra missing for ONNX.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> path = export(mlp(16, [32], 3), torch.randn(4, 16), "/tmp/mlp.pt2")
         >>> torch.export.load(path).module()(torch.randn(7, 16)).shape

@@ -118,7 +118,7 @@ def run_in_fresh_process(files: Sequence[str | os.PathLike], inputs: Sequence[to
     Raises:
         ConfigError: the process failed (its last lines of error output are given).
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> path = export(mlp(16, [32], 3), torch.randn(4, 16), "/tmp/mlp.pt2")
         >>> run_in_fresh_process([path], [torch.randn(2, 16)])[str(path)].outputs[0].shape

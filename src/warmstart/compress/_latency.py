@@ -34,7 +34,7 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor | tuple[torch.
         repeats: timed calls.
         warmup: untimed calls first.
 
-    Example:
+    Examples:
         >>> seconds = measure_latency(nn.Linear(8, 2), torch.randn(4, 8), repeats=5)
     """
     inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)

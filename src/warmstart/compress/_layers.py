@@ -20,7 +20,7 @@ RECORD_ATTRIBUTE = COMPRESSION_ATTRIBUTE
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (shared ones once; a quantized weight counts its logical elements).
 
-    Example:
+    Examples:
         >>> count_parameters(nn.Linear(3, 2))
         8
     """

@@ -175,7 +175,7 @@ def prune(model: nn.Module, example_input: Example, ratio: float = 0.5, *, impor
             ``ignore=`` that keeps it whole), tied weights pruning would narrow unequally, a model
             torch-pruning cannot trace, or a ratio the model cannot reach.
 
-    Example:
+    Examples:
         >>> from warmstart.models import small_cnn
         >>> pruned, report = prune(small_cnn(width=8), torch.randn(1, 1, 28, 28), ratio=0.5)
         >>> round(report.achieved_ratio, 1)

@@ -112,7 +112,7 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
         ConfigError: a batch of one, a non-x86 machine or a model on the GPU, a model with no
             Linear or convolution, or one ``torch.export`` cannot capture.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> qat = prepare_qat(mlp(16, [32], 3), torch.randn(8, 16))
         >>> qat(torch.randn(4, 16)).shape

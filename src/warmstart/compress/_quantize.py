@@ -135,7 +135,7 @@ def quantize(model: nn.Module, mode: str = "auto", example_input: Example | None
             of one), empty calibration data, a model that is already int8, a model with no layer the
             mode quantizes, or int8-static off x86 CPUs.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> quantized, report = quantize(mlp(784, [64], 10), "int8-weight", torch.randn(8, 784))
         >>> report.layers

@@ -134,7 +134,7 @@ def recover(pruned: nn.Module, train_loader: Iterable[Any], val_loader: Iterable
         RunExistsError: ``"auto"`` into an ``out_dir`` that holds an earlier run, not resumed and
             without ``overwrite=True``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from warmstart.models import mlp
         >>> teacher, student = mlp(16, [32], 3), mlp(16, [8], 3)

@@ -59,7 +59,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, metadata: Mapping
             checkpoints), an ``"int8-dynamic-eager"`` model, a model with pruning masks still
             attached, or a model quantized by something other than :func:`quantize`.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> from warmstart.compress import quantize
         >>> quantized, _ = quantize(mlp(784, [64], 10), "int8-weight")
@@ -102,7 +102,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             architecture.
         ConfigError: ``model`` is already quantized.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> from warmstart.compress import prune
         >>> pruned, _ = prune(mlp(784, [64], 10), torch.randn(1, 784), ratio=0.5)

@@ -73,7 +73,7 @@ def sparsify(model: nn.Module, amount: float = 0.5, *, ignore: Sequence[str | nn
         ConfigError: ``amount`` outside (0, 1), an ``ignore`` entry not in the model, or no
             Linear or convolution left to sparsify.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> sparse, report = sparsify(mlp(784, [64], 10), amount=0.8)
         >>> round(report.sparsity, 2)
@@ -108,7 +108,7 @@ def sparsify(model: nn.Module, amount: float = 0.5, *, ignore: Sequence[str | nn
 def remove_masks(model: nn.Module) -> nn.Module:
     """Make torch pruning masks permanent, in place: ``weight = weight_orig * weight_mask``, masks dropped.
 
-    Example:
+    Examples:
         >>> sparse, _ = sparsify(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), 0.5, keep_masks=True)
         >>> sorted(name for name, _ in remove_masks(sparse).named_parameters())
         ['0.bias', '0.weight', '1.bias', '1.weight']

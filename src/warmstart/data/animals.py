@@ -64,7 +64,7 @@ def animal_shapes(size: int = 28, normalize: bool = False, test_fraction: float 
     Raises:
         DataError: the package is not installed, or its files are not numpy arrays.
 
-    Example:
+    Examples:
         >>> data = animal_shapes()  # doctest: +SKIP
         >>> len(data.train), len(data.test), data.num_classes
         (7775, 1941, 10)

@@ -141,7 +141,7 @@ def build_augmentation(spec: str | Mapping[str, Any] | AugmentConfig | None, fil
         ConfigError: an unknown preset or key (with the nearest valid one), or a per-sample padded
             crop without ``size``.
 
-    Example:
+    Examples:
         >>> [type(t).__name__ for t in build_augmentation({"rotation": 15, "flip": 0.5}).transforms]
         ['RandomHorizontalFlip', 'RandomAffine']
     """
@@ -195,7 +195,7 @@ def is_random(transform: Any, probe: torch.Tensor | None = None) -> bool:
     :func:`is_deterministic`) and counts as random when its outputs change from call to call or
     depend on the rest of the batch; without a probe it counts as deterministic.
 
-    Example:
+    Examples:
         >>> from torchvision.transforms import v2
         >>> is_random(v2.Compose([v2.RandomHorizontalFlip(), v2.Normalize([0.5], [0.5])]))
         True
@@ -220,7 +220,7 @@ def without_augmentation(transform: Any) -> Any:
     form it expects; a random step alone becomes ``None``. What cannot be inspected is kept (see
     :func:`is_random`).
 
-    Example:
+    Examples:
         >>> from torchvision.transforms import v2
         >>> kept = without_augmentation(v2.Compose([v2.RandomHorizontalFlip(), v2.Normalize([0.5], [0.5])]))
         >>> [type(step).__name__ for step in kept.transforms]
@@ -245,7 +245,7 @@ def is_deterministic(transform: Callable[[torch.Tensor], torch.Tensor] | None, i
     random augmentation, or one that depends on the rest of the batch (per-batch normalisation),
     may not.
 
-    Example:
+    Examples:
         >>> x = torch.rand(8, 3)
         >>> is_deterministic(lambda b: (b - 0.5) / 0.2, x), is_deterministic(lambda b: b + torch.rand_like(b), x)
         (True, False)

@@ -189,7 +189,7 @@ def per_class_split(dataset: TensorDataset, k: int, seed: int = 0) -> tuple[Tens
     Raises:
         DataError: ``k < 1``, or a class with fewer than ``k`` examples (named).
 
-    Example:
+    Examples:
         >>> data = TensorDataset(torch.arange(6.0), torch.tensor([0, 0, 0, 1, 1, 1]))
         >>> picked, rest = per_class_split(data, k=1)
         >>> len(picked), len(rest)
@@ -223,7 +223,7 @@ def class_subset(dataset: TensorDataset, classes: Sequence[int], relabel: bool =
     Raises:
         DataError: an empty or repeated class list, or a class the data set does not have.
 
-    Example:
+    Examples:
         >>> data = TensorDataset(torch.arange(6.0), torch.tensor([0, 1, 2, 0, 1, 2]))
         >>> class_subset(data, [2, 0]).tensors[1].tolist()
         [1, 0, 1, 0]
@@ -268,7 +268,7 @@ def fake_splits(n_train: int = 64, n_test: int = 32, num_classes: int = 10, shap
                 seed: int = 0) -> Splits:
     """Random images shaped like the bundled sets, labelled round-robin: for ``--dry-run`` and tests.
 
-    Example:
+    Examples:
         >>> fake_splits(8, 4).image_shape
         (1, 28, 28)
     """

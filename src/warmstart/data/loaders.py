@@ -59,7 +59,7 @@ class InMemoryLoader:
         with_index: also yield the sample indices, last: ``(x, y, index)``, or ``(x, index)``
             for unlabelled inputs (for cached teacher logits).
 
-    Example:
+    Examples:
         >>> loader = InMemoryLoader(torch.arange(10.0).reshape(10, 1), torch.arange(10), batch_size=4)
         >>> [len(y) for _, y in loader]
         [4, 4, 2]
@@ -93,7 +93,7 @@ class InMemoryLoader:
     def clone(self, **changes: Any) -> InMemoryLoader:
         """A loader over the same tensors with some options changed (``batch_size``, ``transform``, ...).
 
-        Example:
+        Examples:
             >>> loader = InMemoryLoader(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long), batch_size=4)
             >>> len(loader.clone(batch_size=2))
             3
@@ -114,7 +114,7 @@ class InMemoryLoader:
                 without its random steps (:func:`warmstart.data.without_augmentation`), so the
                 model still gets inputs resized and normalised as in training.
 
-        Example:
+        Examples:
             >>> loader = InMemoryLoader(torch.arange(6.0).view(6, 1), torch.arange(6), batch_size=4, shuffle=True)
             >>> val = loader.subset(torch.tensor([1, 4]), evaluation=True)
             >>> val.targets.tolist(), val.shuffle
@@ -183,7 +183,7 @@ def rebuild_loader(loader: DataLoader, **changes: Any) -> DataLoader:
         **changes: ``DataLoader`` arguments to change (``dataset``, ``sampler``, ``batch_size``, ...).
             The loader's sampler (its shuffling) is kept unless ``sampler`` is given.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> loader = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=4, shuffle=True)
         >>> len(rebuild_loader(loader, batch_size=2))
@@ -211,7 +211,7 @@ def rebuild_loader(loader: DataLoader, **changes: Any) -> DataLoader:
 def held_out_rows(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified ``(kept, held_out)`` row indices: ``round(fraction * n_c)`` of each class with 2+ samples held out (at least 1).
 
-    Example:
+    Examples:
         >>> kept, held = held_out_rows(torch.tensor([0, 0, 0, 0, 1, 1]), 0.25, seed=0)
         >>> len(kept), len(held)
         (4, 2)
@@ -246,7 +246,7 @@ def split_loader(loader: Any, fraction: float = 0.2, seed: int = 0) -> tuple[Any
     Raises:
         DataError: an unlabelled loader, or one that cannot be split (an iterable without a data set).
 
-    Example:
+    Examples:
         >>> loader = InMemoryLoader(torch.zeros(10, 1), torch.arange(10) % 2, batch_size=4)
         >>> train, val = split_loader(loader, 0.2)
         >>> train.dataset_size, val.dataset_size
@@ -279,7 +279,7 @@ def subset_loader(loader: Any, rows: torch.Tensor, evaluation: bool = False) -> 
         DataError: a loader whose sampler or batch sampler cannot be restricted to a part of the
             data (a custom one): pass a ``val_loader`` instead of splitting it.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> data = DataLoader(TensorDataset(torch.arange(6.0), torch.arange(6)), batch_size=4, shuffle=True)
         >>> [y.tolist() for _, y in subset_loader(data, torch.tensor([1, 4]), evaluation=True)]

@@ -113,7 +113,7 @@ def vader_lexicon(task: str = "polarity", seed: int = 0, val_fraction: float = 0
         ConfigError: an unknown task or fractions that leave no training data.
         DataError: the ``vadersentiment`` package is not installed.
 
-    Example:
+    Examples:
         >>> splits = vader_lexicon("polarity", seed=0)
         >>> len(splits.train), len(splits.val), len(splits.test), splits.classes
         (3486, 1162, 1162, ('negative', 'positive'))
@@ -147,7 +147,7 @@ def labelled_split(data: TextSet, fraction: float, seed: int = 0) -> tuple[TextS
     Raises:
         ConfigError: ``fraction`` outside (0, 1].
 
-    Example:
+    Examples:
         >>> labelled, unlabelled = labelled_split(TextSet(list("abcd"), torch.tensor([0, 0, 1, 1])), 0.5)
         >>> len(labelled), len(unlabelled), unlabelled.labels
         (2, 2, None)
@@ -230,7 +230,7 @@ class CharNgramTokenizer:
         buckets: ids, padding included (the student's embedding rows).
         ngrams: the n-gram lengths.
 
-    Example:
+    Examples:
         >>> tokenizer = CharNgramTokenizer(buckets=1000, ngrams=(3,))
         >>> tokenizer(["ok"])["input_ids"]
         [[624, 291]]
@@ -336,7 +336,7 @@ def text_loader(data: TextSet, tokenizer: Tokenizer, batch_size: int = 32, shuff
     Raises:
         ConfigError: a tokenizer without a padding token.
 
-    Example:
+    Examples:
         >>> data = TextSet(["good", "awful"], torch.tensor([1, 0]))
         >>> batch = next(iter(text_loader(data, CharNgramTokenizer(buckets=100), batch_size=2)))
         >>> sorted(batch), batch["input_ids"].shape[0]

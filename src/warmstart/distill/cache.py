@@ -59,7 +59,7 @@ class SampleFingerprint:
     for a batch is one matrix-vector product on the device, so every training batch can be
     compared with the fingerprints stored when the cache was built, without a host sync.
 
-    Example:
+    Examples:
         >>> fp = SampleFingerprint(torch.device("cpu"))
         >>> x = torch.rand(4, 3, 8, 8)
         >>> torch.equal(fp(x), fp(x.clone()))
@@ -255,7 +255,7 @@ class AugmentedViews(Dataset):
         views: views per sample.
         seed: seed of the views.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> views = AugmentedViews(TensorDataset(torch.zeros(4, 3), torch.arange(4)), lambda x: x + torch.rand(3), views=2)
         >>> x, y, row = views[1]

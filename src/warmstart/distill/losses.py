@@ -120,7 +120,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequenc
         ConfigError: ``temperature <= 0``, ``alpha`` outside [0, 1], or ``alpha < 1`` without targets.
         DataError: student and teacher logits of different shapes.
 
-    Example:
+    Examples:
         >>> s, t = torch.randn(8, 10), torch.randn(8, 10)
         >>> loss = kd_loss(s, t, torch.randint(0, 10, (8,)), temperature=4.0, alpha=0.9)
     """

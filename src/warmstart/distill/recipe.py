@@ -133,7 +133,7 @@ def distill(student: nn.Module, teacher: nn.Module, labelled: InMemoryLoader,
         DataError: targets that are not class labels.
         RunExistsError: ``out_dir`` holds an earlier run, not resumed and without ``overwrite=True``.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> x, y = torch.randn(40, 8), torch.randint(0, 3, (40,))
         >>> result = distill(mlp(8, [4], 3), mlp(8, [16], 3), InMemoryLoader(x, y, batch_size=8), epochs=2,

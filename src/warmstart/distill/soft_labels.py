@@ -38,7 +38,7 @@ def soft_label_terms(logits: torch.Tensor, soft_labels: torch.Tensor, targets: t
         ConfigError: bad ``temperature`` or ``alpha``, or ``alpha < 1`` without targets.
         DataError: soft labels of another shape than the logits.
 
-    Example:
+    Examples:
         >>> q = torch.tensor([[0.9, 0.1]])
         >>> round(float(soft_label_terms(torch.log(q), q)["loss"]), 6)
         0.0
@@ -80,7 +80,7 @@ class SoftLabelTrainer(Trainer):
         alpha: weight of the soft-label term (``1 - alpha`` weights the hard labels).
         **kwargs: :class:`warmstart.Trainer` arguments.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(4, 2)
         >>> batch = {"input": torch.randn(8, 4), "labels": torch.randint(0, 2, (8,)),
         ...          "soft_labels": torch.full((8, 2), 0.5)}

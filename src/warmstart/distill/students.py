@@ -37,7 +37,7 @@ class NgramClassifier(nn.Module):
 def ngram_classifier(buckets: int = 4096, dim: int = 32, num_classes: int = 2, dropout: float = 0.0) -> NgramClassifier:
     """A fastText-style text classifier over hashed character n-grams: ``buckets * dim + (dim + 1) * C`` parameters.
 
-    Example:
+    Examples:
         >>> model = ngram_classifier(buckets=4096, dim=32, num_classes=2)
         >>> sum(p.numel() for p in model.parameters())
         131138

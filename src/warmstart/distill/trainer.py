@@ -69,7 +69,7 @@ class DistillTrainer(Trainer):
         hints: :class:`FeatureHint` s for feature distillation (online only).
         **kwargs: :class:`warmstart.Trainer` arguments.
 
-    Example:
+    Examples:
         >>> from warmstart.models import mlp
         >>> teacher, student = mlp(16, [32], 3), mlp(16, [4], 3)
         >>> trainer = DistillTrainer(student, teacher, temperature=4.0, alpha=0.9, progress=False)

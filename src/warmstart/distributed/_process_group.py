@@ -157,7 +157,7 @@ def rank_seed(seed: int, rank: int) -> int:
     Dropout and augmentation then differ between ranks (as they would between the halves of one
     larger batch) while the run stays reproducible from its seed.
 
-    Example:
+    Examples:
         >>> rank_seed(7, 0), rank_seed(7, 1) != rank_seed(8, 0)
         (7, True)
     """
@@ -231,7 +231,7 @@ def shard_batches(batches: list[Any] | tuple[Any, ...], rank: int, world_size: i
     how many batches then train twice per epoch. For evaluation each batch is counted once; a list
     shorter than the world is evaluated whole on every rank (the reduced means are the same).
 
-    Example:
+    Examples:
         >>> shard_batches(["b0", "b1", "b2", "b3"], rank=1, world_size=2, train=True)
         ['b1', 'b3']
     """

@@ -70,7 +70,7 @@ def freeze(model: nn.Module, modules: Patterns = "*", except_: Patterns = (), tr
     Raises:
         ConfigError: a pattern that matches nothing.
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> model = resnet18()
         >>> _ = freeze(model, except_="fc")
@@ -150,7 +150,7 @@ def layer_groups(model: nn.Module, groups: Sequence[Patterns] | None = None, exp
     stacks like VGG's ``features`` or a ViT's ``blocks``) is split into them. ``groups`` gives
     the groups explicitly, each a pattern or list of patterns over module names.
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> [g.name for g in layer_groups(resnet18())]
         ['conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4', 'fc']
@@ -185,7 +185,7 @@ def _under_chosen(name: str, spec: Patterns) -> bool:
 def freeze_to(model: nn.Module, n: int, groups: list[LayerGroup] | None = None, train_bn: bool = False) -> None:
     """Freeze the first ``n`` layer groups and unfreeze the rest (``n < 0`` counts from the end, as in fastai).
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> model = resnet18()
         >>> freeze_to(model, -1)  # everything but the last group (fc)

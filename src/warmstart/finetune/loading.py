@@ -98,7 +98,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping[str, A
             adapter (use :func:`warmstart.finetune.load_adapter`) or a compressed model (use
             :func:`warmstart.compress.load_compressed`).
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> pretrained = resnet18(num_classes=10).state_dict()
         >>> model = resnet18(num_classes=7)

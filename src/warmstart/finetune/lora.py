@@ -61,7 +61,7 @@ def lora_info(model: nn.Module) -> LoraInfo | None:
 def lora_candidates(model: nn.Module, head: str | None = None) -> list[str]:
     """Module paths of the layers LoRA can adapt: Linear, Conv1d, Conv2d (ungrouped) and GPT-2's Conv1D, not the head.
 
-    Example:
+    Examples:
         >>> lora_candidates(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
         ['0']
     """
@@ -92,7 +92,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto", hea
         ConfigError: a target that names no adaptable layer, or one that is the head (the message
             lists the candidates).
 
-    Example:
+    Examples:
         >>> resolve_targets(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), ["0"])
         ['0']
     """
@@ -182,7 +182,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | Seq
         ConfigError: peft is not installed, bad options, a target that matches nothing, or a model
             that already has adapters.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> info = add_lora(model, r=2, targets="auto")  # doctest: +SKIP
         >>> info.targets  # doctest: +SKIP
@@ -215,7 +215,7 @@ def check_lora_options(r: Any, alpha: Any, dropout: Any, targets: Any = "auto") 
         ConfigError: ``r`` not an integer >= 1, ``alpha`` not positive, ``dropout`` outside [0, 1),
             or ``targets`` neither ``"auto"`` nor a non-empty list of module names.
 
-    Example:
+    Examples:
         >>> check_lora_options(8, 16, 0.05, ["query", "value"])
     """
     _check_options(r, alpha, dropout)
@@ -269,7 +269,7 @@ def lora_metadata(model: nn.Module) -> dict[str, Any]:
 def save_adapter(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write only the adapters and the head as ``.safetensors``, with the base model's identity.
 
-    Example:
+    Examples:
         >>> save_adapter(model, "adapter.safetensors")  # doctest: +SKIP
     """
     return save_weights(path, adapter_state_dict(model), {**(metadata or {}), **lora_metadata(model)})
@@ -344,7 +344,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Raises:
         ConfigError: the model has no LoRA adapters.
 
-    Example:
+    Examples:
         >>> merged = merge_lora(model)  # doctest: +SKIP
     """
     if lora_info(model) is None:

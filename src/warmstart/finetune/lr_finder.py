@@ -96,7 +96,7 @@ def lr_find(model: nn.Module, train_loader: Iterable[Any], optimizer: Any = None
     Returns:
         An :class:`LRFinderResult`.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 3))
         >>> data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))] * 10
         >>> result = lr_find(model, data, num_steps=20, progress=False)

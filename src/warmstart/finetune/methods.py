@@ -157,7 +157,7 @@ def build_method(spec: str | Method | dict[str, Any], lora: dict[str, Any] | Non
     Raises:
         ConfigError: an unknown method or option, or ``lora`` options for another method.
 
-    Example:
+    Examples:
         >>> build_method({"name": "gradual", "unfreeze_every": 2})
         Gradual(backbone_lr_mult=0.1, layer_decay=None, head_epochs=1, unfreeze_every=2)
         >>> build_method("lora", lora={"r": 4}).r

@@ -207,7 +207,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
             few labelled samples to hold a validation split out, or with targets that are not classes.
         RunExistsError: ``out_dir`` holds an earlier run, not resumed and without ``overwrite=True``.
 
-    Example:
+    Examples:
         >>> from warmstart.models import small_cnn
         >>> data = [(torch.randn(8, 1, 28, 28), torch.randint(0, 3, (8,)))] * 2
         >>> result = fine_tune(small_cnn(width=4), data, num_classes=3, epochs=1, select=False, freeze_epochs=1,

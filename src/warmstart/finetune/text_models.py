@@ -117,7 +117,7 @@ def load_text_classifier(name: str = MINILM, num_labels: int = 2, pretrained: bo
         ConfigError: transformers is not installed, an unknown ``pooling``, or ``"mean"`` for a
             model without a pooler to replace.
 
-    Example:
+    Examples:
         >>> model, tokenizer = load_text_classifier("all-MiniLM-L6-v2", num_labels=2)  # doctest: +SKIP
         >>> model(**tokenizer(["lovely"], return_tensors="pt")).logits.shape  # doctest: +SKIP
         torch.Size([1, 2])
@@ -180,7 +180,7 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
     Raises:
         ConfigError: the model has no ``base_model.pooler`` to replace.
 
-    Example:
+    Examples:
         >>> model, _ = load_text_classifier(num_labels=2, pooling="mean")  # doctest: +SKIP
         >>> type(model.base_model.pooler).__name__  # doctest: +SKIP
         'MeanPooler'

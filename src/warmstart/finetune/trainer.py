@@ -128,7 +128,7 @@ class FinetuneTrainer(Trainer):
             ``"ddp"``, ``"fsdp"``) included. A ``strategy`` that names a fine-tuning method (the
             spelling before ``method``) is taken as ``method``, with a ``DeprecationWarning``.
 
-    Example:
+    Examples:
         >>> from warmstart.models import small_cnn
         >>> model = small_cnn(width=4)
         >>> trainer = FinetuneTrainer(model, {"name": "adam", "lr": 1e-3}, method="gradual", progress=False)

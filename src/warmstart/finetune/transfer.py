@@ -27,7 +27,7 @@ def transfer_layers(source: nn.Module, target: nn.Module, n: int = 1, freeze: bo
     Raises:
         ConfigError: the groups differ in names or shapes, or ``n`` exceeds the groups.
 
-    Example:
+    Examples:
         >>> from warmstart.models import small_cnn
         >>> copied = transfer_layers(small_cnn(width=4), small_cnn(num_classes=3, width=4), n=1)
         >>> copied[0]

@@ -43,7 +43,7 @@ def peak_rss_mb() -> float:
 def measured() -> Iterator[dict[str, Any]]:
     """Time a block and take its peak RSS: the dict it yields gets ``seconds`` and ``peak_rss_mb`` at the end.
 
-    Example:
+    Examples:
         >>> with measured() as cost:
         ...     _ = [0] * 1000
         >>> sorted(cost)

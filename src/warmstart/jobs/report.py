@@ -134,7 +134,7 @@ def student_gains(results: dict[str, dict[str, Any]], distilled: str = "student_
     The controls are ``control`` (the same epochs on the labels alone) and ``student_hard_same_steps``
     (the labels alone for as many optimizer steps as the distilled student); '' without the first two rows.
 
-    Example:
+    Examples:
         >>> student_gains({"student_scratch": {"accuracy": 0.5, "steps": 40},
         ...                "student_distilled": {"accuracy": 0.7, "steps": 400},
         ...                "student_hard_same_steps": {"accuracy": 0.6, "steps": 400}})

@@ -195,7 +195,7 @@ def check_settings(trainer: TrainerConfig, optimizer: OptimizerConfig, scheduler
     Raises:
         ConfigError: what the Trainer would refuse, with the section named.
 
-    Example:
+    Examples:
         >>> check_settings(TrainerConfig(device="cpu"), OptimizerConfig(name="adamx"), None, where="finetune")
         Traceback (most recent call last):
         ...

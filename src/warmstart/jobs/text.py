@@ -156,7 +156,7 @@ def check_text_job(job: TextPipelineJob) -> None:
     Raises:
         ConfigError: naming the stage's section (``lora.trainer.precision``, ...) and the fix.
 
-    Example:
+    Examples:
         >>> check_text_job(load_job("run", "configs/text_sentiment.yaml"))  # doctest: +SKIP
     """
     for section in _sections(job.methods):

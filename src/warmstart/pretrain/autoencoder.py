@@ -28,7 +28,7 @@ class ConvAutoencoder(nn.Module):
         width: channels of the first conv block (the second has twice as many).
         latent: size of the code.
 
-    Example:
+    Examples:
         >>> ae = conv_autoencoder(in_channels=1, image_size=28)
         >>> ae(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 1, 28, 28])
@@ -68,7 +68,7 @@ def encoder_classifier(encoder: nn.Module, latent: int, num_classes: int) -> nn.
 
     The top-level children ``encoder`` and ``head`` are the layer groups finetune freezes and unfreezes.
 
-    Example:
+    Examples:
         >>> ae = conv_autoencoder()
         >>> model = encoder_classifier(ae.encoder, ae.latent, num_classes=10)
         >>> model(torch.zeros(2, 1, 28, 28)).shape
@@ -94,7 +94,7 @@ class AutoencoderTrainer(Trainer):
         mask: probability of zeroing each input element (masking noise).
         **kwargs: :class:`warmstart.Trainer` arguments.
 
-    Example:
+    Examples:
         >>> ae = conv_autoencoder(width=4, latent=8)
         >>> trainer = AutoencoderTrainer(ae, loss="mse", noise=0.1, progress=False)
         >>> history = trainer.fit([(torch.randn(4, 1, 28, 28),)])

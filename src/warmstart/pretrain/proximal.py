@@ -36,7 +36,7 @@ class ProximalTrainer(Trainer):
         exclude: glob patterns of parameters not to anchor when ``w0`` is taken from the model.
         **kwargs: :class:`warmstart.Trainer` arguments (``max_epochs``, ``out_dir``, ...).
 
-    Example:
+    Examples:
         >>> model = nn.Linear(4, 2)
         >>> trainer = ProximalTrainer(model, {"name": "sgd", "lr": 0.01}, lam=10.0, progress=False)
         >>> _ = trainer.fit([(torch.randn(8, 4), torch.randint(0, 2, (8,)))])

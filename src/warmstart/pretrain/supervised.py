@@ -36,7 +36,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, head: str | None 
         ConfigError: the model was pruned, sparsified or quantized by :mod:`warmstart.compress`
             (use :func:`warmstart.compress.save_compressed`).
 
-    Example:
+    Examples:
         >>> from warmstart.models import small_cnn
         >>> path = save_pretrained(small_cnn(width=4), "/tmp/pre.safetensors", source="mnist5k")
     """

@@ -42,7 +42,7 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[to
     Raises:
         DataError: ``folds < 2``, or fewer labelled rows than folds.
 
-    Example:
+    Examples:
         >>> labels = torch.tensor([0, 0, 0, 1, 1, 1])
         >>> [labels[rows].tolist() for rows in stratified_folds(labels, 2)]  # each fold: 1 or 2 of each class
         [[0, 0, 1], [0, 1, 1]]

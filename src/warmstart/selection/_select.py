@@ -166,7 +166,7 @@ def select(names: Sequence[str], score: Score, loader: Any, epochs: int, *, val_
         DataError: the labels cannot be split (no ``val_loader`` and a loader that cannot be
             indexed), are not classes, or are too few to hold one out.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from warmstart.data import InMemoryLoader
         >>> data = InMemoryLoader(torch.randn(30, 2), torch.arange(30) % 3, batch_size=8)

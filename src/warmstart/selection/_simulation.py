@@ -60,7 +60,7 @@ class SimulatedTask:
 def choice_rate(task: SimulatedTask, gains: list[float], draws: int = 1000, seed: int = 0, alpha: float = ALPHA) -> float:
     """The share of ``draws`` in which :func:`choose` takes the last candidate (with equal gains: any but the default).
 
-    Example:
+    Examples:
         >>> round(choice_rate(SimulatedTask(labels=100), [0.0, 0.0], draws=200), 2) <= 0.05
         True
     """

@@ -58,7 +58,7 @@ def summarise(folds: Sequence[float], counts: Sequence[int], repeats: int = 1, s
     validation samples: the spread between trainings, and what the number of validation samples
     alone allows.
 
-    Example:
+    Examples:
         >>> summarise([0.8], [100]).se
         0.04
     """
@@ -77,7 +77,7 @@ def t_cdf(t: float, df: int) -> float:
     With ``theta = atan(t / sqrt(df))``, ``P(|T| < |t|)`` is a finite sum of powers of
     ``cos(theta)`` (Abramowitz and Stegun 26.7.3 and 26.7.4).
 
-    Example:
+    Examples:
         >>> round(t_cdf(4.302653, 2), 4)
         0.975
     """
@@ -106,7 +106,7 @@ def t_cdf(t: float, df: int) -> float:
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`, ``p >= 0.5``).
 
-    Example:
+    Examples:
         >>> round(t_quantile(0.975, 2), 3)
         4.303
     """
@@ -165,7 +165,7 @@ def choose(scores: Mapping[str, CandidateScore], default: str, *, alpha: float =
         repeats: repeats of the cross-validation among the splits.
         share: the part of the labels each trial trained on (``(k - 1) / k`` for k folds).
 
-    Example:
+    Examples:
         >>> plain = summarise([0.70, 0.72, 0.71], [300, 300, 300])
         >>> better = summarise([0.80, 0.83, 0.81], [300, 300, 300])
         >>> choose({"plain": plain, "better": better}, "plain")
