@@ -554,8 +554,9 @@ class VisionCompressStage(StageConfig):
         enabled: run the stage.
         ratio: share of the parameters pruning removes (whole channels).
         importance: how pruning scores channels (see :func:`warmstart.compress.prune`).
-        recovery_images: the labelled and first unlabelled training images the pruned network is
-            distilled on (the unpruned network labels them; ``None``: all of them).
+        recovery_images: the unlabelled training images the pruned network is distilled on besides
+            the labelled ones (the unpruned network labels them all; ``None``: every one; measured in
+            ``bench/compress_lite.py``).
         quantize: int8 mode (``int8-static``: convolutions and the head in int8, compiled for x86).
         latency_batch: the batch size latency is measured at (median of repeated CPU calls).
     """
@@ -563,7 +564,7 @@ class VisionCompressStage(StageConfig):
     enabled: bool = True
     ratio: float = 0.3
     importance: str = "magnitude"
-    recovery_images: int | None = 500
+    recovery_images: int | None = None
     quantize: str = "int8-static"
     latency_batch: int = 32
 

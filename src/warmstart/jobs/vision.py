@@ -428,7 +428,7 @@ def _student(run: _VisionRun, name: str, seed: int, train: InMemoryLoader, val: 
 
 def _compress(run: _VisionRun) -> dict[str, dict[str, Any]]:
     """Prune the best fully fine-tuned network, recover it by distillation from itself, quantize it; measure each."""
-    from warmstart.compress import count_parameters, measure_latency, prune, quantize, tensor_bytes
+    from warmstart.compress import count_parameters, measure_latency, prune, quantize, recover, tensor_bytes
 
     stage, data, size = run.job.compress, run.data, run.job.data
     seed = run.seeds[0]
@@ -450,11 +450,11 @@ def _compress(run: _VisionRun) -> dict[str, dict[str, Any]]:
     measure(f"fine-tuned network ({LABELS[name]})", model, test, example)
     started = time.perf_counter()
     pruned, report = prune(model, example[:2], ratio=stage.ratio, importance=stage.importance)
-    images = torch.cat([data.network["labelled"], data.network["unlabelled"]])[:stage.recovery_images]
-    soft = teacher_probabilities(model, InMemoryLoader(images, None, batch_size=size.eval_batch_size), 1.0)
-    recovery = InMemoryLoader(images, soft, batch_size=size.batch_size, shuffle=True, seed=seed)
-    trainer = run.trainer(Trainer, pruned, stage, "compress/recovery", seed)
-    trainer.fit(recovery, data.loader("val", size.eval_batch_size))
+    # the library's recovery: the unpruned network labels the labelled and the unlabelled images, the pruned learns
+    recover(pruned, data.loader("labelled", size.batch_size, seed, train=True), data.loader("val", size.eval_batch_size),
+            teacher=model, method="distill", unlabelled=data.network["unlabelled"][:stage.recovery_images],
+            config=run.trainer_config(stage, "compress/recovery", seed), optimizer=stage.optimizer,
+            scheduler=stage.scheduler)
     pruned.eval()
     measure(f"pruned {report.achieved_ratio:.0%} + distilled from it", pruned, test, example)
     calibration = [(batch[0],) for batch in data.loader("labelled", size.batch_size)]
