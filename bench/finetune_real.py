@@ -180,8 +180,13 @@ def main() -> None:
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     methods = [m for m in METHODS if m in args.methods]
-    if args.summarise:
-        print("\n".join(summary([r for path in args.out for r in json.loads(Path(path).read_text())], methods)))
+    if args.summarise:  # several files: the runs of one task, budget and seed merged, a later file's winning
+        merged: dict[tuple[str, int, int], dict[str, Any]] = {}
+        for path in args.out:
+            for r in json.loads(Path(path).read_text()):
+                key = (r["task"], r["shots"], r["seed"])
+                merged.setdefault(key, {**r, "runs": {}})["runs"].update(r["runs"])
+        print("\n".join(summary(list(merged.values()), methods)))
         return
     args.out = Path(args.out[0]) if isinstance(args.out, list) else args.out
     jobs = [(task, shots, seed, methods, args.steps) for seed in range(args.seeds) for shots in args.shots

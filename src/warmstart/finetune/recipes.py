@@ -51,11 +51,11 @@ MIN_STEPS = 100  # the final run trains at least this many optimizer steps (benc
 DEFAULT_EPOCHS = 10
 
 
-def default_candidates(layer_decay: float | None = 0.9, lr: float | None = None) -> list[Candidate]:
+def default_candidates(layer_decay: float | None = 0.9, lr: float | None = None, warm_up: int = 2) -> list[Candidate]:
     """The candidates :func:`fine_tune` compares: how much of the network trains, and no pretraining.
 
-    - ``recipe``: 2 epochs of linear probe, then every layer with layer-wise decay (timm/fastai
-      style; a probe then a fine-tune, LP-FT);
+    - ``recipe``: ``warm_up`` epochs of linear probe, then every layer with layer-wise decay
+      (timm/fastai style; a probe then a fine-tune, LP-FT);
     - ``full``: every layer at the head's rate from the start (right when the features must change);
     - ``lora``: LoRA adapters (r=8, alpha 16) on a frozen backbone, and the head (when peft is
       installed); the adapters train at ``max(lr, 1e-3)`` (``lr``: the head's);
@@ -65,7 +65,7 @@ def default_candidates(layer_decay: float | None = 0.9, lr: float | None = None)
     ``Candidate("freeze_first", 2, Partial(k=1, layer_decay=0.9))`` (the first layer group frozen)
     was a default until 2026-12-07; pass it in ``candidates`` to try it.
     """
-    candidates = [Candidate("recipe", 2, Full(layer_decay=layer_decay)),
+    candidates = [Candidate("recipe", warm_up, Full(layer_decay=layer_decay)),
                   Candidate("full", 0, Full(backbone_lr_mult=1.0))]
     if importlib.util.find_spec("peft") is not None:
         mult = 1.0 if lr is None else max(1.0, LORA_LR / lr)
@@ -112,7 +112,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
               candidates: list[Candidate] | None = None, val_fraction: float = 0.2, folds: int = 5,
               selection: SelectionOptions | Mapping[str, Any] | None = None,
               optimizer: OptimizerConfig | Mapping[str, Any] | None = None, lr: float | None = None,
-              weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int = 2,
+              weight_decay: float | None = None, scheduler: Any = None, freeze_epochs: int | None = None,
               layer_decay: float | None = 0.9, backbone_lr_mult: float = 1.0, label_smoothing: float = 0.1,
               proximal: float | None = None, lora: Mapping[str, Any] | None = None, head: str | None = None,
               keep_head: bool = False, head_init: str = "normal", freeze_bn: bool = False, wise: float | None = None,
@@ -169,7 +169,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
             :func:`default_lr`).
         weight_decay: shorthand for the optimizer's ``weight_decay`` (not together with ``optimizer``).
         scheduler: the schedule of the main phase (a :class:`SchedulerConfig` or dict).
-        freeze_epochs: epochs of the linear-probe warm-up without selection (0 skips it).
+        freeze_epochs: epochs of the recipe's linear-probe warm-up (0 skips it; default 2, and 0 for a
+            transformer: at its lr of 1e-4 the warm-up moves the head little, and all-MiniLM-L6-v2 on
+            10 labels per class scored 79.5 without it against 77.2 with it, 3 seeds).
         layer_decay: learning-rate decay per layer group from the head down.
         backbone_lr_mult: backbone learning-rate multiplier when ``layer_decay`` is None.
         label_smoothing: label smoothing of the cross-entropy.
@@ -217,6 +219,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     """
     epochs = epochs_option(epochs, trainer_kwargs, "fine_tune") or default_epochs(train_loader)
     optimizer = _recipe_optimizer(optimizer, lr, weight_decay, model)
+    warm_up = (0 if is_transformer(model) else 2) if freeze_epochs is None else freeze_epochs
     top, overwrite = run_folder(out_dir, trainer_kwargs)
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("out_dir", "overwrite")}
     _prepare_head(model, num_classes, head, keep_head, head_init)
@@ -226,9 +229,10 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     if lora is not None:
         choices = [Candidate("lora", 0, build_method("lora", dict(lora)))]
     elif not select:
-        choices = [Candidate("recipe", freeze_epochs, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))]
+        choices = [Candidate("recipe", warm_up, Full(backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay))]
     else:
-        choices = candidates if candidates is not None else default_candidates(layer_decay, _head_lr(optimizer))
+        choices = candidates if candidates is not None else default_candidates(layer_decay, _head_lr(optimizer),
+                                                                                warm_up)
     if not choices:
         raise ConfigError("fine_tune(select=True) needs at least one candidate")
     by_name = {c.name: c for c in choices}
