@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import machine
+from _timing import sd, seeded_runs
 
 from warmstart.compress import count_parameters, measure_latency, prune, recover
 from warmstart.data import InMemoryLoader, animal_shapes, few_shot_split
@@ -96,12 +94,12 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
              "parameters | latency (ms / 32) |", "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         values = [r[row]["accuracy"] for r in results]
-        cell = f"{statistics.mean(values):.1f} ± {_sd(values):.1f}"
+        cell = f"{statistics.mean(values):.1f} ± {sd(values):.1f}"
         before = ([f"{statistics.mean(r[row]['before'] for r in results):.1f}"] if "before" in results[0][row] else [""])[0]
         gap = ""
         if row.startswith("pruned"):
             gaps = [v - c for v, c in zip(values, control)]
-            gap = f"{statistics.mean(gaps):+.1f} ± {_sd(gaps):.1f} ({sum(g >= -2 for g in gaps)}/{len(gaps)})"
+            gap = f"{statistics.mean(gaps):+.1f} ± {sd(gaps):.1f} ({sum(g >= -2 for g in gaps)}/{len(gaps)})"
         params = results[0][row].get("params", results[0]["fine-tuned"]["params"])
         latency = [r[row]["latency_ms"] for r in results if "latency_ms" in r[row]]
         lines.append(f"| {row} | {cell} | {before} | {gap} | {params:,} | "
@@ -110,35 +108,13 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--unlabelled", type=int, default=1500, help="training images the teacher labels")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every recovery (and of the control)")
     parser.add_argument("--importance", nargs="+", default=["magnitude", "taylor", "lamp"])
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--summarise", action="store_true")
-    args = parser.parse_args()
-    if args.summarise:
-        print("\n".join(summary(json.loads(args.out.read_text()))))
-        return
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    started, results = time.perf_counter(), []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.seeds):
-        results.append(run_seed(seed, args.shots, args.unlabelled, args.epochs, args.importance))
-        args.out.write_text(json.dumps(results, indent=1))
-        print(f"seed {seed}: " + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in results[-1].items() if k != "seed")
-              + f"; {time.perf_counter() - started:.0f} s", flush=True)
-    print(f"{args.seeds} seeds, {args.shots} labels per class, {args.unlabelled} unlabelled images, {args.epochs} "
-          f"epochs of recovery; {time.perf_counter() - started:.0f} s; {machine(torch.device('cpu'))}")
-    print("\n".join(summary(results)))
+    seeded_runs(parser, lambda seed, args: run_seed(seed, args.shots, args.unlabelled, args.epochs, args.importance), summary, OUT)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,13 @@ seeds it wins; parameters and latency (batch of 32, eager, one thread).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import machine
+from _timing import sd, seeded_runs
 
 from warmstart import evaluate
 from warmstart.compress import count_parameters, measure_latency
@@ -90,41 +88,19 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
         if name.endswith(", distilled"):
             control = [r[name.replace("distilled", "control")]["accuracy"] for r in results]
             gaps = [v - c for v, c in zip(values, control)]
-            gain = f"{statistics.mean(gaps):+.1f} ± {_sd(gaps):.1f} ({sum(g > 0 for g in gaps)}/{len(gaps)})"
+            gain = f"{statistics.mean(gaps):+.1f} ± {sd(gaps):.1f} ({sum(g > 0 for g in gaps)}/{len(gaps)})"
         latency = statistics.median(r[name]["latency_ms"] for r in results)
-        lines.append(f"| {name} | {statistics.mean(values):.1f} ± {_sd(values):.1f} | {gain} | "
+        lines.append(f"| {name} | {statistics.mean(values):.1f} ± {sd(values):.1f} | {gain} | "
                      f"{results[0][name]['params']:,} | {latency:.1f} |")
     return lines
 
 
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--unlabelled", type=int, default=1500, help="training images the teacher labels")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each distillation (its control: as many steps)")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--summarise", action="store_true")
-    args = parser.parse_args()
-    if args.summarise:
-        print("\n".join(summary(json.loads(args.out.read_text()))))
-        return
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    started, results = time.perf_counter(), []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.seeds):
-        results.append(run_seed(seed, args.shots, args.unlabelled, args.epochs))
-        args.out.write_text(json.dumps(results, indent=1))
-        print(f"seed {seed}: " + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in results[-1].items() if k != "seed")
-              + f"; {time.perf_counter() - started:.0f} s", flush=True)
-    print(f"{args.seeds} seeds, {args.shots} labels per class, {args.unlabelled} unlabelled images, {args.epochs} "
-          f"epochs; {time.perf_counter() - started:.0f} s; {machine(torch.device('cpu'))}")
-    print("\n".join(summary(results)))
+    seeded_runs(parser, lambda seed, args: run_seed(seed, args.shots, args.unlabelled, args.epochs), summary, OUT)
 
 
 if __name__ == "__main__":
