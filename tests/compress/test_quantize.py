@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from warmstart.compress import CompiledInt8Model, quantize
+from warmstart.compress import CompiledInt8Model, count_parameters, quantize
 from warmstart.errors import ConfigError
 from warmstart.models import mlp, small_cnn
 
@@ -41,6 +41,7 @@ def test_int8_outputs_are_close_to_float(mode):
     assert torch.equal(model.fc1[0].weight, weight) and type(model.fc1[0].weight) is nn.Parameter
     assert report.layers == ["fc1.0", "head"] and report.bytes_after < report.bytes_before / 3.5
     assert set(report.latency_ms) == {"fp32", mode}
+    assert count_parameters(quantized) == count_parameters(model)  # packed int8 weights count too
 
 
 def test_torchao_modes_leave_convolutions_in_float_and_say_so():
@@ -71,6 +72,7 @@ def test_int8_static_is_close_to_float_and_takes_other_batch_sizes():
         reference = model(X)
         assert (quantized(X) - reference).abs().max() <= 0.05 * reference.abs().max()
         assert quantized(X[:5]).shape == (5, 10)
+    assert count_parameters(quantized) == count_parameters(model)  # the graph's int8 constants count
 
 
 def test_unknown_mode_and_missing_example_input_are_refused():

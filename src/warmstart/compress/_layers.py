@@ -20,11 +20,24 @@ RECORD_ATTRIBUTE = COMPRESSION_ATTRIBUTE
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (shared ones once; a quantized weight counts its logical elements).
 
+    Quantized models keep some weights outside ``parameters()``: the int8 constants of an
+    ``int8-static`` graph and the packed weights of torch's eager quantized layers
+    (``int8-dynamic-eager``). They are counted too, so a model and its int8 copy give the same count.
+
     Examples:
         >>> count_parameters(nn.Linear(3, 2))
         8
     """
-    return sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if isinstance(module, CompiledInt8Model):  # its int8 weights are frozen constants of the graph
+            read = {node.target for node in module.graph.graph.nodes if node.op == "get_attr"}
+            total += sum(t.numel() for name, t in module.graph.state_dict().items()
+                         if name in read and t.dtype == torch.int8)
+        elif callable(getattr(type(module), "weight", None)):  # torch.ao's quantized layers: weight() unpacks
+            bias = module.bias() if callable(getattr(type(module), "bias", None)) else None
+            total += module.weight().numel() + (0 if bias is None else bias.numel())
+    return total
 
 
 def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
