@@ -61,6 +61,20 @@ def test_hard_labels_for_the_same_steps_train_as_many_optimizer_steps_as_the_unl
         distill(mlp(8, [4], 3), mlp(8, [4], 3), InMemoryLoader(x, y), settings=[KDSetting("s", 0.0, same_steps=True)])
 
 
+def test_the_teacher_is_given_back_as_it_came_trainable_and_in_its_mode():
+    """A distillation froze the caller's teacher for good: pruning that network afterwards gave a copy nothing could
+    train (the vision job's compression after its students)."""
+    x, y = _task(60, seed=2)
+    teacher = mlp(8, [16], 3).train()
+    teacher.fc1[0].weight.requires_grad_(False)  # a flag of the caller's own is kept too
+    before = {name: p.clone() for name, p in teacher.state_dict().items()}
+    distill(mlp(8, [4], 3), teacher, InMemoryLoader(x, y, batch_size=16), unlabelled=_task(40, seed=3)[0], epochs=1,
+            settings=[KDSetting("unlabelled_T4", 1.0, unlabelled=True)], select=False, progress=False)
+    assert teacher.training and not teacher.fc1[0].weight.requires_grad
+    assert all(p.requires_grad for name, p in teacher.named_parameters() if name != "fc1.0.weight")
+    assert all(torch.equal(p, before[name]) for name, p in teacher.state_dict().items())  # and not trained
+
+
 def test_settings_that_cannot_work_are_refused():
     x, y = _task(20, seed=2)
     labelled = InMemoryLoader(x, y, batch_size=8)

@@ -220,10 +220,16 @@ def train_setting(student: nn.Module, teacher: nn.Module, setting: KDSetting, la
         offline = (isinstance(train, InMemoryLoader) and (cache is not None or options.get("out_dir") is not None)
                    and not is_random(train.transform, probe=train.inputs[:train.batch_size])
                    and not distributed.is_distributed())
-    trainer = DistillTrainer(student, teacher, temperature=setting.temperature, alpha=setting.alpha,
-                             cache_teacher=offline, cache_path=str(cache) if offline and cache is not None else None,
-                             max_epochs=epochs, **options)
-    trainer.fit(train, val, resume=resume)
+    flags, mode = [p.requires_grad for p in teacher.parameters()], teacher.training
+    try:  # the trainer freezes the teacher; the caller's network is given back as it came (still trainable)
+        trainer = DistillTrainer(student, teacher, temperature=setting.temperature, alpha=setting.alpha,
+                                 cache_teacher=offline, cache_path=str(cache) if offline and cache is not None else None,
+                                 max_epochs=epochs, **options)
+        trainer.fit(train, val, resume=resume)
+    finally:
+        for parameter, flag in zip(teacher.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+        teacher.train(mode)
     return trainer
 
 
