@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmstart.data import CharNgramTokenizer, TextSet, text_loader
-from warmstart.distill import SoftLabelTrainer, kd_loss, ngram_classifier, soft_label_terms
+from warmstart.data import InMemoryLoader
+from warmstart.distill import SoftLabelTrainer, kd_loss, ngram_classifier, soft_label_terms, teacher_probabilities
 from warmstart.errors import ConfigError, DataError
 
 
@@ -72,3 +73,31 @@ def test_rows_that_are_not_distributions_are_refused():
         SoftLabelTrainer(nn.Linear(3, 2), progress=False).fit([batch])
     with pytest.raises(DataError, match="needs batches with 'soft_labels'"):
         SoftLabelTrainer(nn.Linear(3, 2), progress=False).fit([(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))])
+
+
+class _WordScorer(nn.Module):
+    """A text 'teacher': the logits of each row are its token ids summed into 3 classes (no padding effect)."""
+
+    def forward(self, input_ids, attention_mask):
+        ids = (input_ids * attention_mask).double()
+        return torch.stack([ids.sum(1), ids.max(1).values, -ids.sum(1)], 1) / 50
+
+
+def test_teacher_probabilities_follow_the_data_sets_order_against_a_float64_reference():
+    texts = ["a", "abcdef", "ab", "abcdefghij", "abc"]  # lengths out of order: the loader sorts them
+    tokenizer = CharNgramTokenizer(buckets=64, ngrams=[1])
+    loader = text_loader(TextSet(texts, None), tokenizer, batch_size=2, max_length=None)
+    assert loader.dataset.order.tolist() != list(range(len(texts)))  # the loader did reorder the rows
+    teacher = _WordScorer()
+    soft = teacher_probabilities(teacher, loader, temperature=2.0)
+    for i, text in enumerate(texts):  # the obvious slow version: one text at a time
+        single = text_loader(TextSet([text], None), tokenizer, batch_size=1, max_length=None)
+        batch = next(iter(single))
+        logits = teacher(batch["input_ids"], batch["attention_mask"])
+        assert torch.allclose(soft[i].double(), torch.softmax(logits[0] / 2.0, -1), atol=1e-6)
+    x = torch.randn(7, 4)
+    linear = nn.Linear(4, 3).train()
+    images = teacher_probabilities(linear, InMemoryLoader(x, None, batch_size=3))
+    assert torch.allclose(images, torch.softmax(linear(x), -1), atol=1e-6) and linear.training  # its mode given back
+    with pytest.raises(ConfigError, match="unshuffled"):
+        teacher_probabilities(linear, InMemoryLoader(x, None, batch_size=3, shuffle=True))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -58,6 +58,56 @@ def soft_label_terms(logits: torch.Tensor, soft_labels: torch.Tensor, targets: t
             return {"loss": kd, "kd": kd}
         ce = F.cross_entropy(student, targets)
         return {"loss": alpha * kd + (1.0 - alpha) * ce if alpha < 1.0 else kd, "kd": kd, "ce": ce}
+
+
+@torch.no_grad()
+def teacher_probabilities(teacher: nn.Module, loader: Iterable[Any], temperature: float = 1.0) -> torch.Tensor:
+    """``(N, C)`` ``softmax(logits / T)`` of ``teacher`` for every sample of an unshuffled loader, in the data set's order.
+
+    The soft labels of offline distillation for a student that cannot read the teacher's inputs
+    (its own tokenizer, another image size): give them to the student's data and train it with
+    :class:`SoftLabelTrainer`. Batches as the Trainer takes them (``(inputs, ...)``, unlabelled
+    ``(inputs,)``, or dicts of tokenized text); a text loader that sorts its rows by length
+    (``dataset.order``, :func:`warmstart.data.text_loader`) is put back in the data set's order.
+    The teacher runs in eval mode on the device of its parameters and is given back in the mode it had.
+
+    Args:
+        teacher: the trained network.
+        loader: the samples, in a fixed order.
+        temperature: ``T > 0``.
+
+    Raises:
+        ConfigError: a shuffled loader (its order would not match the data set's) or ``T <= 0``.
+
+    Examples:
+        >>> x = torch.randn(6, 4)
+        >>> soft = teacher_probabilities(nn.Linear(4, 3), [(x[:4],), (x[4:],)], temperature=2.0)
+        >>> soft.shape, bool(torch.allclose(soft.sum(1), torch.ones(6)))
+        (torch.Size([6, 3]), True)
+    """
+    check_kd_options(temperature, 1.0)
+    sampler = getattr(loader, "sampler", None)
+    if getattr(loader, "shuffle", False) or isinstance(sampler, torch.utils.data.RandomSampler):
+        raise ConfigError("teacher_probabilities needs the samples in a fixed order to give each its row: pass an "
+                          "unshuffled loader (shuffle=False)")
+    device = next(iter(teacher.parameters()), torch.empty(0)).device  # a parameterless teacher runs on the CPU
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        parts = []
+        for batch in loader:
+            inputs, _ = split_batch(batch, require_target=False)
+            inputs = ({k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.to(device))
+            parts.append((run_model(teacher, inputs).float() / temperature).softmax(-1).cpu())
+    finally:
+        teacher.train(was_training)
+    probabilities = torch.cat(parts)
+    order = getattr(getattr(loader, "dataset", None), "order", None)
+    if order is None:
+        return probabilities
+    restored = torch.empty_like(probabilities)
+    restored[order] = probabilities
+    return restored
 
 
 class SoftLabelTrainer(Trainer):
