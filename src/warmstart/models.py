@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,9 +12,9 @@ from torch import nn
 
 from warmstart.efficientnet import (ImageInput, efficientnet_lite, efficientnet_lite0, efficientnet_lite1,  # noqa: F401
                                     efficientnet_lite2, efficientnet_lite_input)
-from warmstart.errors import unknown_name_error
+from warmstart.errors import ConfigError, nearest, unknown_name_error
 
-__all__ = ["MODELS", "BasicBlock", "ImageInput", "build_model", "efficientnet_lite", "efficientnet_lite0",
+__all__ = ["MODELS", "BasicBlock", "ImageInput", "build_model", "check_model_args", "efficientnet_lite", "efficientnet_lite0",
            "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite_input", "lenet", "mlp", "resnet18_small",
            "small_cnn", "small_resnet", "torchvision_model"]
 
@@ -166,13 +167,60 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def check_model_args(name: str, args: Mapping[str, Any], where: str = "model") -> None:
+    """Refuse what :func:`build_model` could not build, with the fix: an unknown name (the nearest of warmstart's and
+    torchvision's named), an argument the builder does not take (the valid ones listed) or a negative size.
+
+    Args:
+        name: the model's name.
+        args: its keyword arguments.
+        where: the config section, named in the errors (``model``, ``distill.student``).
+
+    Raises:
+        ConfigError: as above.
+
+    Examples:
+        >>> check_model_args("small_cnn", {"widht": 8})
+        Traceback (most recent call last):
+        ...
+        warmstart.errors.ConfigError: model.args: model 'small_cnn' takes no argument 'widht' (did you mean 'width'?); ...
+    """
+    builder = MODELS.get(name)
+    if builder is None:
+        from torchvision.models import list_models
+
+        if name not in list_models():
+            raise ConfigError(f"{where}.name: unknown model '{name}'{nearest(name, [*MODELS, *list_models()])}; "
+                              f"warmstart's models are {', '.join(MODELS)}, and any torchvision model name works "
+                              "(torchvision.models.list_models())")
+        return
+    accepted = inspect.signature(builder).parameters
+    unknown = [key for key in args if key not in accepted]
+    if unknown:
+        raise ConfigError(f"{where}.args: model '{name}' takes no argument "
+                          f"{', '.join(repr(key) + nearest(key, accepted) for key in unknown)}; its arguments are: "
+                          f"{', '.join(accepted)}")
+    for key, value in args.items():  # a width, depth or hidden size is never negative
+        bad = [v for v in (value if isinstance(value, (list, tuple)) else [value])
+               if isinstance(v, int) and not isinstance(v, bool) and v < 0]
+        if bad:
+            raise ConfigError(f"{where}.args.{key}={value}: a size of model '{name}' cannot be negative (got {bad[0]})")
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by name: one of :data:`MODELS`, else a torchvision model name.
+
+    Raises:
+        ConfigError: what :func:`check_model_args` refuses, or arguments the builder cannot build with.
 
     Examples:
         >>> build_model("small_cnn", num_classes=10, width=8).head.out_features
         10
     """
+    check_model_args(name, kwargs)
     if name in MODELS:
-        return MODELS[name](**kwargs)
+        try:
+            return MODELS[name](**kwargs)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"cannot build model '{name}' with {kwargs}: {str(err).splitlines()[0][:200]}") from None
     return torchvision_model(name, **kwargs)
