@@ -29,7 +29,7 @@ def run(seed: int, threads: int | None, out: Path) -> dict:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     cmd = [sys.executable, "-m", "warmstart.cli", "run", str(CONFIG), f"trainer.seed={seed}", f"out_dir={out}", "--quiet"]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return json.loads((out / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())["methods"]
 
 
 def main() -> None:

@@ -41,16 +41,17 @@ def peak_rss_mb() -> float:
 
 @contextlib.contextmanager
 def measured() -> Iterator[dict[str, Any]]:
-    """Time a block and take its peak RSS: the dict it yields gets ``seconds`` and ``peak_rss_mb`` at the end.
+    """Time a block and take its peak RSS: the dict it yields has ``start_rss_mb`` (the RSS when it began) and gets
+    ``seconds`` and ``peak_rss_mb`` at the end.
 
     Examples:
         >>> with measured() as cost:
         ...     _ = [0] * 1000
         >>> sorted(cost)
-        ['peak_rss_mb', 'seconds']
+        ['peak_rss_mb', 'seconds', 'start_rss_mb']
     """
     reset_peak_rss()
-    cost: dict[str, Any] = {}
+    cost: dict[str, Any] = {"start_rss_mb": peak_rss_mb()}  # the high-water mark just reset: the RSS now
     started = time.perf_counter()
     yield cost
     cost["seconds"] = time.perf_counter() - started

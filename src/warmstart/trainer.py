@@ -127,8 +127,7 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.precision = check_precision(cfg.precision, self.device)
         self.out_dir = None if cfg.out_dir is None else check_out_dir(cfg.out_dir)
-        # an int8 model's weights take no gradients, so only its biases would train (issue 23): refuse, naming what
-        # trains. warmstart.compress records the mode on the models it quantizes (and this layer cannot import it)
+        # an int8 model's weights take no gradients: only its biases would train (warmstart.compress marks the mode)
         int8_mode = (getattr(model, COMPRESSION_ATTRIBUTE, None) or {}).get("quantized", {}).get("mode")
         if int8_mode is not None:
             raise ConfigError(f"cannot train an int8 model ({type(model).__name__} quantized '{int8_mode}'): its int8 "
@@ -184,7 +183,7 @@ class Trainer:
         self._loss_scale = 1.0
         self._skip_window = False  # nonfinite="skip": a micro-batch of this window had a NaN/inf loss
         self._grad_accumulators: list[Any] = []  # held during fit, so that autograd builds them once
-        # the optimizer-step hooks are called only when a subclass overrides them (two calls fewer per step)
+        # the optimizer-step hooks run only when a subclass overrides them
         self._edits_gradients = type(self).on_before_optimizer_step is not Trainer.on_before_optimizer_step
         self._edits_weights = type(self).on_after_optimizer_step is not Trainer.on_after_optimizer_step
 
@@ -463,10 +462,7 @@ class Trainer:
         terms = loss_terms(out)
         if not self.backward(terms["loss"]):
             return None
-        detached = {}
-        for name, value in terms.items():  # a loop, not a comprehension: one frame fewer per step
-            detached[name] = value.detach()
-        return detached
+        return {name: value.detach() for name, value in terms.items()}
 
     def validation_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Return per-batch sums: each loss term times the batch size, ``accuracy`` as correct counts, ``count``.

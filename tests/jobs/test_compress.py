@@ -31,16 +31,17 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
                       student_weights=_trained(tmp_path, 2, "student.safetensors"), quantize="int8-weight",
                       latency_batch=8, trainer=ws.TrainerConfig(max_epochs=1, seed=0, progress=False))
     results = run_compress(job, progress=False)
-    names = [n for n in results if n not in ("total", "exported")]
+    rows = results["compression"]
+    names = list(rows)
     assert names[0] == "trained model" and "pruned + distillation from the trained model" in names
     assert names[-1] == "distilled student (warmstart run)" and any("int8-weight" in n for n in names)
     # distillation's epoch runs over every training image: fine-tuning also gets as many optimizer steps (issue 24)
     same = [n for n in names if n.startswith("pruned + fine-tuning on the labels, as many optimizer steps")]
     pool = build_data(few, seed=0).pool
     assert same == [f"pruned + fine-tuning on the labels, as many optimizer steps ({-(-len(pool) // 16)} epochs)"]
-    pruned = results["pruned + distillation from the trained model"]
-    assert pruned["params"] < 0.6 * results["trained model"]["params"]
-    assert results["pruned + distilled + int8-weight"]["params"] == pruned["params"]  # the same weights, in int8
+    pruned = rows["pruned + distillation from the trained model"]
+    assert pruned["params"] < 0.6 * rows["trained model"]["params"]
+    assert rows["pruned + distilled + int8-weight"]["params"] == pruned["params"]  # the same weights, in int8
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
     assert (tmp_path / "run" / "pruned_distilled.safetensors").is_file() and (tmp_path / "run" / "report.md").is_file()
     assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
@@ -56,7 +57,7 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
                                           next(iter(data.test))[0][:8])
     # milliseconds, not seconds or microseconds (a factor 1000 either way); wide bounds, as both timings move when the
     # machine is shared (a ratio of 157 was seen on a loaded machine)
-    assert 0.005 < results["trained model"]["latency_ms"] / (1e3 * seconds) < 200
+    assert 0.005 < rows["trained model"]["latency_ms"] / (1e3 * seconds) < 200
 
 
 def test_missing_weights_name_the_command_that_writes_them(tmp_path):
@@ -77,8 +78,8 @@ def test_the_compress_job_adds_a_quantization_aware_row(tmp_path):
                       weights=_trained(tmp_path, 8, "model.safetensors"), student=None, quantize="int8-weight",
                       qat_epochs=1, latency_batch=8, trainer=ws.TrainerConfig(max_epochs=1, seed=0, progress=False))
     results = run_compress(job, progress=False)
-    qat = results["pruned + distilled + quantization-aware training, int8-static"]
-    distilled = results["pruned + distillation from the trained model"]
+    qat = results["compression"]["pruned + distilled + quantization-aware training, int8-static"]
+    distilled = results["compression"]["pruned + distillation from the trained model"]
     assert qat["bytes"] < distilled["bytes"] / 3 and qat["params"] == distilled["params"]
 
 
@@ -103,7 +104,7 @@ def test_the_command_line_runs_the_compress_job(tmp_path, capsys):
     assert main([*command, "--overwrite"]) == 0
     assert "[warmstart compress] wrote" in capsys.readouterr().out and (run / "report.md").read_bytes() != b"# earlier"
     results = json.loads((run / "results.json").read_text())
-    assert "trained model" in results
+    assert "trained model" in results["compression"]
     # torch.export cannot capture the eager int8 kernels: model.pt2 holds the pruned, distilled float model
     pt2 = results["exported"]["model.pt2"]
     assert pt2["model"] == "pruned + distillation from the trained model" and pt2["max_abs_difference"] < 1e-5

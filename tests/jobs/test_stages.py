@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from warmstart.jobs import stages
-from warmstart.jobs.schema import DataConfig, FinetuneJob, ModelConfig, OptimizerConfig, TrainerConfig
+from warmstart.config import OptimizerConfig, TrainerConfig
+from warmstart.jobs.schema import DataConfig, FinetuneJob, ModelConfig
 
 DATA = DataConfig(name="fake", fake_size=48, fake_classes=3, batch_size=16, val_per_class=2)
 

@@ -1,6 +1,8 @@
-"""Config-driven jobs: typed schemas for pretrain, finetune, distill and the pipelines (images, text), and their runners.
+"""Config-driven jobs: each declares its methods (each beside its control) and stages into one runner and report.
 
-The schemas import no torch; runners are imported on first use.
+``schema`` holds the YAML schemas and the table of commands (no torch); ``runner`` the skeleton every job
+runs through and ``report`` what it writes; ``stages`` the single-stage commands (pretrain, finetune,
+distill); ``digits``, ``text``, ``vision`` and ``compress`` the jobs. Runners are imported on first use.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ _EXPORTS = {
     **{name: "warmstart.jobs.schema" for name in ("METHODS", "CompressJob", "DataConfig", "DistillJob", "DistillStage",
                                                   "FinetuneJob", "FinetuneStage", "LoraStage", "ModelConfig", "PipelineJob",
                                                   "PretrainJob", "StageConfig", "TEXT_METHODS", "TextDataConfig",
-                                                  "TextDistillStage", "TextPipelineJob", "load_job")},
+                                                  "TextDistillStage", "TextPipelineJob", "VisionPipelineJob", "load_job")},
     **{name: "warmstart.jobs.data" for name in ("DataBundle", "build_data")},
     **{name: "warmstart.jobs.stages" for name in ("StageResult", "build_job_model", "build_trainer", "run_distill",
                                                   "run_finetune", "run_pretrain")},
-    "run_pipeline": "warmstart.jobs.pipeline",
+    **{name: "warmstart.jobs.runner" for name in ("JobRun", "Method", "Trained", "run_job")},
+    "run_pipeline": "warmstart.jobs.digits",
     "run_compress": "warmstart.jobs.compress",
     "run_text_pipeline": "warmstart.jobs.text",
+    "run_vision_pipeline": "warmstart.jobs.vision",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
@@ -27,10 +31,12 @@ __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
 if TYPE_CHECKING:
     from warmstart.jobs.compress import run_compress
     from warmstart.jobs.data import DataBundle, build_data
-    from warmstart.jobs.pipeline import run_pipeline
+    from warmstart.jobs.digits import run_pipeline
+    from warmstart.jobs.runner import JobRun, Method, Trained, run_job
     from warmstart.jobs.schema import (METHODS, TEXT_METHODS, CompressJob, DataConfig, DistillJob, DistillStage, FinetuneJob,
                                        FinetuneStage, LoraStage, ModelConfig, PipelineJob, PretrainJob, StageConfig,
-                                       TextDataConfig, TextDistillStage, TextPipelineJob, load_job)
+                                       TextDataConfig, TextDistillStage, TextPipelineJob, VisionPipelineJob, load_job)
     from warmstart.jobs.stages import (StageResult, build_job_model, build_trainer, run_distill, run_finetune,
                                        run_pretrain)
     from warmstart.jobs.text import run_text_pipeline
+    from warmstart.jobs.vision import run_vision_pipeline

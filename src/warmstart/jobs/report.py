@@ -1,54 +1,82 @@
-"""What ``warmstart run`` leaves for a person: a printed table, results.json, report.md and PNG plots."""
+"""What every job leaves for a person: a printed table, results.json, curves.json, report.md and PNG plots."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from warmstart.checkpoint import atomic_path
-from warmstart.config import to_dict
-
-LABELS = {
-    "pretrain": "pretrained on the source (source test set)",
-    "zero_shot": "pretrained, zero-shot on the target",
-    "scratch": "from scratch (no pretrained weights)",
-    "linear_probe": "linear probe (frozen backbone)",
-    "partial": "partial (first layer group frozen)",
-    "full": "full fine-tune (backbone at 0.1x lr)",
-    "gradual": "gradual unfreezing",
-    "proximal": "full fine-tune + proximal term",
-    "recipe": "fine_tune() recipe",
-    "recipe_scratch": "fine_tune() recipe, no pretrained weights",
-    "student_scratch": "student on the labels alone, same epochs (control)",
-    "student_distilled": "student distilled from the best model",
-    "student_hard_same_steps": "same student, hard labels, as many optimizer steps as the distilled one (control)",
-}
-STUDENTS = ("student_scratch", "student_distilled", "student_hard_same_steps")
 
 
-def table_rows(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The results as markdown table rows: method, test and validation accuracy, parameters, seconds."""
-    rows = ["| method | test accuracy (%) | validation accuracy (%) | parameters | seconds |", "|---|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        if "accuracy" in r:
-            val = f"{100 * r['val_accuracy']:.1f}" if "val_accuracy" in r else "-"
-            label = LABELS.get(name, name) + (f" (chose {r['choice']})" if "choice" in r else "")
-            rows.append(f"| {label} | {100 * r['accuracy']:.1f} | {val} | {r['params']:,} | {r['seconds']:.1f} |")
+def _percent(mean: float, sd: float | None = None) -> str:
+    return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+# facts some jobs measure, shown as a column when a row has them: key, header, format
+COLUMNS = (("memory_mb", "memory added (MB)", lambda v: f"{v:,.0f}"),
+           ("checkpoint_bytes", "weights file (MB)", lambda v: f"{v / 2**20:.2f}"))
+
+
+def methods_table(results: dict[str, Any]) -> list[str]:
+    """Markdown rows: each method's test accuracy (mean ± sd over the seeds), its gain over its control and the
+    seeds it wins, validation accuracy, parameters and seconds (and the :data:`COLUMNS` the job measured)."""
+    methods, gains = results["methods"], results["gains"]
+    if not methods:
+        return []
+    extra = [column for column in COLUMNS if any(column[0] in r for r in methods.values())]
+    rows = ["| method | test accuracy (%) | against its control (points, seeds ahead) | validation (%) | trainable "
+            "parameters | parameters | seconds |" + "".join(f" {header} |" for _, header, _ in extra),
+            "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(extra)]
+    for name, r in methods.items():
+        gain = gains.get(name)
+        against = "" if gain is None else (
+            f"{'+' if gain['mean'] >= 0 else ''}{_percent(gain['mean'], gain['sd'])} vs "
+            f"{methods[gain['control']]['label']} ({gain['wins']}/{gain['seeds']})")
+        val = _percent(r["val_accuracy"]) if "val_accuracy" in r else "-"
+        label = r["label"] + (f" (chose {r['choice']})" if "choice" in r else "")
+        rows.append(f"| {label} | {_percent(r['accuracy'], r['accuracy_sd'])} | {against} | {val} | "
+                    f"{r['trainable']:,} | {r['params']:,} | {r['seconds']:.1f} |"
+                    + "".join(f" {shown(r[key]) if key in r else '-'} |" for key, _, shown in extra))
     return rows
 
 
-def print_table(results: dict[str, dict[str, Any]]) -> None:
-    """Print the results table."""
-    print("\n".join(table_rows(results)))
-    if "total" in results:
-        print(f"total: {results['total']['seconds']:.1f} s")
+def compression_table(results: dict[str, Any]) -> list[str]:
+    """Markdown rows of the measured networks: accuracy, parameters, size and CPU latency."""
+    rows = results["compression"]
+    if not rows:
+        return []
+    return ["| model | test accuracy (%) | parameters | size (MB) | latency (ms per batch) |",
+            "|---|---:|---:|---:|---:|",
+            *(f"| {name} | {_percent(r['accuracy'])} | {r['params']:,} | {r['bytes'] / 1e6:.3f} | "
+              f"{r['latency_ms']:.2f} (batch of {r['batch']}) |" for name, r in rows.items())]
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+def exported_table(results: dict[str, Any]) -> list[str]:
+    """Markdown rows of the files written for serving, each timed in a fresh process without warmstart."""
+    exported = results["exported"]
+    if not exported:
+        return []
+    lines = ["## Files for serving", "",
+             "Each file was loaded in a fresh process that cannot import warmstart (`python -I -S`) and timed there, "
+             "beside the same model run eagerly in this process.", "",
+             "| file | model | size (kB) | latency, fresh process (ms) | latency, eager (ms) | max abs difference | "
+             "same predictions |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {e['model']} | {e['bytes'] / 1e3:.1f} | {e['latency_ms']:.2f} | {e['eager_latency_ms']:.2f} "
+              f"| {e['max_abs_difference']:.2g} | {100 * e['same_predictions']:.1f}% |"
+              for name, e in exported.items() if "bytes" in e]
+    lines += ["", *[f"- {name}: {e['note']}" for name, e in exported.items() if "note" in e],
+              "Load `model.pt2` with `torch.export.load('model.pt2').module()` (for int8, `import torchao` first: it "
+              "registers the int8 operators) and `model.onnx` with `onnxruntime.InferenceSession('model.onnx')`.", ""]
+    return lines
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """Print the tables, the notes and the total time."""
+    lines = [*methods_table(results), *results["notes"], "", *compression_table(results)]
+    print("\n".join(line for line in lines if line is not None))
+    threads = results["total"]["threads"]
+    print(f"total: {results['total']['seconds']:.1f} s ({threads} torch thread{'' if threads == 1 else 's'})")
 
 
 def pyplot() -> Any:
@@ -63,125 +91,96 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Write a figure as a PNG, atomically."""
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
-def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str,
-                labels: Mapping[str, str] = LABELS) -> bool:
-    """Plot validation accuracy per epoch for each method (named by ``labels``); False when matplotlib is missing."""
+def plot_curves(curves: dict[str, list[dict[str, Any]]], labels: dict[str, str], path: Path, title: str) -> bool:
+    """Validation accuracy per epoch, one line per method; False without matplotlib or curves."""
     plt = pyplot()
-    if plt is None:
+    lines = {name: [100 * h["val_accuracy"] for h in history if "val_accuracy" in h] for name, history in curves.items()}
+    lines = {name: points for name, points in lines.items() if points}
+    if plt is None or not lines:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, history in curves.items():
-        points = [100 * h["val_accuracy"] for h in history if "val_accuracy" in h]
-        if points:
-            ax.plot(range(1, len(points) + 1), points, marker="o" if len(points) < 8 else None,
-                    label=labels.get(name, name))
+    for name, points in lines.items():
+        ax.plot(range(1, len(points) + 1), points, marker="o" if len(points) < 8 else None, label=labels[name])
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
     return True
 
 
-def plot_bars(results: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
-    """A bar chart of each model's test accuracy (the pretrained model's on its source); False without matplotlib."""
+def plot_accuracy(results: dict[str, Any], path: Path, title: str) -> bool:
+    """Bars of each method's test accuracy with its sd over the seeds; the controls in grey."""
     plt = pyplot()
-    if plt is None:
+    methods = results["methods"]
+    if plt is None or not methods:
         return False
-    names = [n for n, r in results.items() if "accuracy" in r]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = ["#999999" if n == "pretrain" else "#c07030" if n in STUDENTS else "#4878a8" for n in names]
-    bars = ax.barh([LABELS.get(n, n) for n in names], [100 * results[n]["accuracy"] for n in names], color=colours)
+    controls = {gain["control"] for gain in results["gains"].values()}
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(methods) + 1.5))
+    bars = ax.barh([r["label"] for r in methods.values()], [100 * r["accuracy"] for r in methods.values()],
+                   xerr=[100 * (r["accuracy_sd"] or 0) for r in methods.values()],
+                   color=["#999999" if name in controls else "#4878a8" for name in methods])
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="test accuracy (%)", xlim=(0, 100), title=title)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
-def _story(cfg: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
-    student = cfg["distill"]["student"]
-    teacher = results.get("student_distilled", {}).get("teacher")
-    shots = cfg["target"]["shots"]
-    transfer = ("every image of the target's training split without its label (the teacher labels it)"
-                if cfg["distill"]["unlabelled"] else "the labelled images")
-    lines = [f"Pretrained `{cfg['model']['name']}` {cfg['model']['args']} on `{cfg['source']['name']}`, then fine-tuned "
-             f"it on `{cfg['target']['name']}` with {shots or 'all'} labelled examples per class by each method. "
-             f"Choices use a validation split of {cfg['target']['val_per_class']} labelled images per class held out of "
-             "the target's training split; test accuracy is measured once per model, on the target's test split "
-             "(the pretraining row: the source's test split)."]
-    if teacher is not None:
-        lines.append(f"The teacher is the {LABELS.get(teacher, teacher)} model (best validation accuracy); the student "
-                     f"is `{student['name']}` {student['args']}, distilled on {transfer}, next to the same student "
-                     "trained on the labels alone with the same optimizer.")
-        lines.append(student_gains(results))
-    return " ".join(line for line in lines if line)
+def plot_tradeoff(results: dict[str, Any], path: Path) -> bool:
+    """Test accuracy against size and against CPU latency, one marker per measured network."""
+    plt = pyplot()
+    rows = results["compression"]
+    if plt is None or not rows:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    for ax, key, scale, label in ((axes[0], "bytes", 1e6, "size (MB)"), (axes[1], "latency_ms", 1, "latency (ms)")):
+        for name, r in rows.items():
+            ax.scatter(r[key] / scale, 100 * r["accuracy"], label=name)
+        ax.set(xscale="log", xlabel=label, ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Accuracy against size and CPU latency")
+    _save(plt, fig, path)
+    return True
 
 
-def student_gains(results: dict[str, dict[str, Any]], distilled: str = "student_distilled",
-                  control: str = "student_scratch", subject: str = "The distilled student") -> str:
-    """One sentence: the ``distilled`` student's gain in test accuracy over each hard-label control, with their steps.
-
-    The controls are ``control`` (the same epochs on the labels alone) and ``student_hard_same_steps``
-    (the labels alone for as many optimizer steps as the distilled student); '' without the first two rows.
-
-    Examples:
-        >>> student_gains({"student_scratch": {"accuracy": 0.5, "steps": 40},
-        ...                "student_distilled": {"accuracy": 0.7, "steps": 400},
-        ...                "student_hard_same_steps": {"accuracy": 0.6, "steps": 400}})
-        'The distilled student against the labels alone: +20.0 points at the same epochs (400 against 40 optimizer steps), +10.0 points at as many optimizer steps (400).'
-    """
-    taught, hard, same = results.get(distilled), results.get(control), results.get("student_hard_same_steps")
-    if taught is None or hard is None:
-        return ""
-    gains = [f"{100 * (taught['accuracy'] - hard['accuracy']):+.1f} points at the same epochs "
-             f"({taught['steps']:,} against {hard['steps']:,} optimizer steps)"]
-    if same is not None:
-        gains.append(f"{100 * (taught['accuracy'] - same['accuracy']):+.1f} points at as many optimizer steps "
-                     f"({same['steps']:,})")
-    return f"{subject} against the labels alone: {', '.join(gains)}."
-
-
-def write_report(out: Path, job: Any, results: dict[str, dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
-                 command: str) -> None:
-    """Write ``results.json``, ``curves.json``, ``report.md`` and the PNG plots into ``out``."""
-    _write_json(out / "results.json", results)
-    _write_json(out / "curves.json", curves)
-    cfg = to_dict(job)
-    transfer = {k: v for k, v in curves.items() if k not in ("pretrain", *STUDENTS)}
-    plots = []
-    if plot_curves(transfer, out / "finetune_curves.png", f"Fine-tuning on {cfg['target']['name']}"):
-        plots.append(("Fine-tuning methods, validation accuracy per epoch", "finetune_curves.png"))
-    students = {k: v for k, v in curves.items() if k in STUDENTS}
-    if students and plot_curves(students, out / "distill_curves.png", "Student: distilled vs. labels alone"):
-        plots.append(("Students, validation accuracy per epoch", "distill_curves.png"))
-    title = f"{cfg['source']['name']} -> {cfg['target']['name']}, {cfg['target']['shots'] or 'all'} labels per class"
-    if plot_bars(results, out / "accuracy.png", title):
-        plots.append(("Test accuracy by model (grey: the source task)", "accuracy.png"))
-    lines = [
-        "# warmstart run report", "",
-        _story(cfg, results), "",
-        *table_rows(results), "",
-        f"Total time: {results.get('total', {}).get('seconds', 0):.1f} s. The full config is `job.yaml`; run it again "
-        f"with `{command}`. Each stage's checkpoints, metrics.csv and its own job.yaml are in its sub-folder.", "",
-    ]
-    write_markdown(out, lines, plots)
-
-
-def write_markdown(out: Path, lines: list[str], plots: list[tuple[str, str]]) -> None:
-    """Write ``out/report.md``: ``lines``, then each plot under its caption (or a note that plots need matplotlib)."""
+def write(out: Path, results: dict[str, Any], curves: dict[str, list[dict[str, Any]]], *, title: str, story: str,
+          command: str) -> None:
+    """Write ``results.json``, ``curves.json``, ``report.md`` and the plots into ``out``."""
+    for name, data in (("results.json", results), ("curves.json", curves)):
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(json.dumps(data, indent=2))
+    labels = {name: r["label"] for name, r in results["methods"].items()}
+    students = {n for n in curves if n.startswith("student")}
+    plots = [(caption, name) for caption, name, made in (
+        ("Test accuracy by method (grey: the controls)", "accuracy.png",
+         plot_accuracy(results, out / "accuracy.png", title)),
+        ("Validation accuracy per epoch (first seed)", "curves.png",
+         plot_curves({n: c for n, c in curves.items() if n not in students and n in labels}, labels,
+                     out / "curves.png", "Validation accuracy")),
+        ("The students: validation accuracy per epoch", "student_curves.png",
+         plot_curves({n: c for n, c in curves.items() if n in students and n in labels}, labels,
+                     out / "student_curves.png", "Students: validation accuracy")),
+        ("Accuracy against size and latency", "tradeoff.png", plot_tradeoff(results, out / "tradeoff.png")),
+    ) if made]
+    seeds = results["seeds"]
+    spread = (f"Test accuracy: mean ± sd over seeds {', '.join(map(str, seeds))}; against its control: the paired "
+              "difference and the seeds on which the method is ahead." if len(seeds) > 1 else
+              f"One seed ({seeds[0]}): no spread is measured, so a difference here is one draw.")
+    lines = [f"# {title}", "", story, "", spread, "", *methods_table(results), "", *results["notes"], "",
+             *compression_table(results), "", *exported_table(results),
+             f"Total time: {results['total']['seconds']:.1f} s. The full config is `job.yaml`; run it again with "
+             f"`{command}`.", ""]
     for caption, name in plots:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
-    if not plots:
+    if not plots and results["methods"]:
         lines += ["(Plots need matplotlib: pip install 'warmstart[examples]'.)", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))

@@ -29,7 +29,7 @@ from warmstart.evaluation import evaluate
 from warmstart.finetune import FinetuneTrainer, LoadReport, fine_tune, load_pretrained, swap_head
 from warmstart.jobs.data import DataBundle, build_data
 from warmstart.jobs.schema import DistillJob, FinetuneJob, ModelConfig, PretrainJob
-from warmstart.models import MODELS, build_model
+from warmstart.models import MODELS, build_model, check_model_args
 from warmstart.optim import build_optimizer, build_scheduler
 from warmstart.pretrain import AutoencoderTrainer, ProximalTrainer, conv_autoencoder, save_pretrained
 from warmstart.trainer import Trainer
@@ -90,70 +90,36 @@ def resume_seed(job: Any, out: Path | None) -> None:
 
 
 def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None, *, key: str = "model") -> nn.Module:
-    """Build ``cfg``'s model, filling ``num_classes``, ``in_channels`` / ``in_features`` from the data.
+    """Build ``cfg``'s model with ``num_classes`` and ``in_channels`` / ``in_features`` filled in from the data.
 
-    With ``seed``, the initial weights are drawn from ``torch.manual_seed(seed)`` (reproducible runs).
-    The model is run once on a batch of the data, so that a model that cannot take these inputs is
-    a clear error here rather than a traceback in the first step.
-
-    Args:
-        cfg: the model's name and arguments.
-        data: the data it will train on.
-        seed: the seed of its initial weights.
-        key: where ``cfg`` sits in the config (``model``, ``student``, ``distill.student``), for errors.
+    With ``seed``, the initial weights are drawn from ``torch.manual_seed(seed)``. The model runs
+    once on a batch of zeros shaped like the data, so a model that cannot take its inputs is a
+    clear error here rather than a traceback in the first step.
 
     Raises:
-        ConfigError: an unknown model name, an argument the builder does not take (the valid ones
-            are listed), arguments it cannot be built with (a negative width: the key is named), or
-            a model that cannot take the data's inputs.
+        ConfigError: what :func:`warmstart.models.check_model_args` refuses (named by ``key``), or
+            a model that cannot take the data's inputs or gives another number of classes.
     """
     if seed is not None:
         torch.manual_seed(seed)
-    implied = {"num_classes": data.num_classes, "in_channels": data.image_shape[0],
-               "in_features": math.prod(data.image_shape)}
+    check_model_args(cfg.name, cfg.args, key)
     builder = MODELS.get(cfg.name)
     accepted = inspect.signature(builder).parameters if builder is not None else {"num_classes": None}
-    unknown = [k for k in cfg.args if builder is not None and k not in accepted]
-    if unknown:
-        raise ConfigError(f"{key}.args: model '{cfg.name}' takes no argument {', '.join(repr(k) for k in unknown)}; "
-                          f"its arguments are: {', '.join(accepted)}")
-    _check_sizes(cfg, key)
-    args = {**{k: v for k, v in implied.items() if k in accepted}, **cfg.args}
-    try:
-        model = build_model(cfg.name, **args)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"cannot build model '{cfg.name}' from {key}.args {cfg.args} (with {args}): "
-                          f"{str(err).splitlines()[0][:200]}") from None
-    _check_inputs_fit(model, cfg, data, key)
-    return model
-
-
-def _check_sizes(cfg: ModelConfig, key: str) -> None:
-    """Refuse a negative whole number among the model's arguments (a width, depth or hidden size is never negative)."""
-    for name, value in cfg.args.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        bad = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v < 0]
-        if bad:
-            raise ConfigError(f"{key}.args.{name}={value}: a size of model '{cfg.name}' cannot be negative "
-                              f"(got {bad[0]})")
-
-
-def _check_inputs_fit(model: nn.Module, cfg: ModelConfig, data: DataBundle, key: str) -> None:
-    example = torch.zeros(2, *data.image_shape)
-    was_training = model.training
+    implied = {"num_classes": data.num_classes, "in_channels": data.image_shape[0],
+               "in_features": math.prod(data.image_shape)}
+    model = build_model(cfg.name, **{**{k: v for k, v in implied.items() if k in accepted}, **cfg.args})
     try:
         with torch.no_grad():
-            model.eval()
-            output = model(example)
+            output = model.eval()(torch.zeros(2, *data.image_shape))
     except RuntimeError as err:
         raise ConfigError(f"model '{cfg.name}' ({key}.args {cfg.args}) cannot take this data's inputs of shape "
                           f"{tuple(data.image_shape)} ({str(err).splitlines()[0][:160]}); change the model's arguments "
                           "or the data's size") from None
-    finally:
-        model.train(was_training)
+    model.train()
     if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] != data.num_classes:
         raise ConfigError(f"model '{cfg.name}' gives {output.shape[1]} outputs, the data has {data.num_classes} classes; "
                           "drop num_classes from model.args (it is filled in from the data)")
+    return model
 
 
 def build_trainer(cls: type[Trainer], model: nn.Module, job: Any, loss_fn: Any = None, **kwargs: Any) -> Trainer:
@@ -368,7 +334,7 @@ def _transfer_set(job: DistillJob, data: DataBundle, seed: int) -> Any:
     return DataLoader(views, batch_size=job.data.batch_size, shuffle=True)
 
 
-def rerun_command(out: Path) -> str:
+def rerun_command(out: Path, command: str = "run") -> str:
     """The command that runs this job again from the folder it was started in, into a new folder beside this run's
     (a finished run is never replaced unasked; ``--overwrite`` would replace it)."""
-    return f"cd {os.getcwd()} && warmstart run {out / 'job.yaml'} out_dir={out}-rerun"
+    return f"cd {os.getcwd()} && warmstart {command} {out / 'job.yaml'} out_dir={out}-rerun"
