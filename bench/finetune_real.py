@@ -49,8 +49,9 @@ SIZE, BATCH, TEST = 56, 25, 1000
 OUT = Path("bench/out/finetune_real.json")
 
 
-def image_task(name: str, shots: int, seed: int) -> dict[str, Any]:
-    """``k`` labelled images per class (drawn with ``seed``) and the test images, in [0, 1], with Lite0's input."""
+def image_task(name: str, shots: int, seed: int, size: int = SIZE) -> dict[str, Any]:
+    """``k`` labelled images per class (drawn with ``seed``) and the test images, in [0, 1], with Lite0's input at
+    ``size`` px."""
     from warmstart.models import efficientnet_lite_input
 
     splits = {"animals": lambda: animal_shapes(), "mnist": lambda: mnist5k(normalize=False),
@@ -58,7 +59,7 @@ def image_task(name: str, shots: int, seed: int) -> dict[str, Any]:
     labelled = few_shot_split(splits.train, shots, seed=seed)
     x, y = splits.test.tensors
     every = max(1, len(x) // TEST)
-    transform = efficientnet_lite_input(0, size=SIZE)
+    transform = efficientnet_lite_input(0, size=size)
     return {"train": lambda: InMemoryLoader(*labelled.tensors, batch_size=BATCH, shuffle=True, seed=seed,
                                             transform=transform),
             "test": InMemoryLoader(x[::every], y[::every], batch_size=250, transform=transform),
@@ -120,12 +121,13 @@ def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int) 
             **extra}
 
 
-def job(task: str, shots: int, seed: int, methods: list[str], steps: int) -> dict[str, Any]:
+def job(task: str, shots: int, seed: int, methods: list[str], steps: int, size: int = SIZE) -> dict[str, Any]:
     """Every method on one task, label budget and seed (one torch thread)."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    data = text_task(shots, seed) if task == "polarity" else image_task(task, shots, seed)
-    out: dict[str, Any] = {"task": task, "shots": shots, "seed": seed, "runs": {}}
+    data = text_task(shots, seed) if task == "polarity" else image_task(task, shots, seed, size)
+    out: dict[str, Any] = {"task": task, "shots": shots, "seed": seed, "runs": {},
+                           **({} if task == "polarity" else {"size": size})}
     order = [m for m in ("fine_tune", *methods) if m in methods]  # fine_tune first: the others take its steps
     epochs = max(1, math.ceil(steps / data["batches"]))
     for method in order:
@@ -137,25 +139,28 @@ def job(task: str, shots: int, seed: int, methods: list[str], steps: int) -> dic
 
 def summary(results: list[dict[str, Any]], methods: list[str]) -> list[str]:
     lines = ["| task | labels per class | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
-    for task in TASKS:
-        for shots in sorted({r["shots"] for r in results if r["task"] == task}):
-            runs = sorted((r for r in results if r["task"] == task and r["shots"] == shots), key=lambda r: r["seed"])
-            cells = []
-            for method in methods:
-                values = [r["runs"][method]["accuracy"] for r in runs if method in r["runs"]]
-                if not values:
-                    cells.append("")
-                    continue
-                cell = f"{statistics.mean(values):.1f} ± {_sd(values):.1f}"
-                simple = [m for m in SIMPLE if m in methods]
-                if method == "fine_tune" and simple and all(m in r["runs"] for r in runs for m in simple):
-                    best = max(simple, key=lambda m: statistics.mean(r["runs"][m]["accuracy"] for r in runs))
-                    spread = _sd([r["runs"][best]["accuracy"] for r in runs])
-                    gaps = [r["runs"]["fine_tune"]["accuracy"] - r["runs"][best]["accuracy"] for r in runs]
-                    cell += (f" ({statistics.mean(gaps):+.1f} vs {best}; at or above it {sum(g >= 0 for g in gaps)}/"
-                             f"{len(gaps)}, within its sd {sum(g >= -spread for g in gaps)}/{len(gaps)})")
-                cells.append(cell)
-            lines.append(f"| {task} | {shots} | " + " | ".join(cells) + " |")
+    cases = sorted({(TASKS.index(r["task"]), r.get("size", SIZE), r["shots"]) for r in results})
+    for index, size, shots in cases:
+        task = TASKS[index]
+        runs = sorted((r for r in results if r["task"] == task and r["shots"] == shots and r.get("size", SIZE) == size),
+                      key=lambda r: r["seed"])
+        cells = []
+        for method in methods:
+            values = [r["runs"][method]["accuracy"] for r in runs if method in r["runs"]]
+            if not values:
+                cells.append("")
+                continue
+            cell = f"{statistics.mean(values):.1f} ± {_sd(values):.1f}"
+            simple = [m for m in SIMPLE if m in methods]
+            if method == "fine_tune" and simple and all(m in r["runs"] for r in runs for m in simple):
+                best = max(simple, key=lambda m: statistics.mean(r["runs"][m]["accuracy"] for r in runs))
+                spread = _sd([r["runs"][best]["accuracy"] for r in runs])
+                gaps = [r["runs"]["fine_tune"]["accuracy"] - r["runs"][best]["accuracy"] for r in runs]
+                cell += (f" ({statistics.mean(gaps):+.1f} vs {best}; at or above it {sum(g >= 0 for g in gaps)}/"
+                         f"{len(gaps)}, within its sd {sum(g >= -spread for g in gaps)}/{len(gaps)})")
+            cells.append(cell)
+        label = task if task == "polarity" or size == SIZE else f"{task} ({size} px)"
+        lines.append(f"| {label} | {shots} | " + " | ".join(cells) + " |")
     choices = [f"{r['task']}/{r['shots']}/{r['seed']}: {r['runs']['fine_tune']['choice']}" for r in results
                if "fine_tune" in r["runs"]]
     lines.append("\nfine_tune() chose: " + ", ".join(choices))
@@ -175,21 +180,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of LoRA and the full fine-tune, at "
                                                                "least (fine_tune's final run sets more if it takes more)")
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--size", type=int, default=SIZE, help="the side EfficientNet-Lite0 sees (px)")
     parser.add_argument("--out", type=Path, default=OUT, help="results file (--summarise: one or more, merged)",
                         nargs="+")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
     methods = [m for m in METHODS if m in args.methods]
     if args.summarise:  # several files: the runs of one task, budget and seed merged, a later file's winning
-        merged: dict[tuple[str, int, int], dict[str, Any]] = {}
+        merged: dict[tuple[str, int, int, int], dict[str, Any]] = {}
         for path in args.out:
             for r in json.loads(Path(path).read_text()):
-                key = (r["task"], r["shots"], r["seed"])
+                key = (r["task"], r.get("size", SIZE), r["shots"], r["seed"])
                 merged.setdefault(key, {**r, "runs": {}})["runs"].update(r["runs"])
         print("\n".join(summary(list(merged.values()), methods)))
         return
     args.out = Path(args.out[0]) if isinstance(args.out, list) else args.out
-    jobs = [(task, shots, seed, methods, args.steps) for seed in range(args.seeds) for shots in args.shots
+    jobs = [(task, shots, seed, methods, args.steps, args.size) for seed in range(args.seeds) for shots in args.shots
             for task in args.tasks]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started, results = time.perf_counter(), []
