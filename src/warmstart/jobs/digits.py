@@ -129,7 +129,7 @@ class _Stages:
         result = run_pretrain(PretrainJob(data=job.source, model=job.model, **self.settings(run, job.pretrain, "pretrain")),
                               data=self.source, resume=self.resume)
         self.pretrained = result.weights
-        return _trained(result, dataset=job.source.name)
+        return Trained(result.model, result.history, result.test, {}, {"dataset": job.source.name}, result.weights)
 
     def zero_shot(self, run: JobRun, seed: int) -> Trained:
         """The pretrained model as it is, on the target (whose classes are the source's)."""

@@ -31,7 +31,7 @@ class Trained:
         history: its per-epoch metrics (``val_accuracy`` draws the curves).
         test: test metrics when the method measured them itself (on its own test set); otherwise the
             runner measures ``model`` on the job's test set.
-        val: validation metrics, likewise.
+        val: validation metrics, likewise (``{}``: none apply, as for a model measured on another task).
         facts: more of the row (the choice, the optimizer steps, the teacher, ...).
         weights: the weights file the method wrote (``None``: none).
     """
@@ -122,17 +122,17 @@ class JobRun:
     def record(self, method: Method, seed: int, trained: Trained, seconds: float) -> None:
         """Measure ``trained`` (unless it measured itself) and keep its row."""
         model = trained.model
-        test = trained.test or evaluate(model, self.test)
-        val = trained.val or (None if self.val is None else evaluate(model, self.val))
+        test = trained.test if trained.test is not None else evaluate(model, self.test)
+        val = trained.val if trained.val is not None else None if self.val is None else evaluate(model, self.val)
         row = {"seed": seed, "accuracy": round(test["accuracy"], 6), "seconds": round(seconds, 2),
                "params": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
                "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), **trained.facts}
-        if val is not None:
+        if val:
             row["val_accuracy"] = round(val["accuracy"], 6)
         self.rows.setdefault(method.name, []).append(row)
         if seed == self.seeds[0]:
             self.curves[method.name], self.trained[method.name] = trained.history, trained
-        shown = f", validation {100 * val['accuracy']:.1f}%" if val is not None else ""
+        shown = f", validation {100 * val['accuracy']:.1f}%" if val else ""
         print(f"[warmstart run] {method.label}" + (f" (seed {seed})" if len(self.seeds) > 1 else "")
               + f": test accuracy {100 * test['accuracy']:.1f}%{shown} ({seconds:.1f} s)", flush=True)
 
