@@ -28,7 +28,8 @@ def load(name: str) -> ModuleType:
 def test_every_example_is_tested_and_documented():
     assert SCRIPTS == ["01_pretrain_finetune_mnist", "02_autoencoder_pretraining", "03_partial_transfer",
                        "04_distill_resnet50_to_resnet18_cifar10", "05_hf_sequence_classification",
-                       "06_custom_trainer_subclass", "07_torchrun_ddp", "08_prune_and_quantize"]
+                       "06_custom_trainer_subclass", "07_torchrun_ddp", "08_prune_and_quantize",
+                       "09_transfer_strategies", "10_imagenet_transfer_compress", "11_big_to_small"]
     readme = (EXAMPLES / "README.md").read_text()
     for name in SCRIPTS:
         source = (EXAMPLES / f"{name}.py").read_text()
@@ -83,6 +84,32 @@ def test_08_prune_recover_save_and_quantize(tmp_path, capsys):
     assert "reloaded outputs identical: True" in out
     assert "| trained CNN |" in out and "| pruned, before recovery |" in out and "quantize: " in out
     assert (tmp_path / "pruned.safetensors").is_file()
+
+
+def test_09_every_transfer_strategy_trains_beside_its_control(capsys):
+    assert load("09_transfer_strategies").main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for row in ("from random weights (control)", "feature extraction (linear probe)", "partial transfer",
+                "full transfer", "gradual unfreezing", "fine_tune() (recipe)"):
+        assert row in out, row
+
+
+def test_10_an_imagenet_network_fine_tuned_pruned_recovered_quantized_and_served(tmp_path, capsys):
+    pytest.importorskip("timm")
+    pytest.importorskip("torch_pruning")
+    assert load("10_imagenet_transfer_compress").main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned EfficientNet-Lite0" in out and "pruned, recovered by distillation" in out
+    assert "gives the same predictions: True" in out and (tmp_path / "animals_int8.pt2").is_file()
+
+
+def test_11_a_student_distilled_beside_its_same_steps_control(capsys):
+    pytest.importorskip("timm")
+    assert load("11_big_to_small").main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher lite0" in out and "distilled on every image" in out and "(control)" in out
+    steps = [line.rsplit("after ", 1)[1] for line in out.splitlines() if "optimizer steps" in line]
+    assert len(steps) == 2 and steps[0] == steps[1]  # the control trains as many optimizer steps
 
 
 def test_04_distill_dry_run(tmp_path, capsys):
