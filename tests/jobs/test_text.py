@@ -148,3 +148,16 @@ def test_a_model_whose_tokenizer_is_not_its_own_is_refused_before_training(tiny_
     with pytest.raises(ConfigError, match=r"model: the tokenizer of .* has 30,522 token ids, but the model embeds only 50"):
         run_text_pipeline(_quick_job(tmp_path / "run", folder, "methods=[majority, linear_probe]"), progress=False)
     assert not (tmp_path / "run").exists()  # nothing written, not even the folder
+
+
+def test_every_method_sees_the_labelled_words_in_the_same_order_whatever_ran_before(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    weights = {}
+    for methods in ("[lora]", "[full, lora]"):
+        out = tmp_path / methods.strip("[]").replace(", ", "_")
+        run_text_pipeline(_quick_job(out, tiny_checkpoint, f"methods={methods}", "trainer.max_epochs=2",
+                                     "distill.trainer.max_epochs=1"), progress=False)
+        weights[methods] = load_file(out / "lora" / "last.safetensors")
+    alone, after = weights.values()
+    assert alone.keys() == after.keys() and all(torch.equal(alone[k], after[k]) for k in alone)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,14 +39,15 @@ STAGES = {"linear_probe": "probe", "scratch": "finetune", "full": "finetune", "l
 @dataclasses.dataclass
 class TextData:
     """The splits, the training split's labelled and unlabelled parts, the model's tokenizer and its loaders
-    (``train`` iterates over the labelled words only)."""
+    (``train()`` makes a fresh shuffled loader over the labelled words, so that every method sees them in the same
+    order: a shared loader's generator would go on from where the previous method left it)."""
 
     splits: TextSplits
     labelled: TextSet
     unlabelled: TextSet
     tokenizer: Any
     max_length: int
-    train: Any
+    train: Callable[[], Any]
     val: Any
     test: Any
 
@@ -157,7 +159,7 @@ def _text_data(job: TextPipelineJob, seed: int) -> TextData:
         size = cfg.batch_size if train else cfg.eval_batch_size
         return text_loader(data, tokenizer, size, shuffle=train, seed=seed, max_length=cfg.max_length)
 
-    return TextData(splits, labelled, unlabelled, tokenizer, cfg.max_length, loader(labelled, train=True),
+    return TextData(splits, labelled, unlabelled, tokenizer, cfg.max_length, lambda: loader(labelled, train=True),
                     loader(splits.val), loader(splits.test))
 
 
@@ -198,7 +200,7 @@ def _method(name: str) -> Any:
                                        else {"method": "lora", "lora": {"r": stage.r, "alpha": stage.alpha,
                                                                         "targets": stage.targets, "dropout": stage.dropout},
                                              **({"proximal": stage.proximal} if name == "lora_proximal" else {})})
-            history = _trainer(run, FinetuneTrainer, model, stage, name, seed, **options).fit(data.train, data.val)
+            history = _trainer(run, FinetuneTrainer, model, stage, name, seed, **options).fit(data.train(), data.val)
         weights = run.out / name / "last.safetensors"
         facts = {"memory_mb": round(cost["peak_rss_mb"] - cost["start_rss_mb"], 1),
                  **({"checkpoint_bytes": weights.stat().st_size} if weights.is_file() else {})}
