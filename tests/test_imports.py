@@ -14,11 +14,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "warmstart"
 # lower layers never import higher ones; the method packages of layer 3 never import one another
 LAYERS = [
-    ("warmstart.errors", "warmstart._lazy", "warmstart._memory"),
+    ("warmstart.errors", "warmstart._lazy", "warmstart._memory", "warmstart._openmp"),
     ("warmstart.config", "warmstart._runtime", "warmstart._batches", "warmstart._epoch", "warmstart._progress",
      "warmstart.checkpoint", "warmstart.models", "warmstart.heads", "warmstart.data", "warmstart.distributed",
      "warmstart.optim", "warmstart.proximal", "warmstart._run_dir", "warmstart._resume", "warmstart.callbacks",
-     "warmstart._blocks", "warmstart.evaluation", "warmstart.efficientnet", "warmstart.selection"),
+     "warmstart._blocks", "warmstart.evaluation", "warmstart.efficientnet", "warmstart.selection",
+     "warmstart._threads"),
     ("warmstart.trainer",),
     ("warmstart.pretrain", "warmstart.finetune", "warmstart.distill"),
     ("warmstart.compress", "warmstart.jobs"),

@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from warmstart._openmp import hold_up_under_load
 from warmstart.errors import ConfigError, WarmstartError
 
 EPILOG = """\
@@ -69,6 +70,7 @@ def _names_a_file(config: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``warmstart`` console script and ``python -m warmstart``; returns the exit code."""
+    hold_up_under_load()  # before anything loads torch
     args = build_parser().parse_args(argv)
     # a deprecated spelling in a config file warns from warmstart's own modules, which Python hides by default
     warnings.filterwarnings("default", category=DeprecationWarning, module=r"warmstart(\.|$)")

@@ -94,6 +94,14 @@ class TrainerConfig:
         overwrite: let a fresh run replace an earlier run's checkpoints and logs in ``out_dir``;
             without it such a run is refused (:class:`warmstart.errors.RunExistsError`): continue
             it with ``resume="last"`` or choose another ``out_dir``.
+        threads: torch's intra-op CPU threads while ``fit`` and ``evaluate`` run on the CPU (torch's
+            setting comes back afterwards). ``None`` leaves torch's setting; ``"auto"`` takes the
+            cores that other work leaves free when the call starts (CPU affinity, cgroup quota and
+            the kernel's count of running threads; at least 1, never more than torch's setting),
+            so that beside other work a run slows by its share of the cores rather than several
+            times (``bench/busy.py``); a number sets that many. The count used is recorded in
+            ``config.yaml`` (``trainer.threads_used``). Float sums split differently with another
+            count, so "auto" runs are reproducible only where it chose the same number.
     """
 
     max_epochs: int | None = None
@@ -115,9 +123,11 @@ class TrainerConfig:
     fsdp: FSDPConfig = dataclasses.field(default_factory=FSDPConfig)
     activation_checkpointing: bool = False
     overwrite: bool = False
+    threads: int | str | None = None
 
     def __post_init__(self) -> None:
         self.precision = normalize_precision(self.precision)
+        check_threads(self.threads, "trainer option 'threads'")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}{nearest(str(self.strategy), STRATEGIES)}; use 'auto' "
                               "or 'ddp' (a full replica per process, DDP under torchrun) or 'fsdp' (parameters, "
@@ -138,6 +148,14 @@ class TrainerConfig:
         if self.max_epochs is not None:
             return self.max_epochs
         return 1 if self.max_steps is None else None
+
+
+def check_threads(setting: int | str | None, name: str = "threads") -> None:
+    """Refuse a threads setting other than ``None``, ``"auto"`` or a whole number >= 1, naming the choices."""
+    if not (setting is None or setting == "auto"
+            or (isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1)):
+        raise ConfigError(f"{name} must be None (torch's setting), 'auto' (the cores other work leaves free) or a "
+                          f"whole number >= 1, got {setting!r}")
 
 
 PRECISIONS = ("32", "bf16", "16")

@@ -15,6 +15,7 @@ from warmstart._batches import (Batch, check_one_class, check_regression_shapes,
                                 target_of)
 from warmstart._epoch import MetricWindow
 from warmstart._runtime import autocast_context, batch_size_of, check_precision, move_to_device, select_device
+from warmstart._threads import cpu_threads
 from warmstart.config import normalize_precision
 from warmstart.distributed import FSDPStrategy, Strategy, all_reduce_sum, is_distributed, shard_loader
 from warmstart.distributed._fsdp import is_sharded
@@ -24,7 +25,8 @@ __all__ = ["evaluate", "average_metrics"]
 
 
 def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[..., torch.Tensor] | None = None,
-             device: str | torch.device | None = None, precision: str | int | None = None) -> dict[str, float]:
+             device: str | torch.device | None = None, precision: str | int | None = None,
+             threads: int | str | None = None) -> dict[str, float]:
     """Average the loss (and accuracy, for classifiers) of ``model`` over ``loader``.
 
     Works on any module that maps inputs to outputs: a frozen or int8 model, a Hugging Face model
@@ -39,6 +41,8 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
         device: where to run, ``"auto"`` or a torch device (the model is moved there, as the Trainer
             does); default: where the model's parameters are, else the CPU.
         precision: ``"32"`` (default), ``"bf16"`` or ``"16"`` autocast.
+        threads: intra-op CPU threads for the pass, as ``TrainerConfig.threads`` (``None``: torch's
+            setting; ``"auto"``: the cores other work leaves free).
 
     Returns:
         ``{"loss": ..., "accuracy": ...}``: means over the samples (accuracy for ``(B, C)`` outputs
@@ -80,7 +84,8 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
         return classification_sums(output, target_of(batch), {"loss": loss}, device, batch_size_of(batch))
 
     strategy = FSDPStrategy(device) if is_sharded(model) else Strategy(device)
-    return average_metrics(model, shard_loader(loader, 0, train=False), step, strategy, verify=window.verify)
+    with cpu_threads(threads, device):
+        return average_metrics(model, shard_loader(loader, 0, train=False), step, strategy, verify=window.verify)
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from warmstart._resume import ExactResume, position_schedule
 from warmstart._run_dir import check_fresh_run_on_every_rank, check_out_dir, run_lock
 from warmstart._runtime import (NO_CONTEXT, autocast_context, batch_size_of, check_precision, describe_callable,
                                 grad_accumulators, move_to_device, plain_values, select_device)
+from warmstart._threads import cpu_threads
 from warmstart.callbacks import Callback, CSVLogger, TensorBoardLogger
 from warmstart.checkpoint import COMPRESSION_ATTRIBUTE, save_weights
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, from_dict, merge_options, save_config, to_dict
@@ -213,7 +214,7 @@ class Trainer:
         """
         cfg = self.config
         distributed.init_distributed(self.device)
-        with run_lock(self.out_dir, self.device):
+        with run_lock(self.out_dir, self.device), cpu_threads(cfg.threads, self.device) as self.threads_used:
             self.resumer = ExactResume(self)
             resumed = self.resumer.read(resume)
             if not resumed and self.global_step == 0 and self.out_dir is not None:
@@ -574,7 +575,8 @@ class Trainer:
             NonFiniteLossError: the model's outputs or loss hold NaN/inf (the metrics would mean nothing).
         """
         loader = distributed.shard_loader(loader, self.seed or 0, train=False)
-        return self._evaluate(loader)
+        with cpu_threads(self.config.threads, self.device):
+            return self._evaluate(loader)
 
     def save_weights(self, path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None,
                      extra: Mapping[str, Any] | None = None) -> Path:
@@ -602,7 +604,10 @@ class Trainer:
 
     def resolved_config(self) -> dict[str, Any]:
         """The configuration this run uses, as saved in checkpoints and ``config.yaml``."""
-        resolved: dict[str, Any] = {"trainer": {**to_dict(self.config), "seed": self.seed},
+        trainer = {**to_dict(self.config), "seed": self.seed}
+        if self.config.threads is not None and getattr(self, "threads_used", None) is not None:
+            trainer["threads_used"] = self.threads_used  # what "auto" chose (float sums depend on it)
+        resolved: dict[str, Any] = {"trainer": trainer,
                                     "optimizer": {"class": type(self.optimizer).__name__,
                                                   "defaults": plain_values(self.optimizer.defaults)},
                                     "scheduler": self.schedule_description(),

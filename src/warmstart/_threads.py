@@ -1,0 +1,72 @@
+"""How many CPU threads a run can use now: the cores it may run on, less those that other work keeps busy."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from warmstart.config import check_threads
+
+_STAT, _CGROUP = Path("/proc/stat"), Path("/sys/fs/cgroup/cpu.max")
+
+
+def allowed_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup (v2) CPU quota where one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = _CGROUP.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def running_elsewhere(samples: int = 9, interval: float = 0.005) -> float | None:
+    """How many threads of other processes are running or waiting for a core now: the median over a few
+    samples of the kernel's count of runnable threads, less this one (``None`` where the kernel does not say)."""
+    counts = []
+    for index in range(samples):
+        try:
+            line = next(li for li in _STAT.read_text().splitlines() if li.startswith("procs_running"))
+        except (OSError, StopIteration):
+            return None
+        counts.append(int(line.split()[1]) - 1)  # the thread reading is one of them
+        if index + 1 < samples:
+            time.sleep(interval)
+    return max(0.0, statistics.median(counts))
+
+
+def choose_threads(limit: int) -> int:
+    """Intra-op threads for work that starts now: the allowed cores that other work leaves free, at least 1 and
+    at most ``limit`` (the number the user or torch set)."""
+    others = running_elsewhere()
+    free = allowed_cores() - (0 if others is None else math.ceil(others))
+    return max(1, min(limit, free))
+
+
+@contextlib.contextmanager
+def cpu_threads(setting: int | str | None, device: torch.device) -> Iterator[int]:
+    """Run the block with ``setting``'s intra-op threads on a CPU device (see ``TrainerConfig.threads``), and
+    give torch's own setting back afterwards; yields the count in force."""
+    check_threads(setting)
+    before = torch.get_num_threads()
+    if setting is None or device.type != "cpu":
+        yield before
+        return
+    threads = choose_threads(before) if setting == "auto" else int(setting)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,62 @@
+"""CPU threads chosen for the work at hand: the setting checked, the cores other work leaves free, torch's own given back."""
+
+import pytest
+import torch
+import yaml
+
+import warmstart as ws
+from warmstart import _threads
+from warmstart.errors import ConfigError
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "two", "Auto"])
+def test_a_threads_setting_other_than_none_auto_or_a_count_is_refused(bad):
+    with pytest.raises(ConfigError, match="threads'? must be"):
+        ws.Trainer(torch.nn.Linear(2, 2), threads=bad)
+    with pytest.raises(ConfigError, match="threads'? must be None.*'auto'"):
+        ws.evaluate(torch.nn.Linear(2, 2), [(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))], threads=bad)
+
+
+@pytest.mark.parametrize(("cores", "others", "limit", "expected"),
+                         [(2, 0.0, 2, 2), (2, 1.0, 2, 1), (2, 2.0, 2, 1), (8, 2.5, 8, 5), (8, 0.0, 3, 3), (4, None, 4, 4)])
+def test_auto_takes_the_cores_other_work_leaves_free_within_the_users_limit(monkeypatch, cores, others, limit,
+                                                                            expected):
+    monkeypatch.setattr(_threads, "allowed_cores", lambda: cores)
+    monkeypatch.setattr(_threads, "running_elsewhere", lambda: others)
+    assert _threads.choose_threads(limit) == expected
+
+
+def test_a_cgroup_quota_caps_the_allowed_cores(monkeypatch, tmp_path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 cores of quota
+    monkeypatch.setattr(_threads, "_CGROUP", quota)
+    assert _threads.allowed_cores() == min(2, len(__import__("os").sched_getaffinity(0)))
+    quota.write_text("max 100000\n")
+    assert _threads.allowed_cores() == len(__import__("os").sched_getaffinity(0))
+
+
+def test_the_kernels_count_of_running_threads_leaves_this_one_out():
+    others = _threads.running_elsewhere(samples=3, interval=0.0)
+    assert others is None or others >= 0
+
+
+def test_fit_and_evaluate_use_the_setting_record_it_and_give_torchs_back(tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    seen = []
+
+    class Spy(ws.Trainer):
+        def training_step(self, batch):
+            seen.append(torch.get_num_threads())
+            return super().training_step(batch)
+
+    data = [(torch.randn(8, 3), torch.randint(0, 2, (8,))) for _ in range(2)]
+    trainer = Spy(torch.nn.Linear(3, 2), threads=1, out_dir=str(tmp_path), progress=False, checkpoint=False)
+    trainer.fit(data)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["threads_used"] == 1
+    monkeypatch.setattr(_threads, "running_elsewhere", lambda: 99.0)  # a machine other work fills: one thread
+    inside = []
+    monkeypatch.setattr(ws.evaluation, "average_metrics",
+                        lambda *a, **k: inside.append(torch.get_num_threads()) or {"loss": 0.0})
+    ws.evaluate(torch.nn.Linear(3, 2), data, threads="auto")
+    assert inside == [1] and torch.get_num_threads() == before
