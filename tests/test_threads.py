@@ -60,3 +60,15 @@ def test_fit_and_evaluate_use_the_setting_record_it_and_give_torchs_back(tmp_pat
                         lambda *a, **k: inside.append(torch.get_num_threads()) or {"loss": 0.0})
     ws.evaluate(torch.nn.Linear(3, 2), data, threads="auto")
     assert inside == [1] and torch.get_num_threads() == before
+
+
+def test_this_processs_own_spinning_threads_are_not_counted_as_other_work(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
+    tasks = tmp_path / "task"
+    for tid, state in ((1, "R"), (2, "R"), (3, "S")):  # two of ours run: the reader and a spinning OpenMP thread
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (python (x)) {state} 1 2 3\n")
+    monkeypatch.setattr(_threads, "_STAT", stat)
+    monkeypatch.setattr(_threads, "_TASKS", tasks)
+    assert _threads.running_elsewhere(samples=1) == 1.0

@@ -14,7 +14,7 @@ import torch
 
 from warmstart.config import check_threads
 
-_STAT, _CGROUP = Path("/proc/stat"), Path("/sys/fs/cgroup/cpu.max")
+_STAT, _CGROUP, _TASKS = Path("/proc/stat"), Path("/sys/fs/cgroup/cpu.max"), Path("/proc/self/task")
 
 
 def allowed_cores() -> int:
@@ -32,19 +32,31 @@ def allowed_cores() -> int:
     return cores
 
 
-def running_elsewhere(samples: int = 9, interval: float = 0.005) -> float | None:
-    """How many threads of other processes are running or waiting for a core now: the median over a few
-    samples of the kernel's count of runnable threads, less this one (``None`` where the kernel does not say)."""
+def running_elsewhere(samples: int = 5, interval: float = 0.002) -> float | None:
+    """How many threads of other processes are running or waiting for a core now: the median over a few samples of
+    the kernel's count of runnable threads, less this process's own (OpenMP threads may still be spinning from the
+    last parallel region); ``None`` where the kernel does not say."""
     counts = []
     for index in range(samples):
         try:
             line = next(li for li in _STAT.read_text().splitlines() if li.startswith("procs_running"))
         except (OSError, StopIteration):
             return None
-        counts.append(int(line.split()[1]) - 1)  # the thread reading is one of them
+        counts.append(int(line.split()[1]) - _own_running())
         if index + 1 < samples:
             time.sleep(interval)
     return max(0.0, statistics.median(counts))
+
+
+def _own_running() -> int:
+    """This process's threads that are running (state R), the reading one included (1 where Linux does not say)."""
+    running = 0
+    for task in _TASKS.glob("*/stat"):
+        try:
+            running += task.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(1, running)
 
 
 def choose_threads(limit: int) -> int:
@@ -65,6 +77,9 @@ def cpu_threads(setting: int | str | None, device: torch.device) -> Iterator[int
         yield before
         return
     threads = choose_threads(before) if setting == "auto" else int(setting)
+    if threads == before:
+        yield threads
+        return
     torch.set_num_threads(threads)
     try:
         yield threads
