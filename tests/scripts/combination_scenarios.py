@@ -41,7 +41,7 @@ from warmstart.pretrain import ProximalTrainer
 
 MODELS = ("mlp", "cnn")
 FEATURES = ("accumulate", "clip", "ema_best", "activation_checkpointing", "proximal", "lora", "linear_probe", "hints",
-            "freeze_bn")
+            "freeze_bn", "threads")
 GLOBAL_BATCH, TRAIN_SAMPLES, VAL_SAMPLES = 8, 24, 13  # 3 steps per epoch; 13 validation samples: unequal shards
 SAVE_EVERY, INTERRUPT_AT = 5, 6  # checkpoints at steps 3 (epoch end) and 5; stopped after 6: resumed mid-epoch 2
 BLOCKS = {"mlp": ["0"], "cnn": ["ConvBlock"]}  # for FSDP's units and activation checkpointing
@@ -113,6 +113,8 @@ def build_trainer(kind: str, feature: str, strategy: str, out_dir: Path, callbac
         callbacks = [*callbacks, ws.EMA(decay=0.8), ws.BestCheckpoint()]
     elif feature == "activation_checkpointing":
         options["activation_checkpointing"] = True
+    elif feature == "threads":  # fit and its validation on one intra-op thread, torch's setting given back after
+        options["threads"] = 1
     elif feature == "proximal":
         return ProximalTrainer(net, optimizer, lam=2.0, callbacks=callbacks, **options)
     elif feature == "lora":
