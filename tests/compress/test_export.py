@@ -171,3 +171,44 @@ def test_a_batch_of_one_exports_a_dynamic_batch_and_dynamic_batch_false_fixes_it
     assert fixed(X).shape == (8, 10)
     with pytest.raises(Exception, match="shape|size|batch|Expected"):
         fixed(X[:3])
+
+
+class _Payload:
+    """Unpickling this creates a marker file: what a crafted part of a .pt2 would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("part", ["sample_inputs", "pickled_weight"])
+def test_a_pt2_with_a_pickle_payload_is_refused_before_any_process_loads_it(tmp_path, part):
+    import json
+    import pickle
+    import zipfile
+
+    path = export(build("float"), X, tmp_path / "model.pt2")
+    marker = tmp_path / "ran"
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    payload = pickle.dumps(_Payload(marker))
+    if part == "sample_inputs":  # torch.export.load falls back to full unpickling where the safe load fails
+        parts[next(n for n in parts if n.endswith("sample_inputs/model.pt"))] = payload
+    else:  # a weight marked as pickled is unpickled in full, without a safe attempt first
+        config_name = next(n for n in parts if n.endswith("model_weights_config.json"))
+        config = json.loads(parts[config_name])
+        first = next(iter(config["config"].values()))
+        first["use_pickle"] = True
+        parts[config_name] = json.dumps(config).encode()
+        parts[config_name.rsplit("/", 1)[0] + "/" + first["path_name"]] = payload
+    crafted = tmp_path / "crafted.pt2"
+    with zipfile.ZipFile(crafted, "w") as target:
+        for name, data in parts.items():
+            target.writestr(name, data)
+    with pytest.raises(ConfigError, match="safe loader refuses.*refused"):
+        run_in_fresh_process([crafted], [X])
+    assert not marker.exists()
+    with pytest.raises(ConfigError, match="is not a file"):
+        run_in_fresh_process([tmp_path / "missing.pt2"], [X])

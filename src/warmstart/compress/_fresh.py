@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import io
 import json
 import os
+import pickle
+import shutil
 import site
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,9 +105,12 @@ def run_in_fresh_process(files: Sequence[str | os.PathLike], inputs: Sequence[to
     and timed on the first (median of ``repeats`` calls after ``warmup``).
 
     The process loads a ``.pt2`` file as a serving process does, with ``torch.export.load``,
-    which retries a failed safe load with full unpickling: a crafted file runs code there. It is
-    the one place warmstart calls it, in a separate process, to measure what serving does: give
-    it only files you exported yourself.
+    which unpickles some of its parts without torch's safe loader (pickled weights and constants,
+    and sample inputs that the safe loader refused). So before the process starts, every pickled
+    part of each ``.pt2`` file must load with ``torch.load(weights_only=True)`` (after importing
+    the modules the file says it needs, such as torchao), and a file holding custom objects is
+    refused: a crafted file is refused here instead of running code. The process then loads a
+    copy of the file that was checked.
 
     Args:
         files: files written by :func:`export`.
@@ -116,7 +124,8 @@ def run_in_fresh_process(files: Sequence[str | os.PathLike], inputs: Sequence[to
         ``{str(path): FreshRun}``.
 
     Raises:
-        ConfigError: the process failed (its last lines of error output are given).
+        ConfigError: the process failed (its last lines of error output are given), or a ``.pt2``
+            file holds a pickled part that torch's safe loader refuses, or custom objects.
 
     Examples:
         >>> from warmstart.models import mlp
@@ -124,10 +133,18 @@ def run_in_fresh_process(files: Sequence[str | os.PathLike], inputs: Sequence[to
         >>> run_in_fresh_process([path], [torch.randn(2, 16)])[str(path)].outputs[0].shape
         torch.Size([2, 3])
     """
-    files = [str(Path(f).resolve()) for f in files]
     batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in inputs]
     with tempfile.TemporaryDirectory(prefix="warmstart-fresh-") as folder:
         work = Path(folder)
+        originals, files = [str(Path(f).resolve()) for f in files], []
+        for index, original in enumerate(originals):  # the process loads the copy that was checked
+            if not Path(original).is_file():
+                raise ConfigError(f"run_in_fresh_process: {original} is not a file; pass files written by export()")
+            copy = work / f"{index}-{Path(original).name}"
+            shutil.copyfile(original, copy)
+            if copy.suffix == ".pt2":
+                check_pt2_unpickles_safely(copy, name=original)
+            files.append(str(copy))
         torch.save([tuple(t.detach().cpu() for t in b) for b in batches], work / "inputs.pt")
         config = {"site": site.getsitepackages(), "files": files, "inputs": str(work / "inputs.pt"),
                   "outputs": str(work / "outputs.pt"), "results": str(work / "results.json"), "repeats": repeats,
@@ -137,8 +154,50 @@ def run_in_fresh_process(files: Sequence[str | os.PathLike], inputs: Sequence[to
                               capture_output=True, text=True, timeout=timeout, cwd=folder)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-8:])
-            raise ConfigError(f"loading {', '.join(Path(f).name for f in files)} in a fresh process (python -I -S, "
+            raise ConfigError(f"loading {', '.join(Path(f).name for f in originals)} in a fresh process (python -I -S, "
                               f"without warmstart) failed:\n{tail}")
         outputs = torch.load(work / "outputs.pt", weights_only=True)
         results = json.loads((work / "results.json").read_text())
-    return {f: FreshRun(outputs[f], **results[f]) for f in files}
+    return {original: FreshRun(outputs[f], **results[f]) for original, f in zip(originals, files)}
+
+
+def check_pt2_unpickles_safely(path: str | os.PathLike, name: str | os.PathLike | None = None) -> None:
+    """Refuse a ``.pt2`` archive whose pickled parts torch's safe loader refuses, or that holds custom objects.
+
+    ``torch.export.load`` unpickles pickled weights and constants without ``weights_only`` and
+    falls back to full unpickling for sample inputs the safe loader refused. Parts that load with
+    ``torch.load(weights_only=True)`` hold only what the safe loader allows, so loading them again
+    either way builds the same tensors; anything else could run code and is refused here. The
+    modules the file's ``warmstart.json`` says it needs (torchao, whose int8 tensors are pickled
+    weights) are imported first, as the serving process does.
+
+    Raises:
+        ConfigError: naming the part and why.
+    """
+    shown = name or path
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            extra = [n for n in names if n.endswith("extra/warmstart.json")]
+            for module in json.loads(archive.read(extra[0])).get("needs", []) if extra else []:
+                importlib.import_module(module)
+            pickled = [n for n in names if n.endswith(".pt") and "/sample_inputs/" in n]
+            for config_name in (n for n in names if n.endswith(("model_weights_config.json",
+                                                                 "model_constants_config.json"))):
+                folder = config_name.rsplit("/", 1)[0]
+                for key, part in json.loads(archive.read(config_name)).get("config", {}).items():
+                    if "constants" in config_name and not str(part.get("path_name", "")).startswith("tensor_"):
+                        raise ConfigError(f"{shown}: the program holds a custom object ({key}), which loading would "
+                                          "run; warmstart loads only programs of tensors (export your own model)")
+                    if part.get("use_pickle"):
+                        pickled.append(f"{folder}/{part['path_name']}")
+            for part in pickled:
+                try:
+                    torch.load(io.BytesIO(archive.read(part)), weights_only=True)
+                except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as err:
+                    raise ConfigError(f"{shown}: its part {part} holds Python objects that torch's safe loader "
+                                      f"refuses, and torch.export.load would unpickle them in full (running code): "
+                                      f"refused. Load only .pt2 files you exported. ({str(err).splitlines()[0]})"
+                                      ) from None
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{shown} is not a readable .pt2 archive ({err}); was it written by export()?") from None
