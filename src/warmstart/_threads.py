@@ -74,14 +74,13 @@ def cpu_threads(setting: int | str | None, device: torch.device) -> Iterator[int
     check_threads(setting)
     before = torch.get_num_threads()
     if setting is None or device.type != "cpu":
-        yield before
-        return
-    threads = choose_threads(before) if setting == "auto" else int(setting)
-    if threads == before:
-        yield threads
-        return
-    torch.set_num_threads(threads)
+        threads = before
+    else:
+        threads = choose_threads(before) if setting == "auto" else int(setting)
+    if threads != before:
+        torch.set_num_threads(threads)
     try:
         yield threads
     finally:
-        torch.set_num_threads(before)
+        if threads != before:
+            torch.set_num_threads(before)

@@ -703,8 +703,10 @@ class Trainer:
         return train_loader, val_loader
 
     def _shared_settings(self) -> dict[str, Any]:
-        """The options every rank must share (not the device, which is each rank's own, nor the progress display)."""
-        return {f"trainer.{key}": value for key, value in to_dict(self.config).items() if key not in ("device", "progress")}
+        """The options every rank must share (not the device and CPU threads, which are each rank's own, nor the
+        progress display)."""
+        return {f"trainer.{key}": value for key, value in to_dict(self.config).items()
+                if key not in ("device", "progress", "threads")}
 
     def _make_scheduler(self, train_loader: Iterable[Batch]) -> Any:
         """The by-name schedule over the optimizer steps this fit will run, positioned at the step reached."""
