@@ -1,21 +1,23 @@
-"""Fast on a busy machine: a fit, an evaluation and a CLI job, each quiet and beside 1 and 2 busy processes.
+"""Fast on a busy machine: a fit, an evaluation, a CLI command and a job, each quiet and beside busy processes.
 
 Each round runs every case once, in turn, in a fresh process: quiet, then beside ``n`` busy processes (pure-Python
 loops this script starts before and ends after the case). The workloads:
 
 - ``fit``: a user script that imports torch first, then ``warmstart``: one epoch of ``small_cnn(width=16)`` on the
-  4,000 MNIST training digits through ``ws.Trainer.fit`` (batch 64), torch's default threads and OpenMP settings;
-  ``fit, threads='auto'``: the same with ``Trainer(threads="auto")``;
-- ``evaluate``: ``ws.evaluate`` of that network on them, 5 times (and with ``threads="auto"``);
+  4,000 MNIST training digits through ``ws.Trainer.fit`` (batch 64), torch's OpenMP settings and the Trainer's
+  default ``threads="auto"``; ``fit, threads=None``: the same with torch's own thread count;
+- ``evaluate``: ``ws.evaluate`` of that network on them, 5 times (and with ``threads=None``);
 - ``cli``: ``warmstart pretrain configs/pretrain.yaml trainer.max_epochs=1``, the whole command (the CLI sets
-  ``GOMP_SPINCOUNT`` before torch is loaded); beside it the same with torch's own spinning, for comparison.
+  ``GOMP_SPINCOUNT`` before torch is loaded); beside it the same with torch's own spinning, for comparison;
+- ``job``: ``warmstart run configs/digits_transfer.yaml``, the README's main job (pretraining, fine-tuning,
+  distillation; about a minute quiet on 2 cores), the whole command.
 
 ``--cases`` picks some.
 
 The table: the median seconds over the rounds (min-max) and the ratio to the quiet median of the same case.
 
-    python bench/busy.py                      # 3 rounds, about 10 minutes on 2 cores
-    python bench/busy.py --rounds 5 --busy 0 2 --cases fit cli
+    python bench/busy.py --cases fit "fit, threads=None" evaluate "evaluate, threads=None" cli   # about 6 minutes
+    python bench/busy.py --cases job --busy 0 2                                                  # about 10 minutes
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from warmstart.data import InMemoryLoader, mnist5k
 data = mnist5k()
 model = ws.models.small_cnn(num_classes=10, width=16)
 loader = InMemoryLoader(data.train, batch_size=64, shuffle=True)
-trainer = ws.Trainer(model, {"name": "adamw", "lr": 3e-3}, max_epochs=1, progress=False, log_every=50, threads={threads})
+trainer = ws.Trainer(model, {"name": "adamw", "lr": 3e-3}, max_epochs=1, progress=False, log_every=50,
+                     threads={threads})
 start = time.perf_counter()
 if "{work}" == "fit":
     trainer.fit(loader)
@@ -46,22 +49,26 @@ else:
 print(time.perf_counter() - start)
 """
 CASES = {
-    "fit": ("fit", None, {}),
-    "fit, threads='auto'": ("fit", "auto", {}),
-    "evaluate": ("evaluate", None, {}),
-    "evaluate, threads='auto'": ("evaluate", "auto", {}),
+    "fit": ("fit", "auto", {}),
+    "fit, threads=None": ("fit", None, {}),
+    "evaluate": ("evaluate", "auto", {}),
+    "evaluate, threads=None": ("evaluate", None, {}),
     "cli": ("cli", None, {}),
     "cli with torch's spinning (GOMP_SPINCOUNT=infinite)": ("cli", None, {"GOMP_SPINCOUNT": "infinite"}),
+    "job": ("job", None, {}),
 }
 
 
 def run_case(work: str, threads: str | None, env_changes: dict[str, str], folder: Path) -> float:
-    """Seconds of one case in a fresh process (the work alone for fit/evaluate, the whole command for the CLI)."""
+    """Seconds of one case in a fresh process (the work alone for fit/evaluate, the whole command for cli/job)."""
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | env_changes
-    if work == "cli":
+    commands = {"cli": ["pretrain", str(ROOT / "configs" / "pretrain.yaml"), "trainer.max_epochs=1",
+                        f"trainer.out_dir={folder / 'cli'}", "--overwrite", "--quiet"],
+                "job": ["run", str(ROOT / "configs" / "digits_transfer.yaml"), f"out_dir={folder / 'job'}",
+                        "--overwrite", "--quiet"]}
+    if work in commands:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "warmstart", "pretrain", str(ROOT / "configs" / "pretrain.yaml"),
-                        "trainer.max_epochs=1", f"trainer.out_dir={folder / 'cli'}", "--overwrite", "--quiet"],
+        subprocess.run([sys.executable, "-m", "warmstart", *commands[work]],
                        check=True, env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - start
     script = FIT.replace("{work}", work).replace("{threads}", repr(threads))

@@ -72,3 +72,39 @@ def test_this_processs_own_spinning_threads_are_not_counted_as_other_work(monkey
     monkeypatch.setattr(_threads, "_STAT", stat)
     monkeypatch.setattr(_threads, "_TASKS", tasks)
     assert _threads.running_elsewhere(samples=1) == 1.0
+
+
+def test_auto_is_the_default_and_an_evaluation_inside_the_fit_keeps_the_fits_count(tmp_path, monkeypatch):
+    assert ws.TrainerConfig().threads == "auto"
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls, seen = [], []
+        monkeypatch.setattr(_threads, "allowed_cores", lambda: 2)
+        monkeypatch.setattr(_threads, "running_elsewhere", lambda: calls.append(1) or 1.0)  # one core taken
+
+        class Spy(ws.Trainer):
+            def training_step(self, batch):
+                seen.append(("train", torch.get_num_threads()))
+                return super().training_step(batch)
+
+            def validation_step(self, batch):
+                seen.append(("val", torch.get_num_threads()))
+                return super().validation_step(batch)
+
+        data = [(torch.randn(8, 3), torch.randint(0, 2, (8,))) for _ in range(2)]
+        trainer = Spy(torch.nn.Linear(3, 2), max_epochs=2, out_dir=str(tmp_path), progress=False, checkpoint=False)
+        trainer.fit(data, data)
+        assert {count for _, count in seen} == {1} and {kind for kind, _ in seen} == {"train", "val"}
+        assert len(calls) == 1  # chosen once, when the fit started: one run, one count
+        assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["threads_used"] == 1
+        assert torch.get_num_threads() == 2
+        ws.evaluate(torch.nn.Linear(3, 2), data)  # the function's default chooses too
+        assert len(calls) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(_threads, "running_elsewhere", lambda: 0.0)  # quiet: torch's own setting
+        with _threads.cpu_threads("auto", torch.device("cpu")) as count:
+            assert count == 2
+        with _threads.cpu_threads(None, torch.device("cpu")) as count:  # off: torch's setting, nothing sampled
+            assert count == 2
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import torch
 from warmstart.config import check_threads
 
 _STAT, _CGROUP, _TASKS = Path("/proc/stat"), Path("/sys/fs/cgroup/cpu.max"), Path("/proc/self/task")
+_held: list[int] = []  # the counts of the cpu_threads blocks running now, outermost first
 
 
 def allowed_cores() -> int:
@@ -70,17 +71,20 @@ def choose_threads(limit: int) -> int:
 @contextlib.contextmanager
 def cpu_threads(setting: int | str | None, device: torch.device) -> Iterator[int]:
     """Run the block with ``setting``'s intra-op threads on a CPU device (see ``TrainerConfig.threads``), and
-    give torch's own setting back afterwards; yields the count in force."""
+    give torch's own setting back afterwards; yields the count in force. Inside another such block (an
+    evaluation during a fit) ``"auto"`` keeps the count in force, so that one run uses one count throughout."""
     check_threads(setting)
     before = torch.get_num_threads()
-    if setting is None or device.type != "cpu":
+    if setting is None or device.type != "cpu" or (setting == "auto" and _held):
         threads = before
     else:
         threads = choose_threads(before) if setting == "auto" else int(setting)
     if threads != before:
         torch.set_num_threads(threads)
+    _held.append(threads)
     try:
         yield threads
     finally:
+        _held.pop()
         if threads != before:
             torch.set_num_threads(before)

@@ -95,13 +95,14 @@ class TrainerConfig:
             without it such a run is refused (:class:`warmstart.errors.RunExistsError`): continue
             it with ``resume="last"`` or choose another ``out_dir``.
         threads: torch's intra-op CPU threads while ``fit`` and ``evaluate`` run on the CPU (torch's
-            setting comes back afterwards). ``None`` leaves torch's setting; ``"auto"`` takes the
-            cores that other work leaves free when the call starts (CPU affinity, cgroup quota and
-            the kernel's count of running threads; at least 1, never more than torch's setting),
-            so that beside other work a run slows by its share of the cores rather than several
-            times (``bench/busy.py``); a number sets that many. The count used is recorded in
-            ``config.yaml`` (``trainer.threads_used``). Float sums split differently with another
-            count, so "auto" runs are reproducible only where it chose the same number.
+            setting comes back afterwards). ``"auto"`` (default) takes the cores that other work
+            leaves free when the call starts (CPU affinity, cgroup quota and the kernel's count of
+            running threads; at least 1, never more than torch's setting), so that beside other work
+            a run slows by its share of the cores rather than several times (``bench/busy.py``); on
+            a quiet machine that is torch's setting. A number sets that many; ``None`` leaves
+            torch's setting (the choice off). The count used is recorded in ``config.yaml``
+            (``trainer.threads_used``): float sums split differently with another count, so set a
+            number to reproduce a run bit for bit on a machine whose load changes.
     """
 
     max_epochs: int | None = None
@@ -123,7 +124,7 @@ class TrainerConfig:
     fsdp: FSDPConfig = dataclasses.field(default_factory=FSDPConfig)
     activation_checkpointing: bool = False
     overwrite: bool = False
-    threads: int | str | None = None
+    threads: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         self.precision = normalize_precision(self.precision)

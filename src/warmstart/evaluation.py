@@ -26,7 +26,7 @@ __all__ = ["evaluate", "average_metrics"]
 
 def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[..., torch.Tensor] | None = None,
              device: str | torch.device | None = None, precision: str | int | None = None,
-             threads: int | str | None = None) -> dict[str, float]:
+             threads: int | str | None = "auto") -> dict[str, float]:
     """Average the loss (and accuracy, for classifiers) of ``model`` over ``loader``.
 
     Works on any module that maps inputs to outputs: a frozen or int8 model, a Hugging Face model
@@ -41,8 +41,8 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: Callable[...
         device: where to run, ``"auto"`` or a torch device (the model is moved there, as the Trainer
             does); default: where the model's parameters are, else the CPU.
         precision: ``"32"`` (default), ``"bf16"`` or ``"16"`` autocast.
-        threads: intra-op CPU threads for the pass, as ``TrainerConfig.threads`` (``None``: torch's
-            setting; ``"auto"``: the cores other work leaves free).
+        threads: intra-op CPU threads for the pass, as ``TrainerConfig.threads`` (``"auto"``, the
+            default: the cores other work leaves free; ``None``: torch's setting; or a number).
 
     Returns:
         ``{"loss": ..., "accuracy": ...}``: means over the samples (accuracy for ``(B, C)`` outputs

@@ -605,8 +605,8 @@ class Trainer:
     def resolved_config(self) -> dict[str, Any]:
         """The configuration this run uses, as saved in checkpoints and ``config.yaml``."""
         trainer = {**to_dict(self.config), "seed": self.seed}
-        if self.config.threads is not None and getattr(self, "threads_used", None) is not None:
-            trainer["threads_used"] = self.threads_used  # what "auto" chose (float sums depend on it)
+        if self.device.type == "cpu" and getattr(self, "threads_used", None) is not None:
+            trainer["threads_used"] = self.threads_used  # float sums depend on it ("auto" chooses it)
         resolved: dict[str, Any] = {"trainer": trainer,
                                     "optimizer": {"class": type(self.optimizer).__name__,
                                                   "defaults": plain_values(self.optimizer.defaults)},
