@@ -103,6 +103,12 @@ class JobRun:
                                      overwrite=stage.trainer.overwrite or self.job.trainer.overwrite, **changes)
         return {"config": config, "optimizer": copy.deepcopy(stage.optimizer), "scheduler": copy.deepcopy(stage.scheduler)}
 
+    def trainer(self, cls: type, model: nn.Module, stage: Any, folder: str, seed: int, **options: Any) -> Any:
+        """A ``cls`` trainer of ``model`` with :meth:`settings`, the whole job recorded in its checkpoints."""
+        trainer = cls(model, **self.settings(stage, folder, seed), **options)
+        trainer.job_config = recorded_job(self.job)
+        return trainer
+
     def heading(self, text: str) -> None:
         """A section line in the output (only with progress)."""
         if self.progress:
@@ -209,6 +215,16 @@ class JobRun:
         return {"control": control, "mean": round(statistics.mean(diffs), 6),
                 "sd": round(statistics.stdev(diffs), 6) if len(diffs) > 1 else None,
                 "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+
+
+def finetune_method(name: str, stage: Any) -> dict[str, Any]:
+    """:class:`warmstart.finetune.FinetuneTrainer`'s options for a transfer job's ``linear_probe``, ``full`` (every
+    layer at the stage's lr) or ``lora`` method (a stage with the adapters' ``r``, ``alpha``, ``targets``, ``dropout``)."""
+    if name == "linear_probe":
+        return {"method": "linear_probe"}
+    if name.startswith("lora"):
+        return {"method": "lora", "lora": {key: getattr(stage, key) for key in ("r", "alpha", "targets", "dropout")}}
+    return {"method": {"name": "full", "backbone_lr_mult": 1.0}}
 
 
 def in_section(section: str, check: Callable[[], Any]) -> Any:

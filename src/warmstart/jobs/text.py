@@ -23,9 +23,9 @@ from warmstart.distill import SoftLabelTrainer, ngram_classifier, teacher_probab
 from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer, load_text_classifier, load_tokenizer, resolve_targets
 from warmstart.finetune.lora import check_lora_options, require_peft
-from warmstart.jobs.runner import JobRun, Method, Trained, check_stages, in_section, run_job
+from warmstart.jobs.runner import JobRun, Method, Trained, check_stages, finetune_method, in_section, run_job
 from warmstart.jobs.schema import TextPipelineJob
-from warmstart.jobs.stages import recorded_job, resolve_seed
+from warmstart.jobs.stages import resolve_seed
 from warmstart.proximal import check_lam
 from warmstart.trainer import Trainer
 
@@ -163,14 +163,6 @@ def _text_data(job: TextPipelineJob, seed: int) -> TextData:
                     loader(splits.val), loader(splits.test))
 
 
-def _trainer(run: JobRun, cls: type[Trainer], model: nn.Module, stage: Any, folder: str, seed: int,
-             **options: Any) -> Trainer:
-    """A trainer with the stage's settings writing into ``out_dir/folder``, the whole job recorded in checkpoints."""
-    trainer = cls(model, **run.settings(stage, folder, seed), **options)
-    trainer.job_config = recorded_job(run.job)
-    return trainer
-
-
 class _Majority(nn.Module):
     """Always the most frequent class of the labelled words (no parameters)."""
 
@@ -195,12 +187,8 @@ def _method(name: str) -> Any:
             model = _pretrained(job, data, seed, pretrained=name != "scratch",
                                 pooling="mean" if name == "linear_probe" else "cls")
             stage = getattr(job, STAGES[name])
-            options: dict[str, Any] = ({"method": "linear_probe"} if name == "linear_probe" else
-                                       {"method": {"name": "full", "backbone_lr_mult": 1.0}} if STAGES[name] == "finetune"
-                                       else {"method": "lora", "lora": {"r": stage.r, "alpha": stage.alpha,
-                                                                        "targets": stage.targets, "dropout": stage.dropout},
-                                             **({"proximal": stage.proximal} if name == "lora_proximal" else {})})
-            history = _trainer(run, FinetuneTrainer, model, stage, name, seed, **options).fit(data.train(), data.val)
+            options = {**finetune_method(name, stage), **({"proximal": stage.proximal} if name == "lora_proximal" else {})}
+            history = run.trainer(FinetuneTrainer, model, stage, name, seed, **options).fit(data.train(), data.val)
         weights = run.out / name / "last.safetensors"
         facts = {"memory_mb": round(cost["peak_rss_mb"] - cost["start_rss_mb"], 1),
                  **({"checkpoint_bytes": weights.stat().st_size} if weights.is_file() else {})}
@@ -240,7 +228,7 @@ def _student(name: str, part: str) -> Any:
                    for key, words in (("train", train_set), ("val", data.splits.val), ("test", data.splits.test))}
         torch.manual_seed(seed)
         student = ngram_classifier(stage.buckets, stage.dim, data.splits.num_classes)
-        trainer = _trainer(run, cls, student, stage, f"distill/{name}", seed, **options)
+        trainer = run.trainer(cls, student, stage, f"distill/{name}", seed, **options)
         history = trainer.fit(loaders["train"], loaders["val"])
         facts = {"steps": trainer.global_step, **({"teacher": run.teacher} if part.startswith("teacher") else {})}
         return Trained(student.eval(), history, test=trainer.evaluate(loaders["test"]),

@@ -23,9 +23,9 @@ from warmstart.distill import KDSetting, distill
 from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer, fine_tune
 from warmstart.finetune.lora import check_lora_options, require_peft, resolve_targets
-from warmstart.jobs.runner import JobRun, Method, Trained, check_stages, in_section, run_job
+from warmstart.jobs.runner import JobRun, Method, Trained, check_stages, finetune_method, in_section, run_job
 from warmstart.jobs.schema import VisionPipelineJob
-from warmstart.jobs.stages import recorded_job, resolve_seed
+from warmstart.jobs.stages import resolve_seed
 from warmstart.models import build_model, efficientnet_lite_input
 
 LABELS = {"linear_probe": "linear probe (frozen network)", "full": "full fine-tune",
@@ -194,12 +194,7 @@ def _method(name: str, pretrained: bool) -> Any:
                                scheduler=settings["scheduler"], out_dir=settings["config"].out_dir,
                                config=dataclasses.replace(settings["config"], out_dir=None))
             return Trained(model.eval(), result.history, facts={"choice": result.choice} if stage.select else {})
-        method: Any = {"linear_probe": "linear_probe", "full": {"name": "full", "backbone_lr_mult": 1.0},
-                       "lora": "lora"}[name]
-        lora = {"lora": {"r": stage.r, "alpha": stage.alpha, "targets": stage.targets, "dropout": stage.dropout}} \
-            if name == "lora" else {}
-        trainer = FinetuneTrainer(model, method=method, **lora, **run.settings(stage, folder, seed))
-        trainer.job_config = recorded_job(job)
+        trainer = run.trainer(FinetuneTrainer, model, stage, folder, seed, **finetune_method(name, stage))
         return Trained(model.eval(), trainer.fit(labelled, val))
 
     return train

@@ -6,11 +6,11 @@ the table of commands in ``commands``. Nothing here imports torch.
 """
 
 from warmstart.jobs.schema.commands import COMMANDS, Command, command_of, load_job
-from warmstart.jobs.schema.common import QUANTIZE_MODES, DataConfig, ModelConfig, StageConfig
+from warmstart.jobs.schema.common import QUANTIZE_MODES, DataConfig, LoraStage, ModelConfig, StageConfig
 from warmstart.jobs.schema.compress import CompressJob
 from warmstart.jobs.schema.digits import METHODS, DistillStage, FinetuneStage, PipelineJob
 from warmstart.jobs.schema.single import DistillJob, FinetuneJob, PretrainJob
-from warmstart.jobs.schema.text import TEXT_METHODS, LoraStage, TextDataConfig, TextDistillStage, TextPipelineJob
+from warmstart.jobs.schema.text import TEXT_METHODS, TextDataConfig, TextDistillStage, TextPipelineJob
 from warmstart.jobs.schema.vision import VISION_METHODS, VisionPipelineJob
 
 __all__ = ["COMMANDS", "METHODS", "QUANTIZE_MODES", "TEXT_METHODS", "VISION_METHODS", "Command", "CompressJob",

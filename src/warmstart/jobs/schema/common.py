@@ -116,6 +116,24 @@ class StageConfig:
                               "set the top-level out_dir instead")
 
 
+@dataclasses.dataclass
+class LoraStage(StageConfig):
+    """The LoRA stage of a transfer job: adapters on the frozen network, the head trained in full.
+
+    Attributes:
+        r: rank of the adapters.
+        alpha: scaling numerator (the update is ``alpha / r * B A``).
+        targets: ``auto`` (a transformer's attention and MLP layers; a convolutional network's
+            ungrouped convolutions but the head) or module names / dotted suffixes.
+        dropout: dropout on the adapters' inputs.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    targets: str | list[str] = "auto"
+    dropout: float = 0.05
+
+
 def check_task_job(trainer: TrainerConfig, methods: list[str], valid: tuple[str, ...], task: str) -> None:
     """What the text and vision jobs check alike: the out_dir at the top level, and known method names."""
     if trainer.out_dir is not None:

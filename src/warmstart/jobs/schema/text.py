@@ -7,7 +7,7 @@ from typing import Literal
 
 from warmstart.config import TrainerConfig
 from warmstart.errors import ConfigError
-from warmstart.jobs.schema.common import StageConfig, check_task_job
+from warmstart.jobs.schema.common import LoraStage, StageConfig, check_task_job
 
 TEXT_METHODS = ("majority", "linear_probe", "scratch", "full", "lora", "lora_proximal")
 
@@ -53,22 +53,14 @@ class TextDataConfig:
 
 
 @dataclasses.dataclass
-class LoraStage(StageConfig):
-    """The LoRA stage of a text job: adapters on the frozen transformer, the head in full.
+class TextLoraStage(LoraStage):
+    """The LoRA stage of a text job, and the ``lora_proximal`` method's term.
 
     Attributes:
-        r: rank of the adapters.
-        alpha: scaling numerator (the update is ``alpha / r * B A``).
-        targets: ``auto`` (the attention and MLP layers) or module names / dotted suffixes.
-        dropout: dropout on the adapters' inputs.
         proximal: ``lam`` of the ``lora_proximal`` method's proximal term (toward the adapters' start;
             the data term is weighted by ``lam``, so a larger value pulls less).
     """
 
-    r: int = 8
-    alpha: float = 16.0
-    targets: str | list[str] = "auto"
-    dropout: float = 0.05
     proximal: float = 100.0
 
 
@@ -130,7 +122,7 @@ class TextPipelineJob:
     methods: list[str] = dataclasses.field(default_factory=lambda: list(TEXT_METHODS))
     probe: StageConfig = dataclasses.field(default_factory=StageConfig)
     finetune: StageConfig = dataclasses.field(default_factory=StageConfig)
-    lora: LoraStage = dataclasses.field(default_factory=LoraStage)
+    lora: TextLoraStage = dataclasses.field(default_factory=TextLoraStage)
     distill: TextDistillStage = dataclasses.field(default_factory=TextDistillStage)
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from warmstart.config import TrainerConfig
 from warmstart.errors import ConfigError, nearest
-from warmstart.jobs.schema.common import (QUANTIZE_MODES, ModelConfig, StageConfig, check_distillation_options,
+from warmstart.jobs.schema.common import (QUANTIZE_MODES, LoraStage, ModelConfig, StageConfig, check_distillation_options,
                                           check_finetune_options, check_task_job)
 
 VISION_METHODS = ("linear_probe", "full", "lora", "recipe")  # each runs twice: ImageNet weights, and random weights
@@ -48,23 +48,6 @@ class VisionDataConfig:
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
         if self.size < 32:
             raise ConfigError(f"data.size must be >= 32 (EfficientNet-Lite downsamples 32x), got {self.size}")
-
-
-@dataclasses.dataclass
-class VisionLoraStage(StageConfig):
-    """The LoRA stage of a vision job: adapters on the frozen network's ungrouped convolutions, the head in full.
-
-    Attributes:
-        r: rank of the adapters.
-        alpha: scaling numerator (the update is ``alpha / r * B A``).
-        targets: ``auto`` (every 1x1 and full convolution but the head) or module names / dotted suffixes.
-        dropout: dropout on the adapters' inputs.
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    targets: str | list[str] = "auto"
-    dropout: float = 0.0
 
 
 @dataclasses.dataclass
@@ -186,7 +169,7 @@ class VisionPipelineJob:
     methods: list[str] = dataclasses.field(default_factory=lambda: list(VISION_METHODS))
     probe: StageConfig = dataclasses.field(default_factory=StageConfig)
     finetune: StageConfig = dataclasses.field(default_factory=StageConfig)
-    lora: VisionLoraStage = dataclasses.field(default_factory=VisionLoraStage)
+    lora: LoraStage = dataclasses.field(default_factory=lambda: LoraStage(dropout=0.0))
     recipe: VisionRecipeStage = dataclasses.field(default_factory=VisionRecipeStage)
     distill: VisionDistillStage = dataclasses.field(default_factory=VisionDistillStage)
     compress: VisionCompressStage = dataclasses.field(default_factory=VisionCompressStage)
