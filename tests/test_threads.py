@@ -9,6 +9,12 @@ from warmstart import _threads
 from warmstart.errors import ConfigError
 
 
+@pytest.fixture(autouse=True)
+def _no_earlier_choice(monkeypatch):
+    """Each test chooses afresh: no "auto" choice of an earlier test is reused."""
+    monkeypatch.setattr(_threads, "_last", {})
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "two", "Auto"])
 def test_a_threads_setting_other_than_none_auto_or_a_count_is_refused(bad):
     with pytest.raises(ConfigError, match="threads'? must be"):
@@ -76,6 +82,7 @@ def test_this_processs_own_spinning_threads_are_not_counted_as_other_work(monkey
 
 def test_auto_is_the_default_and_an_evaluation_inside_the_fit_keeps_the_fits_count(tmp_path, monkeypatch):
     assert ws.TrainerConfig().threads == "auto"
+    monkeypatch.setattr(_threads, "REUSE_SECONDS", 0.0)  # every call chooses anew
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -108,3 +115,16 @@ def test_auto_is_the_default_and_an_evaluation_inside_the_fit_keeps_the_fits_cou
             assert count == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_loop_of_small_evaluations_samples_the_load_once_a_second(monkeypatch):
+    calls, clock = [], [100.0]
+    monkeypatch.setattr(_threads, "running_elsewhere", lambda: calls.append(1) or 0.0)
+    monkeypatch.setattr(_threads.time, "monotonic", lambda: clock[0])
+    data = [(torch.randn(8, 3), torch.randint(0, 2, (8,)))]
+    for _ in range(20):
+        ws.evaluate(torch.nn.Linear(3, 2), data)
+    assert len(calls) == 1
+    clock[0] += _threads.REUSE_SECONDS  # a second later the load is sampled again
+    ws.evaluate(torch.nn.Linear(3, 2), data)
+    assert len(calls) == 2

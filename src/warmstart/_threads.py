@@ -16,6 +16,8 @@ from warmstart.config import check_threads
 
 _STAT, _CGROUP, _TASKS = Path("/proc/stat"), Path("/sys/fs/cgroup/cpu.max"), Path("/proc/self/task")
 _held: list[int] = []  # the counts of the cpu_threads blocks running now, outermost first
+REUSE_SECONDS = 1.0  # an "auto" choice younger than this is reused: sampling the load takes about 10 ms
+_last: dict[int, tuple[float, int]] = {}  # torch's setting -> (when, the count chosen under it)
 
 
 def allowed_cores() -> int:
@@ -68,6 +70,17 @@ def choose_threads(limit: int) -> int:
     return max(1, min(limit, free))
 
 
+def _recent_choice(limit: int) -> int:
+    """:func:`choose_threads`, or its choice of less than :data:`REUSE_SECONDS` ago (a loop of small evaluations
+    would otherwise spend most of its time sampling the load)."""
+    now = time.monotonic()
+    when, threads = _last.get(limit, (-math.inf, 0))
+    if now - when >= REUSE_SECONDS:
+        threads = choose_threads(limit)
+        _last[limit] = (now, threads)
+    return threads
+
+
 @contextlib.contextmanager
 def cpu_threads(setting: int | str | None, device: torch.device) -> Iterator[int]:
     """Run the block with ``setting``'s intra-op threads on a CPU device (see ``TrainerConfig.threads``), and
@@ -78,7 +91,7 @@ def cpu_threads(setting: int | str | None, device: torch.device) -> Iterator[int
     if setting is None or device.type != "cpu" or (setting == "auto" and _held):
         threads = before
     else:
-        threads = choose_threads(before) if setting == "auto" else int(setting)
+        threads = _recent_choice(before) if setting == "auto" else int(setting)
     if threads != before:
         torch.set_num_threads(threads)
     _held.append(threads)
