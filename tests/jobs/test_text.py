@@ -161,3 +161,19 @@ def test_every_method_sees_the_labelled_words_in_the_same_order_whatever_ran_bef
         weights[methods] = load_file(out / "lora" / "last.safetensors")
     alone, after = weights.values()
     assert alone.keys() == after.keys() and all(torch.equal(alone[k], after[k]) for k in alone)
+
+
+def test_seeds_run_every_method_once_per_seed_as_single_seed_runs_would(tiny_checkpoint, tmp_path):
+    methods = ("methods=[scratch, full]", "distill.trainer.max_epochs=1")
+    results = run_text_pipeline(_quick_job(tmp_path / "both", tiny_checkpoint, "seeds=[0, 1]", *methods), progress=False)
+    full = results["methods"]["full"]
+    assert set(full["per_seed"]) == {"0", "1"} and full["accuracy_sd"] is not None
+    assert results["gains"]["full"]["seeds"] == 2 and results["methods"]["student_hard"]["per_seed"].keys() == {"0", "1"}
+    assert (tmp_path / "both" / "seed1" / "full" / "last.safetensors").is_file()
+    for seed in (0, 1):  # each seed's rows are what a run with that trainer.seed alone gives
+        alone = run_text_pipeline(_quick_job(tmp_path / f"seed{seed}", tiny_checkpoint, f"trainer.seed={seed}", *methods),
+                                  progress=False)
+        for name in ("scratch", "full", "student_hard"):
+            assert results["methods"][name]["per_seed"][str(seed)] == alone["methods"][name]["per_seed"][str(seed)]
+    with pytest.raises(ConfigError, match="seeds must be a non-empty list of distinct seeds"):
+        _quick_job(tmp_path / "bad", tiny_checkpoint, "seeds=[1, 1]")

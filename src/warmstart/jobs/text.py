@@ -39,15 +39,15 @@ STAGES = {"linear_probe": "probe", "scratch": "finetune", "full": "finetune", "l
 @dataclasses.dataclass
 class TextData:
     """The splits, the training split's labelled and unlabelled parts, the model's tokenizer and its loaders
-    (``train()`` makes a fresh shuffled loader over the labelled words, so that every method sees them in the same
-    order: a shared loader's generator would go on from where the previous method left it)."""
+    (``train(seed)`` makes a fresh shuffled loader over the labelled words, so that every method of a seed sees them
+    in the same order: a shared loader's generator would go on from where the previous method left it)."""
 
     splits: TextSplits
     labelled: TextSet
     unlabelled: TextSet
     tokenizer: Any
     max_length: int
-    train: Callable[[], Any]
+    train: Callable[[int], Any]
     val: Any
     test: Any
 
@@ -75,9 +75,9 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
         RunExistsError: ``out_dir`` holds an earlier run (its files, or its methods' folders) and
             ``trainer.overwrite`` is False (``--overwrite``).
     """
-    seed = resolve_seed(job)
+    resolve_seed(job)
     check_text_job(job)
-    data = _text_data(job, seed)
+    data = _text_data(job)
     _check_model_options(job, data)
     methods = [Method(m, LABELS[m], _method(m), CONTROLS.get(m), teacher=m in CONTROLS) for m in job.methods]
     stage = job.distill
@@ -94,9 +94,11 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
              f"{len(data.unlabelled):,} unlabelled training words, {len(data.splits.val):,} for validation (the "
              f"choices) and {len(data.splits.test):,} for the test, measured once per model. The students are "
              f"`ngram_classifier(buckets={stage.buckets}, dim={stage.dim})` on hashed character n-grams.")
+    folders = (*LABELS, *(f"distill/{name}" for name, *_ in students))
+    seeds = job.seeds or [job.trainer.seed]
     return run_job(job, methods, data=data, test=data.test, val=data.val, title="warmstart run report (text)",
-                   story=story, progress=progress, default_teacher="lora",
-                   stages=(*LABELS, *(f"distill/{name}" for name, *_ in students)))
+                   story=story, progress=progress, seeds=seeds, default_teacher="lora",
+                   stages=folders if len(seeds) == 1 else tuple(f"seed{seed}/{f}" for seed in seeds for f in folders))
 
 
 def check_text_job(job: TextPipelineJob) -> None:
@@ -145,7 +147,7 @@ def _check_model_options(job: TextPipelineJob, data: TextData) -> None:
         in_section("lora.targets", lambda: resolve_targets(model, job.lora.targets))
 
 
-def _text_data(job: TextPipelineJob, seed: int) -> TextData:
+def _text_data(job: TextPipelineJob) -> TextData:
     cfg = job.data
     splits = vader_lexicon(cfg.task, seed=cfg.split_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
     if cfg.limit is not None:  # every k-th text of each split, so both classes stay
@@ -155,11 +157,11 @@ def _text_data(job: TextPipelineJob, seed: int) -> TextData:
     labelled, unlabelled = labelled_split(splits.train, cfg.labelled, seed=cfg.split_seed)
     tokenizer = load_tokenizer(job.model)
 
-    def loader(data: TextSet, train: bool = False) -> Any:
-        size = cfg.batch_size if train else cfg.eval_batch_size
-        return text_loader(data, tokenizer, size, shuffle=train, seed=seed, max_length=cfg.max_length)
+    def loader(data: TextSet, seed: int | None = None) -> Any:
+        size = cfg.batch_size if seed is not None else cfg.eval_batch_size
+        return text_loader(data, tokenizer, size, shuffle=seed is not None, seed=seed or 0, max_length=cfg.max_length)
 
-    return TextData(splits, labelled, unlabelled, tokenizer, cfg.max_length, lambda: loader(labelled, train=True),
+    return TextData(splits, labelled, unlabelled, tokenizer, cfg.max_length, lambda seed: loader(labelled, seed),
                     loader(splits.val), loader(splits.test))
 
 
@@ -172,6 +174,11 @@ class _Majority(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, **_: Any) -> torch.Tensor:
         return self.logits.expand(len(input_ids), -1)
+
+
+def _folder(run: JobRun, seed: int, name: str) -> str:
+    """A method's folder: ``name``, under ``seed<k>/`` when the job runs several seeds."""
+    return name if len(run.seeds) == 1 else f"seed{seed}/{name}"
 
 
 def _method(name: str) -> Any:
@@ -188,8 +195,9 @@ def _method(name: str) -> Any:
                                 pooling="mean" if name == "linear_probe" else "cls")
             stage = getattr(job, STAGES[name])
             options = {**finetune_method(name, stage), **({"proximal": stage.proximal} if name == "lora_proximal" else {})}
-            history = run.trainer(FinetuneTrainer, model, stage, name, seed, **options).fit(data.train(), data.val)
-        weights = run.out / name / "last.safetensors"
+            folder = _folder(run, seed, name)
+            history = run.trainer(FinetuneTrainer, model, stage, folder, seed, **options).fit(data.train(seed), data.val)
+        weights = run.out / folder / "last.safetensors"
         facts = {"memory_mb": round(cost["peak_rss_mb"] - cost["start_rss_mb"], 1),
                  **({"checkpoint_bytes": weights.stat().st_size} if weights.is_file() else {})}
         return Trained(model.eval(), history, facts=facts, weights=weights)
@@ -228,7 +236,7 @@ def _student(name: str, part: str) -> Any:
                    for key, words in (("train", train_set), ("val", data.splits.val), ("test", data.splits.test))}
         torch.manual_seed(seed)
         student = ngram_classifier(stage.buckets, stage.dim, data.splits.num_classes)
-        trainer = run.trainer(cls, student, stage, f"distill/{name}", seed, **options)
+        trainer = run.trainer(cls, student, stage, _folder(run, seed, f"distill/{name}"), seed, **options)
         history = trainer.fit(loaders["train"], loaders["val"])
         facts = {"steps": trainer.global_step, **({"teacher": run.teacher} if part.startswith("teacher") else {})}
         return Trained(student.eval(), history, test=trainer.evaluate(loaders["test"]),

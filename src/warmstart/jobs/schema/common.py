@@ -134,11 +134,14 @@ class LoraStage(StageConfig):
     dropout: float = 0.05
 
 
-def check_task_job(trainer: TrainerConfig, methods: list[str], valid: tuple[str, ...], task: str) -> None:
-    """What the text and vision jobs check alike: the out_dir at the top level, and known method names."""
+def check_task_job(trainer: TrainerConfig, methods: list[str], valid: tuple[str, ...], task: str,
+                   seeds: list[int] | None) -> None:
+    """What the text and vision jobs check alike: the out_dir at the top level, known method names, distinct seeds."""
     if trainer.out_dir is not None:
         raise ConfigError("warmstart run takes the top-level out_dir, not trainer.out_dir")
     for method in methods:
         if method not in valid:
             raise ConfigError(f"unknown {task} method '{method}' in 'methods'{nearest(method, valid)}; valid: "
                               f"{', '.join(valid)}")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"seeds must be a non-empty list of distinct seeds (or null: trainer.seed), got {seeds}")

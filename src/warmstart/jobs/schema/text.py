@@ -104,6 +104,9 @@ class TextPipelineJob:
         task: ``text`` (what selects this schema).
         out_dir: the run folder (results.json, report.md, plots, each method's checkpoints).
         trainer: trainer settings shared by every stage (``seed``, ``device``, ``precision``, ...).
+        seeds: run every method and student once per seed (``None``: ``trainer.seed`` alone): the
+            report gives mean +- sd and each method's wins over its control. The data split stays
+            ``data.split_seed``'s; a seed draws the heads, the students and the order of the batches.
         data: the text data set.
         model: ``all-MiniLM-L6-v2`` (bundled), a folder with a Hugging Face checkpoint, or a Hub name.
         methods: which of ``majority``, ``linear_probe``, ``scratch`` (the full fine-tune from random
@@ -117,6 +120,7 @@ class TextPipelineJob:
     task: Literal["text"] = "text"
     out_dir: str = "runs/text_sentiment"
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    seeds: list[int] | None = None
     data: TextDataConfig = dataclasses.field(default_factory=TextDataConfig)
     model: str = "all-MiniLM-L6-v2"
     methods: list[str] = dataclasses.field(default_factory=lambda: list(TEXT_METHODS))
@@ -126,5 +130,5 @@ class TextPipelineJob:
     distill: TextDistillStage = dataclasses.field(default_factory=TextDistillStage)
 
     def __post_init__(self) -> None:
-        check_task_job(self.trainer, self.methods, TEXT_METHODS, "text")
+        check_task_job(self.trainer, self.methods, TEXT_METHODS, "text", self.seeds)
 

@@ -175,9 +175,7 @@ class VisionPipelineJob:
     compress: VisionCompressStage = dataclasses.field(default_factory=VisionCompressStage)
 
     def __post_init__(self) -> None:
-        check_task_job(self.trainer, self.methods, VISION_METHODS, "vision")
-        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ConfigError(f"seeds must be a non-empty list of distinct seeds (or null: trainer.seed), got {self.seeds}")
+        check_task_job(self.trainer, self.methods, VISION_METHODS, "vision", self.seeds)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 (or null: torch's default), got {self.threads}")
 
