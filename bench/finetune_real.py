@@ -21,6 +21,7 @@ simple method of that cell and the seeds on which it is at or above it.
     python bench/finetune_real.py                                   # every task, 10 and 100 labels, 3 seeds
     python bench/finetune_real.py --tasks mnist --shots 10 --seeds 2 --methods full fine_tune
     python bench/finetune_real.py --summarise                       # the table again from bench/out/finetune_real.json
+    python bench/finetune_real.py --tasks animals --shots 100 --seeds 2 --first-seed 1 --out bench/out/more.json
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--shots", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of LoRA and the full fine-tune, at "
                                                                "least (fine_tune's final run sets more if it takes more)")
@@ -195,7 +197,8 @@ def main() -> None:
         print("\n".join(summary(list(merged.values()), methods)))
         return
     args.out = Path(args.out[0]) if isinstance(args.out, list) else args.out
-    jobs = [(task, shots, seed, methods, args.steps, args.size) for seed in range(args.seeds) for shots in args.shots
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(task, shots, seed, methods, args.steps, args.size) for seed in seeds for shots in args.shots
             for task in args.tasks]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started, results = time.perf_counter(), []
