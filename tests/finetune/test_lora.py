@@ -263,3 +263,19 @@ def test_compressing_a_model_with_unmerged_adapters_is_refused(action):
             "quantize": lambda: compress.quantize(model, "int8-dynamic", torch.randn(2, 10))}[action]
     with pytest.raises(ConfigError, match=rf"cannot {action} a model with unmerged LoRA adapters \(on 0\).*merge_lora"):
         call()
+
+
+def test_a_conv_class_without_padding_mode_in_its_constructor_takes_adapters():
+    class SameConv(torch.nn.Conv2d):  # as timm's Conv2dSame: no padding_mode argument (peft 0.22 passes one)
+        def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                     bias=True):
+            super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+
+    model = torch.nn.Sequential(SameConv(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 2))
+    x = torch.randn(2, 3, 6, 6)
+    before = model(x)
+    info = ws.finetune.add_lora(model, r=2, targets=["0"])
+    assert info.targets == ["0"] and isinstance(model[0].base_layer, SameConv)
+    torch.testing.assert_close(model(x), before)  # B = 0: the adapted model starts where it was
+    assert [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +80,32 @@ def _adaptable(module: nn.Module) -> bool:
 def _head_modules(model: nn.Module, head: str | None) -> list[str]:
     info = find_head(model, head)
     return [info.name, *info.extra]
+
+
+_WITH_PADDING_MODE: dict[type, type] = {}
+
+
+def _take_padding_mode(model: nn.Module, names: Sequence[str]) -> None:
+    """Let peft build adapters for a convolution class whose constructor has no ``padding_mode``.
+
+    peft 0.22 builds a convolution's adapters as ``type(layer)(..., padding_mode=...)``, which timm's
+    ``Conv2dSame`` (EfficientNet-Lite's stem) refuses. Such a target (padding ``zeros``, the only one it
+    has) gets a subclass of its own class, the same in all else, whose constructor takes the argument.
+    """
+    modules = dict(model.named_modules())
+    for name in names:
+        module, cls = modules[name], type(modules[name])
+        parameters = inspect.signature(cls.__init__).parameters
+        if (not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros" or "padding_mode" in parameters
+                or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())):
+            continue
+        if cls not in _WITH_PADDING_MODE:
+            def __init__(self: nn.Module, *args: Any, padding_mode: str = "zeros", _base: type = cls, **kwargs: Any) -> None:
+                _base.__init__(self, *args, **kwargs)
+
+            _WITH_PADDING_MODE[cls] = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                                                  "__qualname__": cls.__qualname__})
+        module.__class__ = _WITH_PADDING_MODE[cls]
 
 
 def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "auto", head: str | None = None) -> list[str]:
@@ -199,6 +226,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | Seq
                     base=base_identity(model, head_names))
     config = peft.LoraConfig(r=info.r, lora_alpha=info.alpha, lora_dropout=info.dropout, target_modules=names)
     trainable = [name for name, param in model.named_parameters() if param.requires_grad]  # merge_lora gives them back
+    _take_padding_mode(model, names)
     peft.inject_adapter_in_model(config, model)  # in place; leaves only the adapters trainable
     model.__dict__[TRAINABLE_BEFORE] = trainable
     for name, param in model.named_parameters():
