@@ -1,14 +1,18 @@
 """The vision job's data (configs/vision_transfer.yaml, 10 animal shapes per class, Lite0 at 56 px): fine_tune()'s
 recipe with one setting changed at a time, beside the job's full fine-tune, training seeds 0-2; validation and test
-accuracy (%) as mean +- sd, and the test accuracy per seed. About 9 minutes on 2 cores.
+accuracy (%) as mean +- sd, and the test accuracy per seed. About 12 minutes on 2 cores. ``--threads N`` fixes
+torch's thread count (the figures move with it: float sums in another order).
 
     python bench/vision_recipe_variants.py                       # every variant
     python bench/vision_recipe_variants.py "fe 0" "full (job)"   # some
+    python bench/vision_recipe_variants.py --threads 1 "job recipe (ld 0.9, fe 2)" "full (job)"
 """
 import dataclasses
 import statistics
 import sys
 import time
+
+import torch
 
 import warmstart as ws
 from warmstart.jobs.schema import load_job
@@ -24,8 +28,14 @@ variants = {
     "fe 0": {"freeze_epochs": 0},
     "ls 0": {"label_smoothing": 0.0},
     "ld None, lr 1e-3": {"layer_decay": None, "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}},
+    "fe 25 (a probe of 100 steps first: LP-FT)": {"freeze_epochs": 25},
+    "fe 60 (a probe of 240 steps first)": {"freeze_epochs": 60},
 }
-pick = sys.argv[1:] or list(variants) + ["full (job)"]
+args = sys.argv[1:]
+if args[:1] == ["--threads"]:
+    torch.set_num_threads(int(args[1]))
+    args = args[2:]
+pick = args or list(variants) + ["full (job)"]
 res = {}
 for seed in (0, 1, 2):
     for name in pick:
