@@ -22,6 +22,7 @@ simple method of that cell and the seeds on which it is at or above it.
     python bench/finetune_real.py --tasks mnist --shots 10 --seeds 2 --methods full fine_tune
     python bench/finetune_real.py --summarise                       # the table again from bench/out/finetune_real.json
     python bench/finetune_real.py --tasks animals --shots 100 --seeds 2 --first-seed 1 --out bench/out/more.json
+    python bench/finetune_real.py --tasks animals --shots 10 --methods fine_tune --fine-tune-args '{"lr": 1e-3}'
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def network(task: str, classes: int, pretrained: bool = True) -> torch.nn.Module
     return efficientnet_lite0(num_classes=classes, pretrained=pretrained)
 
 
-def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
+def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int,
+          fine_tune_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """One method on a fresh copy of the network (seeded): test accuracy (%), seconds, and fine_tune's choice."""
     text = task == "polarity"
     torch.manual_seed(seed)
@@ -101,7 +103,7 @@ def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int) 
     options = {"progress": False, "seed": seed, "device": "cpu"}
     started, extra = time.perf_counter(), {}
     if method == "fine_tune":
-        result = fine_tune(model, data["train"](), num_classes=data["classes"], **options)
+        result = fine_tune(model, data["train"](), num_classes=data["classes"], **options, **(fine_tune_args or {}))
         trainer = result.trainer
         extra = {"choice": result.choice, "epochs": len([h for h in result.history if h["phase"] == "full"]),
                  "note": "" if result.selection is None else result.selection.note,
@@ -122,7 +124,8 @@ def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int) 
             **extra}
 
 
-def job(task: str, shots: int, seed: int, methods: list[str], steps: int, size: int = SIZE) -> dict[str, Any]:
+def job(task: str, shots: int, seed: int, methods: list[str], steps: int, size: int = SIZE,
+        fine_tune_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every method on one task, label budget and seed (one torch thread)."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -132,7 +135,7 @@ def job(task: str, shots: int, seed: int, methods: list[str], steps: int, size: 
     order = [m for m in ("fine_tune", *methods) if m in methods]  # fine_tune first: the others take its steps
     epochs = max(1, math.ceil(steps / data["batches"]))
     for method in order:
-        out["runs"][method] = train(method, task, data, seed, epochs)
+        out["runs"][method] = train(method, task, data, seed, epochs, fine_tune_args)
         if method == "fine_tune":
             epochs = max(epochs, out["runs"][method]["epochs"])
     return out
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="results file (--summarise: one or more, merged)",
                         nargs="+")
     parser.add_argument("--summarise", action="store_true")
+    parser.add_argument("--fine-tune-args", type=json.loads, default=None,
+                        help='more arguments of fine_tune(), as JSON: \'{"freeze_epochs": 25}\' (a variant of the recipe)')
     args = parser.parse_args()
     methods = [m for m in METHODS if m in args.methods]
     if args.summarise:  # several files: the runs of one task, budget and seed merged, a later file's winning
@@ -198,7 +203,7 @@ def main() -> None:
         return
     args.out = Path(args.out[0]) if isinstance(args.out, list) else args.out
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    jobs = [(task, shots, seed, methods, args.steps, args.size) for seed in seeds for shots in args.shots
+    jobs = [(task, shots, seed, methods, args.steps, args.size, args.fine_tune_args) for seed in seeds for shots in args.shots
             for task in args.tasks]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started, results = time.perf_counter(), []
