@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from warmstart.data import (MNIST_MEAN, MNIST_STD, class_subset, digits, few_shot_split, few_shot_splits, labels_of,
-                            mnist5k, upsample_digits)
+                            mnist5k, per_class_split, transfer_split, upsample_digits)
 from warmstart.errors import DataError
 
 
@@ -71,3 +71,23 @@ def test_class_subset_keeps_and_relabels_the_classes_asked_for():
         class_subset(data, [7])
     with pytest.raises(DataError, match="without repeats"):
         class_subset(data, [1, 1])
+
+
+def test_transfer_split_draws_shots_then_validation_then_leaves_the_rest_unlabelled():
+    # each input is its row number, so the parts can be checked against the draws made by hand
+    data = TensorDataset(torch.arange(60.0), torch.arange(60) % 3)
+    parts = transfer_split(data, shots=4, val_per_class=2, unlabelled=10, seed=5)
+    labelled, rest = per_class_split(data, 4, seed=5)
+    val, pool = per_class_split(rest, 2, seed=6)
+    assert torch.equal(parts.labelled.tensors[0], labelled.tensors[0]) and torch.equal(parts.val.tensors[0], val.tensors[0])
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(parts.unlabelled, pool.tensors[0][order[:10]])
+    rows = [set(t.long().tolist()) for t in (parts.labelled.tensors[0], parts.val.tensors[0], parts.unlabelled)]
+    assert [len(r) for r in rows] == [12, 6, 10] and not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    everything = transfer_split(data, shots=4, val_per_class=2, seed=5).unlabelled  # None: the whole rest, in order
+    assert torch.equal(everything, pool.tensors[0])
+    no_shots = transfer_split(data, val_per_class=2, seed=5)  # every example not held out is labelled
+    assert len(no_shots.labelled) == 54 and len(no_shots.unlabelled) == 0
+    assert transfer_split(data).val is None and len(transfer_split(data).labelled) == 60
+    with pytest.raises(DataError, match="only 5 examples, fewer than k=6"):
+        transfer_split(data, shots=15, val_per_class=6)

@@ -16,7 +16,8 @@ _EXPORTS = {
                                                    "is_deterministic", "is_random", "without_augmentation")},
     **{name: "warmstart.data.bundled" for name in ("MNIST_MEAN", "MNIST_STD", "Splits", "class_subset", "digits",
                                                    "fake_splits", "few_shot_split", "few_shot_splits", "labels_of",
-                                                   "mnist5k", "per_class_split", "upsample_digits")},
+                                                   "mnist5k", "per_class_split", "transfer_split",
+                                                   "TransferSplit", "upsample_digits")},
     **{name: "warmstart.data.loaders" for name in ("InMemoryLoader", "WithIndex", "dataset_tensors",
                                                    "dataset_without_augmentation", "rebuild_loader", "split_loader",
                                                    "subset_loader")},
@@ -32,9 +33,9 @@ if TYPE_CHECKING:
     from warmstart.data.animals import ANIMAL_CLASSES, animal_shapes
     from warmstart.data.augment import (PRESETS, AugmentConfig, BatchAugment, build_augmentation, is_deterministic,
                                         is_random, without_augmentation)
-    from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, class_subset, digits, fake_splits,
-                                        few_shot_split, few_shot_splits, labels_of, mnist5k, per_class_split,
-                                        upsample_digits)
+    from warmstart.data.bundled import (MNIST_MEAN, MNIST_STD, Splits, TransferSplit, class_subset, digits,
+                                        fake_splits, few_shot_split, few_shot_splits, labels_of, mnist5k,
+                                        per_class_split, transfer_split, upsample_digits)
     from warmstart.data.loaders import (InMemoryLoader, WithIndex, dataset_tensors, dataset_without_augmentation,
                                         rebuild_loader, split_loader, subset_loader)
     from warmstart.data.text import (CharNgramTokenizer, PadBatch, TextSet, TextSplits, TokenizedText, labelled_split,

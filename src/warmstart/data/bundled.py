@@ -211,6 +211,59 @@ def per_class_split(dataset: TensorDataset, k: int, seed: int = 0) -> tuple[Tens
     return TensorDataset(*(t[rows] for t in dataset.tensors)), TensorDataset(*(t[rest] for t in dataset.tensors))
 
 
+@dataclasses.dataclass
+class TransferSplit:
+    """A training split's parts for a transfer experiment (see :func:`transfer_split`).
+
+    Attributes:
+        labelled: the labelled examples the methods train on.
+        val: the validation examples (``None``: none held out).
+        unlabelled: the inputs of the other examples, without their labels (a transfer set a teacher labels).
+    """
+
+    labelled: TensorDataset
+    val: TensorDataset | None
+    unlabelled: torch.Tensor
+
+
+def transfer_split(dataset: TensorDataset, shots: int | None = None, val_per_class: int | None = None,
+                   unlabelled: int | None = None, seed: int = 0) -> TransferSplit:
+    """Split a training set into few labelled examples, a validation set and an unlabelled rest.
+
+    ``shots`` examples per class are drawn first (with ``seed``), so that holding out a validation set
+    leaves them as they were; then ``val_per_class`` per class of the rest (with ``seed + 1``); the
+    examples left over lose their labels.
+
+    Args:
+        dataset: ``(inputs, labels)``.
+        shots: labelled examples per class (``None``: every example not held out for validation).
+        val_per_class: validation examples per class (``None``: none).
+        unlabelled: keep a random ``unlabelled`` of the left-over inputs, drawn with ``seed`` (``None``: all,
+            in their order).
+        seed: seed of the draws.
+
+    Raises:
+        DataError: ``shots`` or ``val_per_class`` below 1, or a class with too few examples (named).
+
+    Examples:
+        >>> data = TensorDataset(torch.arange(12.0), torch.arange(12) % 2)
+        >>> parts = transfer_split(data, shots=2, val_per_class=1, unlabelled=3)
+        >>> len(parts.labelled), len(parts.val), len(parts.unlabelled)
+        (4, 2, 3)
+    """
+    labelled, rest = per_class_split(dataset, shots, seed=seed) if shots is not None else (dataset, dataset)
+    val = None
+    if val_per_class is not None:
+        val, rest = per_class_split(rest, val_per_class, seed=seed + 1)
+        if shots is None:
+            labelled = rest
+    inputs = rest.tensors[0] if shots is not None else dataset.tensors[0][:0]
+    if unlabelled is not None:
+        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
+        inputs = inputs[order[:unlabelled]]
+    return TransferSplit(labelled, val, inputs)
+
+
 def class_subset(dataset: TensorDataset, classes: Sequence[int], relabel: bool = True) -> TensorDataset:
     """The samples of ``classes`` only, e.g. to pretrain on some digits and fine-tune on the others.
 

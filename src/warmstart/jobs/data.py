@@ -11,7 +11,7 @@ from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
 from warmstart.data import (TORCHVISION_SETS, InMemoryLoader, Splits, build_augmentation, dataset_tensors, digits,
-                            image_folder_splits, mnist5k, per_class_split, torchvision_splits)
+                            image_folder_splits, mnist5k, torchvision_splits, transfer_split)
 from warmstart.errors import ConfigError
 from warmstart.jobs.schema import DataConfig
 
@@ -78,19 +78,12 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
 def _in_memory(cfg: DataConfig, seed: int) -> DataBundle:
     splits = _splits(cfg)
-    labelled, rest = splits.train, splits.train
-    if cfg.shots is not None:  # the shots first, so that a validation set leaves them as they were
-        labelled, rest = per_class_split(splits.train, cfg.shots, seed=cfg.split_seed)
-    val = None
-    if cfg.val_per_class is not None:
-        val, rest = per_class_split(rest, cfg.val_per_class, seed=cfg.split_seed + 1)
-        if cfg.shots is None:
-            labelled = rest
-    pool = torch.cat([labelled.tensors[0], rest.tensors[0]]) if cfg.shots is not None else labelled.tensors[0]
+    parts = transfer_split(splits.train, cfg.shots, cfg.val_per_class, seed=cfg.split_seed)
+    pool = torch.cat([parts.labelled.tensors[0], parts.unlabelled])  # every training image but the validation ones
     augment = build_augmentation(cfg.augment, fill=splits.background, batched=True)
     return DataBundle(
-        train=InMemoryLoader(labelled, batch_size=cfg.batch_size, shuffle=True, seed=seed, transform=augment),
-        val=None if val is None else InMemoryLoader(val, batch_size=cfg.eval_batch_size),
+        train=InMemoryLoader(parts.labelled, batch_size=cfg.batch_size, shuffle=True, seed=seed, transform=augment),
+        val=None if parts.val is None else InMemoryLoader(parts.val, batch_size=cfg.eval_batch_size),
         test=InMemoryLoader(splits.test, batch_size=cfg.eval_batch_size),
         num_classes=splits.num_classes, image_shape=splits.image_shape, pool=pool, fill=splits.background)
 

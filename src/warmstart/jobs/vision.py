@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart.data import InMemoryLoader
-from warmstart.data.animals import animal_shapes
-from warmstart.data.bundled import per_class_split
+from warmstart.data import InMemoryLoader, animal_shapes, transfer_split
 from warmstart.distill import KDSetting, distill
 from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer, fine_tune
@@ -161,10 +159,8 @@ def _vision_data(job: VisionPipelineJob) -> VisionData:
     """Shots and validation images per class, unlabelled images, and a stratified test subset, all seeded."""
     cfg = job.data
     splits = animal_shapes(size=28, normalize=False, seed=cfg.split_seed)
-    labelled, rest = per_class_split(splits.train, cfg.shots, seed=cfg.split_seed)
-    val, pool = per_class_split(rest, cfg.val_per_class, seed=cfg.split_seed + 1)
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.split_seed))
-    unlabelled = pool.tensors[0][order[:cfg.unlabelled]]
+    parts = transfer_split(splits.train, cfg.shots, cfg.val_per_class, cfg.unlabelled, seed=cfg.split_seed)
+    labelled, val, unlabelled = parts.labelled, parts.val, parts.unlabelled
     test_images, test_labels = splits.test.tensors
     if cfg.test is not None and cfg.test < len(test_labels):
         rows = torch.linspace(0, len(test_labels) - 1, cfg.test).round().long()  # every k-th: each class keeps its share
