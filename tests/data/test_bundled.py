@@ -91,3 +91,5 @@ def test_transfer_split_draws_shots_then_validation_then_leaves_the_rest_unlabel
     assert transfer_split(data).val is None and len(transfer_split(data).labelled) == 60
     with pytest.raises(DataError, match="only 5 examples, fewer than k=6"):
         transfer_split(data, shots=15, val_per_class=6)
+    with pytest.raises(DataError, match="unlabelled .* must be >= 0"):  # a negative count would slice from the end
+        transfer_split(data, shots=2, unlabelled=-3)

@@ -243,7 +243,8 @@ def transfer_split(dataset: TensorDataset, shots: int | None = None, val_per_cla
         seed: seed of the draws.
 
     Raises:
-        DataError: ``shots`` or ``val_per_class`` below 1, or a class with too few examples (named).
+        DataError: ``shots`` or ``val_per_class`` below 1, ``unlabelled`` below 0, or a class with too few
+            examples (named).
 
     Examples:
         >>> data = TensorDataset(torch.arange(12.0), torch.arange(12) % 2)
@@ -251,6 +252,8 @@ def transfer_split(dataset: TensorDataset, shots: int | None = None, val_per_cla
         >>> len(parts.labelled), len(parts.val), len(parts.unlabelled)
         (4, 2, 3)
     """
+    if unlabelled is not None and unlabelled < 0:
+        raise DataError(f"unlabelled (how many left-over inputs to keep) must be >= 0 or None (all), got {unlabelled}")
     labelled, rest = per_class_split(dataset, shots, seed=seed) if shots is not None else (dataset, dataset)
     val = None
     if val_per_class is not None:
