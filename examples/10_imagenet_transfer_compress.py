@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     example = transform(test_images[:32])
     rows = []
 
-    # 1. Transfer: fine_tune() with its defaults (on few labels, its recipe; a warning says why no choice was made)
+    # 1. Transfer: fine_tune() with its defaults (on few labels, its recipe; a warning says why no choice was made),
+    #    one network (ensemble=False: it is the network pruned below, not an average of two)
     torch.manual_seed(args.seed)
     model = efficientnet_lite0(num_classes=data.num_classes)
-    fine_tune(model, train(), num_classes=data.num_classes, seed=args.seed, progress=False,
+    fine_tune(model, train(), num_classes=data.num_classes, seed=args.seed, progress=False, ensemble=False,
               **({"epochs": 1} if args.dry_run else {}))
     model.eval()
     rows.append(("fine-tuned EfficientNet-Lite0", model, accuracy(model)))

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     teacher = TEACHERS[args.teacher](num_classes=data.num_classes)
     fine_tune(teacher, train(transform), num_classes=data.num_classes, seed=args.seed, progress=False,
+              ensemble=False,  # one network: the Lite2 -> student story
               **({"epochs": 1} if args.dry_run else {}))
     reads_raw = torch.nn.Sequential(transform, teacher)  # the teacher, reading the student's 28 px grey images
     print(f"teacher {args.teacher}: {count_parameters(teacher):,} parameters, test accuracy "

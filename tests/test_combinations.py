@@ -188,13 +188,16 @@ def test_a_choice_killed_during_its_trials_resumes_to_the_uninterrupted_result(r
     assert "refused" not in result, result.get("refused")
     whole, resumed = result["selection"], result["resumed_selection"]
     assert resumed == whole and len(whole.scores) == 2  # the recorded trials, not new ones, decided
-    left = whole.trainings - (result["killed_at"] - 1)
-    assert result["trainings_after_resume"] == left + 1  # the trials left, then the choice
-    for rank_whole, rank_resumed in zip(result["whole"], result["resumed"], strict=True):
-        _close(rank_resumed, rank_whole, atol=0)
-        _close(rank_whole, result["whole"][0], atol=0)  # every rank holds the same model
+    left = max(whole.trainings - (result["killed_at"] - 1), 0)
+    averaged = case == "ensemble"  # killed as the second member started: the choice is finished, then resumed
+    assert result["trainings_after_resume"] == left + 1 + averaged  # the trials left, the choice (and its partner)
+    pairs = [("whole", "resumed")] + ([("second", "resumed_second")] if averaged else [])
+    for whole_key, resumed_key in pairs:
+        for rank_whole, rank_resumed in zip(result[whole_key], result[resumed_key], strict=True):
+            _close(rank_resumed, rank_whole, atol=0)
+            _close(rank_whole, result[whole_key][0], atol=0)  # every rank holds the same model
     assert all(record == whole.to_dict() for record in result["ranks_selections"])  # every rank chose alike
-    if case == "list_val":
+    if case in ("list_val", "ensemble"):
         assert whole.validation == "the validation loader" and whole.scores["full"].counts == (24,)
     else:
         assert whole.validation.startswith("5-fold") and sum(whole.scores["full"].counts) == scenarios.SELECTION_SAMPLES

@@ -90,7 +90,7 @@ def test_09_every_transfer_strategy_trains_beside_its_control(capsys):
     assert load("09_transfer_strategies").main(["--dry-run"]) == 0
     out = capsys.readouterr().out
     for row in ("from random weights (control)", "feature extraction (linear probe)", "partial transfer",
-                "full transfer", "gradual unfreezing", "fine_tune() (recipe)"):
+                "full transfer", "gradual unfreezing", "fine_tune() (recipe+full)"):  # too few labels to choose
         assert row in out, row
 
 

@@ -8,7 +8,7 @@ import torch
 import warmstart as ws
 from warmstart.data import InMemoryLoader
 from warmstart.errors import ConfigError, DataError
-from warmstart.finetune import Candidate, Full, LinearProbe, fine_tune
+from warmstart.finetune import Candidate, Ensemble, Full, LinearProbe, fine_tune
 from warmstart.models import small_cnn
 
 
@@ -93,7 +93,67 @@ def test_on_labels_too_few_to_choose_on_no_trial_runs_and_the_default_is_trained
         result = fine_tune(small_cnn(num_classes=3, width=4), InMemoryLoader(x, y, batch_size=16, shuffle=True),
                            epochs=2, progress=False)
     assert result.choice == "recipe" and result.selection.trainings == 0 and result.selection.cost == 0
-    assert [h["phase"] for h in result.history] == ["linear_probe"] * 2 + ["full"] * 2
+    assert result.members == ("recipe", "full")  # the hedge where no trial ran (its own test below)
+    assert [h["phase"] for h in result.history] == ["linear_probe"] * 2 + ["full"] * 2 + ["second_full"] * 2
+
+
+def _labelled(seed: int = 0) -> InMemoryLoader:
+    x = torch.cat([b[0] for b in _batches(seed=seed)])
+    y = torch.cat([b[1] for b in _batches(seed=seed)])
+    return InMemoryLoader(x, y, batch_size=16, shuffle=True, seed=seed)
+
+
+def test_where_no_trial_can_run_the_recipe_and_the_full_fine_tune_are_averaged(tmp_path):
+    torch.manual_seed(0)
+    model = small_cnn(num_classes=3, width=4)  # the task's head already (no new head: the reference starts alike)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="no trial ran"):
+        result = fine_tune(model, _labelled(), _labelled(seed=1), epochs=3, out_dir=tmp_path, seed=5, progress=False)
+    ensemble = result.model
+    assert isinstance(ensemble, Ensemble) and result.members == ("recipe", "full") and result.choice == "recipe"
+    first, second = ensemble.members
+    assert first is model and second is not model
+    assert [h["phase"] for h in result.history] == (["linear_probe"] * 2 + ["full"] * 3 + ["second_full"] * 3
+                                                    + ["ensemble"])
+    # the second member: the full fine-tune (every layer at the head's rate, no warm-up) from the same start, seed + 1
+    reference = small_cnn(num_classes=3, width=4)
+    reference.load_state_dict(start)
+    fine_tune(reference, _labelled(), _labelled(seed=1), epochs=3, select=False, freeze_epochs=0, layer_decay=None,
+              seed=6, progress=False)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(second.state_dict()[name], value), name
+    x, _ = _batches(seed=2)[0]
+    ensemble.eval()
+    with torch.no_grad():
+        mean = (first(x).double().softmax(1) + second(x).double().softmax(1)) / 2
+        assert torch.allclose(ensemble(x).double().softmax(1), mean, atol=1e-6)
+    measured = ws.evaluate(ensemble, _labelled(seed=1))
+    assert result.history[-1]["val_accuracy"] == pytest.approx(measured["accuracy"], abs=1e-6)
+    for folder in ("probe", "full", "second/full"):
+        assert (tmp_path / folder / "last.safetensors").exists()
+    with pytest.raises(ws.errors.RunExistsError):  # a finished call's folder, second member included, is kept
+        fine_tune(small_cnn(num_classes=3, width=4), _labelled(), _labelled(seed=1), epochs=3, out_dir=tmp_path,
+                  progress=False)
+
+
+def test_ensemble_false_trains_one_network_and_true_averages_the_choice_with_the_runner_up():
+    torch.manual_seed(0)
+    model = small_cnn(num_classes=3, width=4)
+    with pytest.warns(UserWarning, match="no trial ran"):
+        result = fine_tune(model, _labelled(), epochs=2, ensemble=False, progress=False)
+    assert result.model is model and result.members == ()
+    candidates = [Candidate("probe", 0, LinearProbe()), Candidate("everything", 0, Full(backbone_lr_mult=1.0)),
+                  Candidate("slow", 0, Full(backbone_lr_mult=0.1)),
+                  Candidate("no_pretraining", 0, Full(backbone_lr_mult=1.0), pretrained=False)]
+    torch.manual_seed(0)
+    result = fine_tune(small_cnn(num_classes=3, width=4), _labelled(), _labelled(seed=1), epochs=4,
+                       candidates=candidates, ensemble=True, progress=False, selection={"max_detectable": None})
+    pretrained_others = {n: s for n, s in result.scores.items() if n not in (result.choice, "no_pretraining")}
+    assert result.members == (result.choice, max(pretrained_others, key=pretrained_others.get))
+    with pytest.raises(ConfigError, match=r"ensemble=True\) averages two pretrained candidates, but this call has 1 "
+                                          r"\(recipe\)"):
+        fine_tune(small_cnn(num_classes=3, width=4), _labelled(), epochs=1, select=False, ensemble=True,
+                  progress=False)
 
 
 def test_the_default_epochs_take_at_least_100_optimizer_steps():

@@ -146,9 +146,9 @@ class InterruptAt(ws.Callback):
             raise Interrupt
 
 
-def weights(trainer: ws.Trainer) -> list[dict[str, torch.Tensor]]:
+def weights(trainer: ws.Trainer | nn.Module) -> list[dict[str, torch.Tensor]]:
     """Every rank's parameters and buffers (sharded parameters gathered; hint adapters too); every rank must call it."""
-    state = dict(trainer.unwrapped_model.state_dict())
+    state = dict(getattr(trainer, "unwrapped_model", trainer).state_dict())
     state.update({f"hint_adapters.{k}": v for k, v in getattr(trainer, "adapters", nn.Module()).state_dict().items()})
     full = {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone()
             for name, t in state.items()}
@@ -178,10 +178,11 @@ def run_combination(kind: str, feature: str, strategy: str, world: int, out: Pat
 
 
 # fine_tune's choice by validation (warmstart.selection) x what its folds must keep: the loader's input transform (a
-# random step and a fixed one), a DataLoader's weighted sampler, a validation loader that is a plain list, soft targets
-SELECTION_CASES = ("transform", "sampler", "list_val", "soft_targets")
+# random step and a fixed one), a DataLoader's weighted sampler, a validation loader that is a plain list, soft targets;
+# and the choice averaged with the runner-up (ensemble=True), killed as that second member starts training
+SELECTION_CASES = ("transform", "sampler", "list_val", "soft_targets", "ensemble")
 SELECTION_SAMPLES = 40
-KILL_AT = {"list_val": 2}  # killed as this training starts (default 4: 3 of the 2 x 5 fold trials recorded; on the
+KILL_AT = {"list_val": 2, "ensemble": 4}  # killed as this training starts (default 4: 3 of the 2 x 5 fold trials recorded; on the
 # validation loader 1 of the 2 trials)
 
 
@@ -223,7 +224,7 @@ def selection_data(case: str, world: int) -> tuple[Any, Any]:
         weights = torch.where(y == 0, 3.0, 1.0)
         sampler = WeightedRandomSampler(weights, SELECTION_SAMPLES, generator=torch.Generator().manual_seed(3))
         return DataLoader(data, batch_size=batch, sampler=sampler), None
-    if case == "list_val":
+    if case in ("list_val", "ensemble"):
         held = separable(24, 8)
         return (InMemoryLoader(data, batch_size=batch, shuffle=True, seed=3),
                 [(held.tensors[0][i:i + 6], held.tensors[1][i:i + 6]) for i in range(0, 24, 6)])
@@ -239,7 +240,7 @@ def run_selection(case: str, world: int, out: Path) -> dict[str, Any]:
         train, val = selection_data(case, world)
         torch.manual_seed(0)
         return fine_tune(CNN(), train, val, epochs=10, candidates=candidates, out_dir=folder, resume=resume,
-                         callbacks=[killer], optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, device="cpu",
+                         callbacks=[killer], ensemble=case == "ensemble" or None, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, device="cpu",
                          progress=False, seed=0, selection={"max_detectable": None, "min_trial_steps": 1})
 
     folder = out / f"selection-{case}"
@@ -255,7 +256,9 @@ def run_selection(case: str, world: int, out: Path) -> dict[str, Any]:
         return {"refused": err}
     except Exception:  # noqa: BLE001  (every rank fails alike: the next case can still run)
         return {"error": traceback.format_exc()}
-    return {"whole": weights(whole.trainer), "resumed": weights(resumed.trainer), "selection": whole.selection,
+    second = {} if not whole.members else {"second": weights(whole.model.members[1]),
+                                           "resumed_second": weights(resumed.model.members[1])}
+    return {**second, "whole": weights(whole.trainer), "resumed": weights(resumed.trainer), "selection": whole.selection,
             "resumed_selection": resumed.selection,
             "trainings_after_resume": counter.started, "killed_at": KILL_AT.get(case, 4),
             "ranks_selections": distributed.gather_objects(whole.selection.to_dict()), "out_dir": folder}

@@ -2,6 +2,7 @@
 
 import warnings
 
+from warmstart.finetune.ensemble import Ensemble
 from warmstart.finetune.freezing import (LayerGroup, freeze, freeze_batchnorm, freeze_to, frozen_state, layer_groups,
                                          unfreeze)
 from warmstart.finetune.loading import LoadReport, load_pretrained, strip_prefixes
@@ -19,6 +20,7 @@ __all__ = [
     "METHODS",
     "MINILM",
     "Candidate",
+    "Ensemble",
     "FineTuneResult",
     "FinetuneTrainer",
     "Full",

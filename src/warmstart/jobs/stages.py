@@ -280,8 +280,9 @@ def run_finetune(job: FinetuneJob, data: DataBundle | None = None, resume: str |
             print(report)
     if job.method == "recipe":
         smoothing = 0.1 if job.label_smoothing is None else job.label_smoothing
+        # one network (ensemble=False): the job saves it and later stages distil or load it
         result = fine_tune(model, data.train, data.val, epochs=job.trainer.epochs, optimizer=job.optimizer,
-                           scheduler=job.scheduler, label_smoothing=smoothing, proximal=job.proximal,
+                           scheduler=job.scheduler, label_smoothing=smoothing, proximal=job.proximal, ensemble=False,
                            out_dir=job.trainer.out_dir, config=dataclasses.replace(job.trainer, out_dir=None),
                            resume=resume, **job.method_args)
         trainer, history = result.trainer, result.history

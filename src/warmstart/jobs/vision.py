@@ -184,7 +184,8 @@ def _method(name: str, pretrained: bool) -> Any:
         labelled, val = data.loader("labelled", size.batch_size, seed, train=True), data.loader("val", size.eval_batch_size)
         if name == "recipe":
             settings = run.settings(stage, folder, seed)
-            result = fine_tune(model, labelled, val, epochs=stage.trainer.max_epochs, select=stage.select,
+            # one network (ensemble=False): it teaches the student and is the network the compress stage prunes
+            result = fine_tune(model, labelled, val, epochs=stage.trainer.max_epochs, select=stage.select, ensemble=False,
                                freeze_epochs=stage.freeze_epochs, layer_decay=stage.layer_decay,
                                label_smoothing=stage.label_smoothing, optimizer=settings["optimizer"],
                                scheduler=settings["scheduler"], out_dir=settings["config"].out_dir,
