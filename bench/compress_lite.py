@@ -69,7 +69,8 @@ def run_seed(seed: int, shots: int, unlabelled: int, epochs: int, importances: l
     example = transform(labelled.tensors[0][:32])
     torch.manual_seed(seed)
     teacher = efficientnet_lite0(num_classes=splits.num_classes)
-    fine_tune(teacher, train_loader(), num_classes=splits.num_classes, seed=seed, progress=False)
+    fine_tune(teacher, train_loader(), num_classes=splits.num_classes, seed=seed, progress=False,
+              ensemble=False)  # one network: the one pruned
     teacher.eval()
     out: dict[str, Any] = {"seed": seed, "fine-tuned": {"accuracy": accuracy(teacher), "params": count_parameters(teacher),
                                                         "latency_ms": 1e3 * measure_latency(teacher, example)}}

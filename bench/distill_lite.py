@@ -73,7 +73,8 @@ def run_seed(seed: int, shots: int, unlabelled: int, epochs: int, temperatures: 
     started = time.perf_counter()
     torch.manual_seed(seed)
     teacher = efficientnet_lite2(num_classes=splits.num_classes)
-    fine_tune(teacher, train(), num_classes=splits.num_classes, seed=seed, progress=False)
+    fine_tune(teacher, train(), num_classes=splits.num_classes, seed=seed, progress=False,
+              ensemble=False)  # one network: the teacher of the story
     out: dict[str, Any] = {"seed": seed, "teacher: Lite2, fine-tuned": row(teacher, time.perf_counter() - started)}
     settings = {**{f"distilled, T={t:g}" if len(temperatures) > 1 else "distilled":
                    KDSetting(f"unlabelled_T{t:g}", 1.0, t, unlabelled=True) for t in temperatures}, "control": CONTROL}

@@ -10,7 +10,8 @@ order:
 - ``lora``: LoRA r=8 on every ungrouped convolution (or the attention and MLP projections), AdamW 3e-3 (1e-3 text).
 - ``full``: every weight, AdamW 1e-3 (1e-4 text).
 - ``fine_tune``: ``warmstart.finetune.fine_tune(model, train, num_classes=...)`` with its defaults, the choice
-  by cross-validation over the k labels included (no other labels).
+  by cross-validation over the k labels included (no other labels); ``result.model`` is scored (where no trial
+  could run, the ensemble of the recipe and the full fine-tune: chosen ``recipe+full``).
 - ``random_weights``: the same network from random weights, every weight trained as ``full`` is, for as many
   steps: the control that says whether the pretrained weights help at all.
 
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 from _timing import machine
 
+from warmstart import evaluate
 from warmstart.data import InMemoryLoader, animal_shapes, digits, few_shot_split, mnist5k
 from warmstart.finetune import FinetuneTrainer, fine_tune
 
@@ -104,10 +106,12 @@ def train(method: str, task: str, data: dict[str, Any], seed: int, epochs: int,
     started, extra = time.perf_counter(), {}
     if method == "fine_tune":
         result = fine_tune(model, data["train"](), num_classes=data["classes"], **options, **(fine_tune_args or {}))
-        trainer = result.trainer
-        extra = {"choice": result.choice, "epochs": len([h for h in result.history if h["phase"] == "full"]),
+        extra = {"choice": "+".join(result.members) or result.choice,
+                 "epochs": len([h for h in result.history if h["phase"] == "full"]),
                  "note": "" if result.selection is None else result.selection.note,
                  "cost": None if result.selection is None else result.selection.cost}
+        return {"accuracy": 100 * evaluate(result.model, data["test"], threads=1)["accuracy"],
+                "seconds": time.perf_counter() - started, **extra}  # the ensemble where fine_tune returns one
     else:
         full = 1e-4 if text else 1e-3
         lr = {"linear_probe": 1e-2, "lora": 1e-3 if text else 3e-3, "full": full, "random_weights": full}[method]

@@ -97,12 +97,11 @@ def _train(method: str, model: torch.nn.Module, loader: InMemoryLoader, epochs: 
     if method in (CONTROL, "full (backbone lr x0.1)", "linear probe"):
         spec = {CONTROL: {"name": "full", "backbone_lr_mult": 1.0},
                 "full (backbone lr x0.1)": "full", "linear probe": "linear_probe"}[method]
-        trainer = FinetuneTrainer(model, OPTIMIZER, LOSS, method=spec, **options)
-        trainer.fit(loader)
-        return trainer, None
+        FinetuneTrainer(model, OPTIMIZER, LOSS, method=spec, **options).fit(loader)
+        return model, None
     result = fine_tune(model, loader, epochs=epochs, optimizer=OPTIMIZER, select=method == "fine_tune() validated",
                        progress=False, seed=seed)
-    return result.trainer, result.choice
+    return result.model, "+".join(result.members) or result.choice  # the ensemble where fine_tune returns one
 
 
 def _job(pair: str, seed: int, shots: list[int], epochs: int, methods: list[str] = METHODS) -> dict[str, Any]:
@@ -124,8 +123,8 @@ def _job(pair: str, seed: int, shots: list[int], epochs: int, methods: list[str]
             if method not in (CONTROL, NO_PRETRAINING_RECIPE):  # the controls keep the default init everywhere
                 model.load_state_dict({n: w for n, w in weights.items() if not n.startswith("head.")}, strict=False)
             loader = InMemoryLoader(labelled, batch_size=32, shuffle=True, seed=seed, transform=augment)
-            trainer, choice = _train(method, model, loader, epochs, seed)
-            out["accuracy"][f"{k}|{method}"] = 100 * trainer.evaluate(test_loader)["accuracy"]
+            trained, choice = _train(method, model, loader, epochs, seed)
+            out["accuracy"][f"{k}|{method}"] = 100 * ws.evaluate(trained, test_loader)["accuracy"]
             if choice is not None and method == "fine_tune() validated":
                 out["choice"][str(k)] = choice
     return {"pair": pair, "seed": seed, **out}
