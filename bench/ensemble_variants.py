@@ -19,16 +19,14 @@ About 180 s a seed:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune_real import IMAGE_TASKS, image_task, network  # noqa: E402
+from finetune_real import cell_arguments, image_task, network  # noqa: E402
 
 from warmstart.data import InMemoryLoader  # noqa: E402
 from warmstart.finetune import fine_tune  # noqa: E402
@@ -52,13 +50,7 @@ def accuracy(models: list[torch.nn.Module], loader: InMemoryLoader) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="animals", choices=IMAGE_TASKS)
-    parser.add_argument("--shots", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
+    args = cell_arguments(__doc__.splitlines()[0])
     for seed in args.seeds:
         started = time.perf_counter()
         data = image_task(args.task, args.shots, seed)

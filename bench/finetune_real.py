@@ -86,6 +86,17 @@ def text_task(shots: int, seed: int) -> dict[str, Any]:
             "test": text_loader(test, tokenizer, 256), "classes": 2, "batches": math.ceil(len(labelled) / 16)}
 
 
+def cell_arguments(description: str) -> argparse.Namespace:
+    """``--task``, ``--shots`` and ``--seeds`` of a script that studies one image cell (one thread, warnings off)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", default="animals", choices=IMAGE_TASKS)
+    parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    return parser.parse_args()
+
+
 def network(task: str, classes: int, pretrained: bool = True) -> torch.nn.Module:
     if task == "polarity":
         from warmstart.finetune import load_text_classifier

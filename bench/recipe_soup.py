@@ -11,29 +11,21 @@ A lead for the few-label regime, where ``fine_tune()``'s choice cannot run: abou
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from finetune_real import IMAGE_TASKS, image_task, network  # noqa: E402
+from finetune_real import cell_arguments, image_task, network  # noqa: E402
 
 import warmstart as ws  # noqa: E402
 from warmstart.finetune import FinetuneTrainer, fine_tune  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="animals", choices=IMAGE_TASKS)
-    parser.add_argument("--shots", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
+    args = cell_arguments(__doc__.splitlines()[0])
     for seed in args.seeds:
         data = image_task(args.task, args.shots, seed)
         torch.manual_seed(seed)
