@@ -28,7 +28,9 @@ def _accuracy(pretrained, seed: int, weights) -> float:
         trainer.fit(loader)
     else:
         model.load_state_dict(weights)
-        trainer = fine_tune(model, loader, epochs=EPOCHS, freeze_epochs=2, progress=False, seed=seed).trainer
+        # one network against one (ensemble=False: the fair control of a single scratch run)
+        trainer = fine_tune(model, loader, epochs=EPOCHS, freeze_epochs=2, progress=False, seed=seed,
+                            ensemble=False).trainer
     return trainer.evaluate(InMemoryLoader(test, batch_size=500))["accuracy"]
 
 
