@@ -56,3 +56,16 @@ def test_text_batches_reach_every_member_and_evaluate_scores_the_average():
 def test_an_ensemble_of_one_is_refused():
     with pytest.raises(ConfigError, match="two or more classifiers, got 1"):
         Ensemble([nn.Linear(2, 2)])
+
+
+def test_an_ensemble_exports_to_a_file_a_serving_process_loads(tmp_path):
+    from warmstart.compress import export, run_in_fresh_process
+
+    torch.manual_seed(0)
+    ensemble = Ensemble([ws.models.small_cnn(num_classes=3, width=4) for _ in range(2)]).eval()
+    x = torch.randn(5, 1, 28, 28)
+    path = export(ensemble, x[:2], tmp_path / "ensemble.pt2")
+    served = run_in_fresh_process([path], [x], repeats=1, warmup=0)[str(path)]
+    assert not served.warmstart_found
+    with torch.no_grad():
+        assert torch.allclose(served.outputs[0], ensemble(x), atol=1e-5)  # another batch size: the batch stays dynamic

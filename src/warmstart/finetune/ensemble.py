@@ -41,7 +41,7 @@ class Ensemble(nn.Module):
             raise ConfigError(f"an Ensemble averages two or more classifiers, got {len(members)}: use the model itself")
         self.members = nn.ModuleList(members)
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        inputs = args[0] if args and not kwargs else kwargs
-        logs = [torch.log_softmax(run_model(m, inputs).float(), dim=-1) for m in self.members]
+    def forward(self, inputs: Any = None, **text: Any) -> torch.Tensor:
+        batch = text if inputs is None else inputs  # one positional input (exportable), or a text batch's keywords
+        logs = [torch.log_softmax(run_model(m, batch).float(), dim=-1) for m in self.members]
         return torch.logsumexp(torch.stack(logs), dim=0) - math.log(len(logs))
