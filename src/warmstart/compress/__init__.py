@@ -9,7 +9,7 @@ from warmstart.compress._export import export
 from warmstart.compress._fresh import FreshRun, run_in_fresh_process
 from warmstart.compress._latency import measure_latency
 from warmstart.compress._layers import count_parameters
-from warmstart.compress._pruning import LayerChange, PruneReport, prune
+from warmstart.compress._pruning import IMPORTANCES, LayerChange, PruneReport, prune
 from warmstart.compress._pt2e import CompiledInt8Model
 from warmstart.compress._qat import QATModel, convert_qat, prepare_qat
 from warmstart.compress._quantize import QuantizeReport, quantize, tensor_bytes
@@ -18,6 +18,7 @@ from warmstart.compress._saving import load_compressed, save_compressed
 from warmstart.compress._sparsity import SparsityReport, remove_masks, sparsify
 
 __all__ = [
+    "IMPORTANCES",
     "CompiledInt8Model",
     "FreshRun",
     "LayerChange",

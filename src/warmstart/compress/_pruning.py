@@ -19,7 +19,7 @@ from warmstart.compress._prune_checks import (as_tensors, check_depthwise, check
 from warmstart.errors import ConfigError
 from warmstart.heads import find_head
 
-IMPORTANCES = ("magnitude", "l1", "taylor", "lamp", "fpgm", "random")
+IMPORTANCES = ("magnitude", "l1", "taylor", "lamp", "fpgm", "random")  # the channel scores prune(importance=...) takes
 _SCAN = tuple(step / 20 for step in range(1, 20))  # channel ratios 0.05 ... 0.95
 _BISECTIONS = 8
 _REACH_TOLERANCE = 0.02

@@ -115,7 +115,7 @@ def check_vision_job(job: VisionPipelineJob) -> None:
         in_section("lora", lambda: check_lora_options(job.lora.r, job.lora.alpha, job.lora.dropout, job.lora.targets))
         require_peft()
     if job.compress.enabled:
-        from warmstart.compress._pruning import IMPORTANCES  # the compress extra loads on first use
+        from warmstart.compress import IMPORTANCES  # the compress extra loads on first use
 
         if job.compress.importance not in IMPORTANCES:
             raise ConfigError(f"compress.importance: unknown importance '{job.compress.importance}'; valid: "

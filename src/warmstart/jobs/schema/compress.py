@@ -70,7 +70,7 @@ class CompressJob:
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = dataclasses.replace(DEFAULT_COMPRESS_MODEL, args=dict(DEFAULT_COMPRESS_MODEL.args))
-        from warmstart.compress._pruning import IMPORTANCES  # here: the compress package loads torch's models
+        from warmstart.compress import IMPORTANCES  # here: the compress package loads torch's models
 
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"unknown importance '{self.importance}'{nearest(self.importance, IMPORTANCES)}; valid: "
