@@ -31,6 +31,13 @@ def test_the_recipe_stage_uses_the_configured_label_smoothing_and_optimizer(monk
     assert isinstance(trainer.optimizer, torch.optim.SGD)  # the configured name, not a rebuilt AdamW
 
 
+def test_the_finetune_job_keeps_one_network_and_refuses_an_ensemble_by_name():
+    from warmstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method_args.ensemble: the finetune job saves one fine-tuned network"):
+        FinetuneJob(data=DATA, method="recipe", method_args={"ensemble": True})
+
+
 def test_a_distill_job_is_checked_before_its_teacher_is_built(tmp_path, monkeypatch):
     """Issue 23: the student's arguments and the transfer set were checked after the teacher was loaded and measured."""
     from warmstart.checkpoint import save_weights

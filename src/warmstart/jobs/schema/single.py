@@ -70,6 +70,10 @@ class FinetuneJob:
 
     def __post_init__(self) -> None:
         check_finetune_options(self.proximal, self.label_smoothing)
+        if "ensemble" in self.method_args:
+            raise ConfigError("method_args.ensemble: the finetune job saves one fine-tuned network "
+                              "(finetuned.safetensors) that later stages load, so it runs fine_tune(ensemble=False); "
+                              "drop ensemble, or call warmstart.finetune.fine_tune(..., ensemble=True) from Python")
 
 
 @dataclasses.dataclass
