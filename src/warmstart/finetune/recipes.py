@@ -263,6 +263,9 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
                           "pass candidates with two pretrained ways")
     pristine: dict[str, Any] = {}  # the model before the final run, and that run's seed (the second member's start)
 
+    def averages(trials_ran: bool) -> bool:
+        return len(pretrained) >= 2 and (bool(ensemble) or (ensemble is None and not trials_ran))
+
     def trial(name: str, fit_on: Any, score_on: Any, trial_epochs: int, seed: int) -> float:
         pristine["tried"] = True
         copy_of = copy.deepcopy(model)  # the model itself is left as it is
@@ -272,7 +275,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
         return validation_accuracy(trainer.evaluate(score_on), "fine_tune")
 
     def final(name: str, seed: int | None, resume: str | None) -> tuple[list[dict[str, Any]], FinetuneTrainer]:
-        if len(pretrained) >= 2 and (ensemble or (ensemble is None and "tried" not in pristine)):
+        if averages("tried" in pristine):
             pristine.update(model=copy.deepcopy(model), seed=seed)
         if not by_name[name].pretrained:
             _reinitialise(model)
@@ -296,7 +299,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], val_loader: Iterabl
     scores = {} if picked is None else {name: score.mean for name, score in picked.scores.items()}
     result = FineTuneResult(model=model, history=history, trainer=trainer, choice=choice, scores=scores,
                             selection=picked)
-    if "model" in pristine and (ensemble or (ensemble is None and picked is not None and picked.trainings == 0)):
+    if "model" in pristine and averages(picked is not None and picked.trainings > 0):
         others = [n for n in pretrained if n != choice]
         other = max(others, key=scores.__getitem__) if scores else others[0]  # the runner-up, else the next in order
         _announce(trainer_kwargs, f"fine_tune: averaging '{choice}' with '{other}' (ensemble="
