@@ -18,11 +18,12 @@ _EXPORTS = {
     **{name: "warmstart.errors" for name in ("CheckpointError", "ConfigError", "DataError", "NonFiniteLossError",
                                              "OutDirBusyError", "RunExistsError", "WarmstartError")},
     **{name: "warmstart.checkpoint" for name in ("load_checkpoint", "load_weights", "save_checkpoint", "save_weights")},
-    **{name: "warmstart.config" for name in ("OptimizerConfig", "SchedulerConfig", "TrainerConfig", "load_config")},
+    **{name: "warmstart.config" for name in ("ModelConfig", "OptimizerConfig", "SchedulerConfig", "TrainerConfig",
+                                              "load_config")},
     **{name: "warmstart.trainer" for name in ("Trainer", "classification_sums", "split_batch")},
     "evaluate": "warmstart.evaluation",
     **{name: "warmstart.heads" for name in ("HeadInfo", "find_head")},
-    **{name: "warmstart.optim" for name in ("build_optimizer", "build_scheduler")},
+    **{name: "warmstart.optim" for name in ("build_optimizer", "build_scheduler", "check_settings")},
     **{name: "warmstart._runtime" for name in ("seed_everything", "select_device")},
     **{name: f"warmstart.{name}" for name in ("compress", "data", "distill", "distributed", "finetune", "models",
                                               "pretrain")},
@@ -35,10 +36,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from warmstart._runtime import seed_everything, select_device
     from warmstart.callbacks import EMA, BestCheckpoint, Callback, CSVLogger, EarlyStopping, TensorBoardLogger
     from warmstart.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-    from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, load_config
+    from warmstart.config import ModelConfig, OptimizerConfig, SchedulerConfig, TrainerConfig, load_config
     from warmstart.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError, OutDirBusyError,
                                   RunExistsError, WarmstartError)
     from warmstart.evaluation import evaluate
     from warmstart.heads import HeadInfo, find_head
-    from warmstart.optim import build_optimizer, build_scheduler
+    from warmstart.optim import build_optimizer, build_scheduler, check_settings
     from warmstart.trainer import Trainer, classification_sums, split_batch

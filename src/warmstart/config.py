@@ -219,6 +219,17 @@ class SchedulerConfig:
 # Validation: dict -> dataclass, naming the key and the nearest valid one on error.
 
 
+@dataclasses.dataclass
+class ModelConfig:
+    """A model by name (``small_cnn``, ``mlp``, ``resnet18_small`` or any torchvision model) and its arguments.
+
+    ``num_classes`` and ``in_channels`` are filled in from the data unless given in ``args``.
+    """
+
+    name: str = "small_cnn"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:

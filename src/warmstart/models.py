@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from warmstart.efficientnet import (ImageInput, efficientnet_lite, efficientnet_
                                     efficientnet_lite2, efficientnet_lite_input)
 from warmstart.errors import ConfigError, nearest, unknown_name_error
 
-__all__ = ["MODELS", "BasicBlock", "ImageInput", "build_model", "check_model_args", "efficientnet_lite", "efficientnet_lite0",
+__all__ = ["MODELS", "BasicBlock", "ImageInput", "build_model", "build_model_for", "check_model_args", "efficientnet_lite", "efficientnet_lite0",
            "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite_input", "lenet", "mlp", "resnet18_small",
            "small_cnn", "small_resnet", "torchvision_model"]
 
@@ -224,3 +225,48 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         except (TypeError, ValueError, RuntimeError) as err:
             raise ConfigError(f"cannot build model '{name}' with {kwargs}: {str(err).splitlines()[0][:200]}") from None
     return torchvision_model(name, **kwargs)
+
+
+def build_model_for(name: str, args: Mapping[str, Any], num_classes: int, input_shape: Sequence[int],
+                    seed: int | None = None, *, where: str = "model") -> nn.Module:
+    """Build model ``name`` for data of ``input_shape`` with ``num_classes``, checked by one forward pass.
+
+    ``num_classes`` and ``in_channels`` / ``in_features`` are filled in from the data unless ``args``
+    sets them. The model runs once on a batch of zeros shaped like the data, so a model that cannot
+    take its inputs is a clear error here rather than a traceback in the first training step.
+
+    Args:
+        name: a name of :data:`MODELS` or of torchvision's models.
+        args: the builder's keyword arguments (a config's ``model.args``).
+        num_classes: the data's classes.
+        input_shape: one input's shape, ``(channels, height, width)``.
+        seed: draw the initial weights from ``torch.manual_seed(seed)`` (``None``: as the generator stands).
+        where: the config section, named in the errors (``model``, ``distill.student``).
+
+    Raises:
+        ConfigError: what :func:`check_model_args` refuses, a model that cannot take the inputs, or one that
+            gives another number of outputs than ``num_classes``.
+
+    Examples:
+        >>> build_model_for("small_cnn", {"width": 4}, 10, (1, 28, 28), seed=0).head.out_features
+        10
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    check_model_args(name, args, where)
+    builder = MODELS.get(name)
+    accepted = inspect.signature(builder).parameters if builder is not None else {"num_classes": None}
+    implied = {"num_classes": num_classes, "in_channels": input_shape[0], "in_features": math.prod(input_shape)}
+    model = build_model(name, **{**{k: v for k, v in implied.items() if k in accepted}, **args})
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.zeros(2, *input_shape))
+    except RuntimeError as err:
+        raise ConfigError(f"model '{name}' ({where}.args {dict(args)}) cannot take this data's inputs of shape "
+                          f"{tuple(input_shape)} ({str(err).splitlines()[0][:160]}); change the model's arguments "
+                          "or the data's size") from None
+    model.train()
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] != num_classes:
+        raise ConfigError(f"model '{name}' gives {output.shape[1]} outputs, the data has {num_classes} classes; "
+                          f"drop num_classes from {where}.args (it is filled in from the data)")
+    return model

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmstart._runtime import check_precision, select_device
+from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, to_dict
 from warmstart.errors import ConfigError, nearest, unknown_name_error
 
 # name -> (class, options accepted besides lr and weight_decay)
@@ -193,3 +195,41 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", *, t
     else:
         raise unknown_name_error("scheduler", name, SCHEDULERS)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def check_settings(trainer: TrainerConfig, optimizer: OptimizerConfig, scheduler: SchedulerConfig | None,
+                   where: str = "") -> None:
+    """Check a trainer's, optimizer's and schedule's settings before any data is built or step trained.
+
+    The device and precision are resolved, and the optimizer and schedule are built on a
+    one-parameter stand-in, so a name or option that only the first training step would have
+    tried is an error before the data is built or an earlier stage trains.
+
+    Args:
+        trainer: the ``trainer`` section.
+        optimizer: the ``optimizer`` section.
+        scheduler: the ``scheduler`` section (``None``: none).
+        where: the section's place in the config (``finetune``), named in errors.
+
+    Raises:
+        ConfigError: what the Trainer would refuse, with the section named.
+
+    Examples:
+        >>> check_settings(TrainerConfig(device="cpu"), OptimizerConfig(name="adamx"), None, where="finetune")
+        Traceback (most recent call last):
+        ...
+        warmstart.errors.ConfigError: finetune.optimizer: unknown optimizer 'adamx' (did you mean 'adam'?); ...
+    """
+    prefix = f"{where}." if where else ""
+    stand_in = nn.Parameter(torch.zeros(1))
+    options = {k: v for k, v in to_dict(optimizer).items() if k not in ("name", "lr", "weight_decay")}
+    section = "trainer"
+    try:
+        check_precision(trainer.precision, select_device(trainer.device))
+        section = "optimizer"
+        built = build_optimizer([stand_in], optimizer.name, optimizer.lr, optimizer.weight_decay, **options)
+        section = "scheduler"
+        if scheduler is not None:
+            build_scheduler(built, total_steps=1, steps_per_epoch=1, **to_dict(scheduler))
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{section}: {err}") from None

@@ -8,8 +8,10 @@ import pytest
 import warmstart as ws
 from warmstart.errors import ConfigError
 from warmstart.jobs.compress import run_compress
-from warmstart.jobs.data import build_data
-from warmstart.jobs.schema import CompressJob, DataConfig, ModelConfig
+from warmstart.data import build_data
+from warmstart.config import ModelConfig
+from warmstart.data import DataConfig
+from warmstart.jobs.schema import CompressJob
 from warmstart.jobs.stages import build_job_model
 
 pytest.importorskip("torch_pruning")

@@ -5,7 +5,9 @@ import torch
 
 from warmstart.jobs import stages
 from warmstart.config import OptimizerConfig, TrainerConfig
-from warmstart.jobs.schema import DataConfig, FinetuneJob, ModelConfig
+from warmstart.config import ModelConfig
+from warmstart.data import DataConfig
+from warmstart.jobs.schema import FinetuneJob
 
 DATA = DataConfig(name="fake", fake_size=48, fake_classes=3, batch_size=16, val_per_class=2)
 

@@ -15,6 +15,7 @@ from warmstart.compress._qat import QATModel, convert_qat, prepare_qat
 from warmstart.compress._quantize import QuantizeReport, quantize, tensor_bytes
 from warmstart.compress._recover import RecoveryResult, recover
 from warmstart.compress._saving import load_compressed, save_compressed
+from warmstart.compress._serving import export_for_serving
 from warmstart.compress._sparsity import SparsityReport, remove_masks, sparsify
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "count_parameters",
     "describe_compressed",
     "export",
+    "export_for_serving",
     "load_compressed",
     "measure_latency",
     "prepare_qat",

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING
 from warmstart._lazy import lazy_namespace
 
 _EXPORTS = {
-    **{name: "warmstart.jobs.schema" for name in ("METHODS", "CompressJob", "DataConfig", "DistillJob", "DistillStage",
-                                                  "FinetuneJob", "FinetuneStage", "LoraStage", "ModelConfig", "PipelineJob",
+    **{name: "warmstart.jobs.schema" for name in ("METHODS", "CompressJob", "DistillJob", "DistillStage",
+                                                  "FinetuneJob", "FinetuneStage", "LoraStage", "PipelineJob",
                                                   "PretrainJob", "StageConfig", "TEXT_METHODS", "TextDataConfig",
                                                   "TextDistillStage", "TextPipelineJob", "VisionPipelineJob", "load_job")},
-    **{name: "warmstart.jobs.data" for name in ("DataBundle", "build_data")},
     **{name: "warmstart.jobs.stages" for name in ("StageResult", "build_job_model", "build_trainer", "run_distill",
                                                   "run_finetune", "run_pretrain")},
     **{name: "warmstart.jobs.runner" for name in ("JobRun", "Method", "Trained", "run_job")},
+    "DataConfig": "warmstart.data.config",  # its home since the data builder moved into the library
+    "ModelConfig": "warmstart.config",
     "run_pipeline": "warmstart.jobs.digits",
     "run_compress": "warmstart.jobs.compress",
     "run_text_pipeline": "warmstart.jobs.text",
@@ -29,12 +30,13 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from warmstart.config import ModelConfig
+    from warmstart.data.config import DataConfig
     from warmstart.jobs.compress import run_compress
-    from warmstart.jobs.data import DataBundle, build_data
     from warmstart.jobs.digits import run_pipeline
     from warmstart.jobs.runner import JobRun, Method, Trained, run_job
-    from warmstart.jobs.schema import (METHODS, TEXT_METHODS, CompressJob, DataConfig, DistillJob, DistillStage, FinetuneJob,
-                                       FinetuneStage, LoraStage, ModelConfig, PipelineJob, PretrainJob, StageConfig,
+    from warmstart.jobs.schema import (METHODS, TEXT_METHODS, CompressJob, DistillJob, DistillStage, FinetuneJob,
+                                       FinetuneStage, LoraStage, PipelineJob, PretrainJob, StageConfig,
                                        TextDataConfig, TextDistillStage, TextPipelineJob, VisionPipelineJob, load_job)
     from warmstart.jobs.stages import (StageResult, build_job_model, build_trainer, run_distill, run_finetune,
                                        run_pretrain)

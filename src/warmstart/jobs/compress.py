@@ -7,13 +7,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from warmstart.data import InMemoryLoader
+from warmstart.data import InMemoryLoader, build_data
 from warmstart.errors import ConfigError
 from warmstart.finetune import load_pretrained
-from warmstart.jobs.data import build_data
 from warmstart.jobs.runner import JobRun, run_job
 from warmstart.jobs.schema import CompressJob
 from warmstart.jobs.stages import build_job_model, resolve_seed
@@ -98,40 +96,12 @@ def _compress(run: JobRun) -> None:
     save_compressed(pruned, run.out / "pruned_distilled.safetensors")
     run.notes.append(q_report.note)
     if job.export:
-        run.exported = _export_files(run, {chosen: quantized, "pruned + distillation from the trained model": pruned},
-                                     example)
+        from warmstart.compress import export_for_serving
 
-
-def _export_files(run: JobRun, models: dict[str, nn.Module], example: torch.Tensor) -> dict[str, dict[str, Any]]:
-    """Write model.pt2 (the quantized model, else the float one) and model.onnx (the float model); time each in one
-    fresh process without warmstart (:func:`warmstart.compress.run_in_fresh_process`) beside the eager model."""
-    from warmstart.compress import export, run_in_fresh_process
-
-    (chosen, quantized), (float_name, float_model) = models.items()
-    files, notes = {}, {}
-    for name, label, model, kind in (("model.pt2", chosen, quantized, "pt2"), ("model.pt2", float_name, float_model, "pt2"),
-                                     ("model.onnx", float_name, float_model, "onnx")):
-        if name in files:
-            continue
-        try:
-            files[name] = (label, model, export(model, example, run.out / name, format=kind))
-        except ConfigError as err:  # int8-dynamic-eager or a forward export cannot capture; no deploy extra
-            notes[name] = f"{label}: not exported ({err})" + ("; the float model instead" if model is quantized else "")
-    try:
-        runs = run_in_fresh_process([path for *_, path in files.values()], [example]) if files else {}
-    except ConfigError as err:  # the files are written; only their timing failed: say so in the report
-        return {name: {"note": f"written, but not timed in a fresh process: {err}"} for name in files} | {
-            name: {"note": note} for name, note in notes.items()}
-    exported: dict[str, dict[str, Any]] = {name: {"note": note} for name, note in notes.items()}
-    for name, (label, model, path) in files.items():
-        served = runs[str(path.resolve())]
-        with torch.no_grad():
-            eager = model.eval()(example)
-        exported[name] = {**exported.get(name, {}), "model": label, "bytes": path.stat().st_size, "latency_ms": round(served.latency_ms, 3),
-                          "eager_latency_ms": run.compression[label]["latency_ms"],
-                          "max_abs_difference": float((served.outputs[0] - eager).abs().max()),
-                          "same_predictions": float((served.outputs[0].argmax(1) == eager.argmax(1)).float().mean())}
-        print(f"[warmstart compress] {name} ({label}): {path.stat().st_size / 1e3:.1f} kB, {served.latency_ms:.2f} ms "
-              f"per batch of {len(example)} in a fresh process", flush=True)
-    return exported
-
+        run.exported = export_for_serving({chosen: quantized, "pruned + distillation from the trained model": pruned},
+                                          example, run.out, eager_latency_ms={label: row["latency_ms"] for label, row
+                                                                              in run.compression.items()})
+        for name, row in run.exported.items():
+            if "bytes" in row:
+                print(f"[warmstart compress] {name} ({row['model']}): {row['bytes'] / 1e3:.1f} kB, "
+                      f"{row['latency_ms']:.2f} ms per batch of {len(example)} in a fresh process", flush=True)

@@ -11,11 +11,12 @@ from typing import Any
 
 from warmstart.errors import ConfigError
 from warmstart.evaluation import evaluate
-from warmstart.jobs.data import DataBundle, build_data
+from warmstart.data import DataBundle, build_data
 from warmstart.jobs.runner import JobRun, Method, Trained, run_job
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PipelineJob, PretrainJob, StageConfig
-from warmstart.jobs.stages import (StageResult, build_job_model, check_settings, count_parameters, resolve_seed,
-                                   resume_seed, run_distill, run_finetune, run_pretrain)
+from warmstart.jobs.stages import (StageResult, build_job_model, count_parameters, resolve_seed, resume_seed,
+                                   run_distill, run_finetune, run_pretrain)
+from warmstart.optim import check_settings
 
 # each method of finetune.methods as a finetune job: (its method, options, starts pretrained, label, its control)
 METHOD_JOBS: dict[str, tuple[str, dict[str, Any], bool, str, str | None]] = {

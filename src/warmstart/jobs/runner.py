@@ -18,7 +18,8 @@ from warmstart.config import save_config
 from warmstart.evaluation import evaluate
 from warmstart.jobs import report
 from warmstart.errors import ConfigError
-from warmstart.jobs.stages import check_settings, recorded_job, rerun_command
+from warmstart.jobs.stages import recorded_job, rerun_command
+from warmstart.optim import check_settings
 from warmstart.selection import choose, sample_count, summarise
 
 
@@ -236,7 +237,7 @@ def in_section(section: str, check: Callable[[], Any]) -> Any:
 
 
 def check_stages(job: Any, sections: Sequence[str]) -> None:
-    """Each section's trainer, optimizer and schedule, as :func:`warmstart.jobs.stages.check_settings` checks them."""
+    """Each section's trainer, optimizer and schedule, as :func:`warmstart.optim.check_settings` checks them."""
     for section in sections:
         stage = getattr(job, section)
         check_settings(stage.trainer, stage.optimizer, stage.scheduler, where=section)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import functools
-import inspect
-import math
 import random
 import time
 from collections.abc import Callable
@@ -19,18 +17,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from warmstart._run_dir import check_out_dir, holds, job_lock
-from warmstart._runtime import check_precision, select_device
 from warmstart.checkpoint import save_weights
-from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig, read_yaml, save_config, to_dict
+from warmstart.config import read_yaml, save_config, to_dict
 from warmstart.data import InMemoryLoader
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.errors import ConfigError
 from warmstart.evaluation import evaluate
 from warmstart.finetune import FinetuneTrainer, LoadReport, fine_tune, load_pretrained, swap_head
-from warmstart.jobs.data import DataBundle, build_data
-from warmstart.jobs.schema import DistillJob, FinetuneJob, ModelConfig, PretrainJob
-from warmstart.models import MODELS, build_model, check_model_args
-from warmstart.optim import build_optimizer, build_scheduler
+from warmstart.data import DataBundle, build_data
+from warmstart.config import ModelConfig
+from warmstart.jobs.schema import DistillJob, FinetuneJob, PretrainJob
+from warmstart.models import build_model_for
+from warmstart.optim import check_settings
 from warmstart.pretrain import AutoencoderTrainer, ProximalTrainer, conv_autoencoder, save_pretrained
 from warmstart.trainer import Trainer
 
@@ -90,36 +88,8 @@ def resume_seed(job: Any, out: Path | None) -> None:
 
 
 def build_job_model(cfg: ModelConfig, data: DataBundle, seed: int | None = None, *, key: str = "model") -> nn.Module:
-    """Build ``cfg``'s model with ``num_classes`` and ``in_channels`` / ``in_features`` filled in from the data.
-
-    With ``seed``, the initial weights are drawn from ``torch.manual_seed(seed)``. The model runs
-    once on a batch of zeros shaped like the data, so a model that cannot take its inputs is a
-    clear error here rather than a traceback in the first step.
-
-    Raises:
-        ConfigError: what :func:`warmstart.models.check_model_args` refuses (named by ``key``), or
-            a model that cannot take the data's inputs or gives another number of classes.
-    """
-    if seed is not None:
-        torch.manual_seed(seed)
-    check_model_args(cfg.name, cfg.args, key)
-    builder = MODELS.get(cfg.name)
-    accepted = inspect.signature(builder).parameters if builder is not None else {"num_classes": None}
-    implied = {"num_classes": data.num_classes, "in_channels": data.image_shape[0],
-               "in_features": math.prod(data.image_shape)}
-    model = build_model(cfg.name, **{**{k: v for k, v in implied.items() if k in accepted}, **cfg.args})
-    try:
-        with torch.no_grad():
-            output = model.eval()(torch.zeros(2, *data.image_shape))
-    except RuntimeError as err:
-        raise ConfigError(f"model '{cfg.name}' ({key}.args {cfg.args}) cannot take this data's inputs of shape "
-                          f"{tuple(data.image_shape)} ({str(err).splitlines()[0][:160]}); change the model's arguments "
-                          "or the data's size") from None
-    model.train()
-    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] != data.num_classes:
-        raise ConfigError(f"model '{cfg.name}' gives {output.shape[1]} outputs, the data has {data.num_classes} classes; "
-                          "drop num_classes from model.args (it is filled in from the data)")
-    return model
+    """``cfg``'s model for ``data`` (:func:`warmstart.models.build_model_for`), seeded by ``seed``."""
+    return build_model_for(cfg.name, cfg.args, data.num_classes, data.image_shape, seed, where=key)
 
 
 def build_trainer(cls: type[Trainer], model: nn.Module, job: Any, loss_fn: Any = None, **kwargs: Any) -> Trainer:
@@ -142,44 +112,6 @@ def recorded_job(job: Any) -> dict[str, Any]:
         if isinstance(section.get("trainer"), dict):
             section["trainer"]["overwrite"] = False
     return recorded
-
-
-def check_settings(trainer: TrainerConfig, optimizer: OptimizerConfig, scheduler: SchedulerConfig | None,
-                   where: str = "") -> None:
-    """Check a job's (or a pipeline stage's) trainer, optimizer and schedule settings before anything runs.
-
-    The device and precision are resolved, and the optimizer and schedule are built on a
-    one-parameter stand-in, so a name or option that only the first training step would have
-    tried is an error before the data is built or an earlier stage trains.
-
-    Args:
-        trainer: the ``trainer`` section.
-        optimizer: the ``optimizer`` section.
-        scheduler: the ``scheduler`` section (``None``: none).
-        where: the section's place in the config (``finetune``), named in errors.
-
-    Raises:
-        ConfigError: what the Trainer would refuse, with the section named.
-
-    Examples:
-        >>> check_settings(TrainerConfig(device="cpu"), OptimizerConfig(name="adamx"), None, where="finetune")
-        Traceback (most recent call last):
-        ...
-        warmstart.errors.ConfigError: finetune.optimizer: unknown optimizer 'adamx' (did you mean 'adam'?); ...
-    """
-    prefix = f"{where}." if where else ""
-    stand_in = nn.Parameter(torch.zeros(1))
-    options = {k: v for k, v in to_dict(optimizer).items() if k not in ("name", "lr", "weight_decay")}
-    section = "trainer"
-    try:
-        check_precision(trainer.precision, select_device(trainer.device))
-        section = "optimizer"
-        built = build_optimizer([stand_in], optimizer.name, optimizer.lr, optimizer.weight_decay, **options)
-        section = "scheduler"
-        if scheduler is not None:
-            build_scheduler(built, total_steps=1, steps_per_epoch=1, **to_dict(scheduler))
-    except ConfigError as err:
-        raise ConfigError(f"{prefix}{section}: {err}") from None
 
 
 def check_weight_files(job: Any) -> None:

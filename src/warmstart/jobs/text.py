@@ -103,7 +103,7 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
 
 def check_text_job(job: TextPipelineJob) -> None:
     """Check every setting the run will use, before any data, model or step: each stage the methods run (and
-    ``distill``) through :func:`warmstart.jobs.stages.check_settings`, the student and its tokenizer, the LoRA
+    ``distill``) through :func:`warmstart.optim.check_settings`, the student and its tokenizer, the LoRA
     options and the proximal ``lam``.
 
     Raises:

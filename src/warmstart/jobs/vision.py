@@ -103,7 +103,7 @@ def run_vision_pipeline(job: VisionPipelineJob, progress: bool = True) -> dict[s
 
 def check_vision_job(job: VisionPipelineJob) -> None:
     """Check every setting the run will use, before any data, model or step: each stage's trainer, optimizer and
-    schedule (:func:`warmstart.jobs.stages.check_settings`), the LoRA options, the pruning importance, and that the
+    schedule (:func:`warmstart.optim.check_settings`), the LoRA options, the pruning importance, and that the
     methods can give a teacher and a network to compress.
 
     Raises:

@@ -6,7 +6,7 @@ the table of commands in ``commands``. Nothing here imports torch.
 """
 
 from warmstart.jobs.schema.commands import COMMANDS, Command, command_of, load_job
-from warmstart.jobs.schema.common import QUANTIZE_MODES, DataConfig, LoraStage, ModelConfig, StageConfig
+from warmstart.jobs.schema.common import QUANTIZE_MODES, LoraStage, StageConfig
 from warmstart.jobs.schema.compress import CompressJob
 from warmstart.jobs.schema.digits import METHODS, DistillStage, FinetuneStage, PipelineJob
 from warmstart.jobs.schema.single import DistillJob, FinetuneJob, PretrainJob
@@ -14,6 +14,6 @@ from warmstart.jobs.schema.text import TEXT_METHODS, TextDataConfig, TextDistill
 from warmstart.jobs.schema.vision import VISION_METHODS, VisionPipelineJob
 
 __all__ = ["COMMANDS", "METHODS", "QUANTIZE_MODES", "TEXT_METHODS", "VISION_METHODS", "Command", "CompressJob",
-           "DataConfig", "DistillJob", "DistillStage", "FinetuneJob", "FinetuneStage", "LoraStage", "ModelConfig",
-           "PipelineJob", "PretrainJob", "StageConfig", "TextDataConfig", "TextDistillStage", "TextPipelineJob",
-           "VisionPipelineJob", "command_of", "load_job"]
+           "DistillJob", "DistillStage", "FinetuneJob", "FinetuneStage", "LoraStage", "PipelineJob", "PretrainJob",
+           "StageConfig", "TextDataConfig", "TextDistillStage", "TextPipelineJob", "VisionPipelineJob", "command_of",
+           "load_job"]

@@ -6,7 +6,9 @@ import dataclasses
 
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from warmstart.errors import ConfigError, nearest
-from warmstart.jobs.schema.common import QUANTIZE_MODES, DataConfig, ModelConfig
+from warmstart.config import ModelConfig
+from warmstart.data.config import DataConfig
+from warmstart.jobs.schema.common import QUANTIZE_MODES
 
 DEFAULT_COMPRESS_MODEL = ModelConfig(args={"width": 16})  # what configs/digits_transfer.yaml fine-tunes
 

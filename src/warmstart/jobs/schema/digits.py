@@ -6,7 +6,9 @@ import dataclasses
 
 from warmstart.config import TrainerConfig
 from warmstart.errors import ConfigError, nearest
-from warmstart.jobs.schema.common import (DataConfig, ModelConfig, StageConfig, check_distillation_options,
+from warmstart.config import ModelConfig
+from warmstart.data.config import DataConfig
+from warmstart.jobs.schema.common import (StageConfig, check_distillation_options,
                                           check_finetune_options)
 
 METHODS = ("scratch", "linear_probe", "partial", "full", "gradual", "proximal", "recipe", "recipe_scratch")

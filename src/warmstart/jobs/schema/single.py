@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from warmstart.errors import ConfigError
-from warmstart.jobs.schema.common import (DataConfig, ModelConfig, check_distillation_options,
+from warmstart.config import ModelConfig
+from warmstart.data.config import DataConfig
+from warmstart.jobs.schema.common import (check_distillation_options,
                                           check_finetune_options)
 
 @dataclasses.dataclass

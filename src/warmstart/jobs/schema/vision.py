@@ -7,7 +7,8 @@ from typing import Literal
 
 from warmstart.config import TrainerConfig
 from warmstart.errors import ConfigError, nearest
-from warmstart.jobs.schema.common import (QUANTIZE_MODES, LoraStage, ModelConfig, StageConfig, check_distillation_options,
+from warmstart.config import ModelConfig
+from warmstart.jobs.schema.common import (QUANTIZE_MODES, LoraStage, StageConfig, check_distillation_options,
                                           check_finetune_options, check_task_job)
 
 VISION_METHODS = ("linear_probe", "full", "lora", "recipe")  # each runs twice: ImageNet weights, and random weights

@@ -1,4 +1,4 @@
-"""Turn a ``data:`` config section into train and test loaders."""
+"""A ``data:`` config section built into loaders: training, validation and test batches and the data's facts."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
-from warmstart.data import (TORCHVISION_SETS, InMemoryLoader, Splits, build_augmentation, dataset_tensors, digits,
-                            image_folder_splits, mnist5k, torchvision_splits, transfer_split)
+from warmstart.data.augment import build_augmentation
+from warmstart.data.bundled import Splits, digits, mnist5k, transfer_split
+from warmstart.data.config import DataConfig
+from warmstart.data.loaders import InMemoryLoader, dataset_tensors
+from warmstart.data.torchvision_sets import TORCHVISION_SETS, image_folder_splits, torchvision_splits
 from warmstart.errors import ConfigError
-from warmstart.jobs.schema import DataConfig
 
 
 IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
@@ -53,6 +55,11 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
     Raises:
         ConfigError: an option the data set does not support (named).
+
+    Examples:
+        >>> bundle = build_data(DataConfig(name="digits", shots=5, val_per_class=2, batch_size=10))
+        >>> bundle.num_classes, bundle.image_shape, len(bundle.train.inputs), len(bundle.val.inputs)
+        (10, (1, 28, 28), 50, 20)
     """
     if cfg.name in ("mnist5k", "digits", "fake"):
         return _in_memory(cfg, seed)

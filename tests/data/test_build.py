@@ -5,9 +5,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from warmstart.data import InMemoryLoader
+from warmstart.data import DataConfig, InMemoryLoader, build_data
 from warmstart.errors import ConfigError, DataError
-from warmstart.jobs import DataConfig, build_data
 
 
 def test_bundled_set_with_shots_keeps_the_test_split_and_the_unlabelled_pool():
