@@ -237,10 +237,25 @@ def in_section(section: str, check: Callable[[], Any]) -> Any:
 
 
 def check_stages(job: Any, sections: Sequence[str]) -> None:
-    """Each section's trainer, optimizer and schedule, as :func:`warmstart.optim.check_settings` checks them."""
+    """Each section's trainer, optimizer and schedule, as :func:`warmstart.optim.check_settings` checks them, and
+    where a method of ``job.methods`` uses LoRA, the ``lora`` section's options (and that peft is installed)."""
     for section in sections:
         stage = getattr(job, section)
         check_settings(stage.trainer, stage.optimizer, stage.scheduler, where=section)
+    if any(method.startswith("lora") for method in getattr(job, "methods", ())):
+        from warmstart.finetune.lora import check_lora_options, require_peft
+
+        lora = job.lora
+        in_section("lora", lambda: check_lora_options(lora.r, lora.alpha, lora.dropout, lora.targets))
+        require_peft()
+
+
+def check_lora_targets(job: Any, model: nn.Module) -> None:
+    """Where a method uses LoRA, the ``lora.targets`` resolved against ``model`` (a module it lacks is named)."""
+    if any(method.startswith("lora") for method in job.methods):
+        from warmstart.finetune import resolve_targets
+
+        in_section("lora.targets", lambda: resolve_targets(model, job.lora.targets))
 
 
 def run_job(job: Any, methods: Sequence[Method], *, data: Any = None, test: Any, val: Any, title: str, story: str,

@@ -21,9 +21,9 @@ from warmstart._memory import measured
 from warmstart.data import CharNgramTokenizer, TextSet, TextSplits, labelled_split, text_loader, vader_lexicon
 from warmstart.distill import SoftLabelTrainer, ngram_classifier, teacher_probabilities
 from warmstart.errors import ConfigError
-from warmstart.finetune import FinetuneTrainer, load_text_classifier, load_tokenizer, resolve_targets
-from warmstart.finetune.lora import check_lora_options, require_peft
-from warmstart.jobs.runner import JobRun, Method, Trained, check_stages, finetune_method, in_section, run_job
+from warmstart.finetune import FinetuneTrainer, load_text_classifier, load_tokenizer
+from warmstart.jobs.runner import (JobRun, Method, Trained, check_lora_targets, check_stages, finetune_method, in_section,
+                                   run_job)
 from warmstart.jobs.schema import TextPipelineJob
 from warmstart.jobs.stages import resolve_seed
 from warmstart.proximal import check_lam
@@ -103,8 +103,8 @@ def run_text_pipeline(job: TextPipelineJob, progress: bool = True) -> dict[str, 
 
 def check_text_job(job: TextPipelineJob) -> None:
     """Check every setting the run will use, before any data, model or step: each stage the methods run (and
-    ``distill``) through :func:`warmstart.optim.check_settings`, the student and its tokenizer, the LoRA
-    options and the proximal ``lam``.
+    ``distill``) and the LoRA options (:func:`warmstart.jobs.runner.check_stages`), the student and its tokenizer,
+    and the proximal ``lam``.
 
     Raises:
         ConfigError: naming the stage's section (``lora.trainer.precision``, ...) and the fix.
@@ -115,9 +115,6 @@ def check_text_job(job: TextPipelineJob) -> None:
                                                     device="cpu", progress=False))
     in_section("distill", lambda: (CharNgramTokenizer(student.buckets, student.ngrams),
                                     ngram_classifier(student.buckets, student.dim, 2)))
-    if {"lora", "lora_proximal"} & set(job.methods):
-        in_section("lora", lambda: check_lora_options(job.lora.r, job.lora.alpha, job.lora.dropout, job.lora.targets))
-        require_peft()
     if "lora_proximal" in job.methods:
         in_section("lora.proximal", lambda: check_lam(job.lora.proximal))
 
@@ -143,8 +140,7 @@ def _check_model_options(job: TextPipelineJob, data: TextData) -> None:
         raise ConfigError(f"model: the tokenizer of '{job.model}' has {tokens:,} token ids, but the model embeds "
                           f"only {rows:,}: they are not a pair (ids past {rows - 1} would fail inside the model). Save "
                           "the model with the tokenizer it was trained with.")
-    if {"lora", "lora_proximal"} & set(job.methods):
-        in_section("lora.targets", lambda: resolve_targets(model, job.lora.targets))
+    check_lora_targets(job, model)
 
 
 def _text_data(job: TextPipelineJob) -> TextData:

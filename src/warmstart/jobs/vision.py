@@ -20,8 +20,8 @@ from warmstart.data import InMemoryLoader, animal_shapes, transfer_split
 from warmstart.distill import KDSetting, distill
 from warmstart.errors import ConfigError
 from warmstart.finetune import FinetuneTrainer, fine_tune
-from warmstart.finetune.lora import check_lora_options, require_peft, resolve_targets
-from warmstart.jobs.runner import JobRun, Method, Trained, check_stages, finetune_method, in_section, run_job
+from warmstart.jobs.runner import (JobRun, Method, Trained, check_lora_targets, check_stages, finetune_method, in_section,
+                                   run_job)
 from warmstart.jobs.schema import VisionPipelineJob
 from warmstart.jobs.stages import resolve_seed
 from warmstart.models import build_model, efficientnet_lite_input
@@ -111,9 +111,6 @@ def check_vision_job(job: VisionPipelineJob) -> None:
     """
     check_stages(job, [*dict.fromkeys(STAGES[m] for m in job.methods), "distill", *(("compress",) if job.compress.enabled
                                                                                      else ())])
-    if "lora" in job.methods:
-        in_section("lora", lambda: check_lora_options(job.lora.r, job.lora.alpha, job.lora.dropout, job.lora.targets))
-        require_peft()
     if job.compress.enabled:
         from warmstart.compress import IMPORTANCES  # the compress extra loads on first use
 
@@ -150,8 +147,7 @@ def _network(job: VisionPipelineJob, num_classes: int, pretrained: bool, seed: i
 def _check_model_options(job: VisionPipelineJob, data: VisionData) -> None:
     """Build the network once (timm and the weights package present), resolve the LoRA targets, build the student."""
     model = in_section("model", lambda: _network(job, data.num_classes, True, 0))
-    if "lora" in job.methods:
-        in_section("lora.targets", lambda: resolve_targets(model, job.lora.targets))
+    check_lora_targets(job, model)
     build_model("small_cnn", num_classes=data.num_classes, in_channels=1, **job.distill.student.args)
 
 
