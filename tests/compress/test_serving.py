@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from warmstart.compress import export_for_serving
+from warmstart.errors import ConfigError
 from warmstart.models import mlp
 
 pytest.importorskip("onnxruntime")
@@ -43,3 +44,8 @@ def test_a_model_no_graph_captures_is_named_and_the_float_model_written_instead(
     assert rows["model.pt2"]["model"] == rows["model.onnx"]["model"] == "float"
     assert rows["model.pt2"]["eager_latency_ms"] == 1.25  # as the caller measured it
     assert rows["model.onnx"]["same_predictions"] == 1.0
+
+
+def test_no_model_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="models is empty"):
+        export_for_serving({}, X, tmp_path)

@@ -35,3 +35,10 @@ def test_settings_that_cannot_work_are_named(tmp_path):
         build_data(DataConfig(name="image_folder"))
     with pytest.raises(DataError, match="could not load cifar10.*needs internet"):
         build_data(DataConfig(name="cifar10", root=str(tmp_path), download=False))
+
+
+def test_a_mapping_is_read_as_the_data_section_and_a_bad_key_named():
+    bundle = build_data({"name": "digits", "shots": 3, "val_per_class": 2, "batch_size": 10})
+    assert len(bundle.train.inputs) == 30 and len(bundle.val.inputs) == 20
+    with pytest.raises(ConfigError, match=r"'data.shot' \(did you mean 'shots'"):
+        build_data({"name": "digits", "shot": 3})

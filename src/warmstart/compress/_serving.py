@@ -36,12 +36,17 @@ def export_for_serving(models: Mapping[str, nn.Module], example: torch.Tensor, o
         ``eager_latency_ms``, ``max_abs_difference`` and ``same_predictions`` (the share of equal argmaxes)
         against the eager model; a ``note`` says why a file was not written or not timed.
 
+    Raises:
+        ConfigError: no model given.
+
     Examples:
         >>> rows = export_for_serving({"float": small_model}, batch, "serve/")  # doctest: +SKIP
         >>> rows["model.pt2"]["same_predictions"]  # doctest: +SKIP
         1.0
     """
     labelled = list(models.items())
+    if not labelled:
+        raise ConfigError("export_for_serving: models is empty; pass {label: model}, the model to serve first")
     first, last = labelled[0], labelled[-1]
     files: dict[str, tuple[str, nn.Module, Path]] = {}
     notes: dict[str, str] = {}

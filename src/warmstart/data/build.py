@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
+from warmstart.config import from_dict
 from warmstart.data.augment import build_augmentation
 from warmstart.data.bundled import Splits, digits, mnist5k, transfer_split
 from warmstart.data.config import DataConfig
@@ -46,21 +48,27 @@ class DataBundle:
     fill: float
 
 
-def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+def build_data(cfg: DataConfig | Mapping[str, Any], seed: int = 0) -> DataBundle:
     """Build the loaders of ``cfg``; training order is seeded by ``seed``.
 
     Bundled sets (``mnist5k``, ``digits``) and ``fake`` live in memory (:class:`InMemoryLoader`
     with batched augmentation); torchvision and folder sets use a ``DataLoader`` with per-sample
     torchvision ``v2`` augmentation.
 
+    Args:
+        cfg: the ``data:`` section, as a :class:`DataConfig` or a mapping of its keys (checked like a config file's).
+        seed: seeds the training batches' order.
+
     Raises:
-        ConfigError: an option the data set does not support (named).
+        ConfigError: an unknown key or a wrong type, or an option the data set does not support (named).
 
     Examples:
         >>> bundle = build_data(DataConfig(name="digits", shots=5, val_per_class=2, batch_size=10))
         >>> bundle.num_classes, bundle.image_shape, len(bundle.train.inputs), len(bundle.val.inputs)
         (10, (1, 28, 28), 50, 20)
     """
+    if isinstance(cfg, Mapping):
+        cfg = from_dict(DataConfig, cfg, prefix="data")
     if cfg.name in ("mnist5k", "digits", "fake"):
         return _in_memory(cfg, seed)
     for option in ("shots", "val_per_class"):
