@@ -223,7 +223,12 @@ class SchedulerConfig:
 class ModelConfig:
     """A model by name (``small_cnn``, ``mlp``, ``resnet18_small`` or any torchvision model) and its arguments.
 
-    ``num_classes`` and ``in_channels`` are filled in from the data unless given in ``args``.
+    ``num_classes`` and ``in_channels`` are filled in from the data unless given in ``args``
+    (:func:`warmstart.models.build_model_for`).
+
+    Attributes:
+        name: the model's name (:data:`warmstart.models.MODELS` or a torchvision model).
+        args: its builder's keyword arguments.
     """
 
     name: str = "small_cnn"

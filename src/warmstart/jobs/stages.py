@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import functools
+import os
 import random
 import time
 from collections.abc import Callable
@@ -18,14 +18,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from warmstart._run_dir import check_out_dir, holds, job_lock
 from warmstart.checkpoint import save_weights
-from warmstart.config import read_yaml, save_config, to_dict
-from warmstart.data import InMemoryLoader
+from warmstart.config import ModelConfig, read_yaml, save_config, to_dict
+from warmstart.data import DataBundle, InMemoryLoader, build_data
 from warmstart.distill import AugmentedViews, DistillTrainer
 from warmstart.errors import ConfigError
 from warmstart.evaluation import evaluate
 from warmstart.finetune import FinetuneTrainer, LoadReport, fine_tune, load_pretrained, swap_head
-from warmstart.data import DataBundle, build_data
-from warmstart.config import ModelConfig
 from warmstart.jobs.schema import DistillJob, FinetuneJob, PretrainJob
 from warmstart.models import build_model_for
 from warmstart.optim import check_settings
