@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from warmstart.errors import ConfigError
-from warmstart.optim import OPTIMIZERS, build_optimizer, build_scheduler, param_groups_weight_decay
+from warmstart.config import OptimizerConfig, SchedulerConfig, TrainerConfig
+from warmstart.optim import OPTIMIZERS, build_optimizer, build_scheduler, check_settings, param_groups_weight_decay
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -69,3 +70,14 @@ def test_step_schedule_decays_per_epoch_and_plateau_waits():
     assert opt.param_groups[0]["lr"] == 0.5
     with pytest.raises(ConfigError, match="unknown scheduler 'cosin' \\(did you mean 'cosine'\\?\\)"):
         build_scheduler(opt, "cosin", total_steps=1, steps_per_epoch=1)
+
+
+def test_check_settings_names_the_section_of_what_the_first_step_would_refuse():
+    trainer, adamw = TrainerConfig(device="cpu"), OptimizerConfig(name="adamw")
+    check_settings(trainer, adamw, SchedulerConfig(name="cosine"))  # valid settings pass
+    with pytest.raises(ConfigError, match=r"^lora.optimizer: unknown optimizer 'adamx'"):
+        check_settings(trainer, OptimizerConfig(name="adamx"), None, where="lora")
+    with pytest.raises(ConfigError, match=r"^scheduler: .*'cosin'"):
+        check_settings(trainer, adamw, SchedulerConfig(name="cosin"))
+    with pytest.raises(ConfigError, match=r"^distill.trainer: "):
+        check_settings(TrainerConfig(device="cpu", precision="16"), adamw, None, where="distill")
