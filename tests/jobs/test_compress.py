@@ -53,6 +53,7 @@ def test_the_compress_job_writes_its_comparison(tmp_path):
     assert onnx["model"] == "pruned + distillation from the trained model"
     assert pt2["bytes"] == (tmp_path / "run" / "model.pt2").stat().st_size and onnx["latency_ms"] > 0
     assert pt2["max_abs_difference"] == 0 and onnx["max_abs_difference"] < 1e-4 and onnx["same_predictions"] == 1
+    assert pt2["eager_latency_ms"] == rows[pt2["model"]]["latency_ms"]  # the eager latency the table measured
     assert "| model.pt2 | pruned + distilled + int8-weight |" in (tmp_path / "run" / "report.md").read_text()
     data = build_data(DATA, seed=0)
     seconds = ws.compress.measure_latency(build_job_model(ModelConfig(args={"width": 8}), data, seed=0),
